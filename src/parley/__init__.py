@@ -1,0 +1,3 @@
+"""parley: a self-hostable AI-assistant backend."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""One error envelope everywhere: `{"error": message, "code": CODE}`.
+
+Maps parley's error tree, FastAPI's validation errors (malformed JSON -> 400, schema -> 422),
+Starlette's HTTP errors (unknown route, wrong method) and anything unexpected (500, logged, never
+shown) to the envelope.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from parley.errors import ParleyError, RateLimitedError
+
+log = logging.getLogger("parley.api")
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "content_too_large", 401: "unauthorized"}
+
+
+def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def error_response(exc: ParleyError) -> JSONResponse:
+    headers: dict[str, str] = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, RateLimitedError) and retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if exc.status_code == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return envelope(exc.status_code, exc.error_code(), exc.message, headers or None)
+
+
+def _describe(errors: list[dict[str, object]]) -> str:
+    parts = []
+    for err in errors[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))  # type: ignore[attr-defined]
+        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ParleyError)
+    async def _parley(_: Request, exc: ParleyError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return envelope(400, "malformed_json", "The request body is not valid JSON.")
+        return envelope(422, "validation_error", _describe(errors) or "Invalid request.")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
+        return envelope(exc.status_code, code, message, dict(exc.headers) if exc.headers else None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return envelope(500, "internal_error", "Internal error. Please try again.")

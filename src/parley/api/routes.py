@@ -1,0 +1,215 @@
+"""HTTP routes under /api/v1/ai: thin translations to the chat domain.
+
+Every route authenticates (401), checks permission (403) and sees only the caller's own sessions
+in the caller's organizations (others: 404). Turns answer with the SSE stream of the turn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from parley.api.auth import Principal, authenticate
+from parley.api.schemas import (
+    CreateSessionBody,
+    PlanApprovalBody,
+    RenameBody,
+    SendMessageBody,
+    StatusFilter,
+    messages_view,
+    session_detail,
+    session_summary,
+    usage_view,
+)
+from parley.api.sse import sse_response
+from parley.chat.catalog import SessionCatalog
+from parley.chat.sessions import SessionManager
+from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError, ValidationFailedError
+from parley.store.db import Database
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What the routes need, built once by create_app and kept on app.state."""
+
+    db: Database
+    sessions: SessionManager
+    catalog: SessionCatalog
+    heartbeat: float
+    page_context_max_bytes: int
+    provider_name: str
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+async def principal(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return await authenticate(svc.db, authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(principal)]
+
+
+async def writer(who: PrincipalDep) -> Principal:
+    who.require_write()
+    return who
+
+
+WriterDep = Annotated[Principal, Depends(writer)]
+
+router = APIRouter(prefix="/api/v1/ai", tags=["ai"])
+
+
+def _check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
+    if context is None:
+        return
+    import orjson
+
+    size = len(orjson.dumps(context))
+    if size > svc.page_context_max_bytes:
+        raise PayloadTooLargeError(f"pageContext is {size} bytes; the limit is {svc.page_context_max_bytes}.")
+
+
+@router.post("/sessions", status_code=201)
+async def create_session(body: CreateSessionBody, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
+    _check_page_context(svc, body.page_context)
+    if body.model is not None and body.model != svc.catalog.defaults.model:
+        raise ValidationFailedError(
+            f"model {body.model!r} is not available; this server runs {svc.catalog.defaults.model!r}."
+        )
+    row = await svc.catalog.create(
+        who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context
+    )
+    return session_summary(row)
+
+
+@router.get("/sessions")
+async def list_sessions(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    status: StatusFilter | None = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=50)] = 20,
+) -> dict[str, Any]:
+    rows, total = await svc.catalog.list_sessions(who.caller, status=status, page=page, limit=limit)
+    return {"data": [session_summary(r) for r in rows], "page": page, "limit": limit, "total": total}
+
+
+@router.get("/sessions/search")
+async def search_sessions(
+    svc: ServicesDep,
+    who: PrincipalDep,
+    q: Annotated[str, Query(min_length=2, max_length=200)],
+    limit: Annotated[int, Query(ge=1, le=50)] = 20,
+) -> dict[str, Any]:
+    hits = await svc.catalog.search(who.caller, q, limit)
+    return {
+        "data": [
+            {
+                "id": row.id,
+                "title": row.title,
+                "matchedContent": _snippet(content, q),
+                "createdAt": session_summary(row)["createdAt"],
+            }
+            for row, content in hits
+        ]
+    }
+
+
+def _snippet(content: str | None, q: str) -> str | None:
+    if content is None:
+        return None
+    at = content.lower().find(q.lower())
+    start = max(at - 40, 0)
+    return (
+        ("…" if start else "")
+        + content[start : at + len(q) + 40]
+        + ("…" if at + len(q) + 40 < len(content) else "")
+    )
+
+
+@router.get("/sessions/{session_id}")
+async def get_session(session_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    row, messages = await svc.catalog.get(who.caller, session_id)
+    return {"session": session_detail(row), "messages": messages_view(messages)}
+
+
+@router.patch("/sessions/{session_id}")
+async def rename_session(
+    session_id: str, body: RenameBody, svc: ServicesDep, who: WriterDep
+) -> dict[str, Any]:
+    title = await svc.catalog.rename(who.caller, session_id, body.title)
+    return {"success": True, "title": title}
+
+
+@router.delete("/sessions/{session_id}")
+async def close_session(session_id: str, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
+    await svc.sessions.close(who.tenant, who.user_id, session_id)
+    return {"success": True}
+
+
+@router.post("/sessions/{session_id}/messages", response_class=StreamingResponse)
+async def send_message(session_id: str, body: SendMessageBody, svc: ServicesDep, who: WriterDep) -> Response:
+    _check_page_context(svc, body.page_context)
+    sub = await svc.sessions.send_message(
+        who.tenant, who.user_id, session_id, body.content, body.page_context
+    )
+    return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: svc.sessions.detach(session_id, sub))
+
+
+@router.get("/sessions/{session_id}/events", response_class=StreamingResponse)
+async def session_events(
+    session_id: str,
+    svc: ServicesDep,
+    who: PrincipalDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> Response:
+    sub = await svc.sessions.attach(who.tenant, who.user_id, session_id, last_event_id)
+    return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: svc.sessions.detach(session_id, sub))
+
+
+@router.post("/sessions/{session_id}/interrupt")
+async def interrupt(session_id: str, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
+    await svc.sessions.interrupt(who.tenant, who.user_id, session_id)
+    return {"success": True, "interrupted": True}
+
+
+async def _not_supported(session_id: str, svc: Services, who: Principal) -> JSONResponse:
+    await svc.catalog.get(who.caller, session_id)  # 404 first, as for every session route
+    raise NotSupportedOnProviderError(
+        f"Plans and approval modes need tool calling, which the {svc.provider_name} provider "
+        "does not support."
+    )
+
+
+@router.post("/sessions/{session_id}/pause")
+async def pause(session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep) -> JSONResponse:
+    return await _not_supported(session_id, svc, who)
+
+
+@router.post("/sessions/{session_id}/approve-plan")
+async def approve_plan(
+    session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep
+) -> JSONResponse:
+    return await _not_supported(session_id, svc, who)
+
+
+@router.post("/sessions/{session_id}/abort-plan")
+async def abort_plan(session_id: str, svc: ServicesDep, who: WriterDep) -> JSONResponse:
+    return await _not_supported(session_id, svc, who)
+
+
+@router.get("/usage")
+async def usage(
+    svc: ServicesDep, who: PrincipalDep, org_id: Annotated[str | None, Query(alias="orgId")] = None
+) -> dict[str, Any]:
+    daily, monthly = await svc.catalog.usage(who.caller, org_id)
+    return {"daily": usage_view(daily), "monthly": usage_view(monthly), "budget": None}

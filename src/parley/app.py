@@ -1,0 +1,137 @@
+"""create_app(settings): wires the store, provider, session manager and routes.
+
+The lifespan owns every long-lived resource (engine, upstream HTTP pool, background maintenance)
+and closes them in reverse order; running turns are stopped and persisted on shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from parley import __version__
+from parley.api.errors import envelope, install_error_handlers
+from parley.api.routes import Services, router
+from parley.billing.cost import Prices
+from parley.chat.catalog import NewSessionDefaults, SessionCatalog
+from parley.chat.sessions import SessionManager, SessionPolicy
+from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
+from parley.providers.base import Provider
+from parley.store.db import Database
+
+log = logging.getLogger("parley")
+MAX_BODY_BYTES = 256 * 1024
+
+
+def build_provider(settings: Settings) -> Provider:
+    from parley.providers.openai_compatible import OpenAICompatibleProvider
+
+    assert settings.llm_base_url is not None, "validated by load_settings"
+    assert settings.llm_api_key is not None, "validated by load_settings"
+    return OpenAICompatibleProvider(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key.get_secret_value(),
+        connect_timeout=settings.connect_timeout_seconds,
+        idle_timeout=settings.idle_chunk_timeout_seconds,
+        max_retries=settings.upstream_retries,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    provider: Provider | None = None,
+    clock: Callable[[], datetime] | None = None,
+    lease_ttl: timedelta = timedelta(seconds=60),
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for warning in startup_warnings(settings):
+            log.warning("%s", warning)
+        db = Database(settings.effective_database_url)
+        if db.dialect == "sqlite":
+            await db.migrate()  # an embedded database migrates itself on first start
+        upstream = provider or build_provider(settings)
+        policy = SessionPolicy(
+            model=settings.model,
+            max_tokens=settings.llm_max_tokens,
+            max_content_chars=MAX_CONTENT_CHARS,
+            turn_timeout=settings.turn_timeout_seconds,
+            idle_ttl=timedelta(seconds=settings.session_idle_ttl_seconds),
+            max_age=timedelta(seconds=settings.session_max_age_seconds),
+            max_live_sessions=settings.max_live_sessions,
+            lease_ttl=lease_ttl,
+            prices=Prices.flat(settings.price_input_per_m_usd, settings.price_output_per_m_usd),
+        )
+        now = clock or (lambda: datetime.now(UTC))
+        manager = SessionManager(db=db, provider=upstream, policy=policy, clock=now)
+        catalog = SessionCatalog(
+            db,
+            NewSessionDefaults(
+                model=settings.model,
+                system_prompt=settings.resolved_system_prompt(),
+                max_turns=settings.default_max_turns,
+            ),
+            clock=now,
+        )
+        app.state.services = Services(
+            db=db,
+            sessions=manager,
+            catalog=catalog,
+            heartbeat=settings.heartbeat_seconds,
+            page_context_max_bytes=settings.page_context_max_bytes,
+            provider_name=settings.llm_provider,
+        )
+        background = asyncio.create_task(manager.run_background(settings.sweep_interval_seconds))
+        log.info("parley %s ready: provider=%s model=%s", __version__, settings.llm_provider, settings.model)
+        try:
+            yield
+        finally:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
+            await manager.shutdown()
+            if provider is None:
+                await upstream.aclose()
+            await db.dispose()
+
+    app = FastAPI(
+        title="parley",
+        version=__version__,
+        summary="Multi-tenant AI chat sessions streamed over server-sent events.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    return app
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies larger than `max_bytes` by Content-Length before reading them (413)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = envelope(
+                        413, "content_too_large", f"The request body is larger than {self.max_bytes} bytes."
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

@@ -1,0 +1,142 @@
+"""Session records for the API: create, list, search, read, rename, usage.
+
+Everything here runs in the caller's tenant context and sees only the caller's own sessions in
+the caller's organizations (others look absent: 404). Turns live in `sessions.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from parley.chat.prompt import title_from
+from parley.errors import PermissionDeniedError, SessionNotFoundError, ValidationFailedError
+from parley.store import repositories as repo
+from parley.store.db import Database
+from parley.store.models import AiCostUsage, AiMessage, AiSession
+from parley.store.tenancy import Tenant
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """The authenticated principal as the domain sees it."""
+
+    tenant: Tenant
+    user_id: str
+    home_org_id: str | None  # the organization of an organization-scoped token
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSessionDefaults:
+    model: str
+    system_prompt: str
+    max_turns: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionCatalog:
+    def __init__(
+        self, db: Database, defaults: NewSessionDefaults, clock: Callable[[], datetime] = _now
+    ) -> None:
+        self.db = db
+        self.defaults = defaults
+        self.clock = clock
+
+    def resolve_org(self, caller: Caller, requested: str | None) -> str:
+        """Which organization a new session belongs to: asked for, else the caller's own."""
+        if requested is not None:
+            if not caller.tenant.can_see(requested):
+                raise PermissionDeniedError("Access denied to this organization.")
+            return requested
+        if caller.home_org_id is not None:
+            return caller.home_org_id
+        if len(caller.tenant.org_ids) == 1:
+            return next(iter(caller.tenant.org_ids))
+        raise ValidationFailedError("orgId is required for tokens that span several organizations.")
+
+    async def create(
+        self,
+        caller: Caller,
+        *,
+        org_id: str | None,
+        title: str | None,
+        page_context: dict[str, Any] | None,
+    ) -> AiSession:
+        org = self.resolve_org(caller, org_id)
+        now = self.clock()
+        row = AiSession(
+            id=repo.new_id(),
+            org_id=org,
+            user_id=caller.user_id,
+            status="active",
+            type="general",
+            title=title_from(title) if title and title.strip() else None,
+            model=self.defaults.model,
+            system_prompt=self.defaults.system_prompt,
+            context_snapshot=page_context or None,
+            total_input_tokens=0,
+            total_output_tokens=0,
+            total_cache_read_tokens=0,
+            total_cache_write_tokens=0,
+            total_cost_cents=0,
+            turn_count=0,
+            max_turns=self.defaults.max_turns,
+            last_activity_at=now,
+            created_at=now,
+            updated_at=now,
+        )
+        async with self.db.transaction(caller.tenant) as s:
+            if await repo.find_organization(s, org_id=org) is None:
+                raise ValidationFailedError("Unknown organization.")
+            s.add(row)
+        return row
+
+    async def list_sessions(
+        self, caller: Caller, *, status: str | None, page: int, limit: int
+    ) -> tuple[Sequence[AiSession], int]:
+        async with self.db.transaction(caller.tenant) as s:
+            return await repo.list_sessions(
+                s,
+                caller.tenant,
+                owner_id=caller.user_id,
+                status=status,
+                offset=(page - 1) * limit,
+                limit=limit,
+            )
+
+    async def search(self, caller: Caller, q: str, limit: int) -> list[tuple[AiSession, str | None]]:
+        async with self.db.transaction(caller.tenant) as s:
+            return await repo.search_sessions(s, caller.tenant, owner_id=caller.user_id, q=q, limit=limit)
+
+    async def get(self, caller: Caller, session_id: str) -> tuple[AiSession, Sequence[AiMessage]]:
+        async with self.db.transaction(caller.tenant) as s:
+            row = await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id)
+            if row is None:
+                raise SessionNotFoundError()
+            return row, await repo.list_messages(s, session_id)
+
+    async def rename(self, caller: Caller, session_id: str, title: str) -> str:
+        clean = " ".join(title.split())
+        if not clean:
+            raise ValidationFailedError("title must not be empty.")
+        async with self.db.transaction(caller.tenant) as s:
+            if await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id) is None:
+                raise SessionNotFoundError()
+            await repo.touch_session(s, session_id, now=self.clock(), title=clean[:255])
+        return clean[:255]
+
+    async def usage(
+        self, caller: Caller, org_id: str | None
+    ) -> tuple[AiCostUsage | None, AiCostUsage | None]:
+        org = self.resolve_org(caller, org_id)
+        daily, monthly = repo.period_keys(self.clock())
+        async with self.db.transaction(caller.tenant) as s:
+            return (
+                await repo.cost_usage(s, caller.tenant, org, period="daily", key=daily),
+                await repo.cost_usage(s, caller.tenant, org, period="monthly", key=monthly),
+            )

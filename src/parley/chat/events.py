@@ -1,0 +1,127 @@
+"""The closed set of events a turn publishes, and their SSE wire encoding.
+
+Wire contract (camelCase payloads; `data` is the whole event object including `type`):
+
+    message_start{messageId}  content_delta{delta}  reasoning_delta{delta}
+    message_end{inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens, costUsd, usageEstimated}
+    title_updated{title}  error{code, message}  done{}
+
+Each frame carries `id: <turn>.<seq>`: the session's turn number and the event's position in that
+turn, so `Last-Event-ID` can resume a running turn. Imports only the standard library and orjson.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, assert_never
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageStart:
+    """The assistant message began; `message_id` is the id it will be stored under."""
+
+    type: Literal["message_start"] = "message_start"
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContentDelta:
+    """A piece of the answer."""
+
+    type: Literal["content_delta"] = "content_delta"
+    delta: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning, shown apart from the answer."""
+
+    type: Literal["reasoning_delta"] = "reasoning_delta"
+    delta: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageEnd:
+    """The reply completed; usage and cost of the turn."""
+
+    type: Literal["message_end"] = "message_end"
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cost_usd: str | None = None  # decimal string: exact, never a float
+    usage_estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TitleUpdated:
+    """The session got a title (from its first message)."""
+
+    type: Literal["title_updated"] = "title_updated"
+    title: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnError:
+    """The turn failed or the session ended; `message` is safe to show a user."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Done:
+    """The turn is over; nothing more will be published for it."""
+
+    type: Literal["done"] = "done"
+
+
+StreamEvent = MessageStart | ContentDelta | ReasoningDelta | MessageEnd | TitleUpdated | TurnError | Done
+
+
+def payload(event: StreamEvent) -> dict[str, object]:
+    """The JSON object sent as `data:` (and returned by the replay API)."""
+    match event:
+        case ContentDelta(delta=d) | ReasoningDelta(delta=d):
+            return {"type": event.type, "delta": d}
+        case MessageStart(message_id=mid):
+            return {"type": event.type, "messageId": mid}
+        case MessageEnd():
+            return {
+                "type": event.type,
+                "inputTokens": event.input_tokens,
+                "outputTokens": event.output_tokens,
+                "cacheReadTokens": event.cache_read_tokens,
+                "cacheWriteTokens": event.cache_write_tokens,
+                "costUsd": event.cost_usd,
+                "usageEstimated": event.usage_estimated,
+            }
+        case TitleUpdated(title=t):
+            return {"type": event.type, "title": t}
+        case TurnError(code=c, message=m):
+            return {"type": event.type, "code": c, "message": m}
+        case Done():
+            return {"type": event.type}
+        case _:
+            assert_never(event)
+
+
+def encode_frame(event: StreamEvent, event_id: str) -> bytes:
+    """One SSE frame. Payload JSON never contains a raw newline, so one `data:` line suffices."""
+    return b"".join(
+        (
+            b"id: ",
+            event_id.encode(),
+            b"\nevent: ",
+            event.type.encode(),
+            b"\ndata: ",
+            orjson.dumps(payload(event)),
+            b"\n\n",
+        )
+    )
+
+
+HEARTBEAT_FRAME = b": ping\n\n"

@@ -1,0 +1,458 @@
+"""SessionManager: admission, live sessions, turns, Stop, close, expiry and eviction.
+
+The database is the truth (status, history, the turn lease); memory holds only a cache of live
+sessions: their event channel and running turn. Past `max_live_sessions`, idle entries are
+dropped from memory (never one with a running turn) and rehydrate from the database on their next
+message: nothing is lost and nothing expires because of it. Expiry (2 h idle, 24 h age) is
+written to the database, whether noticed by the sweeper or at admission.
+
+Imports chat, providers, billing, bus and store; never the web layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+from parley.billing.cost import Prices
+from parley.bus.memory import SessionChannel, Subscription, parse_event_id
+from parley.chat.events import Done, StreamEvent, TitleUpdated, encode_frame
+from parley.chat.history import build_history
+from parley.chat.prompt import render_system_prompt, sanitize_content, title_from
+from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
+from parley.errors import (
+    MaxTurnsReachedError,
+    NoTurnRunningError,
+    PayloadTooLargeError,
+    SessionClosedError,
+    SessionExpiredError,
+    SessionNotFoundError,
+    TurnInProgressError,
+    ValidationFailedError,
+)
+from parley.providers.base import ChatMessage, Provider
+from parley.store import repositories as repo
+from parley.store.db import Database
+from parley.store.models import AiSession
+from parley.store.tenancy import Tenant
+
+log = logging.getLogger("parley.sessions")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionPolicy:
+    """Limits and timings, from Settings (see parley.config)."""
+
+    model: str
+    max_tokens: int | None
+    max_content_chars: int = 10_000
+    turn_timeout: float = 360.0
+    idle_ttl: timedelta = timedelta(hours=2)
+    max_age: timedelta = timedelta(hours=24)
+    max_live_sessions: int = 200
+    lease_ttl: timedelta = timedelta(seconds=60)
+    prices: Prices = field(default_factory=Prices)
+
+
+@dataclass(slots=True, eq=False)
+class RunningTurn:
+    task: asyncio.Task[None] | None = None
+    stream_task: asyncio.Task[TurnOutcome] | None = None
+    stop_reason: str | None = None
+    lease_token: str = ""
+
+
+@dataclass(slots=True, eq=False)
+class LiveSession:
+    id: str
+    org_id: str
+    user_id: str | None
+    created_at: datetime
+    last_activity: datetime
+    channel: SessionChannel
+    turn: RunningTurn | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SessionManager:
+    """Owns every live session and running turn of this process."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        provider: Provider,
+        policy: SessionPolicy,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.db = db
+        self.provider = provider
+        self.policy = policy
+        self.clock = clock
+        self.live: OrderedDict[str, LiveSession] = OrderedDict()
+        self._turn_tasks: set[asyncio.Task[None]] = set()
+
+    # -- admission ---------------------------------------------------------------------------------
+
+    def check_content(self, content: str) -> str:
+        text = sanitize_content(content)
+        if not text:
+            raise ValidationFailedError("content must not be empty.")
+        if len(text) > self.policy.max_content_chars:
+            raise PayloadTooLargeError(
+                f"content is {len(text)} characters; the limit is {self.policy.max_content_chars}."
+            )
+        return text
+
+    def _expiry(self, row: AiSession, now: datetime) -> str | None:
+        if now - row.created_at > self.policy.max_age:
+            return "Session expired (24h limit). Start a new session."
+        if now - row.last_activity_at > self.policy.idle_ttl:
+            return "Session expired due to inactivity. Start a new session."
+        return None
+
+    async def send_message(
+        self,
+        tenant: Tenant,
+        user_id: str,
+        session_id: str,
+        content: str,
+        page_context: dict[str, Any] | None = None,
+    ) -> Subscription:
+        """Admit a message and start its turn; the returned subscription sees every event of it.
+
+        A `page_context` replaces the session's context snapshot from this turn on.
+        """
+        text = self.check_content(content)
+        now = self.clock()
+        lease = repo.new_id()
+        expired: str | None = None
+        title: str | None = None
+        user_turns: int | None = None
+        async with self.db.transaction(tenant) as s:
+            row = await repo.get_session(s, tenant, session_id, owner_id=user_id)
+            if row is None:
+                raise SessionNotFoundError()
+            if row.status == "closed":
+                raise SessionClosedError()
+            if row.status == "expired":
+                raise SessionExpiredError()
+            expired = self._expiry(row, now)
+            if expired:
+                await repo.set_status(s, session_id, "expired", now=now, only_if="active")
+            else:
+                if row.turn_count >= row.max_turns:
+                    raise MaxTurnsReachedError(row.max_turns)
+                if not await repo.acquire_lease(
+                    s, session_id, token=lease, now=now, expires_at=now + self.policy.lease_ttl
+                ):
+                    raise TurnInProgressError()
+                if session_id not in self.live:
+                    user_turns = await repo.count_user_messages(s, session_id) + 1
+                repo.add_message(
+                    s,
+                    session_id=session_id,
+                    role="user",
+                    content=text,
+                    content_parts=[{"type": "text", "text": text}],
+                    created_at=now,
+                )
+                if row.title is None:
+                    title = title_from(text)
+                await repo.touch_session(s, session_id, now=now, title=title, context=page_context)
+        if expired:
+            await self._drop(session_id, reason="idle", close_channel=True)
+            raise SessionExpiredError(expired)
+
+        live = self._live_session(row, now, user_turns)
+        try:
+            if live.turn is not None:  # only possible if the lease expired under a live turn
+                raise TurnInProgressError()
+            live.channel.begin_turn()
+            subscription = live.channel.subscribe()  # before anything is published
+            turn = RunningTurn(lease_token=lease)
+            live.turn = turn
+            if title is not None:
+                self._publish(live, TitleUpdated(title=title))
+            context = page_context if page_context is not None else row.context_snapshot
+            spec = self._turn_spec(live, row, text, turn, context)
+            turn.task = asyncio.create_task(run_turn(spec), name=f"turn:{session_id}")
+        except BaseException:
+            live.turn = None
+            await self._release_lease(row.org_id, session_id, lease)
+            raise
+        self._turn_tasks.add(turn.task)
+        turn.task.add_done_callback(self._turn_done)
+        return subscription
+
+    def _turn_done(self, task: asyncio.Task[None]) -> None:
+        self._turn_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("turn task failed", exc_info=task.exception())
+
+    def _turn_spec(
+        self, live: LiveSession, row: AiSession, text: str, turn: RunningTurn, context: dict[str, Any] | None
+    ) -> TurnSpec:
+        org_id, session_id = row.org_id, row.id
+        prompt = render_system_prompt(row.system_prompt or "", context)
+
+        def set_stream_task(task: asyncio.Task[TurnOutcome]) -> None:
+            turn.stream_task = task
+
+        return TurnSpec(
+            session_id=session_id,
+            message_id=repo.new_id(),
+            system_prompt=prompt,
+            user_text=text,
+            model=row.model,
+            max_tokens=self.policy.max_tokens,
+            turn_timeout=self.policy.turn_timeout,
+            provider=self.provider,
+            prices=self.policy.prices,
+            publish=partial(self._publish, live),
+            load_history=partial(self._load_history, org_id, session_id),
+            persist=partial(self._persist, live, org_id, session_id, turn.lease_token),
+            clock=self.clock,
+            stop_reason=lambda: turn.stop_reason,
+            on_stream_task=set_stream_task,
+        )
+
+    def _publish(self, live: LiveSession, event: StreamEvent) -> None:
+        channel = live.channel
+        if channel.closed:
+            return
+        if type(event) is Done:
+            live.turn = None
+            channel.publish(partial(encode_frame, event), final=True)
+        else:
+            channel.publish(partial(encode_frame, event))
+
+    async def _load_history(self, org_id: str, session_id: str) -> list[ChatMessage]:
+        async with self.db.transaction(Tenant.for_org(org_id)) as s:
+            rows = await repo.history_rows(s, session_id)
+        # The current user message was committed at admission: drop it, it is passed in memory.
+        if rows and rows[-1][0] == "user":
+            rows = rows[:-1]
+        return build_history(session_id, rows)
+
+    async def _persist(
+        self, live: LiveSession, org_id: str, session_id: str, lease: str, record: TurnRecord | None
+    ) -> None:
+        """One transaction for the reply, the session totals, the cost rows and the lease."""
+        now = record.now if record else self.clock()
+        async with self.db.transaction(Tenant.for_org(org_id)) as s:
+            if record is None:
+                await repo.release_lease(s, session_id, token=lease)
+                return
+            totals = repo.TurnTotals(
+                input_tokens=record.tokens.input_tokens,
+                output_tokens=record.tokens.output_tokens,
+                cache_read_tokens=record.tokens.cache_read_tokens,
+                cache_write_tokens=record.tokens.cache_write_tokens,
+                cost_cents=record.cost_cents,
+            )
+            if record.text or record.reasoning:
+                repo.add_message(
+                    s,
+                    id=record.message_id,
+                    session_id=session_id,
+                    role="assistant",
+                    content=record.text,
+                    content_parts=describe_parts(record.text, record.reasoning),
+                    input_tokens=record.tokens.input_tokens,
+                    output_tokens=record.tokens.output_tokens,
+                    cache_read_tokens=record.tokens.cache_read_tokens,
+                    cache_write_tokens=record.tokens.cache_write_tokens,
+                    cost_cents=record.cost_cents,
+                    usage_estimated=record.tokens.estimated,
+                    finish_reason=record.finish_reason,
+                    created_at=max(now, live.last_activity + timedelta(microseconds=1)),
+                )
+            await repo.record_turn(
+                s, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=lease
+            )
+            if not record.tokens.is_zero or record.text:
+                await repo.add_cost_usage(s, org_id, totals=totals, now=now)
+        live.last_activity = now
+
+    async def _release_lease(self, org_id: str, session_id: str, lease: str) -> None:
+        try:
+            async with self.db.transaction(Tenant.for_org(org_id)) as s:
+                await repo.release_lease(s, session_id, token=lease)
+        except Exception:
+            log.exception("could not release the lease of session %s", session_id)
+
+    # -- live sessions -----------------------------------------------------------------------------
+
+    def _live_session(self, row: AiSession, now: datetime, user_turns: int | None) -> LiveSession:
+        live = self.live.get(row.id)
+        if live is None:
+            self._make_room()
+            # Event ids continue across restarts: turn numbers count the session's user messages.
+            live = LiveSession(
+                id=row.id,
+                org_id=row.org_id,
+                user_id=row.user_id,
+                created_at=row.created_at,
+                last_activity=now,
+                channel=SessionChannel(row.id, turn=max((user_turns or 1) - 1, 0)),
+            )
+            self.live[row.id] = live
+        else:
+            live.last_activity = now
+            self.live.move_to_end(row.id)
+        return live
+
+    def _make_room(self) -> None:
+        excess = len(self.live) - self.policy.max_live_sessions + 1
+        if excess <= 0:
+            return
+        for sid in [sid for sid, live in self.live.items() if live.turn is None][:excess]:
+            dropped = self.live.pop(sid)
+            dropped.channel.close()
+            log.debug("dropped idle session %s from memory (capacity)", sid)
+
+    async def attach(
+        self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None
+    ) -> Subscription:
+        """Re-attach to the running (or just finished) turn, replaying after `last_event_id`."""
+        async with self.db.transaction(tenant) as s:
+            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
+                raise SessionNotFoundError()
+        live = self.live.get(session_id)
+        after = parse_event_id(last_event_id)
+        if live is None or (live.turn is None and not live.channel.has_frames_after(after)):
+            raise NoTurnRunningError()
+        if after is None or after[0] < live.channel.turn:
+            return live.channel.subscribe(replay_all=True)
+        return live.channel.subscribe(replay_after=after)
+
+    def detach(self, session_id: str, subscription: Subscription) -> None:
+        live = self.live.get(session_id)
+        if live is not None:
+            live.channel.unsubscribe(subscription)
+
+    async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+        async with self.db.transaction(tenant) as s:
+            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
+                raise SessionNotFoundError()
+        live = self.live.get(session_id)
+        if live is None or live.turn is None or not self._stop(live.turn, "interrupt"):
+            raise NoTurnRunningError()
+
+    def _stop(self, turn: RunningTurn, reason: str) -> bool:
+        """Cancel the streaming part of a turn; False when it is not streaming any more."""
+        stream = turn.stream_task
+        if turn.stop_reason is not None:
+            return True  # already stopping
+        turn.stop_reason = reason
+        if stream is not None and not stream.done():
+            stream.cancel()
+            return True
+        # Still loading history: run_turn checks the reason before it calls the provider.
+        return stream is None and turn.task is not None and not turn.task.done()
+
+    async def close(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+        now = self.clock()
+        async with self.db.transaction(tenant) as s:
+            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
+                raise SessionNotFoundError()
+            await repo.set_status(s, session_id, "closed", now=now)
+        await self._drop(session_id, reason="close", close_channel=True)
+
+    async def _drop(self, session_id: str, *, reason: str, close_channel: bool) -> None:
+        live = self.live.pop(session_id, None)
+        if live is None:
+            return
+        turn = live.turn
+        if turn is not None:
+            if reason == "close":
+                live.channel.close()  # the stream ends now, without `done`
+            self._stop(turn, reason)
+            if turn.task is not None:
+                await asyncio.wait({turn.task}, timeout=10)
+        if close_channel:
+            live.channel.close()
+
+    # -- background ---------------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Expire sessions past their idle or age limit, in memory and in the database."""
+        now = self.clock()
+        for live in list(self.live.values()):
+            if now - live.created_at > self.policy.max_age:
+                reason = "expired"
+            elif live.turn is None and now - live.last_activity > self.policy.idle_ttl:
+                reason = "idle"
+            else:
+                continue
+            await self._expire_live(live, reason, now)
+        async with self.db.transaction(Tenant.system()) as s:
+            await repo.expire_stale_sessions(
+                s, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age
+            )
+
+    async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
+        from parley.chat.events import TurnError
+        from parley.chat.turns import STOP_MESSAGES
+
+        if live.turn is None:
+            code, message = STOP_MESSAGES[reason] or ("session_expired", "Session expired.")
+            self._publish(live, TurnError(code=code, message=message))
+            self._publish(live, Done())
+        await self._drop(live.id, reason=reason, close_channel=True)
+        async with self.db.transaction(Tenant.for_org(live.org_id)) as s:
+            await repo.set_status(s, live.id, "expired", now=now, only_if="active")
+
+    async def renew_leases(self) -> None:
+        now = self.clock()
+        for live in list(self.live.values()):
+            turn = live.turn
+            if turn is None:
+                continue
+            try:
+                async with self.db.transaction(Tenant.for_org(live.org_id)) as s:
+                    await repo.renew_lease(
+                        s, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl
+                    )
+            except Exception:
+                log.warning("could not renew the lease of session %s", live.id, exc_info=True)
+
+    async def run_background(self, sweep_interval: float) -> None:
+        """Lease renewal and expiry sweeps until cancelled."""
+        lease_every = max(self.policy.lease_ttl.total_seconds() / 3, 0.05)
+        next_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.renew_leases()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + sweep_interval
+                    await self.sweep()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background maintenance failed")
+            await asyncio.sleep(min(lease_every, sweep_interval))
+
+    async def shutdown(self) -> None:
+        """Stop running turns; each persists what it has and releases its lease."""
+        tasks = []
+        for live in self.live.values():
+            if live.turn is not None and live.turn.task is not None:
+                self._stop(live.turn, "shutdown")
+                tasks.append(live.turn.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=10)
+        for live in self.live.values():
+            live.channel.close()
+        self.live.clear()

@@ -1,0 +1,249 @@
+"""run_turn: history -> provider stream -> events -> persist -> cost -> done.
+
+A turn runs in its own task, owned by the SessionManager, outside any request's transaction. The
+streaming part runs in a child task so Stop/close/eviction can cancel exactly that part: whatever
+arrived is still persisted and billed, the lease released, and `done` published. Never holds a
+database session across the model stream.
+
+Event order: message_start -> (content_delta | reasoning_delta)* -> message_end -> done, or
+... -> error -> done on failure, or ... -> done on Stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents, estimate_tokens
+from parley.chat.events import ContentDelta, Done, MessageEnd, MessageStart, StreamEvent, TurnError
+from parley.chat.events import ReasoningDelta as ReasoningEvent
+from parley.errors import ParleyError, ProviderError
+from parley.providers.base import ChatMessage, Finished, Provider, ReasoningDelta, TextDelta, Usage
+
+log = logging.getLogger("parley.turns")
+
+# Why a turn's stream was cancelled from outside, and what the client is told.
+STOP_MESSAGES: dict[str, tuple[str, str] | None] = {
+    "interrupt": None,  # a user Stop is not an error
+    "close": None,  # the stream ends without events
+    "expired": ("session_expired", "Session expired (24h limit). Start a new session."),
+    "idle": ("session_expired", "Session expired due to inactivity. Start a new session."),
+    "shutdown": ("server_restarting", "The server is restarting. Please send your message again."),
+}
+
+
+@dataclass(slots=True)
+class Reply:
+    """What the model produced so far (kept when the stream is cancelled)."""
+
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    chunks: int = 0
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOutcome:
+    """How the turn ended, and what to store."""
+
+    finish_reason: str  # stop | length | interrupted | <error code>
+    error: tuple[str, str] | None  # (code, message) published before done
+    completed: bool
+    reached_provider: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TurnRecord:
+    """Everything persisted at the end of a turn, in one transaction."""
+
+    message_id: str
+    text: str
+    reasoning: str
+    tokens: TokenCounts
+    cost_cents: Decimal
+    finish_reason: str
+    count_turn: bool
+    now: datetime
+
+
+@dataclass(slots=True, kw_only=True)
+class TurnSpec:
+    """One turn's inputs and collaborators (constructor seams, no globals)."""
+
+    session_id: str
+    message_id: str
+    system_prompt: str
+    user_text: str
+    model: str
+    max_tokens: int | None
+    turn_timeout: float
+    provider: Provider
+    prices: Prices
+    publish: Callable[[StreamEvent], None]
+    load_history: Callable[[], Awaitable[list[ChatMessage]]]
+    persist: Callable[[TurnRecord | None], Awaitable[None]]
+    clock: Callable[[], datetime]
+    stop_reason: Callable[[], str | None]
+    on_stream_task: Callable[[asyncio.Task[TurnOutcome]], None]
+
+
+async def run_turn(spec: TurnSpec) -> None:
+    publish = spec.publish
+    try:
+        history = await spec.load_history()
+    except ParleyError as exc:
+        await _end_without_provider(spec, (exc.error_code(), exc.message))
+        return
+    except Exception:
+        log.exception("loading history failed for session %s", spec.session_id)
+        await _end_without_provider(
+            spec, ("internal_error", "Could not load the conversation. Please retry.")
+        )
+        return
+
+    messages = [
+        ChatMessage.text("system", spec.system_prompt),
+        *history,
+        ChatMessage.text("user", spec.user_text),
+    ]
+    publish(MessageStart(message_id=spec.message_id))
+    reply = Reply()
+    stream_task = asyncio.create_task(_consume(spec, messages, reply))
+    spec.on_stream_task(stream_task)
+    try:
+        outcome = await stream_task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        reason = spec.stop_reason()
+        if not stream_task.cancelled() or reason is None or (current is not None and current.cancelling()):
+            stream_task.cancel()
+            raise
+        stop = STOP_MESSAGES.get(reason)
+        outcome = TurnOutcome(finish_reason="interrupted", error=stop, completed=False)
+    await _finish(spec, messages, reply, outcome)
+
+
+async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply) -> TurnOutcome:
+    publish = spec.publish
+    text, reasoning = reply.text, reply.reasoning
+    try:
+        async with asyncio.timeout(spec.turn_timeout):
+            stream = spec.provider.stream(messages, model=spec.model, max_tokens=spec.max_tokens)
+            async with aclosing(stream) as events:  # type: ignore[type-var]
+                async for event in events:
+                    # Ordered by frequency: this loop runs once per token.
+                    if type(event) is TextDelta:
+                        text.append(event.text)
+                        reply.chunks += 1
+                        publish(ContentDelta(delta=event.text))
+                    elif type(event) is ReasoningDelta:
+                        reasoning.append(event.text)
+                        reply.chunks += 1
+                        publish(ReasoningEvent(delta=event.text))
+                    elif type(event) is Usage:
+                        reply.usage = event
+                    elif type(event) is Finished:
+                        reply.finish_reason = event.reason
+    except TimeoutError:
+        minutes = spec.turn_timeout / 60
+        shown = f"{minutes:g} minutes" if spec.turn_timeout >= 60 else f"{spec.turn_timeout:g} seconds"
+        return TurnOutcome(
+            finish_reason="turn_timeout",
+            error=("turn_timeout", f"The model took longer than {shown}. Please try again."),
+            completed=False,
+        )
+    except ProviderError as exc:
+        partial = getattr(exc, "partial_usage", None)
+        if isinstance(partial, Usage) and reply.usage is None:
+            reply.usage = partial
+        log.info("turn failed on session %s: %r", spec.session_id, exc)
+        return TurnOutcome(
+            finish_reason=exc.error_code(), error=(exc.error_code(), exc.message), completed=False
+        )
+    return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
+
+
+def _token_counts(messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOutcome) -> TokenCounts:
+    usage = reply.usage
+    if usage is not None:
+        return TokenCounts(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            estimated=usage.estimated,
+        )
+    if reply.chunks == 0:
+        return TokenCounts()  # nothing produced: nothing billed
+    # Stopped or failed without server counts: count what we saw, and say it is an estimate.
+    prompt_chars = sum(len(m.plain_text) for m in messages)
+    return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=reply.chunks, estimated=True)
+
+
+async def _finish(
+    spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOutcome
+) -> None:
+    publish = spec.publish
+    tokens = _token_counts(messages, reply, outcome)
+    cents = cost_cents(tokens, spec.prices)
+    if outcome.completed:
+        publish(
+            MessageEnd(
+                input_tokens=tokens.input_tokens + tokens.cache_read_tokens + tokens.cache_write_tokens,
+                output_tokens=tokens.output_tokens,
+                cache_read_tokens=tokens.cache_read_tokens,
+                cache_write_tokens=tokens.cache_write_tokens,
+                cost_usd=cents_to_usd(cents),
+                usage_estimated=tokens.estimated,
+            )
+        )
+    record = TurnRecord(
+        message_id=spec.message_id,
+        text="".join(reply.text),
+        reasoning="".join(reply.reasoning),
+        tokens=tokens,
+        cost_cents=cents,
+        finish_reason=outcome.finish_reason,
+        count_turn=outcome.reached_provider,
+        now=spec.clock(),
+    )
+    error = outcome.error
+    try:
+        # Shielded: a shutdown arriving now must not lose the reply or leave the lease held.
+        await asyncio.shield(spec.persist(record))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("persisting turn failed for session %s", spec.session_id)
+        error = error or ("internal_error", "The reply could not be saved. Please try again.")
+    if error is not None:
+        publish(TurnError(code=error[0], message=error[1]))
+    publish(Done())
+
+
+async def _end_without_provider(spec: TurnSpec, error: tuple[str, str] | None) -> None:
+    """The provider was never called (history refused, or stopped first): the turn does not count."""
+    try:
+        await asyncio.shield(spec.persist(None))
+    except Exception:
+        log.exception("releasing the lease failed for session %s", spec.session_id)
+    if error is not None:
+        spec.publish(TurnError(code=error[0], message=error[1]))
+    spec.publish(Done())
+
+
+def describe_parts(text: str, reasoning: str) -> list[dict[str, Any]]:
+    """The stored parts of an assistant message: reasoning apart from the answer."""
+    parts: list[dict[str, Any]] = []
+    if reasoning:
+        parts.append({"type": "reasoning", "text": reasoning})
+    if text:
+        parts.append({"type": "text", "text": text})
+    return parts

@@ -1,0 +1,251 @@
+"""The `parley` command: serve, migrate, check-config, orgs, users, tokens, chat, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar, cast
+
+import typer
+
+from parley.config import database_url_from_env, describe, load_settings, startup_warnings
+from parley.errors import ConfigError
+from parley.store.db import Database
+from parley.store.tenancy import Scope
+
+app = typer.Typer(
+    help="parley: a self-hostable AI-assistant backend.", no_args_is_help=True, add_completion=False
+)
+orgs = typer.Typer(help="Manage organizations.", no_args_is_help=True)
+users = typer.Typer(help="Manage users.", no_args_is_help=True)
+tokens = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+app.add_typer(orgs, name="orgs")
+app.add_typer(users, name="users")
+app.add_typer(tokens, name="tokens")
+
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"parley: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _config_problems(exc: ConfigError) -> None:
+    typer.echo("parley: the configuration is invalid; fix these environment variables:", err=True)
+    for problem in exc.problems:
+        typer.echo(f"  - {problem}", err=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="PARLEY_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PARLEY_PORT", help="Port to listen on.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the HTTP API (configuration from the environment; see `parley check-config`)."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _config_problems(exc)
+        raise typer.Exit(2) from exc
+    from parley.server import run_server
+
+    run_server(settings, host, port, log_level=log_level)
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Print the effective configuration (secrets masked) and whether it is valid."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _config_problems(exc)
+        raise typer.Exit(2) from exc
+    width = max(len(name) for name, _ in describe(settings))
+    for name, value in describe(settings):
+        typer.echo(f"{name.ljust(width)}  {value}")
+    for warning in startup_warnings(settings):
+        typer.echo(f"warning: {warning}", err=True)
+    typer.echo("configuration OK")
+
+
+def _run(fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
+    from parley.store.admin import open_database
+
+    async def go() -> T:
+        db = await open_database(database_url_from_env())
+        try:
+            return await fn(db, *args, **kwargs)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(go())
+
+
+@app.command()
+def migrate() -> None:
+    """Create or upgrade the database schema (DATABASE_URL)."""
+
+    async def noop(_: object) -> None:
+        return None
+
+    _run(noop)
+    typer.echo("database is up to date")
+
+
+@orgs.command("create")
+def orgs_create(name: str, partner: Annotated[str | None, typer.Option(help="Partner id.")] = None) -> None:
+    """Create an organization."""
+    from parley.store import admin
+
+    async def go(db: Database) -> str:
+        if await admin.find_organization(db, name) is not None:
+            raise _fail(f"organization {name!r} already exists")
+        return (await admin.create_organization(db, name, partner_id=partner)).id
+
+    typer.echo(_run(go))
+
+
+@orgs.command("list")
+def orgs_list() -> None:
+    """List organizations."""
+    from parley.store import admin
+
+    for org in _run(admin.list_organizations):
+        typer.echo(f"{org.id}  {org.name}" + (f"  partner={org.partner_id}" if org.partner_id else ""))
+
+
+@users.command("create")
+def users_create(
+    email: str,
+    org: Annotated[str, typer.Option(help="Organization name.")],
+    name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+) -> None:
+    """Create a user in an organization."""
+    from parley.store import admin
+
+    async def go(db: Database) -> str:
+        organization = await admin.find_organization(db, org)
+        if organization is None:
+            raise _fail(f"no organization named {org!r} (see `parley orgs list`)")
+        if await admin.find_user(db, email) is not None:
+            raise _fail(f"user {email!r} already exists")
+        return (await admin.create_user(db, org_id=organization.id, email=email, name=name or email)).id
+
+    typer.echo(_run(go))
+
+
+@users.command("list")
+def users_list() -> None:
+    """List users."""
+    from parley.store import admin
+
+    for user in _run(admin.list_users):
+        typer.echo(f"{user.id}  {user.email}  org={user.org_id}")
+
+
+@tokens.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option(help="The user's email.")],
+    name: Annotated[str, typer.Option(help="A label for the token.")] = "api",
+    scope: Annotated[str, typer.Option(help="organization, partner or system.")] = "organization",
+    read_only: Annotated[bool, typer.Option("--read-only", help="Read permission only.")] = False,
+    partner: Annotated[str | None, typer.Option(help="Partner id (partner scope).")] = None,
+) -> None:
+    """Issue a token for a user; it is printed once and stored hashed."""
+    from parley.store import admin
+
+    if scope not in ("organization", "partner", "system"):
+        raise _fail("--scope must be organization, partner or system", 2)
+
+    async def go(db: Database) -> admin.IssuedToken:
+        found = await admin.find_user(db, user)
+        if found is None:
+            raise _fail(f"no user {user!r} (see `parley users list`)")
+        return await admin.create_token(
+            db,
+            user_id=found.id,
+            org_id=found.org_id,
+            scope=cast(Scope, scope),
+            can_write=not read_only,
+            name=name,
+            partner_id=partner,
+        )
+
+    try:
+        issued = _run(go)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from exc
+    typer.echo(f"token id: {issued.id}", err=True)
+    typer.echo(issued.token)
+
+
+@tokens.command("list")
+def tokens_list(
+    user: Annotated[str | None, typer.Option(help="Only this user's tokens (email).")] = None,
+) -> None:
+    """List tokens (never their secrets)."""
+    from parley.store import admin
+
+    async def go(db: Database) -> list[str]:
+        user_id = None
+        if user is not None:
+            found = await admin.find_user(db, user)
+            if found is None:
+                raise _fail(f"no user {user!r}")
+            user_id = found.id
+        rows = await admin.list_tokens(db, user_id=user_id)
+        return [
+            f"{t.id}  {t.prefix}…  {t.name}  scope={t.scope}  {'rw' if t.can_write else 'ro'}"
+            + ("  REVOKED" if t.revoked_at else "")
+            for t in rows
+        ]
+
+    for line in _run(go):
+        typer.echo(line)
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by id; it stops working at once."""
+    from parley.store import admin
+
+    if not _run(admin.revoke_token, token_id):
+        raise _fail(f"no active token with id {token_id}")
+    typer.echo("revoked")
+
+
+@app.command()
+def chat(
+    url: Annotated[
+        str, typer.Option(envvar="PARLEY_URL", help="parley server URL.")
+    ] = "http://127.0.0.1:8000",
+    token: Annotated[str | None, typer.Option(envvar="PARLEY_TOKEN", help="API token.")] = None,
+    session: Annotated[str | None, typer.Option(help="Resume this session id.")] = None,
+) -> None:
+    """Chat in the terminal with a parley server (a client of its HTTP API)."""
+    from parley.client.chat import run_chat
+
+    if not token:
+        raise _fail("a token is required: --token or PARLEY_TOKEN (see `parley tokens create`)", 2)
+    raise typer.Exit(run_chat(url=url, token=token, session_id=session))
+
+
+@app.command()
+def demo(
+    host: Annotated[str, typer.Option(help="Address for parley.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="PARLEY_PORT", help="Port for parley.")] = 8000,
+) -> None:
+    """Run parley with a small local model: offline, no keys, SQLite."""
+    from parley.local.demo import run_demo
+
+    raise typer.Exit(run_demo(host=host, port=port))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        sys.exit(130)

@@ -1,0 +1,223 @@
+"""Settings from the environment, the cross-field rules, and the boot refusal.
+
+`load_settings()` returns a valid `Settings` or raises `ConfigError` listing *every* offending
+variable with its reason, so an operator fixes them all in one go. `describe()` renders the
+effective configuration with secrets masked (`parley check-config`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from parley.errors import ConfigError
+from parley.providers.url_policy import check_base_url
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant. Answer clearly and concisely. If you do not know something, say so."
+)
+MAX_CONTENT_CHARS = 10_000
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "parley"
+
+
+class Settings(BaseSettings):
+    """parley's configuration; field aliases are the environment variable names."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
+
+    env: Literal["development", "production"] = Field("development", validation_alias="PARLEY_ENV")
+    llm_provider: Literal["anthropic", "openai-compatible"] = Field(
+        "anthropic", validation_alias="MCP_LLM_PROVIDER"
+    )
+    llm_base_url: str | None = Field(None, validation_alias="MCP_LLM_BASE_URL")
+    llm_api_key: SecretStr | None = Field(None, validation_alias="MCP_LLM_API_KEY")
+    llm_model: str | None = Field(None, validation_alias="MCP_LLM_MODEL")
+    llm_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="MCP_LLM_ALLOWED_HOSTS"
+    )
+    llm_max_tokens: int = Field(1024, ge=1, le=1_000_000, validation_alias="MCP_LLM_MAX_TOKENS")
+    price_input_per_m_usd: Decimal = Field(Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_INPUT_PER_M_USD")
+    price_output_per_m_usd: Decimal = Field(
+        Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_OUTPUT_PER_M_USD"
+    )
+    database_url: str = Field("", validation_alias="DATABASE_URL")
+    data_dir: Path = Field(default_factory=default_data_dir, validation_alias="PARLEY_DATA_DIR")
+    turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
+    idle_chunk_timeout_seconds: float = Field(
+        120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS"
+    )
+    connect_timeout_seconds: float = Field(10.0, gt=0, validation_alias="PARLEY_CONNECT_TIMEOUT_SECONDS")
+    upstream_retries: int = Field(3, ge=0, le=10, validation_alias="PARLEY_UPSTREAM_RETRIES")
+    session_idle_ttl_seconds: float = Field(7200.0, gt=0, validation_alias="PARLEY_SESSION_IDLE_TTL_SECONDS")
+    session_max_age_seconds: float = Field(86400.0, gt=0, validation_alias="PARLEY_SESSION_MAX_AGE_SECONDS")
+    max_live_sessions: int = Field(200, ge=1, validation_alias="PARLEY_MAX_LIVE_SESSIONS")
+    sweep_interval_seconds: float = Field(60.0, gt=0, validation_alias="PARLEY_SWEEP_INTERVAL_SECONDS")
+    heartbeat_seconds: float = Field(15.0, gt=0, le=15.0, validation_alias="PARLEY_HEARTBEAT_SECONDS")
+    default_max_turns: int = Field(50, ge=1, le=10_000, validation_alias="PARLEY_MAX_TURNS")
+    system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
+    system_prompt_file: Path | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT_FILE")
+    page_context_max_bytes: int = Field(
+        4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES"
+    )
+
+    @field_validator("llm_allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("llm_base_url", "llm_model", "system_prompt", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("price_input_per_m_usd", "price_output_per_m_usd", mode="before")
+    @classmethod
+    def _blank_price_is_zero(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return Decimal(0)
+        return value
+
+    # -- derived values ---------------------------------------------------------------------------
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'parley.db'}"
+
+    @property
+    def model(self) -> str:
+        """The model that really runs: stored on every session."""
+        return self.llm_model or ""
+
+    @property
+    def prices_are_zero(self) -> bool:
+        return self.price_input_per_m_usd == 0 and self.price_output_per_m_usd == 0
+
+    def resolved_system_prompt(self) -> str:
+        if self.system_prompt_file is not None:
+            return self.system_prompt_file.read_text(encoding="utf-8").strip()
+        return self.system_prompt or DEFAULT_SYSTEM_PROMPT
+
+
+def _cross_field_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.llm_provider == "anthropic":
+        problems.append(
+            "MCP_LLM_PROVIDER: 'anthropic' is not available in this version of parley yet; "
+            "set MCP_LLM_PROVIDER=openai-compatible with MCP_LLM_BASE_URL, MCP_LLM_MODEL and "
+            "MCP_LLM_API_KEY"
+        )
+    else:
+        if s.llm_base_url is None:
+            problems.append("MCP_LLM_BASE_URL: required when MCP_LLM_PROVIDER=openai-compatible")
+        else:
+            for reason in check_base_url(
+                s.llm_base_url, production=s.production, allowed_hosts=s.llm_allowed_hosts
+            ):
+                problems.append(f"MCP_LLM_BASE_URL: {reason}")
+        if s.llm_model is None:
+            problems.append("MCP_LLM_MODEL: required (non-blank) when MCP_LLM_PROVIDER=openai-compatible")
+        if s.llm_api_key is None or not s.llm_api_key.get_secret_value().strip():
+            problems.append(
+                "MCP_LLM_API_KEY: required (non-blank) when MCP_LLM_PROVIDER=openai-compatible; "
+                "servers without auth accept any value"
+            )
+    if s.system_prompt_file is not None and not s.system_prompt_file.is_file():
+        problems.append(f"PARLEY_SYSTEM_PROMPT_FILE: {s.system_prompt_file} is not a readable file")
+    url = s.database_url
+    if url and not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
+        problems.append("DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+    return problems
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build and validate settings from `environ` (default: the process environment)."""
+    env = dict(os.environ if environ is None else environ)
+    try:
+        settings = Settings.model_validate(_known_vars(env))
+    except ValidationError as exc:
+        raise ConfigError([_describe_validation_error(err) for err in exc.errors()]) from exc
+    problems = _cross_field_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _known_vars(env: Mapping[str, str]) -> dict[str, str]:
+    names = {str(f.validation_alias) for f in Settings.model_fields.values()}
+    return {k: v for k, v in env.items() if k in names}
+
+
+def _describe_validation_error(err: Any) -> str:
+    field = err["loc"][0] if err["loc"] else "?"
+    alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else field
+    message = str(err["msg"]).removeprefix("Value error, ")
+    return f"{alias}: {message} (got {err.get('input')!r})"
+
+
+def startup_warnings(s: Settings) -> list[str]:
+    warnings: list[str] = []
+    if s.prices_are_zero:
+        warnings.append(
+            "MCP_LLM_PRICE_INPUT_PER_M_USD and MCP_LLM_PRICE_OUTPUT_PER_M_USD are both 0: "
+            "cost tracking records $0 and budgets are inert."
+        )
+    if s.production and s.effective_database_url.startswith("sqlite"):
+        warnings.append("PARLEY_ENV=production on SQLite: tenant isolation is enforced by parley only.")
+    return warnings
+
+
+def describe(s: Settings) -> list[tuple[str, str]]:
+    """The effective configuration as (variable, value) rows, secrets masked."""
+    rows: list[tuple[str, str]] = []
+    for name, field in Settings.model_fields.items():
+        alias = str(field.validation_alias)
+        value = getattr(s, name)
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            shown = "(unset)" if not secret else f"****{secret[-4:]}" if len(secret) >= 12 else "****"
+        elif value is None:
+            shown = "(unset)"
+        elif isinstance(value, list):
+            shown = ",".join(value) or "(none)"
+        else:
+            shown = str(value)
+        if name == "database_url":
+            shown = _mask_url_password(s.effective_database_url)
+        rows.append((alias, shown))
+    return rows
+
+
+def _mask_url_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparseable)"
+
+
+def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """The database URL alone (admin commands need no model configuration)."""
+    env = dict(os.environ if environ is None else environ)
+    if env.get("DATABASE_URL"):
+        return env["DATABASE_URL"]
+    data_dir = Path(env["PARLEY_DATA_DIR"]) if env.get("PARLEY_DATA_DIR") else default_data_dir()
+    return f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"

@@ -1,0 +1,142 @@
+"""The provider-neutral seam: chat messages in, provider events out.
+
+A provider translates between these types and one wire format; it knows nothing of sessions,
+storage or billing (may import only `parley.errors` and the standard library, plus its HTTP
+client). Messages are lists of parts from day one so tool calling needs no new message model.
+
+Cancellation is plain asyncio cancellation: cancelling the task that iterates `stream()` (or
+closing the iterator) must close the upstream HTTP response so the server stops generating.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+# --- message parts -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextPart:
+    """Plain text a user wrote or the model answered."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningPart:
+    """The model's reasoning; stored for display, never sent back to a model."""
+
+    type: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallPart:
+    """A tool call the model asked for (reserved for tool calling)."""
+
+    type: Literal["tool_call"] = "tool_call"
+    call_id: str
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolResultPart:
+    """The result of a tool call (reserved for tool calling)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    output: Any = None
+    is_error: bool = False
+
+
+Part = TextPart | ReasoningPart | ToolCallPart | ToolResultPart
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatMessage:
+    """One message of the conversation sent to a provider."""
+
+    role: Role
+    parts: tuple[Part, ...]
+
+    @classmethod
+    def text(cls, role: Role, text: str) -> ChatMessage:
+        return cls(role=role, parts=(TextPart(text=text),))
+
+    @property
+    def plain_text(self) -> str:
+        """The concatenated text parts (reasoning and tool parts excluded)."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+# --- events a provider yields --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TextDelta:
+    """A piece of the answer."""
+
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning."""
+
+    type: Literal["reasoning_delta"] = "reasoning_delta"
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Usage:
+    """Token counts for the whole request, as the server reports them (cumulative, not a delta).
+
+    `input_tokens` counts uncached prompt tokens only; the cache buckets are disjoint from it.
+    """
+
+    type: Literal["usage"] = "usage"
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    estimated: bool = False  # True when the server sent no usage and the provider counted itself
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Finished:
+    """The server ended the reply; `reason` is normalised: stop, length, or the raw value."""
+
+    type: Literal["finished"] = "finished"
+    reason: str
+
+
+ProviderEvent = TextDelta | ReasoningDelta | Usage | Finished
+
+
+class Provider(Protocol):
+    """A configured model endpoint.
+
+    `stream` opens one upstream request and yields events until the reply ends. It raises
+    `parley.errors.ProviderError` for every failure, including a stream that ends without a
+    `Finished` event (kind `truncated`). Retries happen inside, only before anything was yielded.
+    """
+
+    name: str
+
+    def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        model: str,
+        max_tokens: int | None = None,
+    ) -> AsyncIterator[ProviderEvent]: ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections."""
+        ...

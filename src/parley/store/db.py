@@ -1,0 +1,123 @@
+"""Engine, units of work, and migrations.
+
+`Database.transaction(tenant)` is the only way to touch tables: one transaction, committed on
+success and rolled back on error, with the tenant's settings applied first on PostgreSQL
+(`set_config(..., true)`, transaction-local, so a pooled connection never leaks them).
+Repositories never commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from parley.errors import ServiceUnavailableError
+from parley.store.tenancy import Tenant
+
+log = logging.getLogger("parley.store")
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+class Database:
+    """One engine and its session factory."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            db_path = parsed.database
+            if db_path and db_path != ":memory:":
+                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs.update(pool_size=20, max_overflow=10, pool_timeout=5, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.dialect == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def transaction(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+        try:
+            async with self.sessions() as session, session.begin():
+                if self.is_postgres:
+                    await _apply_tenant(session, tenant)
+                yield session
+        except (OperationalError, InterfaceError) as exc:
+            if _is_unavailable(exc):
+                log.warning("database unavailable: %s", exc.__class__.__name__)
+                raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+            raise
+        except TimeoutError as exc:  # pool exhausted
+            raise ServiceUnavailableError("The server is busy. Please try again.") from exc
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic), in one transaction."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(_upgrade)
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+async def _apply_tenant(session: AsyncSession, tenant: Tenant) -> None:
+    orgs = "*" if tenant.sees_all else ",".join(sorted(tenant.org_ids))
+    await session.execute(
+        text(
+            "SELECT set_config('parley.scope', :scope, true), "
+            "set_config('parley.org_ids', :orgs, true), "
+            "set_config('parley.user_id', :user, true)"
+        ),
+        {"scope": tenant.scope, "orgs": orgs, "user": tenant.user_id or ""},
+    )
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _is_unavailable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    text_ = str(exc.orig).lower()
+    return any(
+        s in text_
+        for s in (
+            "connection refused",
+            "connection was closed",
+            "terminating connection",
+            "could not connect",
+            "cannot connect",
+            "connection is closed",
+            "server closed the connection",
+        )
+    )
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")

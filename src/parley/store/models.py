@@ -1,0 +1,124 @@
+"""SQLAlchemy 2 table models; one schema for SQLite and PostgreSQL.
+
+Names follow the reference data model (`ai_sessions`, `ai_messages`, `ai_cost_usage`, plus
+`organizations`, `users`, `api_tokens`). Ids are UUID strings. Relationships are not declared:
+repositories query explicitly, so nothing loads lazily behind an await.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from parley.store.types import Money, UTCDateTime
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    partner_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    org_id: Mapped[str | None] = mapped_column(ForeignKey("organizations.id"), index=True)
+    partner_id: Mapped[str | None] = mapped_column(String(36))
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(16))  # organization | partner | system
+    can_write: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AiSession(Base):
+    __tablename__ = "ai_sessions"
+    __table_args__ = (Index("ix_ai_sessions_user_activity", "user_id", "last_activity_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"))
+    status: Mapped[str] = mapped_column(String(16), index=True)  # active | closed | expired
+    type: Mapped[str] = mapped_column(String(32), default="general")
+    title: Mapped[str | None] = mapped_column(String(255))
+    model: Mapped[str] = mapped_column(String(100))
+    system_prompt: Mapped[str | None] = mapped_column(Text)
+    context_snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    total_input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_cost_cents: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    turn_count: Mapped[int] = mapped_column(Integer, default=0)
+    max_turns: Mapped[int] = mapped_column(Integer, default=50)
+    last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The turn lease: one turn at a time per session, across server processes. A process that
+    # dies leaves a lease that simply expires; a running turn renews it.
+    lease_token: Mapped[str | None] = mapped_column(String(36))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AiMessage(Base):
+    __tablename__ = "ai_messages"
+    __table_args__ = (Index("ix_ai_messages_session_created", "session_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
+    role: Mapped[str] = mapped_column(String(16))  # user | assistant | system | tool_use | tool_result
+    content: Mapped[str | None] = mapped_column(Text)  # the answer text only, never reasoning
+    content_parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_read_tokens: Mapped[int | None] = mapped_column(Integer)
+    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_cents: Mapped[Decimal | None] = mapped_column(Money())
+    usage_estimated: Mapped[bool] = mapped_column(Boolean, default=False)
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AiCostUsage(Base):
+    __tablename__ = "ai_cost_usage"
+    __table_args__ = (UniqueConstraint("org_id", "period", "period_key", name="uq_ai_cost_usage_period"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    period: Mapped[str] = mapped_column(String(10))  # daily | monthly
+    period_key: Mapped[str] = mapped_column(String(10))  # YYYY-MM-DD | YYYY-MM (UTC)
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_read_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cache_write_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    total_cost_cents: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
+    session_count: Mapped[int] = mapped_column(Integer, default=0)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -1,0 +1,120 @@
+"""Shared fixtures: settings, seeded tenants on a real database, real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from parley.app import create_app
+from parley.config import Settings, load_settings
+from parley.providers.base import Provider
+from parley.store import admin
+from tests.support.live_server import LiveServer
+
+# Never talk to anything but loopback, and never pick up a developer's real keys or proxies.
+_SCRUBBED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+@pytest.fixture(autouse=True)
+def clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("MCP_LLM_", "PARLEY_", "ANTHROPIC_")) or name in _SCRUBBED or name == "DATABASE_URL":
+            monkeypatch.delenv(name, raising=False)
+
+
+def base_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    env = {
+        "MCP_LLM_PROVIDER": "openai-compatible",
+        "MCP_LLM_BASE_URL": "http://127.0.0.1:9/v1",
+        "MCP_LLM_MODEL": "test-model",
+        "MCP_LLM_API_KEY": "sk-test-key",
+        "MCP_LLM_PRICE_INPUT_PER_M_USD": "3",
+        "MCP_LLM_PRICE_OUTPUT_PER_M_USD": "15",
+        "PARLEY_DATA_DIR": str(data_dir),
+        "PARLEY_HEARTBEAT_SECONDS": "15",
+    }
+    env.update(overrides)
+    return env
+
+
+@dataclass
+class Tenants:
+    """Two organizations: A with users a1 and a2, B with user b1; tokens for each case."""
+
+    database_url: str
+    org_a: str
+    org_b: str
+    a1: str  # read-write token of user a1 (org A)
+    a2: str  # read-write token of user a2 (org A)
+    b1: str  # read-write token of user b1 (org B)
+    a1_read_only: str
+    a1_revoked: str
+    system: str  # system-scope token (user a1)
+
+
+async def _seed(url: str) -> Tenants:
+    db = await admin.open_database(url)
+    try:
+        org_a = await admin.create_organization(db, "org-a")
+        org_b = await admin.create_organization(db, "org-b")
+        u_a1 = await admin.create_user(db, org_id=org_a.id, email="a1@example.test", name="A1")
+        u_a2 = await admin.create_user(db, org_id=org_a.id, email="a2@example.test", name="A2")
+        u_b1 = await admin.create_user(db, org_id=org_b.id, email="b1@example.test", name="B1")
+        tok = admin.create_token
+        revoked = await tok(db, user_id=u_a1.id, org_id=org_a.id, name="old")
+        await admin.revoke_token(db, revoked.id)
+        return Tenants(
+            database_url=url,
+            org_a=org_a.id,
+            org_b=org_b.id,
+            a1=(await tok(db, user_id=u_a1.id, org_id=org_a.id)).token,
+            a2=(await tok(db, user_id=u_a2.id, org_id=org_a.id)).token,
+            b1=(await tok(db, user_id=u_b1.id, org_id=org_b.id)).token,
+            a1_read_only=(await tok(db, user_id=u_a1.id, org_id=org_a.id, can_write=False)).token,
+            a1_revoked=revoked.token,
+            system=(await tok(db, user_id=u_a1.id, org_id=None, scope="system")).token,
+        )
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def tenants(data_dir: Path) -> Tenants:
+    url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
+    return asyncio.run(_seed(url))
+
+
+ServerFactory = Callable[..., LiveServer]
+
+
+@pytest.fixture
+def make_server(data_dir: Path, tenants: Tenants) -> Iterator[ServerFactory]:
+    """Start parley (real uvicorn) with a given provider and environment overrides."""
+    started: list[LiveServer] = []
+
+    def factory(provider: Provider | None = None, *, app_kwargs: dict[str, Any] | None = None, **env: str) -> LiveServer:
+        settings: Settings = load_settings(base_env(data_dir, **env))
+        server = LiveServer(create_app(settings, provider=provider, **(app_kwargs or {}))).start()
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+def client(server: LiveServer, token: str | None, **kwargs: Any) -> httpx2.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx2.Client(base_url=server.url, headers=headers, timeout=kwargs.pop("timeout", 20), **kwargs)
