@@ -1,0 +1,78 @@
+"""Event encoding and the in-memory channel: ids, replay, end of stream."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+from parley.bus.memory import END, SessionChannel, parse_event_id
+from parley.chat.events import ContentDelta, Done, MessageEnd, TitleUpdated, TurnError, encode_frame
+
+
+def frame_fields(frame: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in frame.decode().strip("\n").split("\n"):
+        name, _, value = line.partition(": ")
+        out[name] = value
+    return out
+
+
+def test_frames_carry_id_event_and_whole_json_with_type() -> None:
+    fields = frame_fields(encode_frame(ContentDelta(delta='a "quoted"\nline'), "3.7"))
+    assert fields["id"] == "3.7"
+    assert fields["event"] == "content_delta"
+    assert json.loads(fields["data"]) == {"type": "content_delta", "delta": 'a "quoted"\nline'}
+
+
+def test_message_end_uses_camel_case_and_decimal_strings() -> None:
+    data = json.loads(frame_fields(encode_frame(MessageEnd(input_tokens=5, output_tokens=7, cost_usd="0.0105"), "1.1"))["data"])
+    assert data == {"type": "message_end", "inputTokens": 5, "outputTokens": 7, "cacheReadTokens": 0,
+                    "cacheWriteTokens": 0, "costUsd": "0.0105", "usageEstimated": False}
+    assert json.loads(frame_fields(encode_frame(TurnError(code="x", message="y"), "1.2"))["data"]) == {
+        "type": "error", "code": "x", "message": "y"}
+
+
+def publish(channel: SessionChannel, event: object, final: bool = False) -> None:
+    channel.publish(partial(encode_frame, event), final=final)
+
+
+def test_subscribers_get_frames_then_end_after_done() -> None:
+    ch = SessionChannel("s")
+    ch.begin_turn()
+    sub = ch.subscribe()
+    publish(ch, TitleUpdated(title="t"))
+    publish(ch, Done(), final=True)
+    frames = sub.drain()
+    assert [frame_fields(f)["id"] for f in frames[:-1]] == ["1.1", "1.2"]
+    assert frames[-1] == END
+    assert ch.subscriber_count == 0
+
+
+def test_replay_after_an_id_and_of_a_finished_turn() -> None:
+    ch = SessionChannel("s", turn=4)
+    ch.begin_turn()
+    for i in range(3):
+        publish(ch, ContentDelta(delta=str(i)))
+    late = ch.subscribe(replay_after=(5, 1))
+    assert [frame_fields(f)["id"] for f in late.drain()] == ["5.2", "5.3"]
+    publish(ch, Done(), final=True)
+    after_end = ch.subscribe(replay_after=(5, 3))
+    frames = after_end.drain()
+    assert frame_fields(frames[0])["event"] == "done" and frames[-1] == END
+    assert ch.has_frames_after((5, 3)) and not ch.has_frames_after((5, 4))
+
+
+def test_closing_ends_streams_without_done() -> None:
+    ch = SessionChannel("s")
+    ch.begin_turn()
+    sub = ch.subscribe()
+    ch.close()
+    assert sub.drain() == [END]
+    assert ch.subscribe().drain() == [END]
+
+
+def test_event_ids_parse_or_are_ignored() -> None:
+    assert parse_event_id("12.3") == (12, 3)
+    assert parse_event_id(None) is None
+    assert parse_event_id("abc") is None
+    assert parse_event_id("1.x") is None

@@ -1,0 +1,138 @@
+"""Configuration: defaults, cross-field rules, boot refusal with every problem, masking."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from parley.config import describe, load_settings, startup_warnings
+from parley.errors import ConfigError
+
+GOOD = {
+    "MCP_LLM_PROVIDER": "openai-compatible",
+    "MCP_LLM_BASE_URL": "http://127.0.0.1:8080/v1",
+    "MCP_LLM_MODEL": "smollm2",
+    "MCP_LLM_API_KEY": "sk-local-1234567890",
+}
+
+
+def problems(env: dict[str, str]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    return info.value.problems
+
+
+def test_a_full_openai_compatible_config_validates() -> None:
+    s = load_settings(GOOD)
+    assert s.llm_provider == "openai-compatible"
+    assert s.model == "smollm2"
+    assert s.price_input_per_m_usd == Decimal(0)
+    assert s.turn_timeout_seconds == 360
+    assert s.session_idle_ttl_seconds == 7200
+    assert s.session_max_age_seconds == 86400
+    assert s.max_live_sessions == 200
+    assert s.effective_database_url.startswith("sqlite+aiosqlite:///")
+
+
+def test_the_default_provider_is_anthropic_and_refuses_to_start_for_now() -> None:
+    (problem,) = problems({})
+    assert problem.startswith("MCP_LLM_PROVIDER:")
+    assert "anthropic" in problem and "not available" in problem
+
+
+def test_every_missing_variable_is_reported_at_once() -> None:
+    found = problems({"MCP_LLM_PROVIDER": "openai-compatible"})
+    assert [p.split(":")[0] for p in found] == ["MCP_LLM_BASE_URL", "MCP_LLM_MODEL", "MCP_LLM_API_KEY"]
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_blank_model_and_key_are_refused(blank: str) -> None:
+    found = problems(GOOD | {"MCP_LLM_MODEL": blank, "MCP_LLM_API_KEY": blank})
+    assert {p.split(":")[0] for p in found} == {"MCP_LLM_MODEL", "MCP_LLM_API_KEY"}
+
+
+def test_unknown_provider_is_refused() -> None:
+    (problem,) = problems(GOOD | {"MCP_LLM_PROVIDER": "openai"})
+    assert problem.startswith("MCP_LLM_PROVIDER:")
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("ftp://example.com/v1", "http or https"),
+        ("http://169.254.169.254/latest", "link-local"),
+        ("http://[fd00:ec2::254]/", "metadata"),
+        ("http://metadata.google.internal/v1", "metadata"),
+        ("http://127.0.0.1\\@1.1.1.1/v1", "backslashes"),
+        ("http://user:pw@example.com/v1", "credentials"),
+    ],
+)
+def test_unsafe_base_urls_are_refused(url: str, fragment: str) -> None:
+    (problem,) = problems(GOOD | {"MCP_LLM_BASE_URL": url})
+    assert problem.startswith("MCP_LLM_BASE_URL:")
+    assert fragment in problem
+
+
+def test_production_refuses_plain_http_unless_allow_listed() -> None:
+    (problem,) = problems(GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://vllm.internal:8000/v1"})
+    assert "MCP_LLM_ALLOWED_HOSTS" in problem
+    ok = load_settings(
+        GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://vllm.internal:8000/v1",
+                "MCP_LLM_ALLOWED_HOSTS": "other, vllm.internal"}
+    )
+    assert ok.llm_allowed_hosts == ["other", "vllm.internal"]
+    assert load_settings(GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "https://api.example.com/v1"})
+
+
+def test_production_never_allows_metadata_even_when_allow_listed() -> None:
+    found = problems(
+        GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://169.254.169.254/v1",
+                "MCP_LLM_ALLOWED_HOSTS": "169.254.169.254"}
+    )
+    assert any("link-local" in p for p in found)
+
+
+@pytest.mark.parametrize(("name", "value"), [("MCP_LLM_PRICE_INPUT_PER_M_USD", "-1"),
+                                              ("MCP_LLM_PRICE_OUTPUT_PER_M_USD", "abc"),
+                                              ("PARLEY_TURN_TIMEOUT_SECONDS", "0"),
+                                              ("PARLEY_MAX_LIVE_SESSIONS", "many")])
+def test_bad_numbers_name_their_variable(name: str, value: str) -> None:
+    (problem,) = problems(GOOD | {name: value})
+    assert problem.startswith(f"{name}:")
+    assert repr(value) in problem
+
+
+def test_prices_are_exact_decimals_and_blank_means_zero() -> None:
+    s = load_settings(GOOD | {"MCP_LLM_PRICE_INPUT_PER_M_USD": "0.1", "MCP_LLM_PRICE_OUTPUT_PER_M_USD": ""})
+    assert s.price_input_per_m_usd == Decimal("0.1")
+    assert s.price_output_per_m_usd == Decimal(0)
+
+
+def test_zero_prices_warn_that_cost_and_budgets_are_inert() -> None:
+    (warning,) = startup_warnings(load_settings(GOOD))
+    assert "budgets are inert" in warning
+    assert startup_warnings(load_settings(GOOD | {"MCP_LLM_PRICE_INPUT_PER_M_USD": "1"})) == []
+
+
+def test_system_prompt_from_env_or_file(tmp_path: Path) -> None:
+    assert load_settings(GOOD | {"PARLEY_SYSTEM_PROMPT": "Be brief."}).resolved_system_prompt() == "Be brief."
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("From a file.\n")
+    s = load_settings(GOOD | {"PARLEY_SYSTEM_PROMPT_FILE": str(prompt)})
+    assert s.resolved_system_prompt() == "From a file."
+    (problem,) = problems(GOOD | {"PARLEY_SYSTEM_PROMPT_FILE": str(tmp_path / "missing.txt")})
+    assert problem.startswith("PARLEY_SYSTEM_PROMPT_FILE:")
+
+
+def test_database_url_must_use_an_async_driver() -> None:
+    (problem,) = problems(GOOD | {"DATABASE_URL": "postgresql://u:p@localhost/db"})
+    assert problem.startswith("DATABASE_URL:")
+
+
+def test_describe_masks_secrets() -> None:
+    rows = dict(describe(load_settings(GOOD | {"DATABASE_URL": "postgresql+asyncpg://app:hunter2@db/parley"})))
+    assert rows["MCP_LLM_API_KEY"] == "****7890"
+    assert "hunter2" not in rows["DATABASE_URL"]
+    assert "sk-local" not in " ".join(rows.values())
