@@ -1,0 +1,60 @@
+# parley: `make demo` runs a server you can chat with; `make test` runs the tests.
+# Both work on a fresh machine: they create .venv and install what is missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST_ARGS ?=
+
+.PHONY: help install demo run test test-fast lint format typecheck system-deps local-model check clean
+
+help:
+	@echo "make demo        parley with a small local model (offline, no keys): chat at http://127.0.0.1:8000"
+	@echo "make test        the whole test suite (unit, API, end-to-end with a real model server)"
+	@echo "make run         parley serve (configure with MCP_LLM_* variables, see README)"
+	@echo "make lint | typecheck | format | install"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev,postgres]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/parley demo
+
+run: install
+	$(BIN)/parley serve
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+local-model: install
+	$(BIN)/python -m parley.local.install
+
+test: install system-deps local-model
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports
+
+format: install
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+typecheck: install
+	$(BIN)/mypy src
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

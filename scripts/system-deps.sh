@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Debian packages the test suite needs, installed only when missing.
+#   tmux: drives `parley chat` end to end in a terminal.
+set -euo pipefail
+
+need=()
+command -v tmux >/dev/null 2>&1 || need+=(tmux)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing Debian packages: ${need[*]}"
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=""
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO="sudo"
+else
+  echo "error: these packages are missing and this user cannot install them: ${need[*]}" >&2
+  echo "       install them with your package manager (apt-get install ${need[*]}) and rerun" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
