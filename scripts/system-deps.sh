@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the test suite needs, installed only when missing.
 #   tmux: drives `parley chat` end to end in a terminal.
+#   postgresql: the suite runs on PostgreSQL too (a throwaway cluster, started by the tests).
 set -euo pipefail
 
 need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

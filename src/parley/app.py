@@ -23,7 +23,8 @@ from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.providers.base import Provider
-from parley.store.db import Database
+from parley.store.db import Database, head_revision
+from parley.store.postgres import app_role_problems
 
 log = logging.getLogger("parley")
 MAX_BODY_BYTES = 256 * 1024
@@ -43,6 +44,26 @@ def build_provider(settings: Settings) -> Provider:
     )
 
 
+async def prepare_database(db: Database, settings: Settings) -> None:
+    """SQLite migrates itself; PostgreSQL must be reachable, migrated, and safe for RLS."""
+    if db.dialect == "sqlite":
+        await db.migrate()  # an embedded database migrates itself on first start
+        return
+    await db.wait_until_reachable()
+    revision = await db.schema_revision()
+    if revision != head_revision():
+        raise RuntimeError(
+            f"the database schema is at revision {revision or 'none'}, parley needs {head_revision()}: "
+            "run `parley migrate` (with DATABASE_ADMIN_URL set to the owner's URL)"
+        )
+    async with db.engine.connect() as conn:
+        problems = await app_role_problems(conn)
+    for problem in problems:
+        log.warning("row-level security: %s", problem)
+    if problems and settings.production:
+        raise RuntimeError("refusing to start in production: " + "; ".join(problems))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -55,8 +76,7 @@ def create_app(
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
         db = Database(settings.effective_database_url)
-        if db.dialect == "sqlite":
-            await db.migrate()  # an embedded database migrates itself on first start
+        await prepare_database(db, settings)
         upstream = provider or build_provider(settings)
         policy = SessionPolicy(
             model=settings.model,

@@ -75,7 +75,7 @@ def _run(fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
     from parley.store.admin import open_database
 
     async def go() -> T:
-        db = await open_database(database_url_from_env())
+        db = await open_database(database_url_from_env(admin=True))
         try:
             return await fn(db, *args, **kwargs)
         finally:
@@ -86,13 +86,24 @@ def _run(fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:
 
 @app.command()
 def migrate() -> None:
-    """Create or upgrade the database schema (DATABASE_URL)."""
+    """Create or upgrade the schema; on PostgreSQL also create/grant the app role.
 
-    async def noop(_: object) -> None:
-        return None
+    Runs as DATABASE_ADMIN_URL (the tables' owner) when set; the role of DATABASE_URL gets
+    exactly the grants it needs and must not own the tables.
+    """
+    from parley.store.db import Database
 
-    _run(noop)
-    typer.echo("database is up to date")
+    async def go() -> list[str]:
+        app_url = database_url_from_env()
+        admin_url = database_url_from_env(admin=True)
+        db = Database(app_url)
+        try:
+            return await db.migrate(admin_url=admin_url if admin_url != app_url else None)
+        finally:
+            await db.dispose()
+
+    for line in asyncio.run(go()):
+        typer.echo(line)
 
 
 @orgs.command("create")

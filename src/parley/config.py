@@ -51,6 +51,7 @@ class Settings(BaseSettings):
         Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_OUTPUT_PER_M_USD"
     )
     database_url: str = Field("", validation_alias="DATABASE_URL")
+    database_admin_url: str | None = Field(None, validation_alias="DATABASE_ADMIN_URL")
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias="PARLEY_DATA_DIR")
     turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
     idle_chunk_timeout_seconds: float = Field(
@@ -201,6 +202,8 @@ def describe(s: Settings) -> list[tuple[str, str]]:
             shown = str(value)
         if name == "database_url":
             shown = _mask_url_password(s.effective_database_url)
+        elif name == "database_admin_url" and value is not None:
+            shown = _mask_url_password(value)
         rows.append((alias, shown))
     return rows
 
@@ -214,9 +217,15 @@ def _mask_url_password(url: str) -> str:
         return "(unparseable)"
 
 
-def database_url_from_env(environ: Mapping[str, str] | None = None) -> str:
-    """The database URL alone (admin commands need no model configuration)."""
+def database_url_from_env(environ: Mapping[str, str] | None = None, *, admin: bool = False) -> str:
+    """The database URL alone (admin commands need no model configuration).
+
+    With `admin`, the owner's URL for migrations and administration (`DATABASE_ADMIN_URL`), falling
+    back to `DATABASE_URL`.
+    """
     env = dict(os.environ if environ is None else environ)
+    if admin and env.get("DATABASE_ADMIN_URL"):
+        return env["DATABASE_ADMIN_URL"]
     if env.get("DATABASE_URL"):
         return env["DATABASE_URL"]
     data_dir = Path(env["PARLEY_DATA_DIR"]) if env.get("PARLEY_DATA_DIR") else default_data_dir()

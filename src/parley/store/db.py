@@ -8,6 +8,7 @@ Repositories never commit.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from parley.errors import ServiceUnavailableError
@@ -62,13 +64,61 @@ class Database:
                 log.warning("database unavailable: %s", exc.__class__.__name__)
                 raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
             raise
-        except TimeoutError as exc:  # pool exhausted
+        except PoolTimeoutError as exc:  # every pooled connection is busy: a bounded wait, then 503
+            log.warning("database pool exhausted")
             raise ServiceUnavailableError("The server is busy. Please try again.") from exc
+        except OSError as exc:  # refused or reset while connecting
+            log.warning("database unreachable: %s", exc)
+            raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
 
-    async def migrate(self) -> None:
-        """Bring the schema to the newest revision (Alembic), in one transaction."""
-        async with self.engine.begin() as conn:
-            await conn.run_sync(_upgrade)
+    async def migrate(self, admin_url: str | None = None) -> list[str]:
+        """Bring the schema to the newest revision (Alembic), in one transaction.
+
+        On PostgreSQL, `admin_url` (the tables' owner) runs the migration and then creates or
+        grants the application role of `self.url`, which must not own the tables.
+        """
+        if admin_url is None or admin_url == self.url:
+            async with self.engine.begin() as conn:
+                await conn.run_sync(_upgrade)
+            return ["schema is at the newest revision"]
+        from parley.store.postgres import ensure_app_role
+
+        admin = create_async_engine(admin_url)
+        try:
+            async with admin.begin() as conn:
+                await conn.run_sync(_upgrade)
+                app = make_url(self.url)
+                done = await ensure_app_role(conn, app.username or "", app.password)
+        finally:
+            await admin.dispose()
+        return ["schema is at the newest revision", *done]
+
+    async def schema_revision(self) -> str | None:
+        async with self.engine.connect() as conn:
+            try:
+                return (
+                    await conn.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalar_one_or_none()
+            except DBAPIError:
+                return None
+
+    async def wait_until_reachable(
+        self, *, attempts: int = 0, delay: float = 1.0, max_delay: float = 15.0
+    ) -> None:
+        """Block until a connection succeeds (forever when `attempts` is 0), logging each retry."""
+        tried = 0
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    await conn.execute(text("SELECT 1"))
+                return
+            except (DBAPIError, OSError) as exc:
+                tried += 1
+                if attempts and tried >= attempts:
+                    raise ServiceUnavailableError("The database is unreachable.") from exc
+                log.warning("database not reachable (%s); retrying in %.0f s", exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, max_delay)
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -111,6 +161,17 @@ def _is_unavailable(exc: DBAPIError) -> bool:
             "server closed the connection",
         )
     )
+
+
+def head_revision() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
 
 
 def _upgrade(connection: Connection) -> None:

@@ -1,0 +1,63 @@
+"""PostgreSQL roles: the application connects as a role that is not the tables' owner, not
+superuser and has no BYPASSRLS, so row-level security applies to every query it makes.
+
+`ensure_app_role` runs from `parley migrate` with the admin (owning) connection: it creates the
+app role when it can and it is missing, and (re)grants exactly the DML it needs. `app_role_problems`
+runs at server start on the app connection and says what is unsafe about the role it got.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from parley.store.models import Base
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_app_role(conn: AsyncConnection, role: str, password: str | None) -> list[str]:
+    """Create (if missing) and grant the app role; returns what was done, for the operator."""
+    done: list[str] = []
+    exists = (await conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role})).first()
+    if exists is None:
+        pw = " PASSWORD " + "'" + password.replace("'", "''") + "'" if password else ""
+        await conn.execute(
+            text(
+                f"CREATE ROLE {_ident(role)} LOGIN{pw} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT"
+            )
+        )
+        done.append(f"created role {role}")
+    db = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+    await conn.execute(text(f"GRANT CONNECT ON DATABASE {_ident(db)} TO {_ident(role)}"))
+    await conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {_ident(role)}"))
+    tables = ", ".join(_ident(t) for t in Base.metadata.tables)
+    await conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_ident(role)}"))
+    await conn.execute(text(f"GRANT SELECT ON alembic_version TO {_ident(role)}"))
+    done.append(f"granted DML on {len(Base.metadata.tables)} tables to {role}")
+    return done
+
+
+async def app_role_problems(conn: AsyncConnection) -> list[str]:
+    """Why the connected role would weaken row-level security (empty when it would not)."""
+    problems: list[str] = []
+    row = (
+        await conn.execute(
+            text("SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+        )
+    ).one()
+    user, superuser, bypass = row
+    if superuser:
+        problems.append(f"role {user} is a superuser: row-level security does not apply to it")
+    if bypass:
+        problems.append(f"role {user} has BYPASSRLS: row-level security does not apply to it")
+    owned = (
+        await conn.execute(
+            text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user")
+        )
+    ).scalar_one()
+    if owned:
+        problems.append(f"role {user} owns {owned} tables: connect as a separate application role")
+    return problems

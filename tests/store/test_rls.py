@@ -1,0 +1,185 @@
+"""Row-level security, checked with raw SQL as the application role (not the owner, not superuser)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.store.conftest import APP_ROLE
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+async def seeded(pg_database: tuple[str, str]) -> AsyncIterator[dict[str, str]]:
+    """Orgs A and B, a session and a message in each, cost rows; written as the owner."""
+    _, admin_url = pg_database
+    ids = {k: str(uuid.uuid4()) for k in ("org_a", "org_b", "user_a", "user_b", "sess_a", "sess_b", "msg_a", "msg_b")}
+    conn = await asyncpg.connect(_dsn(admin_url))
+    try:
+        await conn.execute("SELECT set_config('parley.scope', 'system', false)")
+        for org in ("org_a", "org_b"):
+            await conn.execute("INSERT INTO organizations VALUES ($1, $2, NULL, $3)", ids[org], org, NOW)
+        for user, org in (("user_a", "org_a"), ("user_b", "org_b")):
+            await conn.execute("INSERT INTO users VALUES ($1, $2, $3, $3, $4)", ids[user], ids[org], f"{user}@x", NOW)
+        for sess, org, user in (("sess_a", "org_a", "user_a"), ("sess_b", "org_b", "user_b")):
+            await conn.execute(
+                "INSERT INTO ai_sessions (id, org_id, user_id, status, type, model, total_input_tokens, "
+                "total_output_tokens, total_cache_read_tokens, total_cache_write_tokens, total_cost_cents, "
+                "turn_count, max_turns, last_activity_at, created_at, updated_at) "
+                "VALUES ($1, $2, $3, 'active', 'general', 'm', 0, 0, 0, 0, 0, 0, 50, $4, $4, $4)",
+                ids[sess],
+                ids[org],
+                ids[user],
+                NOW,
+            )
+        for msg, sess in (("msg_a", "sess_a"), ("msg_b", "sess_b")):
+            await conn.execute(
+                "INSERT INTO ai_messages (id, session_id, role, content, usage_estimated, created_at) "
+                "VALUES ($1, $2, 'user', 'secret', false, $3)",
+                ids[msg],
+                ids[sess],
+                NOW,
+            )
+        for org in ("org_a", "org_b"):
+            await conn.execute(
+                "INSERT INTO ai_cost_usage VALUES ($1, $2, 'daily', '2026-01-01', 1, 1, 0, 0, 1.5, 0, 1, $3)",
+                str(uuid.uuid4()),
+                ids[org],
+                NOW,
+            )
+    finally:
+        await conn.close()
+    yield ids
+
+
+@pytest.fixture
+async def app_conn(pg_database: tuple[str, str]) -> AsyncIterator[asyncpg.Connection]:
+    app_url, _ = pg_database
+    conn = await asyncpg.connect(_dsn(app_url))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def as_tenant(conn: asyncpg.Connection, scope: str, orgs: str) -> None:
+    await conn.execute(
+        "SELECT set_config('parley.scope', $1, true), set_config('parley.org_ids', $2, true)", scope, orgs
+    )
+
+
+async def test_the_app_role_is_neither_owner_superuser_nor_bypassrls(app_conn: asyncpg.Connection) -> None:
+    row = await app_conn.fetchrow("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+    assert await app_conn.fetchval("SELECT current_user") == APP_ROLE
+    assert (row["rolsuper"], row["rolbypassrls"]) == (False, False)
+    owned = await app_conn.fetchval("SELECT count(*) FROM pg_tables WHERE tableowner = current_user")
+    assert owned == 0
+
+
+async def test_every_tenant_table_has_forced_rls_and_a_policy(app_conn: asyncpg.Connection) -> None:
+    rows = await app_conn.fetch(
+        "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
+        "(SELECT count(*) FROM pg_policies p WHERE p.tablename = c.relname) AS policies "
+        "FROM pg_class c WHERE c.relname = ANY($1::text[])",
+        ["ai_sessions", "ai_messages", "ai_cost_usage", "api_tokens"],
+    )
+    assert {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"], r["policies"] > 0) for r in rows} == {
+        t: (True, True, True) for t in ("ai_sessions", "ai_messages", "ai_cost_usage", "api_tokens")
+    }
+
+
+@pytest.mark.parametrize("table", ["ai_sessions", "ai_messages", "ai_cost_usage"])
+async def test_no_tenant_settings_see_nothing(app_conn: asyncpg.Connection, seeded: dict[str, str], table: str) -> None:
+    assert await app_conn.fetchval(f"SELECT count(*) FROM {table}") == 0
+
+
+async def test_empty_settings_from_a_reused_connection_see_nothing(
+    app_conn: asyncpg.Connection, seeded: dict[str, str]
+) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions") == 1
+    # The same physical connection, next transaction: the settings read '' now, not NULL.
+    assert await app_conn.fetchval("SELECT current_setting('parley.scope', true)") == ""
+    assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions") == 0
+
+
+async def test_org_a_reads_only_its_rows(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        assert [r["id"] for r in await app_conn.fetch("SELECT id FROM ai_sessions")] == [seeded["sess_a"]]
+        assert [r["id"] for r in await app_conn.fetch("SELECT id FROM ai_messages")] == [seeded["msg_a"]]
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_cost_usage") == 1
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions WHERE id = $1", seeded["sess_b"]) == 0
+
+
+async def test_org_a_cannot_update_or_delete_org_b(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        assert (
+            await app_conn.execute("UPDATE ai_sessions SET title = 'x' WHERE id = $1", seeded["sess_b"]) == "UPDATE 0"
+        )
+        assert await app_conn.execute("DELETE FROM ai_messages WHERE id = $1", seeded["msg_b"]) == "DELETE 0"
+        assert await app_conn.execute("DELETE FROM ai_cost_usage WHERE org_id = $1", seeded["org_b"]) == "DELETE 0"
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "system", "")
+        assert await app_conn.fetchval("SELECT title FROM ai_sessions WHERE id = $1", seeded["sess_b"]) is None
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_messages") == 2
+
+
+async def test_org_a_cannot_move_its_session_to_org_b(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with app_conn.transaction():
+            await as_tenant(app_conn, "organization", seeded["org_a"])
+            await app_conn.execute(
+                "UPDATE ai_sessions SET org_id = $1 WHERE id = $2", seeded["org_b"], seeded["sess_a"]
+            )
+
+
+async def test_org_a_cannot_insert_rows_for_org_b(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with app_conn.transaction():
+            await as_tenant(app_conn, "organization", seeded["org_a"])
+            await app_conn.execute(
+                "INSERT INTO ai_cost_usage VALUES ($1, $2, 'monthly', '2026-01', 1, 1, 0, 0, 1, 0, 1, $3)",
+                str(uuid.uuid4()),
+                seeded["org_b"],
+                NOW,
+            )
+
+
+async def test_a_message_into_another_orgs_session_is_refused(
+    app_conn: asyncpg.Connection, seeded: dict[str, str]
+) -> None:
+    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+        async with app_conn.transaction():
+            await as_tenant(app_conn, "organization", seeded["org_a"])
+            await app_conn.execute(
+                "INSERT INTO ai_messages (id, session_id, role, content, usage_estimated, created_at) "
+                "VALUES ($1, $2, 'user', 'injected', false, $3)",
+                str(uuid.uuid4()),
+                seeded["sess_b"],
+                NOW,
+            )
+
+
+async def test_partner_scope_sees_its_listed_orgs(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "partner", f"{seeded['org_a']},{seeded['org_b']}")
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions") == 2
+
+
+async def test_an_unknown_scope_sees_nothing(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "admin", seeded["org_a"])
+        assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions") == 0
