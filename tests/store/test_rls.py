@@ -20,7 +20,7 @@ def _dsn(url: str) -> str:
 
 
 @pytest.fixture
-async def seeded(pg_database: tuple[str, str]) -> AsyncIterator[dict[str, str]]:
+async def seeded(pg_database: tuple[str, str]) -> dict[str, str]:
     """Orgs A and B, a session and a message in each, cost rows; written as the owner."""
     _, admin_url = pg_database
     ids = {k: str(uuid.uuid4()) for k in ("org_a", "org_b", "user_a", "user_b", "sess_a", "sess_b", "msg_a", "msg_b")}
@@ -59,7 +59,7 @@ async def seeded(pg_database: tuple[str, str]) -> AsyncIterator[dict[str, str]]:
             )
     finally:
         await conn.close()
-    yield ids
+    return ids
 
 
 @pytest.fixture
@@ -138,18 +138,18 @@ async def test_org_a_cannot_update_or_delete_org_b(app_conn: asyncpg.Connection,
 
 
 async def test_org_a_cannot_move_its_session_to_org_b(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
-        async with app_conn.transaction():
-            await as_tenant(app_conn, "organization", seeded["org_a"])
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             await app_conn.execute(
                 "UPDATE ai_sessions SET org_id = $1 WHERE id = $2", seeded["org_b"], seeded["sess_a"]
             )
 
 
 async def test_org_a_cannot_insert_rows_for_org_b(app_conn: asyncpg.Connection, seeded: dict[str, str]) -> None:
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
-        async with app_conn.transaction():
-            await as_tenant(app_conn, "organization", seeded["org_a"])
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             await app_conn.execute(
                 "INSERT INTO ai_cost_usage VALUES ($1, $2, 'monthly', '2026-01', 1, 1, 0, 0, 1, 0, 1, $3)",
                 str(uuid.uuid4()),
@@ -161,9 +161,9 @@ async def test_org_a_cannot_insert_rows_for_org_b(app_conn: asyncpg.Connection, 
 async def test_a_message_into_another_orgs_session_is_refused(
     app_conn: asyncpg.Connection, seeded: dict[str, str]
 ) -> None:
-    with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
-        async with app_conn.transaction():
-            await as_tenant(app_conn, "organization", seeded["org_a"])
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
             await app_conn.execute(
                 "INSERT INTO ai_messages (id, session_id, role, content, usage_estimated, created_at) "
                 "VALUES ($1, $2, 'user', 'injected', false, $3)",
