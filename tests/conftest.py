@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,10 @@ from parley.app import create_app
 from parley.config import Settings, load_settings
 from parley.providers.base import Provider
 from parley.store import admin
+from parley.store.db import Database
 from tests.support.live_server import LiveServer
+from tests.support.postgres import PostgresCluster
+from tests.support.postgres import missing as postgres_missing
 
 # Never talk to anything but loopback, and never pick up a developer's real keys or proxies.
 _SCRUBBED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -59,8 +63,8 @@ class Tenants:
     system: str  # system-scope token (user a1)
 
 
-async def _seed(url: str) -> Tenants:
-    db = await admin.open_database(url)
+async def _seed(admin_url: str, app_url: str) -> Tenants:
+    db = await admin.open_database(admin_url)
     try:
         org_a = await admin.create_organization(db, "org-a")
         org_b = await admin.create_organization(db, "org-b")
@@ -71,7 +75,7 @@ async def _seed(url: str) -> Tenants:
         revoked = await tok(db, user_id=u_a1.id, org_id=org_a.id, name="old")
         await admin.revoke_token(db, revoked.id)
         return Tenants(
-            database_url=url,
+            database_url=app_url,
             org_a=org_a.id,
             org_b=org_b.id,
             a1=(await tok(db, user_id=u_a1.id, org_id=org_a.id)).token,
@@ -90,10 +94,59 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+# --- databases -----------------------------------------------------------------------------------
+
+APP_ROLE = "parley_app"
+APP_PASSWORD = "app-secret"
+TEMPLATE_DB = "parley_template"
+
+
+@dataclass(frozen=True)
+class DatabaseUrls:
+    kind: str  # sqlite | postgres
+    app: str  # what parley serves with (on PostgreSQL: the RLS-bound application role)
+    admin: str  # the owner: migrations and seeding
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    reason = postgres_missing()
+    if reason:
+        pytest.fail(reason)
+    cluster = PostgresCluster().start()
+    cluster.psql(f"CREATE DATABASE {TEMPLATE_DB}")
+
+    async def migrate() -> None:
+        db = Database(cluster.url(APP_ROLE, TEMPLATE_DB, APP_PASSWORD))
+        try:
+            await db.migrate(admin_url=cluster.url(database=TEMPLATE_DB))
+        finally:
+            await db.dispose()
+
+    asyncio.run(migrate())
+    yield cluster
+    cluster.destroy()
+
+
 @pytest.fixture
-def tenants(data_dir: Path) -> Tenants:
+def pg_database(pg_cluster: PostgresCluster) -> Iterator[DatabaseUrls]:
+    """A fresh, migrated PostgreSQL database (copied from a migrated template)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    pg_cluster.psql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield DatabaseUrls("postgres", pg_cluster.url(APP_ROLE, name, APP_PASSWORD), pg_cluster.url(database=name))
+    pg_cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def database(data_dir: Path) -> DatabaseUrls:
+    """SQLite by default; test packages that must run on both databases override this fixture."""
     url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
-    return asyncio.run(_seed(url))
+    return DatabaseUrls("sqlite", url, url)
+
+
+@pytest.fixture
+def tenants(database: DatabaseUrls) -> Tenants:
+    return asyncio.run(_seed(database.admin, database.app))
 
 
 ServerFactory = Callable[..., LiveServer]
@@ -104,7 +157,10 @@ def make_server(data_dir: Path, tenants: Tenants) -> Iterator[ServerFactory]:
     """Start parley (real uvicorn) with a given provider and environment overrides."""
     started: list[LiveServer] = []
 
-    def factory(provider: Provider | None = None, *, app_kwargs: dict[str, Any] | None = None, **env: str) -> LiveServer:
+    def factory(
+        provider: Provider | None = None, *, app_kwargs: dict[str, Any] | None = None, **env: str
+    ) -> LiveServer:
+        env.setdefault("DATABASE_URL", tenants.database_url)
         settings: Settings = load_settings(base_env(data_dir, **env))
         server = LiveServer(create_app(settings, provider=provider, **(app_kwargs or {}))).start()
         started.append(server)

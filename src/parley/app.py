@@ -75,7 +75,12 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
-        db = Database(settings.effective_database_url)
+        db = Database(
+            settings.effective_database_url,
+            pool_size=settings.db_pool_size,
+            max_overflow=0 if settings.db_pool_size < 10 else settings.db_pool_size // 2,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
         await prepare_database(db, settings)
         upstream = provider or build_provider(settings)
         policy = SessionPolicy(

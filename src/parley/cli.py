@@ -14,9 +14,7 @@ from parley.errors import ConfigError
 from parley.store.db import Database
 from parley.store.tenancy import Scope
 
-app = typer.Typer(
-    help="parley: a self-hostable AI-assistant backend.", no_args_is_help=True, add_completion=False
-)
+app = typer.Typer(help="parley: a self-hostable AI-assistant backend.", no_args_is_help=True, add_completion=False)
 orgs = typer.Typer(help="Manage organizations.", no_args_is_help=True)
 users = typer.Typer(help="Manage users.", no_args_is_help=True)
 tokens = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
@@ -230,9 +228,7 @@ def tokens_revoke(token_id: str) -> None:
 
 @app.command()
 def chat(
-    url: Annotated[
-        str, typer.Option(envvar="PARLEY_URL", help="parley server URL.")
-    ] = "http://127.0.0.1:8000",
+    url: Annotated[str, typer.Option(envvar="PARLEY_URL", help="parley server URL.")] = "http://127.0.0.1:8000",
     token: Annotated[str | None, typer.Option(envvar="PARLEY_TOKEN", help="API token.")] = None,
     session: Annotated[str | None, typer.Option(help="Resume this session id.")] = None,
 ) -> None:

@@ -36,9 +36,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=False, frozen=True)
 
     env: Literal["development", "production"] = Field("development", validation_alias="PARLEY_ENV")
-    llm_provider: Literal["anthropic", "openai-compatible"] = Field(
-        "anthropic", validation_alias="MCP_LLM_PROVIDER"
-    )
+    llm_provider: Literal["anthropic", "openai-compatible"] = Field("anthropic", validation_alias="MCP_LLM_PROVIDER")
     llm_base_url: str | None = Field(None, validation_alias="MCP_LLM_BASE_URL")
     llm_api_key: SecretStr | None = Field(None, validation_alias="MCP_LLM_API_KEY")
     llm_model: str | None = Field(None, validation_alias="MCP_LLM_MODEL")
@@ -47,16 +45,14 @@ class Settings(BaseSettings):
     )
     llm_max_tokens: int = Field(1024, ge=1, le=1_000_000, validation_alias="MCP_LLM_MAX_TOKENS")
     price_input_per_m_usd: Decimal = Field(Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_INPUT_PER_M_USD")
-    price_output_per_m_usd: Decimal = Field(
-        Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_OUTPUT_PER_M_USD"
-    )
+    price_output_per_m_usd: Decimal = Field(Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_OUTPUT_PER_M_USD")
     database_url: str = Field("", validation_alias="DATABASE_URL")
     database_admin_url: str | None = Field(None, validation_alias="DATABASE_ADMIN_URL")
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias="PARLEY_DATA_DIR")
+    db_pool_size: int = Field(20, ge=1, le=1000, validation_alias="PARLEY_DB_POOL_SIZE")
+    db_pool_timeout_seconds: float = Field(5.0, gt=0, validation_alias="PARLEY_DB_POOL_TIMEOUT_SECONDS")
     turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
-    idle_chunk_timeout_seconds: float = Field(
-        120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS"
-    )
+    idle_chunk_timeout_seconds: float = Field(120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS")
     connect_timeout_seconds: float = Field(10.0, gt=0, validation_alias="PARLEY_CONNECT_TIMEOUT_SECONDS")
     upstream_retries: int = Field(3, ge=0, le=10, validation_alias="PARLEY_UPSTREAM_RETRIES")
     session_idle_ttl_seconds: float = Field(7200.0, gt=0, validation_alias="PARLEY_SESSION_IDLE_TTL_SECONDS")
@@ -67,9 +63,7 @@ class Settings(BaseSettings):
     default_max_turns: int = Field(50, ge=1, le=10_000, validation_alias="PARLEY_MAX_TURNS")
     system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
     system_prompt_file: Path | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT_FILE")
-    page_context_max_bytes: int = Field(
-        4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES"
-    )
+    page_context_max_bytes: int = Field(4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES")
 
     @field_validator("llm_allowed_hosts", mode="before")
     @classmethod
@@ -129,9 +123,7 @@ def _cross_field_problems(s: Settings) -> list[str]:
         if s.llm_base_url is None:
             problems.append("MCP_LLM_BASE_URL: required when MCP_LLM_PROVIDER=openai-compatible")
         else:
-            for reason in check_base_url(
-                s.llm_base_url, production=s.production, allowed_hosts=s.llm_allowed_hosts
-            ):
+            for reason in check_base_url(s.llm_base_url, production=s.production, allowed_hosts=s.llm_allowed_hosts):
                 problems.append(f"MCP_LLM_BASE_URL: {reason}")
         if s.llm_model is None:
             problems.append("MCP_LLM_MODEL: required (non-blank) when MCP_LLM_PROVIDER=openai-compatible")

@@ -73,8 +73,7 @@ class ToolUseInHistoryError(BadRequestError):
 
     def __init__(self, session_id: str) -> None:
         super().__init__(
-            f"Session {session_id} contains tool-use messages that this provider cannot replay. "
-            "Start a new session."
+            f"Session {session_id} contains tool-use messages that this provider cannot replay. Start a new session."
         )
 
 
@@ -226,12 +225,9 @@ _PROVIDER_MESSAGES: dict[ProviderErrorKind, str] = {
     ProviderErrorKind.RATE_LIMITED: "The model server is rate limiting requests. Please try again later.",
     ProviderErrorKind.OVERLOADED: "The model server is overloaded. Please try again later.",
     ProviderErrorKind.STREAM: "The connection to the model server broke mid-reply.",
-    ProviderErrorKind.TOOL_CALLS_UNSUPPORTED: (
-        "The model tried to call a tool, which this provider does not support."
-    ),
+    ProviderErrorKind.TOOL_CALLS_UNSUPPORTED: ("The model tried to call a tool, which this provider does not support."),
     ProviderErrorKind.CONTEXT_LENGTH: (
-        "The conversation is longer than the model's context window. Start a new session "
-        "or send a shorter message."
+        "The conversation is longer than the model's context window. Start a new session or send a shorter message."
     ),
     ProviderErrorKind.TRUNCATED: "The model server ended the reply without finishing it.",
     ProviderErrorKind.MODEL_NOT_FOUND: "The configured model does not exist on the model server.",

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.store.conftest import APP_ROLE
+from tests.conftest import APP_ROLE, DatabaseUrls
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -20,9 +20,9 @@ def _dsn(url: str) -> str:
 
 
 @pytest.fixture
-async def seeded(pg_database: tuple[str, str]) -> dict[str, str]:
+async def seeded(pg_database: DatabaseUrls) -> dict[str, str]:
     """Orgs A and B, a session and a message in each, cost rows; written as the owner."""
-    _, admin_url = pg_database
+    admin_url = pg_database.admin
     ids = {k: str(uuid.uuid4()) for k in ("org_a", "org_b", "user_a", "user_b", "sess_a", "sess_b", "msg_a", "msg_b")}
     conn = await asyncpg.connect(_dsn(admin_url))
     try:
@@ -63,9 +63,8 @@ async def seeded(pg_database: tuple[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-async def app_conn(pg_database: tuple[str, str]) -> AsyncIterator[asyncpg.Connection]:
-    app_url, _ = pg_database
-    conn = await asyncpg.connect(_dsn(app_url))
+async def app_conn(pg_database: DatabaseUrls) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(_dsn(pg_database.app))
     try:
         yield conn
     finally:

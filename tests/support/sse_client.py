@@ -74,3 +74,30 @@ def read_stream(response: httpx2.Response, *, stop_after: int | None = None) -> 
             break
     stream.comments = counter[0]
     return stream
+
+
+class FrameReader:
+    """Read a streamed SSE response in steps (some frames, act, then the rest)."""
+
+    def __init__(self, response: httpx2.Response) -> None:
+        self.counter = [0]
+        self._frames = iter_frames(response.iter_lines(), self.counter)
+        self.seen: list[Frame] = []
+
+    def take(self, n: int) -> list[Frame]:
+        out = []
+        for frame in self._frames:
+            out.append(frame)
+            if len(out) >= n or frame.event == "done":
+                break
+        self.seen.extend(out)
+        return out
+
+    def rest(self) -> list[Frame]:
+        out = []
+        for frame in self._frames:
+            out.append(frame)
+            if frame.event == "done":
+                break
+        self.seen.extend(out)
+        return out

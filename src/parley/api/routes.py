@@ -85,9 +85,7 @@ async def create_session(body: CreateSessionBody, svc: ServicesDep, who: WriterD
         raise ValidationFailedError(
             f"model {body.model!r} is not available; this server runs {svc.catalog.defaults.model!r}."
         )
-    row = await svc.catalog.create(
-        who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context
-    )
+    row = await svc.catalog.create(who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context)
     return session_summary(row)
 
 
@@ -129,11 +127,7 @@ def _snippet(content: str | None, q: str) -> str | None:
         return None
     at = content.lower().find(q.lower())
     start = max(at - 40, 0)
-    return (
-        ("…" if start else "")
-        + content[start : at + len(q) + 40]
-        + ("…" if at + len(q) + 40 < len(content) else "")
-    )
+    return ("…" if start else "") + content[start : at + len(q) + 40] + ("…" if at + len(q) + 40 < len(content) else "")
 
 
 @router.get("/sessions/{session_id}")
@@ -143,9 +137,7 @@ async def get_session(session_id: str, svc: ServicesDep, who: PrincipalDep) -> d
 
 
 @router.patch("/sessions/{session_id}")
-async def rename_session(
-    session_id: str, body: RenameBody, svc: ServicesDep, who: WriterDep
-) -> dict[str, Any]:
+async def rename_session(session_id: str, body: RenameBody, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
     title = await svc.catalog.rename(who.caller, session_id, body.title)
     return {"success": True, "title": title}
 
@@ -159,9 +151,7 @@ async def close_session(session_id: str, svc: ServicesDep, who: WriterDep) -> di
 @router.post("/sessions/{session_id}/messages", response_class=StreamingResponse)
 async def send_message(session_id: str, body: SendMessageBody, svc: ServicesDep, who: WriterDep) -> Response:
     _check_page_context(svc, body.page_context)
-    sub = await svc.sessions.send_message(
-        who.tenant, who.user_id, session_id, body.content, body.page_context
-    )
+    sub = await svc.sessions.send_message(who.tenant, who.user_id, session_id, body.content, body.page_context)
     return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: svc.sessions.detach(session_id, sub))
 
 
@@ -185,8 +175,7 @@ async def interrupt(session_id: str, svc: ServicesDep, who: WriterDep) -> dict[s
 async def _not_supported(session_id: str, svc: Services, who: Principal) -> JSONResponse:
     await svc.catalog.get(who.caller, session_id)  # 404 first, as for every session route
     raise NotSupportedOnProviderError(
-        f"Plans and approval modes need tool calling, which the {svc.provider_name} provider "
-        "does not support."
+        f"Plans and approval modes need tool calling, which the {svc.provider_name} provider does not support."
     )
 
 
@@ -196,9 +185,7 @@ async def pause(session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: Wri
 
 
 @router.post("/sessions/{session_id}/approve-plan")
-async def approve_plan(
-    session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep
-) -> JSONResponse:
+async def approve_plan(session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep) -> JSONResponse:
     return await _not_supported(session_id, svc, who)
 
 

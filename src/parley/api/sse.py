@@ -49,6 +49,4 @@ async def _frames(sub: Subscription, heartbeat: float, on_close: Callable[[], No
 
 
 def sse_response(sub: Subscription, *, heartbeat: float, on_close: Callable[[], None]) -> StreamingResponse:
-    return StreamingResponse(
-        _frames(sub, heartbeat, on_close), media_type="text/event-stream", headers=SSE_HEADERS
-    )
+    return StreamingResponse(_frames(sub, heartbeat, on_close), media_type="text/event-stream", headers=SSE_HEADERS)

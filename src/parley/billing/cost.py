@@ -38,9 +38,7 @@ class TokenCounts:
 
     @property
     def is_zero(self) -> bool:
-        return not (
-            self.input_tokens or self.output_tokens or self.cache_read_tokens or self.cache_write_tokens
-        )
+        return not (self.input_tokens or self.output_tokens or self.cache_read_tokens or self.cache_write_tokens)
 
 
 def cost_cents(tokens: TokenCounts, prices: Prices) -> Decimal:

@@ -73,9 +73,7 @@ class SessionChannel:
                 sub.queue.put_nowait(END)
             self._subscribers.clear()
 
-    def subscribe(
-        self, *, replay_after: tuple[int, int] | None = None, replay_all: bool = False
-    ) -> Subscription:
+    def subscribe(self, *, replay_after: tuple[int, int] | None = None, replay_all: bool = False) -> Subscription:
         """Subscribe to what comes next; optionally replay buffered frames first.
 
         `replay_after=(turn, seq)` replays the buffered frames newer than that id; `replay_all`

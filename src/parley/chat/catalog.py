@@ -40,9 +40,7 @@ def _now() -> datetime:
 
 
 class SessionCatalog:
-    def __init__(
-        self, db: Database, defaults: NewSessionDefaults, clock: Callable[[], datetime] = _now
-    ) -> None:
+    def __init__(self, db: Database, defaults: NewSessionDefaults, clock: Callable[[], datetime] = _now) -> None:
         self.db = db
         self.defaults = defaults
         self.clock = clock
@@ -130,9 +128,7 @@ class SessionCatalog:
             await repo.touch_session(s, session_id, now=self.clock(), title=clean[:255])
         return clean[:255]
 
-    async def usage(
-        self, caller: Caller, org_id: str | None
-    ) -> tuple[AiCostUsage | None, AiCostUsage | None]:
+    async def usage(self, caller: Caller, org_id: str | None) -> tuple[AiCostUsage | None, AiCostUsage | None]:
         org = self.resolve_org(caller, org_id)
         daily, monthly = repo.period_keys(self.clock())
         async with self.db.transaction(caller.tenant) as s:

@@ -321,9 +321,7 @@ class SessionManager:
             dropped.channel.close()
             log.debug("dropped idle session %s from memory (capacity)", sid)
 
-    async def attach(
-        self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None
-    ) -> Subscription:
+    async def attach(self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None) -> Subscription:
         """Re-attach to the running (or just finished) turn, replaying after `last_event_id`."""
         async with self.db.transaction(tenant) as s:
             if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
@@ -397,9 +395,7 @@ class SessionManager:
                 continue
             await self._expire_live(live, reason, now)
         async with self.db.transaction(Tenant.system()) as s:
-            await repo.expire_stale_sessions(
-                s, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age
-            )
+            await repo.expire_stale_sessions(s, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age)
 
     async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
         from parley.chat.events import TurnError
@@ -421,9 +417,7 @@ class SessionManager:
                 continue
             try:
                 async with self.db.transaction(Tenant.for_org(live.org_id)) as s:
-                    await repo.renew_lease(
-                        s, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl
-                    )
+                    await repo.renew_lease(s, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl)
             except Exception:
                 log.warning("could not renew the lease of session %s", live.id, exc_info=True)
 

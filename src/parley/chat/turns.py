@@ -103,9 +103,7 @@ async def run_turn(spec: TurnSpec) -> None:
         return
     except Exception:
         log.exception("loading history failed for session %s", spec.session_id)
-        await _end_without_provider(
-            spec, ("internal_error", "Could not load the conversation. Please retry.")
-        )
+        await _end_without_provider(spec, ("internal_error", "Could not load the conversation. Please retry."))
         return
 
     messages = [
@@ -164,9 +162,7 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
         if isinstance(partial, Usage) and reply.usage is None:
             reply.usage = partial
         log.info("turn failed on session %s: %r", spec.session_id, exc)
-        return TurnOutcome(
-            finish_reason=exc.error_code(), error=(exc.error_code(), exc.message), completed=False
-        )
+        return TurnOutcome(finish_reason=exc.error_code(), error=(exc.error_code(), exc.message), completed=False)
     return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
 
 
@@ -187,9 +183,7 @@ def _token_counts(messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOu
     return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=reply.chunks, estimated=True)
 
 
-async def _finish(
-    spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOutcome
-) -> None:
+async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOutcome) -> None:
     publish = spec.publish
     tokens = _token_counts(messages, reply, outcome)
     cents = cost_cents(tokens, spec.prices)

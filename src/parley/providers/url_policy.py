@@ -72,8 +72,7 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
             problems.append(refusal)
     if production and parts.scheme == "http" and not _host_allowed(parts, allowed_hosts):
         problems.append(
-            f"plain http to {host!r} is refused in production; use https or add the host to "
-            "MCP_LLM_ALLOWED_HOSTS"
+            f"plain http to {host!r} is refused in production; use https or add the host to MCP_LLM_ALLOWED_HOSTS"
         )
     return problems
 

@@ -113,9 +113,7 @@ async def create_token(
 
 async def token_is_active(db: Database, raw: str) -> bool:
     async with db.transaction(Tenant.system()) as s:
-        row = (
-            await s.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(raw)))
-        ).scalar_one_or_none()
+        row = (await s.execute(select(ApiToken).where(ApiToken.token_hash == hash_token(raw)))).scalar_one_or_none()
     return row is not None and row.revoked_at is None
 
 

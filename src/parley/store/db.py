@@ -31,7 +31,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 class Database:
     """One engine and its session factory."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10, pool_timeout: float = 5.0
+    ) -> None:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -42,7 +44,8 @@ class Database:
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
         else:
-            kwargs.update(pool_size=20, max_overflow=10, pool_timeout=5, pool_pre_ping=True)
+            # pre_ping: a connection broken by a database restart is replaced, not handed out.
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -96,15 +99,11 @@ class Database:
     async def schema_revision(self) -> str | None:
         async with self.engine.connect() as conn:
             try:
-                return (
-                    await conn.execute(text("SELECT version_num FROM alembic_version"))
-                ).scalar_one_or_none()
+                return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
             except DBAPIError:
                 return None
 
-    async def wait_until_reachable(
-        self, *, attempts: int = 0, delay: float = 1.0, max_delay: float = 15.0
-    ) -> None:
+    async def wait_until_reachable(self, *, attempts: int = 0, delay: float = 1.0, max_delay: float = 15.0) -> None:
         """Block until a connection succeeds (forever when `attempts` is 0), logging each retry."""
         tried = 0
         while True:

@@ -25,9 +25,7 @@ async def ensure_app_role(conn: AsyncConnection, role: str, password: str | None
     if exists is None:
         pw = " PASSWORD " + "'" + password.replace("'", "''") + "'" if password else ""
         await conn.execute(
-            text(
-                f"CREATE ROLE {_ident(role)} LOGIN{pw} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT"
-            )
+            text(f"CREATE ROLE {_ident(role)} LOGIN{pw} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT")
         )
         done.append(f"created role {role}")
     db = (await conn.execute(text("SELECT current_database()"))).scalar_one()

@@ -59,9 +59,7 @@ async def list_sessions(
         base = base.where(AiSession.status == status)
     total = (await s.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
     rows = (
-        await s.execute(
-            base.order_by(AiSession.last_activity_at.desc(), AiSession.id).offset(offset).limit(limit)
-        )
+        await s.execute(base.order_by(AiSession.last_activity_at.desc(), AiSession.id).offset(offset).limit(limit))
     ).scalars()
     return list(rows), int(total)
 
@@ -104,17 +102,13 @@ async def search_sessions(
         return []
     rows = (
         await s.execute(
-            select(AiSession)
-            .where(AiSession.id.in_(list(results)))
-            .order_by(AiSession.last_activity_at.desc())
+            select(AiSession).where(AiSession.id.in_(list(results))).order_by(AiSession.last_activity_at.desc())
         )
     ).scalars()
     return [(row, results[row.id]) for row in rows]
 
 
-async def acquire_lease(
-    s: AsyncSession, session_id: str, *, token: str, now: datetime, expires_at: datetime
-) -> bool:
+async def acquire_lease(s: AsyncSession, session_id: str, *, token: str, now: datetime, expires_at: datetime) -> bool:
     """Take the turn lease if free or expired; atomic across processes (one conditional UPDATE)."""
     result = await s.execute(
         update(AiSession)
@@ -151,9 +145,7 @@ async def set_status(
     stmt = update(AiSession).where(AiSession.id == session_id)
     if only_if is not None:
         stmt = stmt.where(AiSession.status == only_if)
-    result = await s.execute(
-        stmt.values(status=status, updated_at=now).execution_options(synchronize_session=False)
-    )
+    result = await s.execute(stmt.values(status=status, updated_at=now).execution_options(synchronize_session=False))
     return _rowcount(result) == 1
 
 
@@ -215,9 +207,7 @@ async def touch_session(
     )
 
 
-async def expire_stale_sessions(
-    s: AsyncSession, *, now: datetime, idle_ttl: timedelta, max_age: timedelta
-) -> int:
+async def expire_stale_sessions(s: AsyncSession, *, now: datetime, idle_ttl: timedelta, max_age: timedelta) -> int:
     """Mark active sessions past their idle or age limit expired (not those mid-turn)."""
     result = await s.execute(
         update(AiSession)
@@ -244,18 +234,14 @@ def add_message(s: AsyncSession, **fields: Any) -> AiMessage:
 
 async def count_user_messages(s: AsyncSession, session_id: str) -> int:
     result = await s.execute(
-        select(func.count())
-        .select_from(AiMessage)
-        .where(AiMessage.session_id == session_id, AiMessage.role == "user")
+        select(func.count()).select_from(AiMessage).where(AiMessage.session_id == session_id, AiMessage.role == "user")
     )
     return int(result.scalar_one())
 
 
 async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]:
     rows = await s.execute(
-        select(AiMessage)
-        .where(AiMessage.session_id == session_id)
-        .order_by(AiMessage.created_at, AiMessage.id)
+        select(AiMessage).where(AiMessage.session_id == session_id).order_by(AiMessage.created_at, AiMessage.id)
     )
     return list(rows.scalars())
 
@@ -278,9 +264,7 @@ def period_keys(now: datetime) -> tuple[str, str]:
     return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
 
-async def add_cost_usage(
-    s: AsyncSession, org_id: str, *, totals: TurnTotals, now: datetime, messages: int = 1
-) -> None:
+async def add_cost_usage(s: AsyncSession, org_id: str, *, totals: TurnTotals, now: datetime, messages: int = 1) -> None:
     """Add to the organization's daily and monthly rows (upsert, so concurrent turns add up)."""
     daily, monthly = period_keys(now)
     insert_fn = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
@@ -316,9 +300,7 @@ async def add_cost_usage(
         )
 
 
-async def cost_usage(
-    s: AsyncSession, tenant: Tenant, org_id: str, *, period: str, key: str
-) -> AiCostUsage | None:
+async def cost_usage(s: AsyncSession, tenant: Tenant, org_id: str, *, period: str, key: str) -> AiCostUsage | None:
     stmt = _scoped(
         select(AiCostUsage).where(
             AiCostUsage.org_id == org_id, AiCostUsage.period == period, AiCostUsage.period_key == key
@@ -336,9 +318,7 @@ async def cost_usage(
 async def find_token(s: AsyncSession, token_hash: str) -> tuple[ApiToken, User] | None:
     row = (
         await s.execute(
-            select(ApiToken, User)
-            .join(User, User.id == ApiToken.user_id)
-            .where(ApiToken.token_hash == token_hash)
+            select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == token_hash)
         )
     ).first()
     return (row[0], row[1]) if row else None
@@ -353,9 +333,7 @@ async def find_organization(
     s: AsyncSession, *, name: str | None = None, org_id: str | None = None
 ) -> Organization | None:
     stmt = select(Organization)
-    stmt = (
-        stmt.where(Organization.name == name) if name is not None else stmt.where(Organization.id == org_id)
-    )
+    stmt = stmt.where(Organization.name == name) if name is not None else stmt.where(Organization.id == org_id)
     return (await s.execute(stmt)).scalar_one_or_none()
 
 

@@ -47,9 +47,7 @@ def upgrade() -> None:
     op.execute("ALTER TABLE ai_messages ENABLE ROW LEVEL SECURITY")
     op.execute("ALTER TABLE ai_messages FORCE ROW LEVEL SECURITY")
     parent = "EXISTS (SELECT 1 FROM ai_sessions s WHERE s.id = ai_messages.session_id AND parley_org_visible(s.org_id))"
-    op.execute(
-        f"CREATE POLICY parley_session_isolation ON ai_messages FOR ALL USING ({parent}) WITH CHECK ({parent})"
-    )
+    op.execute(f"CREATE POLICY parley_session_isolation ON ai_messages FOR ALL USING ({parent}) WITH CHECK ({parent})")
 
 
 def downgrade() -> None:

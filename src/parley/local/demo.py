@@ -1,0 +1,192 @@
+"""`parley demo`: parley plus a real local model, working out of the box on one machine.
+
+Installs the local model stack if missing, starts llama-cpp-python on a free loopback port, makes
+the demo organization, user and API token, and runs parley in this process until Ctrl-C. Every
+piece of state lives under `<data_dir>/demo/` (model API key, raw demo token, model server log)
+and `<data_dir>/parley.db`, so a second run reuses it all and is up in seconds.
+
+A watchdog thread restarts the model server if it dies; meanwhile parley keeps serving and
+turns fail with `upstream_unavailable`, which is what a client of a real deployment would see.
+
+May import: parley.config, parley.errors, parley.store.admin, parley.server and parley.local.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from parley.config import Settings, default_data_dir, load_settings
+from parley.errors import ConfigError
+from parley.local.install import InstallError, ensure_local_model
+from parley.local.model_server import LocalModelServer, ModelServerError, port_is_free
+from parley.store import admin
+
+DEMO_ORG = "demo"
+DEMO_EMAIL = "demo@parley.local"
+DEMO_MAX_TOKENS = "512"  # the 135M model has a 2,048-token window; leave room for history
+WATCHDOG_INTERVAL = 2.0
+
+
+def _write_secret(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(value + "\n")
+    os.chmod(path, 0o600)  # O_CREAT's mode does not apply to a file that already existed
+
+
+def _read_secret(path: Path) -> str | None:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return value or None
+
+
+def model_api_key(demo_dir: Path) -> str:
+    """The local model server's key: random once, then reused so nothing needs reconfiguring."""
+    path = demo_dir / "model-api-key"
+    key = _read_secret(path)
+    if key is None:
+        key = secrets.token_urlsafe(24)
+        _write_secret(path, key)
+    return key
+
+
+async def ensure_demo_identity(database_url: str, demo_dir: Path) -> tuple[str, bool]:
+    """The demo user's raw API token and whether it was issued just now.
+
+    The raw token cannot be read back from the database (it is stored hashed), so it is kept in
+    `<demo_dir>/token`; if that token is gone from the database or revoked, a new one is issued.
+    """
+    db = await admin.open_database(database_url)
+    try:
+        org = await admin.find_organization(db, DEMO_ORG) or await admin.create_organization(db, DEMO_ORG)
+        user = await admin.find_user(db, DEMO_EMAIL) or await admin.create_user(
+            db, org_id=org.id, email=DEMO_EMAIL, name="Demo user"
+        )
+        token_path = demo_dir / "token"
+        raw = _read_secret(token_path)
+        if raw is not None and await admin.token_is_active(db, raw):
+            return raw, False
+        issued = await admin.create_token(db, user_id=user.id, org_id=user.org_id or org.id, name="demo")
+        _write_secret(token_path, issued.token)
+        return issued.token, True
+    finally:
+        await db.dispose()
+
+
+def demo_settings(model: LocalModelServer, data_dir: Path) -> Settings:
+    """openai-compatible settings pointed at the local model, SQLite under `data_dir`.
+
+    Built from an explicit environment: PARLEY_* tuning variables pass through, but the provider,
+    database and data directory are the demo's own, whatever the shell exports.
+    """
+    env = {k: v for k, v in os.environ.items() if k.startswith("PARLEY_")}
+    env.setdefault("MCP_LLM_MAX_TOKENS", os.environ.get("MCP_LLM_MAX_TOKENS", DEMO_MAX_TOKENS))
+    env.update(
+        {
+            "PARLEY_ENV": "development",  # production refuses a plain-http loopback model URL
+            "PARLEY_DATA_DIR": str(data_dir),
+            "MCP_LLM_PROVIDER": "openai-compatible",
+            "MCP_LLM_BASE_URL": model.base_url,
+            "MCP_LLM_MODEL": model.model,
+            "MCP_LLM_API_KEY": model.api_key,
+        }
+    )
+    return load_settings(env)
+
+
+class Watchdog(threading.Thread):
+    """Restarts the model server when its process dies, until `halt()`."""
+
+    def __init__(self, model: LocalModelServer, lock: threading.Lock) -> None:
+        super().__init__(name="parley-demo-watchdog", daemon=True)
+        self.model, self.lock = model, lock
+        self.halted = threading.Event()
+
+    def halt(self) -> None:
+        self.halted.set()
+        self.join(timeout=10)
+
+    def run(self) -> None:
+        delay = WATCHDOG_INTERVAL
+        while not self.halted.wait(delay):
+            with self.lock:
+                if self.halted.is_set() or self.model.alive():
+                    delay = WATCHDOG_INTERVAL
+                    continue
+                print("[demo] the local model server died; restarting it…", flush=True)
+                try:
+                    self.model.restart()
+                except ModelServerError as exc:
+                    print(f"[demo] restart failed, retrying in 15 s: {exc}", flush=True)
+                    delay = 15.0
+                    continue
+                print(f"[demo] the local model server is back (pid {self.model.pid})", flush=True)
+                delay = WATCHDOG_INTERVAL
+
+
+def _banner(url: str, token: str, fresh: bool, data_dir: Path) -> str:
+    state = "new token issued" if fresh else "token reused"
+    return f"""
+parley demo is running at {url}  (Ctrl-C to stop)
+  data:   {data_dir}
+  token:  {token}   ({state}; kept in {data_dir / "demo" / "token"})
+
+Chat in a terminal:
+  parley chat --url {url} --token {token}
+
+Or with curl:
+  curl -s -X POST {url}/api/v1/ai/sessions -H "Authorization: Bearer {token}" \\
+       -H "Content-Type: application/json" -d '{{"title": "hello"}}'
+  curl -N -X POST {url}/api/v1/ai/sessions/<id>/messages -H "Authorization: Bearer {token}" \\
+       -H "Content-Type: application/json" -d '{{"content": "Hello! Who are you?"}}'
+"""
+
+
+def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str | None = None) -> int:
+    """Run the demo until Ctrl-C; returns the process exit code."""
+    from parley.server import run_server  # the web stack is only needed once we really serve
+
+    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    demo_dir = root / "demo"
+    demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not port_is_free(host, port):
+        print(f"parley demo: {host}:{port} is already in use; pick another with --port")
+        return 1
+    try:
+        ensure_local_model(progress=print)
+    except (InstallError, ModelServerError) as exc:
+        print(f"parley demo: could not install the local model: {exc}")
+        return 1
+
+    model = LocalModelServer(log_path=demo_dir / "model-server.log", api_key=model_api_key(demo_dir))
+    lock = threading.Lock()
+    watchdog = Watchdog(model, lock)
+    try:
+        print(f"Starting the local model (SmolLM2-135M-Instruct) on {model.base_url} …", flush=True)
+        model.start()
+        settings = demo_settings(model, root)
+        token, fresh = asyncio.run(ensure_demo_identity(settings.effective_database_url, demo_dir))
+        print(_banner(f"http://{host}:{port}", token, fresh, root), flush=True)
+        watchdog.start()
+        run_server(settings, host, port)
+    except ModelServerError as exc:
+        print(f"parley demo: the local model server would not start: {exc}")
+        return 1
+    except ConfigError as exc:
+        print("parley demo: invalid configuration:\n  " + "\n  ".join(exc.problems))
+        return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if watchdog.is_alive():
+            watchdog.halt()
+        with lock:
+            model.stop()
+        print("parley demo stopped.", flush=True)
+    return 0

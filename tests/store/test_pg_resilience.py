@@ -1,0 +1,136 @@
+"""PostgreSQL going away and coming back: parley answers 503 meanwhile and recovers by itself.
+
+These tests stop and start their own cluster, so they never disturb the shared one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from parley.errors import ServiceUnavailableError
+from parley.store.db import Database
+from parley.store.tenancy import Tenant
+from tests.conftest import APP_PASSWORD, APP_ROLE, ServerFactory, Tenants, _seed, base_env, client
+from tests.support.postgres import PostgresCluster, missing
+from tests.support.scripted_provider import Reply, ScriptedProvider
+from tests.support.sse_client import FrameReader
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[PostgresCluster]:
+    reason = missing()
+    if reason:
+        pytest.fail(reason)
+    cluster = PostgresCluster().start()
+    cluster.psql("CREATE DATABASE parley")
+
+    async def migrate() -> None:
+        db = Database(cluster.url(APP_ROLE, "parley", APP_PASSWORD))
+        try:
+            await db.migrate(admin_url=cluster.url(database="parley"))
+        finally:
+            await db.dispose()
+
+    asyncio.run(migrate())
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture
+def pg_tenants(own_cluster: PostgresCluster) -> Tenants:
+    return asyncio.run(_seed(own_cluster.url(database="parley"), own_cluster.url(APP_ROLE, "parley", APP_PASSWORD)))
+
+
+def test_requests_get_503_while_postgres_is_down_and_recover(
+    own_cluster: PostgresCluster, pg_tenants: Tenants, make_server: ServerFactory
+) -> None:
+    server = make_server(ScriptedProvider(), DATABASE_URL=pg_tenants.database_url, PARLEY_DB_POOL_TIMEOUT_SECONDS="2")
+    with client(server, pg_tenants.a1) as c:
+        assert c.get("/api/v1/ai/sessions").status_code == 200
+        own_cluster.stop()
+        try:
+            down = c.get("/api/v1/ai/sessions")
+            assert down.status_code == 503, down.text
+            assert down.json()["code"] == "service_unavailable"
+        finally:
+            own_cluster.resume()
+        own_cluster.wait_ready()
+        assert c.get("/api/v1/ai/sessions").status_code == 200  # the same parley process recovered
+
+
+def test_a_turn_survives_a_postgres_restart_mid_stream(
+    own_cluster: PostgresCluster, pg_tenants: Tenants, make_server: ServerFactory
+) -> None:
+    provider = ScriptedProvider(Reply(tokens=[f"t{i} " for i in range(20)], delay=0.1))
+    server = make_server(provider, DATABASE_URL=pg_tenants.database_url)
+    with client(server, pg_tenants.a1) as c:
+        sid = c.post("/api/v1/ai/sessions", json={}).json()["id"]
+        with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "go"}) as r:
+            reader = FrameReader(r)
+            assert [f.event for f in reader.take(3)] == ["title_updated", "message_start", "content_delta"]
+            own_cluster.stop()
+            own_cluster.resume()
+            rest = [f.event for f in reader.rest()]
+        assert rest[-2:] == ["message_end", "done"], rest
+        detail = c.get(f"/api/v1/ai/sessions/{sid}").json()
+        assert detail["messages"][-1]["content"] == "".join(f"t{i} " for i in range(20))
+
+
+async def test_an_exhausted_pool_answers_503_after_a_bounded_wait(
+    own_cluster: PostgresCluster,
+) -> None:
+    db = Database(own_cluster.url(APP_ROLE, "parley", APP_PASSWORD), pool_size=1, max_overflow=0, pool_timeout=0.5)
+    try:
+        async with db.transaction(Tenant.system()):
+            started = time.monotonic()
+            with pytest.raises(ServiceUnavailableError, match="busy"):
+                async with db.transaction(Tenant.system()):
+                    pass
+            assert 0.4 < time.monotonic() - started < 3
+    finally:
+        await db.dispose()
+
+
+def test_serve_waits_for_postgres_to_come_up(own_cluster: PostgresCluster, pg_tenants: Tenants, tmp_path: Path) -> None:
+    own_cluster.stop()
+    port = own_cluster.port + 1
+    env = os.environ | base_env(tmp_path, DATABASE_URL=pg_tenants.database_url)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "parley", "serve", "--port", str(port)], env=env, stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while b"database not reachable" not in log.read_bytes():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        own_cluster.resume()
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                r = httpx2.get(
+                    f"http://127.0.0.1:{port}/api/v1/ai/sessions",
+                    headers={"Authorization": f"Bearer {pg_tenants.a1}"},
+                    timeout=5,
+                )
+                if r.status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
