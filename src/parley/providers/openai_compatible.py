@@ -21,11 +21,11 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
-from yarl import URL
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import (
@@ -328,7 +328,7 @@ class PolicyResolver(AbstractResolver):
 
 
 def _literal_refusal(base_url: str) -> str | None:
-    host = URL(base_url).raw_host or ""
+    host = urlsplit(base_url).hostname or ""
     try:
         ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -1,0 +1,1 @@
+"""Provider tests against real sockets (scripted upstream)."""

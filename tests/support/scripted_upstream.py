@@ -1,0 +1,488 @@
+"""A scripted OpenAI-compatible model server on loopback, for faults real servers won't produce.
+
+`ScriptedUpstream` runs a small raw-asyncio HTTP/1.1 server in a background thread on
+127.0.0.1 (ephemeral port) so it works from sync and async tests alike:
+
+    with ScriptedUpstream() as upstream:                 # or: async with ScriptedUpstream() ...
+        upstream.enqueue(Reply(429, {"error": "slow down"}, headers={"Retry-After": "0"}))
+        upstream.enqueue(token_stream(3, delay=0.01))
+        provider = OpenAICompatibleProvider(base_url=upstream.base_url, api_key="k")
+        ...
+        assert upstream.requests[-1].json["stream"] is True
+
+Each POST /v1/chat/completions takes the next enqueued script, else the default (a short token
+stream). A script is one of `Reply` (status, body, headers), `Stream` (raw SSE bytes in chunks,
+with pacing and an ending: clean, dropped, reset or stalled), `TokenStream` (generated chunks; also
+answers `stream: false` with a plain completion), `Stall` (send nothing) or `Refuse` (close without
+answering). GET /v1/models lists the model. Responses are pre-encoded and written with chunked
+transfer encoding, so many concurrent paced streams cost little CPU (benchmarks use this too).
+
+Each connection has exactly one reader task, so a client closing the connection is seen at once:
+`RecordedRequest.closed` is set and a running stream stops writing.
+
+Imports: standard library only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Literal
+
+import orjson
+
+__all__ = [
+    "RecordedRequest",
+    "Refuse",
+    "Reply",
+    "Script",
+    "ScriptedUpstream",
+    "Stall",
+    "Stream",
+    "TokenStream",
+    "sse_event",
+    "sse_replay",
+    "token_stream",
+]
+
+End = Literal["close", "drop", "reset", "stall"]
+# close: proper end of the chunked body; drop: close the socket without it (FIN);
+# reset: abort the socket (RST); stall: keep the connection open and send nothing more.
+
+
+def _frame(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def sse_event(obj: Any) -> bytes:
+    """One `data:` event for a JSON-able object (or a raw string such as "[DONE]")."""
+    payload = obj.encode() if isinstance(obj, str) else orjson.dumps(obj)
+    return b"data: " + payload + b"\n\n"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A plain HTTP response (error answers, redirects, non-stream bodies)."""
+
+    status: int = 200
+    body: bytes | str | Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # before anything is sent
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A 200 `text/event-stream` answer that writes `chunks` as given, paced."""
+
+    chunks: Sequence[bytes] = ()
+    delay: float = 0.0  # between chunks
+    first_delay: float = 0.0  # after the headers, before the first chunk
+    header_delay: float = 0.0  # before the status line (a stall before the first byte)
+    end: End = "close"
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def framed(self) -> list[bytes]:
+        return [_frame(c) for c in self.chunks if c]
+
+
+@dataclass(frozen=True)
+class TokenStream:
+    """A generated chat-completion stream of `n` tokens (`text` is formatted with `{i}`)."""
+
+    n: int = 3
+    text: str = "tok{i} "
+    tokens: Sequence[str] | None = None  # overrides n/text
+    first_delay: float = 0.0
+    delay: float = 0.0
+    usage: bool = True
+    done: bool = True
+    finish_reason: str | None = "stop"
+    end: End = "close"
+    prompt_tokens: int = 7
+    model: str = "scripted-model"
+
+    @cached_property
+    def token_list(self) -> list[str]:
+        if self.tokens is not None:
+            return list(self.tokens)
+        return [self.text.format(i=i) for i in range(self.n)]
+
+    @cached_property
+    def chunks(self) -> list[bytes]:
+        """The SSE events (unframed): role chunk, tokens, finish, usage, [DONE]."""
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            return sse_event(
+                {
+                    "id": "chatcmpl-scripted",
+                    "object": "chat.completion.chunk",
+                    "model": self.model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+            )
+
+        out = [chunk({"role": "assistant", "content": ""})]
+        out += [chunk({"content": t}) for t in self.token_list]
+        if self.finish_reason is not None:
+            out.append(chunk({}, self.finish_reason))
+        if self.usage:
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.token_list)}
+            out.append(sse_event({"object": "chat.completion.chunk", "choices": [], "usage": usage}))
+        if self.done:
+            out.append(b"data: [DONE]\n\n")
+        return out
+
+    def as_stream(self) -> Stream:
+        return Stream(chunks=self.chunks, delay=self.delay, first_delay=self.first_delay, end=self.end)
+
+    def completion(self) -> bytes:
+        """The same reply as a `stream: false` chat completion."""
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-scripted",
+                "object": "chat.completion",
+                "model": self.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "".join(self.token_list)},
+                        "finish_reason": self.finish_reason or "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": len(self.token_list),
+                    "total_tokens": self.prompt_tokens + len(self.token_list),
+                },
+            }
+        )
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Read the request, then send nothing until the client gives up."""
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Read the request, then close the connection without any response."""
+
+
+Script = Reply | Stream | TokenStream | Stall | Refuse
+
+
+def token_stream(n: int = 3, **kwargs: Any) -> TokenStream:
+    return TokenStream(n=n, **kwargs)
+
+
+def sse_replay(raw: bytes, *, chunk_size: int | None = None, delay: float = 0.0, end: End = "close") -> Stream:
+    """Replay raw SSE bytes, cut into `chunk_size` pieces (one piece when None)."""
+    if chunk_size is None:
+        return Stream(chunks=[raw], delay=delay, end=end)
+    pieces = [raw[i : i + chunk_size] for i in range(0, len(raw), chunk_size)]
+    return Stream(chunks=pieces, delay=delay, end=end)
+
+
+@dataclass
+class RecordedRequest:
+    """One request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any
+    # The connection that carried this request (its last one) closed: the client left, or a
+    # drop/reset/refuse script ended it. A stream the client abandons sets it within a few ms.
+    closed: threading.Event = field(default_factory=threading.Event)
+    completed: threading.Event = field(default_factory=threading.Event)  # server wrote the whole answer
+
+
+class _Connection:
+    __slots__ = ("closed", "last", "queue", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.closed = asyncio.Event()
+        self.queue: asyncio.Queue[RecordedRequest | None] = asyncio.Queue()
+        self.last: RecordedRequest | None = None
+
+
+def _status_line(status: int) -> bytes:
+    from http import HTTPStatus
+
+    try:
+        reason = HTTPStatus(status).phrase
+    except ValueError:
+        reason = "Status"
+    return f"HTTP/1.1 {status} {reason}\r\n".encode()
+
+
+_STREAM_HEAD = b"content-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n"
+
+
+class ScriptedUpstream:
+    """The scripted server; see the module docstring. Start/stop it with `with` or `async with`."""
+
+    def __init__(self, *, model: str = "scripted-model", default: Script | None = None) -> None:
+        self.model = model
+        self._default: Script = default if default is not None else TokenStream(model=model)
+        self._scripts: deque[Script] = deque()
+        self._requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._active = 0
+        self.port = 0
+
+    # --- control (any thread) --------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Chat-completion requests received so far (a copy)."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def open_streams(self) -> int:
+        """Chat-completion answers being written right now."""
+        return self._active
+
+    def enqueue(self, *scripts: Script) -> None:
+        """Answer the next chat-completion requests with these scripts, in order."""
+        with self._lock:
+            self._scripts.extend(scripts)
+
+    def set_default(self, script: Script) -> None:
+        """Answer with `script` whenever the queue is empty."""
+        with self._lock:
+            self._default = script
+
+    def wait_closed(self, index: int = -1, timeout: float = 2.0) -> bool:
+        """Block until the connection of request `index` is closed; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.requests:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return self.requests[index].closed.wait(max(0.0, deadline - time.monotonic()))
+
+    async def wait_closed_async(self, index: int = -1, within: float = 2.0) -> bool:
+        """`wait_closed` for async tests (polls; never blocks the test's event loop)."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            requests = self.requests
+            if requests and requests[index].closed.is_set():
+                return True
+            await asyncio.sleep(0.005)
+        return False
+
+    def start(self) -> ScriptedUpstream:
+        ready = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(ready,), name="scripted-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(5):
+            raise RuntimeError("scripted upstream did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> ScriptedUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> ScriptedUpstream:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- server (its own thread and loop) ---------------------------------------------------------
+
+    def _run(self, ready: threading.Event) -> None:
+        assert self._loop is not None
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._on_connection, "127.0.0.1", 0, backlog=1024)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        ready.set()
+        self._loop.run_forever()
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = _Connection(reader, writer)
+        reading = asyncio.create_task(self._read_requests(conn))
+        # This task may be cancelled (server shutdown) at any await, cleanup included; it must
+        # still end quietly, or asyncio logs "Exception in callback" for the cancelled task.
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            try:
+                while (request := await conn.queue.get()) is not None:
+                    if not await self._serve(request, conn):
+                        break
+            finally:
+                reading.cancel()
+                writer.close()
+                with contextlib.suppress(BaseException):
+                    await reading
+                with contextlib.suppress(BaseException):
+                    await writer.wait_closed()
+                self._tasks.discard(task)
+
+    async def _read_requests(self, conn: _Connection) -> None:
+        """The connection's only reader: parses requests and notices the close at once."""
+        try:
+            while True:
+                head = await conn.reader.readuntil(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    if line:
+                        name, _, value = line.partition(":")
+                        headers[name.strip().lower()] = value.strip()
+                body = await conn.reader.readexactly(int(headers.get("content-length", "0")))
+                try:
+                    parsed = orjson.loads(body) if body else None
+                except orjson.JSONDecodeError:
+                    parsed = None
+                request = RecordedRequest(method, path, headers, body, parsed)
+                conn.last = request
+                await conn.queue.put(request)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            pass
+        finally:
+            conn.closed.set()
+            if conn.last is not None:
+                conn.last.closed.set()
+            conn.queue.put_nowait(None)
+
+    async def _serve(self, request: RecordedRequest, conn: _Connection) -> bool:
+        """Answer one request; False when the connection must close afterwards."""
+        if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
+            model = {"id": self.model, "object": "model", "owned_by": "scripted"}
+            models = {"object": "list", "data": [model]}
+            return await self._reply(Reply(200, models), request, conn)
+        if request.method != "POST" or request.path != "/v1/chat/completions":
+            return await self._reply(Reply(404, {"error": {"message": "no such route"}}), request, conn)
+        with self._lock:
+            self._requests.append(request)
+            script = self._scripts.popleft() if self._scripts else self._default
+        self._active += 1
+        try:
+            return await self._play(script, request, conn)
+        finally:
+            self._active -= 1
+
+    async def _play(self, script: Script, request: RecordedRequest, conn: _Connection) -> bool:
+        if isinstance(script, TokenStream):
+            if isinstance(request.json, dict) and request.json.get("stream") is False:
+                return await self._reply(Reply(200, script.completion()), request, conn)
+            script = script.as_stream()
+        if isinstance(script, Reply):
+            return await self._reply(script, request, conn)
+        if isinstance(script, Stream):
+            return await self._stream(script, request, conn)
+        if isinstance(script, Stall):
+            await conn.closed.wait()
+        return False  # Stall, Refuse: close without an answer
+
+    async def _reply(self, reply: Reply, request: RecordedRequest, conn: _Connection) -> bool:
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        body = reply.body
+        content_type = "application/json"
+        if body is None:
+            data = b""
+        elif isinstance(body, bytes):
+            data = body
+        elif isinstance(body, str):
+            data, content_type = body.encode(), "text/plain; charset=utf-8"
+        else:
+            data = orjson.dumps(body)
+        headers = {"content-type": content_type, **{k.lower(): v for k, v in reply.headers.items()}}
+        headers["content-length"] = str(len(data))
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
+        conn.writer.write(_status_line(reply.status) + head + b"\r\n" + data)
+        await conn.writer.drain()
+        request.completed.set()
+        return True
+
+    async def _stream(self, stream: Stream, request: RecordedRequest, conn: _Connection) -> bool:
+        writer = conn.writer
+        if stream.header_delay:
+            await asyncio.sleep(stream.header_delay)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in stream.headers.items()).encode()
+        writer.write(_status_line(stream.status) + _STREAM_HEAD + extra + b"\r\n")
+        framed = stream.framed
+        if stream.first_delay:
+            await writer.drain()
+            await asyncio.sleep(stream.first_delay)
+        if not stream.delay:
+            writer.write(b"".join(framed))  # unpaced: one write, least CPU
+        elif not await self._paced(framed, stream.delay, conn):
+            return False  # the client went away: stop "generating"
+        if stream.end == "close":
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+            request.completed.set()
+            return not conn.closed.is_set()
+        await writer.drain()
+        if stream.end == "reset":
+            writer.transport.abort()
+        elif stream.end == "stall":
+            await conn.closed.wait()
+        return False
+
+    @staticmethod
+    async def _paced(framed: list[bytes], delay: float, conn: _Connection) -> bool:
+        """Write piece i at start + i * delay; a late loop writes every piece due at once, so
+        the rate holds under load (benchmarks) instead of drifting. False if the client left."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        sent, total = 0, len(framed)
+        while sent < total:
+            if conn.closed.is_set():
+                return False
+            due = min(total, int((loop.time() - start) / delay) + 1)
+            conn.writer.write(framed[sent] if due - sent == 1 else b"".join(framed[sent:due]))
+            sent = due
+            await conn.writer.drain()
+            if sent < total:
+                await asyncio.sleep(start + sent * delay - loop.time())
+        return True
