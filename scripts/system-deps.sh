@@ -2,11 +2,13 @@
 # Debian packages the test suite needs, installed only when missing.
 #   tmux: drives `parley chat` end to end in a terminal.
 #   postgresql: the suite runs on PostgreSQL too (a throwaway cluster, started by the tests).
+#   g++: builds llama-cpp-python once when its wheel is not cached yet.
 set -euo pipefail
 
 need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -244,11 +244,14 @@ def chat(
 def demo(
     host: Annotated[str, typer.Option(help="Address for parley.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PARLEY_PORT", help="Port for parley.")] = 8000,
+    data_dir: Annotated[
+        str | None, typer.Option(envvar="PARLEY_DATA_DIR", help="Where the database and demo state live.")
+    ] = None,
 ) -> None:
     """Run parley with a small local model: offline, no keys, SQLite."""
     from parley.local.demo import run_demo
 
-    raise typer.Exit(run_demo(host=host, port=port))
+    raise typer.Exit(run_demo(host=host, port=port, data_dir=data_dir))
 
 
 def main() -> None:

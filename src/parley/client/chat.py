@@ -41,12 +41,10 @@ class ApiError(Exception):
 
     @classmethod
     def from_response(cls, response: httpx2.Response) -> ApiError:
-        try:
+        body: Any = {}
+        with contextlib.suppress(ValueError):
             body = response.json()
-        except ValueError:
-            body = {}
-        if not isinstance(body, dict):
-            body = {}
+        body = body if isinstance(body, dict) else {}
         message = str(body.get("error") or response.reason_phrase or "request failed")
         code = str(body.get("code") or f"http_{response.status_code}")
         return cls(response.status_code, code, message, response.headers.get("retry-after"))
@@ -152,31 +150,27 @@ class Api:
 
 
 class StateFile:
-    """The last session id per server URL."""
+    """The last session id per server URL (a convenience: unreadable or unwritable is ignored)."""
 
     def __init__(self) -> None:
         base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
         self.path = Path(base) / "parley" / "chat.json"
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+    def _load(self) -> dict[str, str]:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            sessions = json.loads(self.path.read_text(encoding="utf-8")).get("sessions", {})
+            return {k: v for k, v in sessions.items() if isinstance(v, str)}
+        return {}
 
     def get(self, url: str) -> str | None:
-        value = self._load().get("sessions", {}).get(url)
-        return value if isinstance(value, str) else None
+        return self._load().get(url)
 
     def put(self, url: str, session_id: str) -> None:
-        data = self._load()
-        sessions = data.setdefault("sessions", {})
-        sessions[url] = session_id
-        with contextlib.suppress(OSError):  # remembering is a convenience, never fatal
+        sessions = {**self._load(), url: session_id}
+        with contextlib.suppress(OSError):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+            tmp.write_text(json.dumps({"sessions": sessions}, indent=2), encoding="utf-8")
             tmp.replace(self.path)
 
 
@@ -223,9 +217,9 @@ class Chat:
         except ApiError as exc:
             self.show_error(exc)
             return False
-        if session.get("status") not in (None, "active"):
-            print(self.dim(f"session {session_id} is {session['status']}: type /new for a fresh one"))
         self.use(session, verb)
+        if session.get("status") not in (None, "active"):
+            print(self.dim(f"this session is {session['status']}: type /new for a fresh one"))
         return True
 
     def start(self, session_id: str | None) -> bool:
@@ -313,7 +307,7 @@ class Chat:
             cost = s.get("totalCostCents") or 0
             print(
                 f"{mark} {s['id']}  {s['status']:<7} {s.get('turnCount', 0):>3} turns  "
-                f"{cost}¢  {s.get('lastActivityAt', '')}  {s.get('title') or 'untitled'}"
+                f"{cost}¢  {str(s.get('lastActivityAt', ''))[:16].replace('T', ' ')}  {s.get('title') or 'untitled'}"
             )
 
     def history(self) -> None:
@@ -437,18 +431,3 @@ def run_chat(*, url: str, token: str, session_id: str | None = None) -> int:
     finally:
         chat.api.http.close()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="parley chat", description="Chat with a parley server.")
-    parser.add_argument("--url", default=os.environ.get("PARLEY_URL", "http://127.0.0.1:8000"))
-    parser.add_argument("--token", default=os.environ.get("PARLEY_TOKEN", ""))
-    parser.add_argument("--session", default=None, help="resume this session id")
-    args = parser.parse_args(argv)
-    return run_chat(url=args.url, token=args.token, session_id=args.session)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import threading
+import time
+import urllib.request
 from pathlib import Path
 
 from parley.config import Settings, default_data_dir, load_settings
@@ -148,11 +151,42 @@ Or with curl:
 """
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: leave through `finally`, so the model server is stopped too."""
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signal.Signals(signum).name)
+
+
+def _hangup_as_terminate(_signum: int, _frame: object) -> None:
+    # The terminal went away. Raising here would be swallowed inside the event loop, so take the
+    # SIGTERM path instead: parley shuts down gracefully, then `_raise_terminated` runs.
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _announce(host: str, port: int, banner: str) -> None:
+    """Print the banner once parley answers, so it is not buried under the startup log."""
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{probe_host}:{port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    break
+        except (OSError, ValueError):
+            pass  # not listening yet
+        time.sleep(0.2)
+    print(banner, flush=True)
+
+
 def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str | None = None) -> int:
     """Run the demo until Ctrl-C; returns the process exit code."""
     from parley.server import run_server  # the web stack is only needed once we really serve
 
-    root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
+    if data_dir is None:
+        data_dir = os.environ.get("PARLEY_DATA_DIR", "").strip() or default_data_dir()
+    root = Path(data_dir).expanduser()
     demo_dir = root / "demo"
     demo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not port_is_free(host, port):
@@ -164,6 +198,12 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str 
         print(f"parley demo: could not install the local model: {exc}")
         return 1
 
+    # uvicorn shuts down on SIGTERM, then re-raises it with whatever handler was there before;
+    # with the default one the process would die on the spot and orphan the model server.
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, _hangup_as_terminate),
+    }
     model = LocalModelServer(log_path=demo_dir / "model-server.log", api_key=model_api_key(demo_dir))
     lock = threading.Lock()
     watchdog = Watchdog(model, lock)
@@ -172,7 +212,8 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str 
         model.start()
         settings = demo_settings(model, root)
         token, fresh = asyncio.run(ensure_demo_identity(settings.effective_database_url, demo_dir))
-        print(_banner(f"http://{host}:{port}", token, fresh, root), flush=True)
+        banner = _banner(f"http://{host}:{port}", token, fresh, root)
+        threading.Thread(target=_announce, args=(host, port, banner), daemon=True).start()
         watchdog.start()
         run_server(settings, host, port)
     except ModelServerError as exc:
@@ -181,12 +222,14 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str 
     except ConfigError as exc:
         print("parley demo: invalid configuration:\n  " + "\n  ".join(exc.problems))
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated):
         pass
     finally:
         if watchdog.is_alive():
             watchdog.halt()
         with lock:
             model.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         print("parley demo stopped.", flush=True)
     return 0

@@ -1,0 +1,366 @@
+"""End-to-end fixtures: a real llama-cpp-python model server, a recording proxy, a real parley.
+
+    test ──HTTP──▶ parley (subprocess, `python -m parley serve`, temp SQLite)
+                     └──▶ RecordingProxy (loopback, forwards bytes, keeps request bodies)
+                            └──▶ llama_cpp.server (SmolLM2-135M, n_ctx 2048)
+
+The proxy exists because the model server keeps no request log: it is how a test proves that
+history really reaches the model. It forwards bytes untouched, both ways, as they arrive.
+
+Nothing here is skipped: without llama-cpp-python or the model the suite FAILS and says how to
+install them (`python -m parley.local.install`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+
+from parley.local.model_server import (
+    LocalModelServer,
+    ModelServerError,
+    free_port,
+    llama_server_installed,
+    locate_model,
+    log_tail,
+)
+from parley.store import admin
+
+MAX_TOKENS = 256  # long enough to interrupt a story, short enough to keep the suite fast
+
+
+# -- recording proxy ------------------------------------------------------------------------------
+
+
+class RecordingProxy:
+    """A loopback TCP proxy to `upstream_port` that records the bytes clients send."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._streams: list[bytearray] = []
+        self._closed = False
+        threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
+        except OSError:
+            # The model server is down: reset the client, the nearest a proxy gets to "refused".
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            client.close()
+            return
+        upstream.settimeout(None)
+        record = bytearray()
+        with self._lock:
+            self._streams.append(record)
+        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
+        self._pump(client, upstream, record)
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if record is not None:
+                    record.extend(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass  # either side went away: fall through and close both
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """JSON bodies of every POST …/chat/completions seen so far, in order of connection."""
+        with self._lock:
+            streams = [bytes(s) for s in self._streams]
+        bodies: list[dict[str, Any]] = []
+        for data in streams:
+            for head, body in _split_requests(data):
+                if head.startswith(b"POST ") and b"/chat/completions" in head.split(b"\r\n", 1)[0]:
+                    bodies.append(json.loads(body))
+        return bodies
+
+
+def _split_requests(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    """HTTP/1.1 requests in one connection's client bytes (Content-Length or chunked bodies)."""
+    pos = 0
+    while True:
+        end = data.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return
+        head = data[pos:end]
+        headers = {
+            k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+        }
+        pos = end + 4
+        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = bytearray()
+            while True:
+                line_end = data.find(b"\r\n", pos)
+                if line_end < 0:
+                    return
+                size = int(data[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    pos = data.find(b"\r\n", pos) + 2
+                    break
+                body.extend(data[pos : pos + size])
+                pos += size + 2
+            yield head, bytes(body)
+        else:
+            length = int(headers.get(b"content-length", b"0"))
+            if pos + length > len(data):
+                return
+            yield head, data[pos : pos + length]
+            pos += length
+
+
+# -- parley as a subprocess -----------------------------------------------------------------------
+
+
+class ParleyProcess:
+    """`python -m parley serve` on a fixed port with a given environment."""
+
+    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
+        self.env, self.port, self.log_path = env, port, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        cmd = [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"parley exited with {self.proc.returncode}:\n{log_tail(self.log_path, 40)}")
+            try:
+                if httpx2.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
+                    return
+            except httpx2.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"parley did not answer /healthz in {timeout}s:\n{log_tail(self.log_path, 40)}")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+# -- a small API client that records the stream -----------------------------------------------------
+
+
+@dataclass
+class Turn:
+    """One streamed turn: every (event, data) with its arrival time since the POST."""
+
+    status: int
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    body: bytes = b""
+
+    @property
+    def types(self) -> list[str]:
+        return [e for e, _ in self.events]
+
+    @property
+    def text(self) -> str:
+        return "".join(d["delta"] for e, d in self.events if e == "content_delta")
+
+    def first(self, kind: str) -> dict[str, Any]:
+        return next(d for e, d in self.events if e == kind)
+
+    def time_of_first(self, kind: str) -> float:
+        return next(t for (e, _), t in zip(self.events, self.times, strict=True) if e == kind)
+
+    def deltas(self) -> int:
+        return self.types.count("content_delta")
+
+
+OnEvent = Callable[[str, dict[str, Any], Turn], None]
+
+
+class Api:
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx2.Client(
+            base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30.0)
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def create_session(self, title: str | None = None) -> dict[str, Any]:
+        response = self.http.post("/api/v1/ai/sessions", json={"title": title} if title else {})
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def get_session(self, session_id: str) -> dict[str, Any]:
+        response = self.http.get(f"/api/v1/ai/sessions/{session_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    def interrupt(self, session_id: str) -> httpx2.Response:
+        return self.http.post(f"/api/v1/ai/sessions/{session_id}/interrupt")
+
+    def turn(self, session_id: str, content: str, on_event: OnEvent | None = None) -> Turn:
+        """POST a message and read its whole SSE stream (until the server closes it)."""
+        started = time.monotonic()
+        timeout = httpx2.Timeout(30.0, read=120.0)
+        path = f"/api/v1/ai/sessions/{session_id}/messages"
+        with self.http.stream("POST", path, json={"content": content}, timeout=timeout) as response:
+            turn = Turn(status=response.status_code)
+            data: list[str]
+            if response.status_code != 200:
+                turn.body = response.read()
+                return turn
+            event, data = "message", []
+            for line in response.iter_lines():
+                if line.startswith(":"):
+                    continue
+                if line == "":
+                    if data:
+                        payload = json.loads("\n".join(data))
+                        assert payload["type"] == event, (event, payload)
+                        turn.events.append((event, payload))
+                        turn.times.append(time.monotonic() - started)
+                        if on_event is not None:
+                            on_event(event, payload, turn)
+                    event, data = "message", []
+                elif line.startswith("event:"):
+                    event = line.removeprefix("event:").strip()
+                elif line.startswith("data:"):
+                    data.append(line.removeprefix("data:").removeprefix(" "))
+        return turn
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalModelServer]:
+    if not llama_server_installed():
+        pytest.fail("llama-cpp-python[server] is not installed: run `python -m parley.local.install`")
+    try:
+        locate_model()
+    except ModelServerError as exc:
+        pytest.fail(f"{exc}")
+    server = LocalModelServer(log_path=tmp_path_factory.mktemp("model") / "model-server.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def proxy(model_server: LocalModelServer) -> Iterator[RecordingProxy]:
+    recorder = RecordingProxy(model_server.port)
+    yield recorder
+    recorder.close()
+
+
+async def _issue_token(database_url: str) -> str:
+    db = await admin.open_database(database_url)
+    try:
+        org = await admin.create_organization(db, "e2e")
+        user = await admin.create_user(db, org_id=org.id, email="e2e@parley.local", name="e2e")
+        return (await admin.create_token(db, user_id=user.id, org_id=org.id, name="e2e")).token
+    finally:
+        await db.dispose()
+
+
+@dataclass
+class E2E:
+    parley: ParleyProcess
+    token: str
+    model: LocalModelServer
+    proxy: RecordingProxy
+
+    def api(self) -> Api:
+        return Api(self.parley.url, self.token)
+
+
+@pytest.fixture(scope="session")
+def e2e(
+    tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: RecordingProxy
+) -> Iterator[E2E]:
+    data_dir = tmp_path_factory.mktemp("parley")
+    database_url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
+    token = asyncio.run(_issue_token(database_url))
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(data_dir),
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "PARLEY_DATA_DIR": str(data_dir),
+        "DATABASE_URL": database_url,
+        "MCP_LLM_PROVIDER": "openai-compatible",
+        "MCP_LLM_BASE_URL": proxy.base_url,
+        "MCP_LLM_MODEL": model_server.model,
+        "MCP_LLM_API_KEY": model_server.api_key,
+        "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),
+        "PARLEY_UPSTREAM_RETRIES": "1",
+        "PARLEY_CONNECT_TIMEOUT_SECONDS": "5",
+    }
+    parley = ParleyProcess(env, free_port(), data_dir / "parley.log")
+    parley.start()
+    yield E2E(parley=parley, token=token, model=model_server, proxy=proxy)
+    parley.stop()
+
+
+@pytest.fixture
+def api(e2e: E2E) -> Iterator[Api]:
+    client = e2e.api()
+    yield client
+    client.close()
