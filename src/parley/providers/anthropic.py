@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
 import orjson
@@ -101,9 +101,7 @@ class AnthropicProvider:
             self._headers["anthropic-beta"] = "extended-cache-ttl-2025-04-11"
         # sock_read bounds every wait for bytes, including the wait for the response headers;
         # Anthropic pings during long thinking, so a quiet connection is a dead one.
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=idle_timeout
-        )
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
         self._max_retries = max_retries
         self._retry_base_delay = retry_base_delay
         self._max_retry_delay = max_retry_delay
@@ -165,7 +163,7 @@ class AnthropicProvider:
             logger.info("retrying Anthropic in %.2fs (attempt %d)", delay, attempt)
             await self._sleep(delay)
 
-    async def _attempt(self, session: aiohttp.ClientSession, payload: bytes) -> AsyncIterator[ProviderEvent]:
+    async def _attempt(self, session: aiohttp.ClientSession, payload: bytes) -> AsyncGenerator[ProviderEvent, None]:
         """One request: open, stream, translate. Raises ProviderError for every failure."""
         response = await self._open(session, payload)
         translator = AnthropicStreamTranslator()
@@ -185,10 +183,16 @@ class AnthropicProvider:
                 for sse in decoder.feed(chunk):
                     for event in translator.feed(sse):
                         yield event
-            if translator.done:
-                await _drain(content)
-        for event in translator.finish():
-            yield event
+            if not translator.started:
+                # A gateway that ignored `stream: true` answers plain JSON: say so in the log.
+                logger.warning(
+                    "Anthropic %s sent no message_start (content-type %r)",
+                    self._url,
+                    response.headers.get("Content-Type"),
+                )
+            for event in translator.finish():  # raises TRUNCATED when message_stop never came
+                yield event
+            await _drain(content)
 
     def _retry_delay(self, exc: ProviderError, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to give up."""
