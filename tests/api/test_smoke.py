@@ -14,8 +14,15 @@ def test_a_turn_streams_and_persists(make_server: ServerFactory, tenants: Tenant
         sid = created.json()["id"]
         with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "Hi there"}) as r:
             stream = read_stream(r)
-        assert stream.types == ["title_updated", "message_start", "content_delta", "content_delta",
-                                "content_delta", "message_end", "done"]
+        assert stream.types == [
+            "title_updated",
+            "message_start",
+            "content_delta",
+            "content_delta",
+            "content_delta",
+            "message_end",
+            "done",
+        ]
         assert stream.text == "Hello there!"
         detail = c.get(f"/api/v1/ai/sessions/{sid}").json()
         assert [m["role"] for m in detail["messages"]] == ["user", "assistant"]

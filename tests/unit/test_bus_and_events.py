@@ -25,11 +25,23 @@ def test_frames_carry_id_event_and_whole_json_with_type() -> None:
 
 
 def test_message_end_uses_camel_case_and_decimal_strings() -> None:
-    data = json.loads(frame_fields(encode_frame(MessageEnd(input_tokens=5, output_tokens=7, cost_usd="0.0105"), "1.1"))["data"])
-    assert data == {"type": "message_end", "inputTokens": 5, "outputTokens": 7, "cacheReadTokens": 0,
-                    "cacheWriteTokens": 0, "costUsd": "0.0105", "usageEstimated": False}
+    data = json.loads(
+        frame_fields(encode_frame(MessageEnd(input_tokens=5, output_tokens=7, cost_usd="0.0105"), "1.1"))["data"]
+    )
+    assert data == {
+        "type": "message_end",
+        "inputTokens": 5,
+        "outputTokens": 7,
+        "cacheReadTokens": 0,
+        "cacheWriteTokens": 0,
+        "costUsd": "0.0105",
+        "usageEstimated": False,
+    }
     assert json.loads(frame_fields(encode_frame(TurnError(code="x", message="y"), "1.2"))["data"]) == {
-        "type": "error", "code": "x", "message": "y"}
+        "type": "error",
+        "code": "x",
+        "message": "y",
+    }
 
 
 def publish(channel: SessionChannel, event: object, final: bool = False) -> None:

@@ -79,8 +79,12 @@ def test_production_refuses_plain_http_unless_allow_listed() -> None:
     (problem,) = problems(GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://vllm.internal:8000/v1"})
     assert "MCP_LLM_ALLOWED_HOSTS" in problem
     ok = load_settings(
-        GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://vllm.internal:8000/v1",
-                "MCP_LLM_ALLOWED_HOSTS": "other, vllm.internal"}
+        GOOD
+        | {
+            "PARLEY_ENV": "production",
+            "MCP_LLM_BASE_URL": "http://vllm.internal:8000/v1",
+            "MCP_LLM_ALLOWED_HOSTS": "other, vllm.internal",
+        }
     )
     assert ok.llm_allowed_hosts == ["other", "vllm.internal"]
     assert load_settings(GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "https://api.example.com/v1"})
@@ -88,16 +92,25 @@ def test_production_refuses_plain_http_unless_allow_listed() -> None:
 
 def test_production_never_allows_metadata_even_when_allow_listed() -> None:
     found = problems(
-        GOOD | {"PARLEY_ENV": "production", "MCP_LLM_BASE_URL": "http://169.254.169.254/v1",
-                "MCP_LLM_ALLOWED_HOSTS": "169.254.169.254"}
+        GOOD
+        | {
+            "PARLEY_ENV": "production",
+            "MCP_LLM_BASE_URL": "http://169.254.169.254/v1",
+            "MCP_LLM_ALLOWED_HOSTS": "169.254.169.254",
+        }
     )
     assert any("link-local" in p for p in found)
 
 
-@pytest.mark.parametrize(("name", "value"), [("MCP_LLM_PRICE_INPUT_PER_M_USD", "-1"),
-                                              ("MCP_LLM_PRICE_OUTPUT_PER_M_USD", "abc"),
-                                              ("PARLEY_TURN_TIMEOUT_SECONDS", "0"),
-                                              ("PARLEY_MAX_LIVE_SESSIONS", "many")])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MCP_LLM_PRICE_INPUT_PER_M_USD", "-1"),
+        ("MCP_LLM_PRICE_OUTPUT_PER_M_USD", "abc"),
+        ("PARLEY_TURN_TIMEOUT_SECONDS", "0"),
+        ("PARLEY_MAX_LIVE_SESSIONS", "many"),
+    ],
+)
 def test_bad_numbers_name_their_variable(name: str, value: str) -> None:
     (problem,) = problems(GOOD | {name: value})
     assert problem.startswith(f"{name}:")
