@@ -27,7 +27,7 @@ from parley.providers.base import (
     ToolCallPart,
     Usage,
 )
-from parley.providers.openai_compatible import AddressNotAllowedError, StreamFailedError
+from parley.providers.http import AddressNotAllowedError, StreamFailedError
 from tests.support.scripted_anthropic import ScriptedAnthropic, error_body, message_stream
 from tests.support.scripted_upstream import Refuse, Reply, Stall, Stream, sse_replay
 

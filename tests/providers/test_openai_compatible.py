@@ -30,12 +30,8 @@ from parley.providers.base import (
     ToolCallPart,
     Usage,
 )
-from parley.providers.openai_compatible import (
-    AddressNotAllowedError,
-    OpenAICompatibleProvider,
-    PolicyResolver,
-    StreamFailedError,
-)
+from parley.providers.http import AddressNotAllowedError, PolicyResolver, StreamFailedError
+from parley.providers.openai_compatible import OpenAICompatibleProvider
 from tests.support.scripted_upstream import (
     Refuse,
     Reply,

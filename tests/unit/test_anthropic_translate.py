@@ -35,7 +35,7 @@ from parley.providers.base import (
     ToolResultPart,
     Usage,
 )
-from parley.providers.openai_compatible import StreamFailedError
+from parley.providers.http import StreamFailedError
 from parley.providers.sse import ServerSentEvent, SSEDecoder
 
 K = ProviderErrorKind

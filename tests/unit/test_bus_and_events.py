@@ -70,8 +70,10 @@ def test_replay_after_an_id_and_of_a_finished_turn() -> None:
     publish(ch, Done(), final=True)
     after_end = ch.subscribe(replay_after=(5, 3))
     frames = after_end.drain()
-    assert frame_fields(frames[0])["event"] == "done" and frames[-1] == END
-    assert ch.has_frames_after((5, 3)) and not ch.has_frames_after((5, 4))
+    assert frame_fields(frames[0])["event"] == "done"
+    assert frames[-1] == END
+    assert ch.has_frames_after((5, 3))
+    assert not ch.has_frames_after((5, 4))
 
 
 def test_closing_ends_streams_without_done() -> None:

@@ -39,7 +39,8 @@ def test_a_full_openai_compatible_config_validates() -> None:
 def test_the_default_provider_is_anthropic_and_refuses_to_start_for_now() -> None:
     (problem,) = problems({})
     assert problem.startswith("MCP_LLM_PROVIDER:")
-    assert "anthropic" in problem and "not available" in problem
+    assert "anthropic" in problem
+    assert "not available" in problem
 
 
 def test_every_missing_variable_is_reported_at_once() -> None:

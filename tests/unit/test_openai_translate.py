@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, Usage
-from parley.providers.openai_compatible import OpenAIStreamTranslator, StreamFailedError, classify_error
+from parley.providers.http import StreamFailedError
+from parley.providers.openai_wire import OpenAIStreamTranslator, classify_error
 from parley.providers.sse import ServerSentEvent, SSEDecoder
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"

@@ -7,8 +7,9 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents, estimate_tokens
+from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
 from parley.chat.prompt import context_lines, render_system_prompt, sanitize_content, title_from
+from parley.providers.base import estimate_tokens
 
 
 def test_page_context_becomes_sanitised_key_value_lines() -> None:
@@ -33,14 +34,17 @@ def test_prompt_without_context_is_the_base() -> None:
     assert render_system_prompt("Base.", None) == "Base."
     assert render_system_prompt("Base.", {"x": None}) == "Base."
     rendered = render_system_prompt("Base.", {"page": "home"})
-    assert rendered.startswith("Base.\n\n") and rendered.endswith("page: home")
+    assert rendered.startswith("Base.\n\n")
+    assert rendered.endswith("page: home")
 
 
 def test_titles_come_from_the_first_line_cut_at_a_word() -> None:
     assert title_from("  Hello   world \nsecond line") == "Hello world"
     long = "word " * 30
     title = title_from(long)
-    assert title.endswith("…") and len(title) <= 61 and "wor…" not in title
+    assert title.endswith("…")
+    assert len(title) <= 61
+    assert "wor…" not in title
 
 
 def test_content_sanitising_drops_controls_keeps_newlines() -> None:

@@ -6,7 +6,6 @@ six decimal places, so thousands of tiny turns add up without drift. Pure: no I/
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -55,7 +54,3 @@ def cents_to_usd(cents: Decimal) -> str:
     """Exact decimal string of dollars, for the wire (never a float)."""
     return str((cents / _CENTS_PER_USD).quantize(Decimal("0.00000001")).normalize()) if cents else "0"
 
-
-def estimate_tokens(chars: int) -> int:
-    """A rough token count for text the server did not count (about four characters a token)."""
-    return math.ceil(chars / 4) if chars > 0 else 0

@@ -20,11 +20,19 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents, estimate_tokens
+from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
 from parley.chat.events import ContentDelta, Done, MessageEnd, MessageStart, StreamEvent, TurnError
 from parley.chat.events import ReasoningDelta as ReasoningEvent
 from parley.errors import ParleyError, ProviderError
-from parley.providers.base import ChatMessage, Finished, Provider, ReasoningDelta, TextDelta, Usage
+from parley.providers.base import (
+    ChatMessage,
+    Finished,
+    Provider,
+    ReasoningDelta,
+    TextDelta,
+    Usage,
+    estimate_tokens,
+)
 
 log = logging.getLogger("parley.turns")
 

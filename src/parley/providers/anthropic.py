@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 import aiohttp
@@ -30,15 +29,13 @@ from parley.providers.anthropic_wire import (
     classify_error,
 )
 from parley.providers.base import ChatMessage, ProviderEvent
-from parley.providers.openai_compatible import (
-    _NETWORK_ERRORS,
+from parley.providers.http import (
+    NETWORK_ERRORS,
     AddressNotAllowedError,
-    PolicyResolver,
-    _literal_refusal,
-    _parse_retry_after,
-    _translate,
+    UpstreamClient,
+    literal_refusal,
+    read_event_batches,
 )
-from parley.providers.sse import SSEDecoder
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "DEFAULT_ANTHROPIC_VERSION", "AnthropicProvider"]
 
@@ -48,7 +45,6 @@ Kind = ProviderErrorKind
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024  # the API refuses smaller budgets
-_MAX_ERROR_BODY = 64 * 1024
 # Before anything was yielded these in-stream errors are as retryable as their HTTP twins
 # (529, 429, 500): the SDK does not retry them, which is one reason this client is raw.
 _IN_STREAM_RETRY_KINDS = frozenset({Kind.UNAVAILABLE, Kind.OVERLOADED, Kind.RATE_LIMITED, Kind.HTTP})
@@ -87,10 +83,8 @@ class AnthropicProvider:
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be positive")
         base = base_url.rstrip("/")
-        # Accept an OpenAI-style base ending in /v1 as well as the SDK-style bare origin.
-        self._url = (base if base.endswith("/v1") else base + "/v1") + "/messages"
-        self._refusal = _literal_refusal(base_url)
-        self._headers = {
+        self._refusal = literal_refusal(base_url)
+        headers = {
             "x-api-key": api_key,
             "anthropic-version": version,
             "Accept": "text/event-stream",
@@ -98,33 +92,29 @@ class AnthropicProvider:
         }
         if cache_ttl == "1h":
             # The 1-hour TTL shipped as a beta; Anthropic keeps accepting retired beta names.
-            self._headers["anthropic-beta"] = "extended-cache-ttl-2025-04-11"
-        # sock_read bounds every wait for bytes, including the wait for the response headers;
-        # Anthropic pings during long thinking, so a quiet connection is a dead one.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
-        self._max_retries = max_retries
-        self._retry_base_delay = retry_base_delay
-        self._max_retry_delay = max_retry_delay
-        self._session = session
-        self._owns_session = False
-        self._sleep = sleep
+            headers["anthropic-beta"] = "extended-cache-ttl-2025-04-11"
+        # Anthropic pings during long thinking, so a quiet connection (idle_timeout) is a dead one.
+        self._http = UpstreamClient(
+            # Accept an OpenAI-style base ending in /v1 as well as the SDK-style bare origin.
+            url=(base if base.endswith("/v1") else base + "/v1") + "/messages",
+            headers=headers,
+            classify=_classify,
+            label="Anthropic",
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            max_retries=max_retries,
+            retry_base_delay=retry_base_delay,
+            max_retry_delay=max_retry_delay,
+            session=session,
+            sleep=sleep,
+            request_id_header="request-id",
+        )
         self._cache_ttl: CacheTTL = cache_ttl
         self._thinking_budget = thinking_budget
         self._default_max_tokens = default_max_tokens
 
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            # No pool limit: concurrency is bounded by running turns (as in the sibling provider).
-            connector = aiohttp.TCPConnector(resolver=PolicyResolver(), limit=0)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
     async def aclose(self) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-        self._session = None
-        self._owns_session = False
+        await self._http.aclose()
 
     async def stream(
         self,
@@ -143,115 +133,56 @@ class AnthropicProvider:
             thinking_budget=self._thinking_budget,
         )
         payload = orjson.dumps(body)
-        session = self._get_session()
+        http = self._http
         attempt = 0
         while True:
             yielded = False
             try:
                 # aclosing: a consumer that stops early (or is cancelled) closes the attempt,
                 # which releases the response and so closes the upstream connection at once.
-                async with contextlib.aclosing(self._attempt(session, payload)) as events:
+                async with contextlib.aclosing(self._attempt(payload)) as events:
                     async for event in events:
                         yielded = True
                         yield event
                 return
             except ProviderError as exc:
-                delay = None if yielded else self._retry_delay(exc, attempt)
+                delay = (
+                    None
+                    if yielded
+                    else http.retry_delay(exc, attempt, retry_status=_retry_status, retry_kinds=_IN_STREAM_RETRY_KINDS)
+                )
                 if delay is None:
                     raise
             attempt += 1
             logger.info("retrying Anthropic in %.2fs (attempt %d)", delay, attempt)
-            await self._sleep(delay)
+            await http.sleep(delay)
 
-    async def _attempt(self, session: aiohttp.ClientSession, payload: bytes) -> AsyncGenerator[ProviderEvent, None]:
+    async def _attempt(self, payload: bytes) -> AsyncGenerator[ProviderEvent, None]:
         """One request: open, stream, translate. Raises ProviderError for every failure."""
-        response = await self._open(session, payload)
+        response = await self._http.open(payload)
         translator = AnthropicStreamTranslator()
-        decoder = SSEDecoder()
         async with response:
-            content = response.content
-            while not translator.done:
-                try:
-                    chunk = await content.readany()
-                except _NETWORK_ERRORS as exc:
-                    raise _translate(exc, started=True, partial_usage=translator.partial_usage()) from exc
-                if not chunk:
-                    for sse in decoder.finish():
-                        for event in translator.feed(sse):
-                            yield event
-                    break
-                for sse in decoder.feed(chunk):
-                    for event in translator.feed(sse):
-                        yield event
+            async for batch in read_event_batches(response.content, translator):
+                for event in batch:
+                    yield event
             if not translator.started:
                 # A gateway that ignored `stream: true` answers plain JSON: say so in the log.
                 logger.warning(
                     "Anthropic %s sent no message_start (content-type %r)",
-                    self._url,
+                    self._http.url,
                     response.headers.get("Content-Type"),
                 )
             for event in translator.finish():  # raises TRUNCATED when message_stop never came
                 yield event
-            await _drain(content)
+            await _drain(response.content)
 
-    def _retry_delay(self, exc: ProviderError, attempt: int) -> float | None:
-        """Seconds to wait before retrying, or None to give up."""
-        if attempt >= self._max_retries or isinstance(exc, AddressNotAllowedError):
-            return None
-        if exc.status is not None:
-            if exc.status != 429 and exc.status < 500:
-                return None
-        elif exc.kind not in _IN_STREAM_RETRY_KINDS:
-            return None
-        if exc.retry_after is not None:
-            # Retrying sooner than asked would fail again; a longer wait is the user's call.
-            return exc.retry_after if exc.retry_after <= self._max_retry_delay else None
-        delay = min(self._max_retry_delay, self._retry_base_delay * 2.0**attempt)
-        return delay * (0.5 + random.random() / 2)  # jitter spreads retries of many turns
 
-    async def _open(self, session: aiohttp.ClientSession, payload: bytes) -> aiohttp.ClientResponse:
-        try:
-            response = await session.post(
-                self._url, data=payload, headers=self._headers, allow_redirects=False, timeout=self._timeout
-            )
-        except _NETWORK_ERRORS as exc:
-            raise _translate(exc, started=False) from exc
-        if 200 <= response.status < 300:
-            return response
-        async with response:
-            raise await self._status_error(response)
+def _retry_status(status: int) -> bool:
+    return status == 429 or status >= 500
 
-    async def _status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
-        status = response.status
-        request_id = response.headers.get("request-id")
-        raw = b""
-        try:
-            while len(raw) < _MAX_ERROR_BODY:
-                piece = await response.content.read(_MAX_ERROR_BODY - len(raw))
-                if not piece:
-                    break
-                raw += piece
-        except _NETWORK_ERRORS:
-            pass  # classify by status alone
-        if 300 <= status < 400:
-            logger.warning(
-                "Anthropic %s answered HTTP %d (redirect to %r, not followed)",
-                self._url,
-                status,
-                response.headers.get("Location"),
-            )
-            return ProviderError(Kind.HTTP, status=status)
-        text = raw.decode("utf-8", "replace")
-        logger.warning("Anthropic %s answered HTTP %d (request %s): %s", self._url, status, request_id, text)
-        try:
-            parsed: object = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            parsed = text
-        return ProviderError(
-            classify_error(status, parsed, default=Kind.HTTP),
-            status=status,
-            retry_after=_parse_retry_after(response.headers.get("retry-after")),
-        )
+
+def _classify(status: int | None, body: object) -> ProviderErrorKind:
+    return classify_error(status, body, default=Kind.HTTP)
 
 
 async def _drain(content: aiohttp.StreamReader) -> None:
@@ -261,5 +192,5 @@ async def _drain(content: aiohttp.StreamReader) -> None:
         async with asyncio.timeout(_DRAIN_SECONDS):
             while received <= _DRAIN_BYTES and (piece := await content.readany()):
                 received += len(piece)
-    except (*_NETWORK_ERRORS, TimeoutError):
+    except (*NETWORK_ERRORS, TimeoutError):
         pass  # the connection is closed instead of reused; the reply itself is complete

@@ -12,7 +12,6 @@ Imports: standard library, orjson, parley.errors, parley.providers.*.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -29,8 +28,9 @@ from parley.providers.base import (
     ToolCallPart,
     ToolResultPart,
     Usage,
+    estimate_tokens,
 )
-from parley.providers.openai_compatible import StreamFailedError
+from parley.providers.http import StreamFailedError
 from parley.providers.sse import ServerSentEvent
 
 __all__ = [
@@ -280,7 +280,7 @@ class AnthropicStreamTranslator:
         if not self.started:
             return None
         usage = self._usage()
-        estimate = math.ceil(self._chars / 4)
+        estimate = estimate_tokens(self._chars)
         if self._final_usage or estimate <= usage.output_tokens:
             return usage
         return Usage(

@@ -74,6 +74,11 @@ class ChatMessage:
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
 
+def estimate_tokens(chars: int) -> int:
+    """A rough token count for text a server did not count (about four characters a token)."""
+    return -(-chars // 4) if chars > 0 else 0
+
+
 # --- events a provider yields --------------------------------------------------------------------
 
 

@@ -1,0 +1,306 @@
+"""The HTTP seam shared by the providers: one place where aiohttp meets parley's errors.
+
+`UpstreamClient` owns a pooled aiohttp session whose resolver enforces the SSRF policy, posts
+without following redirects, turns non-2xx answers into `ProviderError` (the body goes to the
+log, never into the message), and computes retry delays. `read_event_batches` is the read loop:
+bytes -> SSE events -> provider events, with transport failures mapped on the way. Wire formats
+stay in each provider's translator.
+
+Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from parley.errors import ProviderError, ProviderErrorKind
+from parley.providers.base import ProviderEvent, Usage
+from parley.providers.sse import ServerSentEvent, SSEDecoder
+from parley.providers.url_policy import address_refusal
+
+logger = logging.getLogger("parley.providers")
+
+Kind = ProviderErrorKind
+MAX_ERROR_BODY = 64 * 1024
+NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+Classify = Callable[[int | None, object], ProviderErrorKind]
+
+
+class StreamFailedError(ProviderError):
+    """A failure after the response started; `partial_usage` is what was counted so far."""
+
+    def __init__(
+        self,
+        kind: ProviderErrorKind,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        partial_usage: Usage | None = None,
+    ) -> None:
+        super().__init__(kind, message, status=status)
+        self.partial_usage = partial_usage
+
+
+class AddressNotAllowedError(ProviderError):
+    """The base URL points at an address the SSRF policy refuses; never retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(Kind.UNAVAILABLE, f"The model server address is not allowed: {reason}.")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+# --- connect-time address policy -----------------------------------------------------------------
+
+
+class _RefusedAddress(OSError):
+    """Raised inside aiohttp's connector; an OSError so aiohttp wraps it as a connector error."""
+
+
+class PolicyResolver(AbstractResolver):
+    """Resolves with `inner` and drops every address `address_refusal` rejects.
+
+    The connection is made to an address that was checked, so a name cannot be rebound to a
+    metadata address between the check and the connect.
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        if self._inner is None:
+            self._inner = aiohttp.ThreadedResolver()
+        results = await self._inner.resolve(host, port, family)
+        allowed = [r for r in results if address_refusal(r["host"]) is None]
+        if not allowed:
+            reasons = "; ".join(sorted({address_refusal(r["host"]) or "" for r in results}))
+            raise _RefusedAddress(f"{host} resolves only to refused addresses ({reasons or 'none'})")
+        return allowed
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+
+
+def literal_refusal(base_url: str) -> str | None:
+    """aiohttp skips the resolver for IP literals, so those are checked here, once."""
+    host = urlsplit(base_url).hostname or ""
+    try:
+        ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return None  # a name: the resolver checks what it resolves to
+    return address_refusal(host)
+
+
+def transport_error(exc: BaseException, *, started: bool, partial_usage: Usage | None = None) -> ProviderError:
+    """The one place foreign (aiohttp / socket) exceptions become ProviderErrors."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, _RefusedAddress):
+        return AddressNotAllowedError(str(exc.os_error))
+    if isinstance(exc, aiohttp.InvalidURL):
+        return AddressNotAllowedError("the URL is not in a form parley accepts")
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        kind = Kind.UNAVAILABLE  # the connect itself timed out: like a refused connection
+    elif isinstance(exc, TimeoutError):  # aiohttp's sock_read timeout is a TimeoutError too
+        kind = Kind.TIMEOUT
+    else:
+        kind = Kind.STREAM if started else Kind.UNAVAILABLE
+    logger.warning("model server connection failed (%s): %s", type(exc).__name__, exc)
+    if started:
+        return StreamFailedError(kind, partial_usage=partial_usage)
+    return ProviderError(kind)
+
+
+# --- reading a stream ----------------------------------------------------------------------------
+
+
+class StreamTranslator(Protocol):
+    """What a provider's wire translator offers the read loop."""
+
+    @property
+    def done(self) -> bool: ...
+
+    def feed(self, sse: ServerSentEvent) -> Sequence[ProviderEvent]: ...
+
+    def partial_usage(self) -> Usage | None: ...
+
+
+async def read_event_batches(
+    content: aiohttp.StreamReader, translator: StreamTranslator
+) -> AsyncIterator[Sequence[ProviderEvent]]:
+    """Provider events, one batch per SSE event, until the translator is done or the body ends.
+
+    Batches keep the per-token cost to one generator hop per upstream event.
+    """
+    decoder = SSEDecoder()
+    feed = translator.feed
+    while not translator.done:
+        try:
+            chunk = await content.readany()
+        except NETWORK_ERRORS as exc:
+            raise transport_error(exc, started=True, partial_usage=translator.partial_usage()) from exc
+        events = decoder.feed(chunk) if chunk else decoder.finish()
+        for sse in events:
+            batch = feed(sse)
+            if batch:
+                yield batch
+        if not chunk:
+            return
+
+
+# --- the client ----------------------------------------------------------------------------------
+
+
+class UpstreamClient:
+    """POSTs to one upstream URL with parley's network policy; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        headers: dict[str, str],
+        classify: Classify,
+        label: str,
+        connect_timeout: float,
+        idle_timeout: float,
+        max_retries: int,
+        retry_base_delay: float,
+        max_retry_delay: float,
+        session: aiohttp.ClientSession | None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        request_id_header: str | None = None,
+    ) -> None:
+        self.url = url
+        self.headers = headers
+        self.label = label
+        self._classify = classify
+        # sock_read bounds every wait for bytes, including the wait for the response headers.
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
+        self.max_retries = max_retries
+        self._retry_base_delay = retry_base_delay
+        self._max_retry_delay = max_retry_delay
+        self._session = session
+        self._owns_session = False
+        self.sleep = sleep
+        self._request_id_header = request_id_header
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            # No pool limit: concurrency is bounded by the turns running, and a limit would make
+            # long streams queue behind each other.
+            connector = aiohttp.TCPConnector(resolver=PolicyResolver(), limit=0)
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._owns_session = True
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+        self._owns_session = False
+
+    async def open(self, payload: bytes, *, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
+        """POST and return a 2xx response (the caller closes it); ProviderError otherwise."""
+        try:
+            response = await self.session().post(
+                self.url, data=payload, headers=headers or self.headers, allow_redirects=False, timeout=self.timeout
+            )
+        except NETWORK_ERRORS as exc:
+            raise transport_error(exc, started=False) from exc
+        if 200 <= response.status < 300:
+            return response
+        async with response:
+            raise await self.status_error(response)
+
+    async def status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
+        status = response.status
+        raw = b""
+        try:
+            while len(raw) < MAX_ERROR_BODY:
+                piece = await response.content.read(MAX_ERROR_BODY - len(raw))
+                if not piece:
+                    break
+                raw += piece
+        except NETWORK_ERRORS:
+            pass  # classify by status alone
+        if 300 <= status < 400:
+            logger.warning(
+                "%s %s answered HTTP %d (redirect to %r, not followed)",
+                self.label,
+                self.url,
+                status,
+                response.headers.get("Location"),
+            )
+            return ProviderError(Kind.HTTP, status=status)
+        text = raw.decode("utf-8", "replace")
+        request_id = response.headers.get(self._request_id_header) if self._request_id_header else None
+        logger.warning(
+            "%s %s answered HTTP %d%s: %s",
+            self.label,
+            self.url,
+            status,
+            f" (request {request_id})" if request_id else "",
+            text,
+        )
+        try:
+            parsed: object = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = text
+        return ProviderError(
+            self._classify(status, parsed),
+            status=status,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        )
+
+    def retry_delay(
+        self,
+        exc: ProviderError,
+        attempt: int,
+        *,
+        retry_status: Callable[[int], bool],
+        retry_kinds: frozenset[ProviderErrorKind],
+    ) -> float | None:
+        """Seconds to wait before retrying, or None to give up."""
+        if attempt >= self.max_retries or isinstance(exc, AddressNotAllowedError):
+            return None
+        if exc.status is not None:
+            if not retry_status(exc.status):
+                return None
+        elif exc.kind not in retry_kinds:
+            return None
+        if exc.retry_after is not None:
+            # Retrying sooner than asked would fail again; a longer wait is the user's call.
+            return exc.retry_after if exc.retry_after <= self._max_retry_delay else None
+        delay = min(self._max_retry_delay, self._retry_base_delay * 2.0**attempt)
+        return delay * (0.5 + random.random() / 2)  # jitter spreads retries of many turns
