@@ -19,6 +19,7 @@ from parley import __version__
 from parley.api.errors import envelope, install_error_handlers
 from parley.api.routes import Services, router
 from parley.billing.cost import Prices
+from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
@@ -31,6 +32,21 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 def build_provider(settings: Settings) -> Provider:
+    """The provider MCP_LLM_PROVIDER names; each path has its own route test."""
+    if settings.llm_provider == "anthropic":
+        from parley.providers.anthropic import DEFAULT_ANTHROPIC_BASE_URL, AnthropicProvider
+
+        assert settings.anthropic_api_key is not None, "validated by load_settings"
+        return AnthropicProvider(
+            api_key=settings.anthropic_api_key.get_secret_value(),
+            base_url=settings.anthropic_base_url or DEFAULT_ANTHROPIC_BASE_URL,
+            connect_timeout=settings.connect_timeout_seconds,
+            idle_timeout=settings.idle_chunk_timeout_seconds,
+            max_retries=settings.upstream_retries,
+            cache_ttl=settings.anthropic_cache_ttl,
+            thinking_budget=settings.anthropic_thinking_budget,
+            default_max_tokens=settings.anthropic_max_tokens,
+        )
     from parley.providers.openai_compatible import OpenAICompatibleProvider
 
     assert settings.llm_base_url is not None, "validated by load_settings"
@@ -42,6 +58,26 @@ def build_provider(settings: Settings) -> Provider:
         idle_timeout=settings.idle_chunk_timeout_seconds,
         max_retries=settings.upstream_retries,
     )
+
+
+def price_lookup(settings: Settings) -> Callable[[str], Prices]:
+    """Prices by model id: the configured flat prices, or the Claude table for Anthropic."""
+    if settings.llm_provider != "anthropic":
+        flat = Prices.flat(settings.price_input_per_m_usd, settings.price_output_per_m_usd)
+        return lambda _model: flat
+    ttl = settings.anthropic_cache_ttl
+    overrides = parse_price_overrides(settings.anthropic_prices or "", cache_ttl=ttl)
+    fallback = claude_prices(*settings.fallback_prices(), cache_ttl=ttl)
+    known: dict[str, Prices] = {}
+
+    def lookup(model: str) -> Prices:
+        if model not in known:  # warns once per unknown model, not once per turn
+            known[model] = prices_for(model, overrides=overrides, fallback=fallback, warn=log.warning, cache_ttl=ttl)
+        return known[model]
+
+    for model in settings.models:
+        lookup(model)
+    return lookup
 
 
 async def prepare_database(db: Database, settings: Settings) -> None:
@@ -85,14 +121,14 @@ def create_app(
         upstream = provider or build_provider(settings)
         policy = SessionPolicy(
             model=settings.model,
-            max_tokens=settings.llm_max_tokens,
+            max_tokens=settings.max_output_tokens,
             max_content_chars=MAX_CONTENT_CHARS,
             turn_timeout=settings.turn_timeout_seconds,
             idle_ttl=timedelta(seconds=settings.session_idle_ttl_seconds),
             max_age=timedelta(seconds=settings.session_max_age_seconds),
             max_live_sessions=settings.max_live_sessions,
             lease_ttl=lease_ttl,
-            prices=Prices.flat(settings.price_input_per_m_usd, settings.price_output_per_m_usd),
+            prices=price_lookup(settings),
         )
         now = clock or (lambda: datetime.now(UTC))
         manager = SessionManager(db=db, provider=upstream, policy=policy, clock=now)
@@ -102,6 +138,7 @@ def create_app(
                 model=settings.model,
                 system_prompt=settings.resolved_system_prompt(),
                 max_turns=settings.default_max_turns,
+                allowed_models=settings.models,
             ),
             clock=now,
         )

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from parley.billing.prices import DEFAULT_ANTHROPIC_MODEL, parse_price_overrides
 from parley.errors import ConfigError
 from parley.providers.url_policy import check_base_url
 
@@ -64,15 +65,29 @@ class Settings(BaseSettings):
     system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
     system_prompt_file: Path | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT_FILE")
     page_context_max_bytes: int = Field(4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES")
+    allowed_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="PARLEY_ALLOWED_MODELS"
+    )
 
-    @field_validator("llm_allowed_hosts", mode="before")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_model: str = Field(DEFAULT_ANTHROPIC_MODEL, min_length=1, validation_alias="ANTHROPIC_MODEL")
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    anthropic_max_tokens: int = Field(4096, ge=1, le=1_000_000, validation_alias="ANTHROPIC_MAX_TOKENS")
+    anthropic_cache_ttl: Literal["5m", "1h"] = Field("5m", validation_alias="ANTHROPIC_CACHE_TTL")
+    anthropic_thinking_budget: int | None = Field(None, ge=1024, validation_alias="ANTHROPIC_THINKING_BUDGET")
+    anthropic_prices: str | None = Field(None, validation_alias="ANTHROPIC_PRICES")
+    anthropic_fallback_price: str = Field("5,25", validation_alias="ANTHROPIC_FALLBACK_PRICE_PER_M_USD")
+
+    @field_validator("llm_allowed_hosts", "allowed_models", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return [h.strip() for h in value.split(",") if h.strip()]
         return value
 
-    @field_validator("llm_base_url", "llm_model", "system_prompt", mode="before")
+    @field_validator(
+        "llm_base_url", "llm_model", "system_prompt", "anthropic_base_url", "anthropic_prices", mode="before"
+    )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
@@ -98,12 +113,38 @@ class Settings(BaseSettings):
 
     @property
     def model(self) -> str:
-        """The model that really runs: stored on every session."""
+        """The default model, stored on sessions that do not ask for another."""
+        if self.llm_provider == "anthropic":
+            return self.anthropic_model
         return self.llm_model or ""
 
     @property
+    def models(self) -> tuple[str, ...]:
+        """Models a session may ask for: the default first, then PARLEY_ALLOWED_MODELS."""
+        return tuple(dict.fromkeys([self.model, *self.allowed_models]))
+
+    @property
+    def max_output_tokens(self) -> int:
+        return self.anthropic_max_tokens if self.llm_provider == "anthropic" else self.llm_max_tokens
+
+    @property
     def prices_are_zero(self) -> bool:
+        if self.llm_provider == "anthropic":
+            return False  # priced from the Claude table
         return self.price_input_per_m_usd == 0 and self.price_output_per_m_usd == 0
+
+    def fallback_prices(self) -> tuple[Decimal, Decimal]:
+        """(input, output) USD per million tokens for Claude models missing from the table."""
+        parts = [p.strip() for p in self.anthropic_fallback_price.split(",")]
+        try:
+            values = tuple(Decimal(p) for p in parts)
+        except ArithmeticError:
+            values = ()
+        if len(values) != 2 or any(not v.is_finite() or v < 0 for v in values):
+            raise ValueError(
+                f"expected 'input,output' in USD per million tokens, got {self.anthropic_fallback_price!r}"
+            )
+        return values[0], values[1]
 
     def resolved_system_prompt(self) -> str:
         if self.system_prompt_file is not None:
@@ -114,11 +155,21 @@ class Settings(BaseSettings):
 def _cross_field_problems(s: Settings) -> list[str]:
     problems: list[str] = []
     if s.llm_provider == "anthropic":
-        problems.append(
-            "MCP_LLM_PROVIDER: 'anthropic' is not available in this version of parley yet; "
-            "set MCP_LLM_PROVIDER=openai-compatible with MCP_LLM_BASE_URL, MCP_LLM_MODEL and "
-            "MCP_LLM_API_KEY"
-        )
+        if s.anthropic_api_key is None or not s.anthropic_api_key.get_secret_value().strip():
+            problems.append("ANTHROPIC_API_KEY: required when MCP_LLM_PROVIDER=anthropic (the default)")
+        if s.anthropic_base_url is not None:
+            for reason in check_base_url(
+                s.anthropic_base_url, production=s.production, allowed_hosts=s.llm_allowed_hosts
+            ):
+                problems.append(f"ANTHROPIC_BASE_URL: {reason}")
+        try:
+            parse_price_overrides(s.anthropic_prices or "", cache_ttl=s.anthropic_cache_ttl)
+        except ValueError as exc:
+            problems.append(f"ANTHROPIC_PRICES: {exc}")
+        try:
+            s.fallback_prices()
+        except ValueError as exc:
+            problems.append(f"ANTHROPIC_FALLBACK_PRICE_PER_M_USD: {exc}")
     else:
         if s.llm_base_url is None:
             problems.append("MCP_LLM_BASE_URL: required when MCP_LLM_PROVIDER=openai-compatible")

@@ -8,6 +8,7 @@ a turn that fails after its stream started publishes the same pair as an `error`
     ParleyError                          500 internal_error
     ├── BadRequestError                  400 bad_request
     │   ├── MalformedJSONError           400 malformed_json
+    │   ├── ModelNotAllowedError         400 model_not_allowed
     │   └── ToolUseInHistoryError        400 tool_use_in_history
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
@@ -64,6 +65,15 @@ class MalformedJSONError(BadRequestError):
 
     code = "malformed_json"
     default_message = "The request body is not valid JSON."
+
+
+class ModelNotAllowedError(BadRequestError):
+    """A session asked for a model outside the allowed list."""
+
+    code = "model_not_allowed"
+
+    def __init__(self, model: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(f"Model {model!r} is not allowed here. Allowed: {', '.join(allowed)}.")
 
 
 class ToolUseInHistoryError(BadRequestError):

@@ -36,11 +36,41 @@ def test_a_full_openai_compatible_config_validates() -> None:
     assert s.effective_database_url.startswith("sqlite+aiosqlite:///")
 
 
-def test_the_default_provider_is_anthropic_and_refuses_to_start_for_now() -> None:
+def test_the_default_provider_is_anthropic_and_needs_its_key() -> None:
     (problem,) = problems({})
-    assert problem.startswith("MCP_LLM_PROVIDER:")
-    assert "anthropic" in problem
-    assert "not available" in problem
+    assert problem.startswith("ANTHROPIC_API_KEY:")
+    s = load_settings({"ANTHROPIC_API_KEY": "sk-ant-0123456789"})
+    assert s.llm_provider == "anthropic"
+    assert s.model == "claude-sonnet-4-5"
+    assert s.max_output_tokens == 4096
+    assert startup_warnings(s) == []  # priced from the Claude table: no zero-price warning
+
+
+def test_anthropic_options_are_validated_together() -> None:
+    found = problems(
+        {
+            "ANTHROPIC_API_KEY": " ",
+            "ANTHROPIC_BASE_URL": "http://169.254.169.254/",
+            "ANTHROPIC_PRICES": "claude-x=abc",
+            "ANTHROPIC_FALLBACK_PRICE_PER_M_USD": "5",
+        }
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_PRICES",
+        "ANTHROPIC_FALLBACK_PRICE_PER_M_USD",
+    ]
+
+
+def test_anthropic_thinking_budget_has_the_api_minimum() -> None:
+    (problem,) = problems({"ANTHROPIC_API_KEY": "k" * 20, "ANTHROPIC_THINKING_BUDGET": "100"})
+    assert problem.startswith("ANTHROPIC_THINKING_BUDGET:")
+
+
+def test_allowed_models_start_with_the_default() -> None:
+    s = load_settings(GOOD | {"PARLEY_ALLOWED_MODELS": "other, smollm2 ,third"})
+    assert s.models == ("smollm2", "other", "third")
 
 
 def test_every_missing_variable_is_reported_at_once() -> None:

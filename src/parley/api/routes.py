@@ -27,7 +27,7 @@ from parley.api.schemas import (
 from parley.api.sse import sse_response
 from parley.chat.catalog import SessionCatalog
 from parley.chat.sessions import SessionManager
-from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError, ValidationFailedError
+from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError
 from parley.store.db import Database
 
 
@@ -81,11 +81,9 @@ def _check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
 @router.post("/sessions", status_code=201)
 async def create_session(body: CreateSessionBody, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
     _check_page_context(svc, body.page_context)
-    if body.model is not None and body.model != svc.catalog.defaults.model:
-        raise ValidationFailedError(
-            f"model {body.model!r} is not available; this server runs {svc.catalog.defaults.model!r}."
-        )
-    row = await svc.catalog.create(who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context)
+    row = await svc.catalog.create(
+        who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context, model=body.model
+    )
     return session_summary(row)
 
 

@@ -53,4 +53,3 @@ def cost_cents(tokens: TokenCounts, prices: Prices) -> Decimal:
 def cents_to_usd(cents: Decimal) -> str:
     """Exact decimal string of dollars, for the wire (never a float)."""
     return str((cents / _CENTS_PER_USD).quantize(Decimal("0.00000001")).normalize()) if cents else "0"
-

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from parley.chat.prompt import title_from
-from parley.errors import PermissionDeniedError, SessionNotFoundError, ValidationFailedError
+from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.models import AiCostUsage, AiMessage, AiSession
@@ -30,9 +30,17 @@ class Caller:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NewSessionDefaults:
-    model: str
+    model: str  # the default; the session stores the model that really runs
     system_prompt: str
     max_turns: int
+    allowed_models: tuple[str, ...] = ()
+
+    def choose_model(self, requested: str | None) -> str:
+        if requested is None or requested == self.model:
+            return self.model
+        if requested not in self.allowed_models:
+            raise ModelNotAllowedError(requested, self.allowed_models or (self.model,))
+        return requested
 
 
 def _now() -> datetime:
@@ -64,8 +72,10 @@ class SessionCatalog:
         org_id: str | None,
         title: str | None,
         page_context: dict[str, Any] | None,
+        model: str | None = None,
     ) -> AiSession:
         org = self.resolve_org(caller, org_id)
+        chosen = self.defaults.choose_model(model)
         now = self.clock()
         row = AiSession(
             id=repo.new_id(),
@@ -74,7 +84,7 @@ class SessionCatalog:
             status="active",
             type="general",
             title=title_from(title) if title and title.strip() else None,
-            model=self.defaults.model,
+            model=chosen,
             system_prompt=self.defaults.system_prompt,
             context_snapshot=page_context or None,
             total_input_tokens=0,

@@ -57,7 +57,7 @@ class SessionPolicy:
     max_age: timedelta = timedelta(hours=24)
     max_live_sessions: int = 200
     lease_ttl: timedelta = timedelta(seconds=60)
-    prices: Prices = field(default_factory=Prices)
+    prices: Callable[[str], Prices] = field(default=lambda _model: Prices())  # by model id
 
 
 @dataclass(slots=True, eq=False)
@@ -217,7 +217,7 @@ class SessionManager:
             max_tokens=self.policy.max_tokens,
             turn_timeout=self.policy.turn_timeout,
             provider=self.provider,
-            prices=self.policy.prices,
+            prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
             load_history=partial(self._load_history, org_id, session_id),
             persist=partial(self._persist, live, org_id, session_id, turn.lease_token),

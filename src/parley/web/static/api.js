@@ -1,0 +1,137 @@
+// The only module that talks HTTP: parley's public API under /api/v1/ai, same origin.
+//
+// Every failure becomes an ApiError carrying the envelope's `code` and `error` message, so the
+// page can always show a readable banner with its code instead of stopping silently.
+
+const BASE = '/api/v1/ai';
+
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status (0 when the server could not be reached)
+   * @param {string} code machine-readable code from the error envelope
+   * @param {string} message human-readable message from the error envelope
+   * @param {number|null} retryAfter seconds to wait, from a Retry-After header
+   */
+  constructor(status, code, message, retryAfter = null) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/** Seconds from a Retry-After header (delta-seconds or an HTTP date), or null. */
+export function parseRetryAfter(value, now = Date.now()) {
+  if (!value) return null;
+  const trimmed = value.trim();
+  if (/^\d+$/.test(trimmed)) return Number(trimmed);
+  const at = Date.parse(trimmed);
+  if (Number.isNaN(at)) return null;
+  return Math.max(0, Math.ceil((at - now) / 1000));
+}
+
+async function errorFrom(response) {
+  let code = `http_${response.status}`;
+  let message = response.statusText || 'The request failed.';
+  try {
+    const body = await response.json();
+    if (body && typeof body.code === 'string') code = body.code;
+    if (body && typeof body.error === 'string') message = body.error;
+  } catch {
+    // Not the JSON envelope (a proxy's error page, say): keep the status line.
+  }
+  return new ApiError(response.status, code, message, parseRetryAfter(response.headers.get('Retry-After')));
+}
+
+export class Api {
+  /** @param {string} token bearer token; it goes in a header only, never in a URL */
+  constructor(token) {
+    this.token = token;
+  }
+
+  async #fetch(method, path, { body, headers = {}, signal } = {}) {
+    const init = {
+      method,
+      headers: { Authorization: `Bearer ${this.token}`, ...headers },
+      signal,
+      cache: 'no-store', // replies and usage change all the time; never answer from a cache
+      credentials: 'omit', // bearer auth only: no cookies, so no CSRF surface
+      redirect: 'error', // a redirect would be a misconfigured proxy; do not follow with the token
+    };
+    if (body !== undefined) {
+      init.body = JSON.stringify(body);
+      init.headers['Content-Type'] = 'application/json';
+    }
+    let response;
+    try {
+      response = await fetch(BASE + path, init);
+    } catch (err) {
+      if (err && err.name === 'AbortError') throw err;
+      throw new ApiError(0, 'network_error', 'Could not reach the server. Check the connection and try again.');
+    }
+    if (!response.ok) throw await errorFrom(response);
+    return response;
+  }
+
+  async #json(method, path, body) {
+    const response = await this.#fetch(method, path, { body, headers: { Accept: 'application/json' } });
+    return response.json();
+  }
+
+  /**
+   * Open an SSE response (a turn, or a re-attach); resolves once the headers arrived.
+   * @returns {Promise<Response>}
+   */
+  async stream(method, path, { body, lastEventId, signal } = {}) {
+    const headers = { Accept: 'text/event-stream' };
+    if (lastEventId) headers['Last-Event-ID'] = lastEventId;
+    const response = await this.#fetch(method, path, { body, headers, signal });
+    const type = response.headers.get('Content-Type') || '';
+    if (!type.startsWith('text/event-stream')) {
+      response.body?.cancel().catch(() => {});
+      throw new ApiError(response.status, 'unexpected_response', 'The server did not answer with a stream.');
+    }
+    return response;
+  }
+
+  usage() {
+    return this.#json('GET', '/usage');
+  }
+
+  listSessions(page = 1, limit = 30) {
+    return this.#json('GET', `/sessions?page=${page}&limit=${limit}`);
+  }
+
+  searchSessions(query) {
+    return this.#json('GET', `/sessions/search?q=${encodeURIComponent(query)}&limit=30`);
+  }
+
+  createSession(title) {
+    return this.#json('POST', '/sessions', title ? { title } : {});
+  }
+
+  getSession(id) {
+    return this.#json('GET', `/sessions/${encodeURIComponent(id)}`);
+  }
+
+  renameSession(id, title) {
+    return this.#json('PATCH', `/sessions/${encodeURIComponent(id)}`, { title });
+  }
+
+  closeSession(id) {
+    return this.#json('DELETE', `/sessions/${encodeURIComponent(id)}`);
+  }
+
+  sendMessage(id, content, signal) {
+    return this.stream('POST', `/sessions/${encodeURIComponent(id)}/messages`, { body: { content }, signal });
+  }
+
+  attach(id, lastEventId, signal) {
+    return this.stream('GET', `/sessions/${encodeURIComponent(id)}/events`, { lastEventId, signal });
+  }
+
+  interrupt(id) {
+    return this.#json('POST', `/sessions/${encodeURIComponent(id)}/interrupt`);
+  }
+}

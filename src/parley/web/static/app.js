@@ -1,0 +1,927 @@
+// The chat page: sign-in, the session list, the conversation and its streaming turns.
+//
+// State lives in this module; the DOM is updated from it by small render functions. What must
+// survive a reload lives in sessionStorage (per tab, gone when the tab closes): the token, the
+// open session, and, while a turn runs, the turn's last event id and the text received so far,
+// so a reloaded page shows the partial reply and re-attaches with Last-Event-ID.
+
+import { Api, ApiError } from './api.js';
+import { readEvents } from './sse.js';
+import {
+  MessageView,
+  describeError,
+  el,
+  finishLabel,
+  formatCents,
+  formatCount,
+  relativeTime,
+  usageText,
+} from './ui.js';
+
+const TOKEN_KEY = 'parley.token';
+const SESSION_KEY = 'parley.session';
+const TURN_KEY = 'parley.turn';
+const PAGE_SIZE = 30;
+const ATTACH_RETRIES = [0, 500, 1000, 2000]; // ms before each try to re-attach a dropped stream
+
+const $ = (id) => document.getElementById(id);
+const dom = {
+  signIn: $('sign-in'),
+  signInForm: $('sign-in-form'),
+  tokenInput: $('token-input'),
+  signInButton: $('sign-in-button'),
+  signInError: $('sign-in-error'),
+  signOut: $('sign-out'),
+  usage: $('usage'),
+  navToggle: $('nav-toggle'),
+  workspace: $('workspace'),
+  newChat: $('new-chat'),
+  searchForm: $('search-form'),
+  searchInput: $('search-input'),
+  searchStatus: $('search-status'),
+  sessionList: $('session-list'),
+  loadMore: $('load-more'),
+  chatTitle: $('chat-title'),
+  renameButton: $('rename-chat'),
+  closeButton: $('close-chat'),
+  renameForm: $('rename-form'),
+  renameInput: $('rename-input'),
+  renameCancel: $('rename-cancel'),
+  banner: $('banner'),
+  bannerText: $('banner-text'),
+  bannerClose: $('banner-close'),
+  messages: $('messages'),
+  emptyState: $('empty-state'),
+  composer: $('composer'),
+  input: $('composer-input'),
+  send: $('send'),
+  stop: $('stop'),
+  hint: $('composer-hint'),
+};
+const DEFAULT_HINT = dom.hint.textContent;
+
+const state = {
+  api: null,
+  sessions: [], // summaries, newest activity first
+  page: 0,
+  total: 0,
+  current: null, // summary of the open session; null for a new, not yet created chat
+  turn: null, // the running turn, see beginTurn()
+  searching: false,
+  searchTimer: 0,
+  searchSeq: 0,
+  openSeq: 0,
+  closeArmed: 0, // timer of the two-step "Close chat" confirmation
+  unloading: false,
+};
+
+const isAbort = (err) => err && err.name === 'AbortError';
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+// ---- storage ---------------------------------------------------------------------------
+
+function saveTurn(turn) {
+  if (!turn.sessionId) return;
+  const { sessionId, lastEventId, messageId, content, reasoning, usage, error } = turn;
+  try {
+    sessionStorage.setItem(TURN_KEY, JSON.stringify({ sessionId, lastEventId, messageId, content, reasoning, usage, error }));
+  } catch {
+    // Storage full or disabled: the reply still streams, it just cannot survive a reload.
+  }
+}
+
+function readSavedTurn() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(TURN_KEY) || 'null');
+    return saved && typeof saved.sessionId === 'string' ? saved : null;
+  } catch {
+    return null;
+  }
+}
+
+function clearSavedTurn() {
+  // While the page unloads, a dying stream must not erase what the reloaded page resumes from.
+  if (!state.unloading) sessionStorage.removeItem(TURN_KEY);
+}
+
+// ---- banner ----------------------------------------------------------------------------
+
+function showBanner(code, message) {
+  dom.bannerText.replaceChildren(el('code', { className: 'banner-code', textContent: code }), ' ', message);
+  dom.banner.hidden = false;
+}
+
+function clearBanner() {
+  dom.banner.hidden = true;
+  dom.bannerText.replaceChildren();
+}
+
+/** Show any failure; a rejected token signs out. */
+function handleError(err) {
+  if (isAbort(err)) return;
+  if (err instanceof ApiError && err.status === 401) {
+    signOut(`${err.message} (${err.code})`);
+    return;
+  }
+  if (!(err instanceof ApiError)) {
+    console.error(err);
+    showBanner('client_error', 'Something went wrong on this page. Reload it and try again.');
+    return;
+  }
+  const { code, message } = describeError(err);
+  showBanner(code, message);
+}
+
+// ---- sign-in -----------------------------------------------------------------------------
+
+function showSignIn(message = '') {
+  dom.workspace.hidden = true;
+  dom.signOut.hidden = true;
+  dom.usage.hidden = true;
+  dom.navToggle.hidden = true;
+  dom.signIn.hidden = false;
+  dom.signInError.textContent = message;
+  dom.tokenInput.focus();
+}
+
+async function signIn(token) {
+  const api = new Api(token);
+  dom.signInButton.disabled = true;
+  let usage;
+  try {
+    usage = await api.usage(); // checks the token and fills the usage line in one request
+  } catch (err) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    const { code, message } = describeError(err);
+    showSignIn(err.status === 401 ? `That token was not accepted: ${message} (${code})` : `${message} (${code})`);
+    return;
+  } finally {
+    dom.signInButton.disabled = false;
+  }
+  sessionStorage.setItem(TOKEN_KEY, token);
+  state.api = api;
+  dom.tokenInput.value = '';
+  dom.signInError.textContent = '';
+  dom.signIn.hidden = true;
+  dom.workspace.hidden = false;
+  dom.signOut.hidden = false;
+  dom.navToggle.hidden = false;
+  renderUsage(usage);
+  await loadSessions();
+
+  const saved = readSavedTurn();
+  const sessionId = saved ? saved.sessionId : sessionStorage.getItem(SESSION_KEY);
+  if (sessionId) await openSession(sessionId, { resume: saved });
+  else newChat();
+  if (!state.turn) dom.input.focus();
+}
+
+function signOut(message = '') {
+  if (state.turn) state.turn.controller.abort(); // leave the stream; the turn ends on the server
+  state.turn = null;
+  state.api = null;
+  state.current = null;
+  state.sessions = [];
+  for (const key of [TOKEN_KEY, SESSION_KEY, TURN_KEY]) sessionStorage.removeItem(key);
+  clearBanner();
+  dom.sessionList.replaceChildren();
+  dom.searchInput.value = '';
+  dom.searchStatus.textContent = '';
+  showMessages([]);
+  setBusy(false);
+  showSignIn(message);
+}
+
+// ---- usage -------------------------------------------------------------------------------
+
+/** Limits in cents from the budget object; the API leaves its shape open, so accept the likely ones. */
+function budgetLimits(budget) {
+  if (!budget || typeof budget !== 'object') return [];
+  const limits = [];
+  for (const period of ['daily', 'monthly']) {
+    const nested = budget[period] && typeof budget[period] === 'object' ? budget[period] : {};
+    const limit = budget[`${period}LimitCents`] ?? nested.limitCents;
+    if (limit !== undefined && limit !== null && Number.isFinite(Number(limit))) limits.push({ period, limit: Number(limit) });
+  }
+  if (limits.length === 0 && budget.limitCents !== undefined && Number.isFinite(Number(budget.limitCents))) {
+    limits.push({ period: budget.period === 'daily' ? 'daily' : 'monthly', limit: Number(budget.limitCents) });
+  }
+  return limits;
+}
+
+function renderUsage(usage) {
+  if (!usage || !usage.daily || !usage.monthly) return;
+  const parts = [
+    el('span', { className: 'usage-item' }, 'Today ', el('strong', { textContent: formatCents(usage.daily.totalCostCents) }),
+      ` · ${formatCount(usage.daily.messageCount)} ${Number(usage.daily.messageCount) === 1 ? 'message' : 'messages'}`),
+    el('span', { className: 'usage-item' }, 'Month ', el('strong', { textContent: formatCents(usage.monthly.totalCostCents) })),
+  ];
+  for (const { period, limit } of budgetLimits(usage.budget)) {
+    const spent = Number(usage[period].totalCostCents) || 0;
+    const share = limit > 0 ? Math.round((spent / limit) * 100) : 100;
+    const label = `${share}% of the ${period} budget (${formatCents(limit)})`;
+    parts.push(
+      el(
+        'span',
+        { className: 'usage-item budget' },
+        el('meter', { min: 0, max: limit || 1, value: Math.min(spent, limit || 1), low: limit * 0.75, high: limit * 0.9, optimum: 0, attrs: { 'aria-label': label } }),
+        ` ${share}% of ${formatCents(limit)} ${period}`,
+      ),
+    );
+  }
+  dom.usage.replaceChildren(...parts);
+  dom.usage.hidden = false;
+}
+
+async function refreshUsage() {
+  if (!state.api) return;
+  try {
+    renderUsage(await state.api.usage());
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) handleError(err);
+    // Otherwise the usage line keeps its last values; the chat itself is unaffected.
+  }
+}
+
+// ---- session list --------------------------------------------------------------------------
+
+async function loadSessions({ append = false } = {}) {
+  if (!state.api) return;
+  const page = append ? state.page + 1 : 1;
+  try {
+    const result = await state.api.listSessions(page, PAGE_SIZE);
+    const known = new Set(append ? state.sessions.map((s) => s.id) : []);
+    const rows = result.data.filter((s) => !known.has(s.id));
+    state.sessions = append ? [...state.sessions, ...rows] : rows;
+    state.page = page;
+    state.total = result.total;
+  } catch (err) {
+    handleError(err);
+    return;
+  }
+  if (!state.searching) renderSessionList();
+}
+
+function sessionTitle(session) {
+  return session && session.title ? session.title : 'Untitled chat';
+}
+
+function sessionButton(id, title, detail) {
+  const button = el(
+    'button',
+    { type: 'button', className: 'session-item' },
+    el('span', { className: 'session-title', textContent: title }),
+    el('span', { className: 'session-detail', textContent: detail }),
+  );
+  if (state.current && state.current.id === id) button.setAttribute('aria-current', 'true');
+  button.addEventListener('click', () => openSession(id));
+  return el('li', { attrs: { 'data-session-id': id } }, button);
+}
+
+function renderSessionList() {
+  const items = state.sessions.map((s) => {
+    const when = relativeTime(s.lastActivityAt || s.createdAt);
+    const status = s.status === 'active' ? '' : `${s.status} · `;
+    return sessionButton(s.id, sessionTitle(s), `${status}${when}`);
+  });
+  if (items.length === 0) items.push(el('li', { className: 'hint', textContent: 'No chats yet.' }));
+  dom.sessionList.replaceChildren(...items);
+  dom.loadMore.hidden = state.sessions.length >= state.total;
+}
+
+function markCurrentInList() {
+  for (const button of dom.sessionList.querySelectorAll('.session-item')) {
+    const id = button.parentElement.getAttribute('data-session-id');
+    if (state.current && id === state.current.id) button.setAttribute('aria-current', 'true');
+    else button.removeAttribute('aria-current');
+  }
+}
+
+function upsertSession(summary) {
+  const index = state.sessions.findIndex((s) => s.id === summary.id);
+  if (index === -1) {
+    state.sessions.unshift(summary);
+    state.total += 1;
+  } else {
+    state.sessions[index] = { ...state.sessions[index], ...summary };
+  }
+  if (!state.searching) renderSessionList();
+}
+
+function scheduleSearch() {
+  clearTimeout(state.searchTimer);
+  state.searchTimer = setTimeout(runSearch, 250); // one request per pause in typing
+}
+
+async function runSearch() {
+  const query = dom.searchInput.value.trim();
+  const seq = ++state.searchSeq;
+  if (query.length === 0) {
+    state.searching = false;
+    dom.searchStatus.textContent = '';
+    renderSessionList();
+    return;
+  }
+  if (query.length < 2) {
+    dom.searchStatus.textContent = 'Type at least 2 characters to search.';
+    return;
+  }
+  let result;
+  try {
+    result = await state.api.searchSessions(query);
+  } catch (err) {
+    handleError(err);
+    return;
+  }
+  if (seq !== state.searchSeq) return; // a newer search was started meanwhile
+  state.searching = true;
+  const hits = result.data;
+  dom.searchStatus.textContent = hits.length === 0 ? `No chats match “${query}”.` : `${hits.length} chat${hits.length === 1 ? '' : 's'} match “${query}”.`;
+  dom.sessionList.replaceChildren(
+    ...hits.map((hit) => sessionButton(hit.id, sessionTitle(hit), hit.matchedContent || `Title matches · ${relativeTime(hit.createdAt)}`)),
+  );
+  dom.loadMore.hidden = true;
+}
+
+function clearSearch() {
+  dom.searchInput.value = '';
+  state.searchSeq++;
+  state.searching = false;
+  dom.searchStatus.textContent = '';
+  renderSessionList();
+}
+
+// ---- conversation --------------------------------------------------------------------------
+
+function nearBottom() {
+  const box = dom.messages;
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+
+function scrollToBottom() {
+  dom.messages.scrollTop = dom.messages.scrollHeight;
+}
+
+function appendMessage(view) {
+  dom.emptyState.hidden = true;
+  const stick = nearBottom();
+  dom.messages.append(view.el);
+  if (stick || view.role === 'user') scrollToBottom();
+  return view;
+}
+
+function storedMessageView(message) {
+  const view = new MessageView(message.role);
+  view.render(message.content || '', message.reasoning || '');
+  if (message.role === 'assistant') {
+    const label = finishLabel(message.finishReason);
+    if (label) view.setStatus(label, message.finishReason === 'interrupted' ? 'info' : 'error');
+    if (message.outputTokens || message.inputTokens) view.setMeta(usageText(message));
+  }
+  return view;
+}
+
+function showMessages(messages) {
+  dom.messages.replaceChildren(dom.emptyState);
+  dom.emptyState.hidden = messages.length > 0;
+  for (const message of messages) {
+    if (message.role === 'user' || message.role === 'assistant') dom.messages.append(storedMessageView(message).el);
+  }
+  scrollToBottom();
+}
+
+function renderChatHeader() {
+  const session = state.current;
+  dom.chatTitle.textContent = session ? sessionTitle(session) : 'New chat';
+  dom.renameButton.hidden = !session;
+  dom.closeButton.hidden = !session || session.status !== 'active';
+  disarmClose();
+  hideRename();
+  updateComposer();
+}
+
+/** The send box is usable when no turn runs and the open session accepts messages. */
+function updateComposer() {
+  const session = state.current;
+  const ended = session && session.status !== 'active';
+  const busy = Boolean(state.turn);
+  dom.input.disabled = busy || ended;
+  dom.send.disabled = busy || ended;
+  dom.closeButton.disabled = busy;
+  dom.hint.textContent = ended
+    ? `This chat is ${session.status}. Start a new chat to go on.`
+    : DEFAULT_HINT;
+}
+
+function newChat() {
+  detachTurn();
+  state.openSeq++;
+  state.current = null;
+  sessionStorage.removeItem(SESSION_KEY);
+  clearBanner();
+  showMessages([]);
+  renderChatHeader();
+  markCurrentInList();
+  closeNav();
+}
+
+async function openSession(id, { resume = null } = {}) {
+  detachTurn();
+  closeNav();
+  const seq = ++state.openSeq;
+  let detail;
+  try {
+    detail = await state.api.getSession(id);
+  } catch (err) {
+    if (seq !== state.openSeq) return;
+    if (err instanceof ApiError && err.status === 404) {
+      sessionStorage.removeItem(SESSION_KEY);
+      sessionStorage.removeItem(TURN_KEY);
+      newChat();
+    }
+    handleError(err);
+    return;
+  }
+  if (seq !== state.openSeq) return; // another chat was opened meanwhile
+  state.current = detail.session;
+  sessionStorage.setItem(SESSION_KEY, id);
+  clearBanner();
+  showMessages(detail.messages);
+  renderChatHeader();
+  markCurrentInList();
+  closeNav();
+
+  const messages = detail.messages;
+  const last = messages[messages.length - 1];
+  if (resume && resume.sessionId === id) {
+    const stored = resume.messageId
+      ? messages.some((m) => m.id === resume.messageId)
+      : last && last.role === 'assistant';
+    if (stored) clearSavedTurn(); // it finished while the page reloaded, and is shown above
+    else await resumeTurn(resume);
+  } else if (detail.session.status === 'active' && last && last.role === 'user') {
+    // The last message has no reply yet: a turn may be running (another tab, a lost
+    // connection). Join it from its start; 409 no_turn_running just means there is none.
+    await joinRunningTurn(id);
+  }
+}
+
+// ---- turns --------------------------------------------------------------------------------
+
+/** Start tracking a turn: the composer is disabled until finishTurn()/endTurn(). */
+function beginTurn(sessionId, saved = {}) {
+  const turn = {
+    sessionId,
+    controller: new AbortController(),
+    view: null,
+    lastEventId: saved.lastEventId ?? null,
+    messageId: saved.messageId ?? null,
+    content: saved.content ?? '',
+    reasoning: saved.reasoning ?? '',
+    usage: saved.usage ?? null,
+    error: saved.error ?? null,
+    stopRequested: false,
+    renderQueued: false,
+  };
+  state.turn = turn;
+  setBusy(true);
+  return turn;
+}
+
+function ensureView(turn) {
+  if (!turn.view) {
+    turn.view = appendMessage(new MessageView('assistant'));
+    turn.view.setStreaming(true);
+    turn.view.render(turn.content, turn.reasoning);
+    if (!turn.content) turn.view.setStatus('Thinking…', 'pending');
+  }
+  return turn.view;
+}
+
+function renderTurn(turn) {
+  turn.renderQueued = false;
+  if (!turn.view) return;
+  const stick = nearBottom();
+  turn.view.render(turn.content, turn.reasoning);
+  if (turn.content) turn.view.setStatus('');
+  if (stick) scrollToBottom();
+}
+
+/** Re-render at most once per animation frame however many tokens arrive. */
+function queueRender(turn) {
+  if (turn.renderQueued) return;
+  turn.renderQueued = true;
+  requestAnimationFrame(() => {
+    if (turn.renderQueued) renderTurn(turn);
+  });
+}
+
+function applyEvent(turn, type, data) {
+  switch (type) {
+    case 'title_updated':
+      if (state.current && state.current.id === turn.sessionId) {
+        state.current.title = data.title;
+        dom.chatTitle.textContent = sessionTitle(state.current);
+      }
+      upsertSession({ id: turn.sessionId, title: data.title });
+      break;
+    case 'message_start':
+      turn.messageId = data.messageId;
+      break;
+    case 'content_delta':
+      turn.content += data.delta;
+      queueRender(turn);
+      break;
+    case 'reasoning_delta':
+      turn.reasoning += data.delta;
+      queueRender(turn);
+      break;
+    case 'message_end':
+      turn.usage = data;
+      break;
+    case 'error':
+      turn.error = { code: data.code, message: data.message };
+      showBanner(data.code || 'error', data.message || 'The reply failed.');
+      break;
+    default:
+      break; // `done`, and event types this page does not know yet
+  }
+}
+
+/**
+ * Read a turn's SSE response to its end.
+ * @returns {Promise<'done'|'dropped'|'aborted'>} dropped: the stream ended without `done`.
+ */
+async function consume(turn, response) {
+  ensureView(turn);
+  try {
+    for await (const frame of readEvents(response.body)) {
+      if (turn !== state.turn) return 'aborted';
+      if (frame.id) turn.lastEventId = frame.id;
+      let data = null;
+      try {
+        data = JSON.parse(frame.data);
+      } catch {
+        continue; // a garbled frame: skip it rather than lose the turn
+      }
+      applyEvent(turn, frame.event, data);
+      if (frame.event === 'done') {
+        finishTurn(turn);
+        return 'done';
+      }
+      saveTurn(turn);
+    }
+  } catch (err) {
+    if (turn.controller.signal.aborted || isAbort(err)) return 'aborted';
+    // The connection broke mid-stream: the caller re-attaches.
+  }
+  return turn.controller.signal.aborted || turn !== state.turn ? 'aborted' : 'dropped';
+}
+
+/** Re-attach to a turn whose stream broke, replaying after the last event seen. */
+async function reattach(turn) {
+  for (const delay of ATTACH_RETRIES) {
+    if (delay) await sleep(delay);
+    if (turn !== state.turn) return;
+    let response;
+    try {
+      response = await state.api.attach(turn.sessionId, turn.lastEventId, turn.controller.signal);
+    } catch (err) {
+      if (isAbort(err) || turn !== state.turn) return;
+      if (err instanceof ApiError && err.code === 'no_turn_running') {
+        await settleFromServer(turn);
+        return;
+      }
+      if (err instanceof ApiError && (err.status === 0 || err.status >= 500)) continue; // transient
+      failTurn(turn, err);
+      return;
+    }
+    const outcome = await consume(turn, response);
+    if (outcome !== 'dropped') return;
+  }
+  failTurn(
+    turn,
+    new ApiError(0, 'connection_lost', 'The connection broke while the reply was streaming. Reload the page to see the saved reply.'),
+  );
+}
+
+/** After a reload: show what was received before it, then go on from the last event id. */
+async function resumeTurn(saved) {
+  const turn = beginTurn(saved.sessionId, saved);
+  ensureView(turn);
+  await reattach(turn);
+}
+
+async function joinRunningTurn(sessionId) {
+  const turn = beginTurn(sessionId);
+  let response;
+  try {
+    response = await state.api.attach(sessionId, null, turn.controller.signal);
+  } catch (err) {
+    if (turn !== state.turn) return;
+    endTurn(turn);
+    if (!(err instanceof ApiError && err.code === 'no_turn_running')) handleError(err);
+    return;
+  }
+  if ((await consume(turn, response)) === 'dropped') await reattach(turn);
+}
+
+/** The turn ended while we were away: show the stored conversation instead. */
+async function settleFromServer(turn) {
+  endTurn(turn);
+  if (!state.current || state.current.id !== turn.sessionId) return;
+  try {
+    const detail = await state.api.getSession(turn.sessionId);
+    if (state.current && state.current.id === turn.sessionId && !state.turn) {
+      state.current = detail.session;
+      showMessages(detail.messages);
+      renderChatHeader();
+    }
+  } catch (err) {
+    handleError(err);
+  }
+  refreshAfterTurn();
+}
+
+function finishTurn(turn) {
+  renderTurn(turn);
+  const view = turn.view;
+  view.setStreaming(false);
+  if (turn.error) {
+    view.setStatus(`Failed (${turn.error.code})`, 'error');
+  } else if (turn.usage) {
+    view.setStatus('');
+    view.setMeta(usageText(turn.usage));
+  } else {
+    view.setStatus('Stopped', 'info'); // done without message_end or error: the turn was stopped
+  }
+  if (!turn.content && !turn.reasoning) view.body.replaceChildren(el('p', { className: 'hint', textContent: 'No reply.' }));
+  endTurn(turn);
+  refreshAfterTurn();
+}
+
+function failTurn(turn, err) {
+  if (turn.view) {
+    renderTurn(turn);
+    turn.view.setStreaming(false);
+    turn.view.setStatus(`Interrupted (${err.code})`, 'error');
+  }
+  endTurn(turn);
+  handleError(err);
+}
+
+function endTurn(turn) {
+  if (state.turn !== turn) return;
+  state.turn = null;
+  clearSavedTurn();
+  setBusy(false);
+}
+
+/** Leave the running turn's stream (switching chats, signing out); it goes on server-side. */
+function detachTurn() {
+  const turn = state.turn;
+  if (!turn) return;
+  turn.controller.abort();
+  if (turn.view) turn.view.setStreaming(false);
+  endTurn(turn);
+}
+
+function refreshAfterTurn() {
+  refreshUsage();
+  loadSessions();
+}
+
+async function send(text) {
+  if (!state.api || state.turn || !text.trim()) return;
+  if (state.current && state.current.status !== 'active') return;
+  clearBanner();
+  const turn = beginTurn(state.current ? state.current.id : null);
+  dom.input.value = '';
+  const userView = appendMessage(new MessageView('user'));
+  userView.render(text);
+  try {
+    if (!turn.sessionId) {
+      const session = await state.api.createSession();
+      if (turn !== state.turn) return;
+      state.current = session;
+      turn.sessionId = session.id;
+      sessionStorage.setItem(SESSION_KEY, session.id);
+      upsertSession(session);
+      renderChatHeader();
+      markCurrentInList();
+    }
+    ensureView(turn);
+    saveTurn(turn); // from here on a reload re-attaches
+    const response = await state.api.sendMessage(turn.sessionId, text, turn.controller.signal);
+    if ((await consume(turn, response)) === 'dropped') await reattach(turn);
+  } catch (err) {
+    if (isAbort(err) || turn !== state.turn) return;
+    // Refused before the stream started: nothing was stored, so give the text back.
+    userView.el.remove();
+    if (turn.view) turn.view.el.remove();
+    dom.emptyState.hidden = dom.messages.querySelector('.message') !== null;
+    endTurn(turn);
+    if (!dom.input.value) dom.input.value = text;
+    handleError(err);
+    if (err instanceof ApiError && ['session_expired', 'session_closed'].includes(err.code) && state.current) {
+      state.current.status = err.code === 'session_expired' ? 'expired' : 'closed';
+      upsertSession(state.current);
+      renderChatHeader();
+    }
+  }
+}
+
+async function stop() {
+  const turn = state.turn;
+  if (!turn || !turn.sessionId || turn.stopRequested) return;
+  turn.stopRequested = true;
+  dom.stop.disabled = true;
+  dom.stop.textContent = 'Stopping…';
+  try {
+    await state.api.interrupt(turn.sessionId);
+    // The stream now ends with `done`; finishTurn() re-enables the send box.
+  } catch (err) {
+    if (err instanceof ApiError && err.code === 'no_turn_running') return; // it ended by itself
+    if (turn === state.turn) {
+      turn.stopRequested = false;
+      dom.stop.disabled = false;
+      dom.stop.textContent = 'Stop';
+    }
+    handleError(err);
+  }
+}
+
+function setBusy(busy) {
+  const focusWasInComposer = [dom.input, dom.send].includes(document.activeElement);
+  const focusWasOnStop = document.activeElement === dom.stop;
+  dom.stop.hidden = !busy;
+  dom.stop.disabled = false;
+  dom.stop.textContent = 'Stop';
+  dom.composer.setAttribute('aria-busy', String(busy));
+  updateComposer();
+  if (busy && focusWasInComposer) dom.stop.focus(); // keep keyboard users next to the action
+  if (!busy && (focusWasOnStop || document.activeElement === document.body) && !dom.input.disabled && !dom.workspace.hidden) {
+    dom.input.focus();
+  }
+}
+
+// ---- rename and close ---------------------------------------------------------------------
+
+function showRename() {
+  if (!state.current) return;
+  dom.renameInput.value = state.current.title || '';
+  dom.renameForm.hidden = false;
+  dom.renameInput.focus();
+  dom.renameInput.select();
+}
+
+function hideRename() {
+  dom.renameForm.hidden = true;
+}
+
+async function submitRename() {
+  const session = state.current;
+  const title = dom.renameInput.value.trim();
+  if (!session || !title) {
+    dom.renameInput.focus();
+    return;
+  }
+  try {
+    const result = await state.api.renameSession(session.id, title);
+    session.title = result.title ?? title;
+    upsertSession({ id: session.id, title: session.title });
+    dom.chatTitle.textContent = sessionTitle(session);
+    hideRename();
+    dom.renameButton.focus();
+  } catch (err) {
+    handleError(err);
+  }
+}
+
+function disarmClose() {
+  clearTimeout(state.closeArmed);
+  state.closeArmed = 0;
+  dom.closeButton.textContent = 'Close chat';
+  dom.closeButton.classList.remove('armed');
+}
+
+async function closeChat() {
+  const session = state.current;
+  if (!session || state.turn) return;
+  if (!state.closeArmed) {
+    // Closing cannot be undone: ask for a second press instead of a modal dialog.
+    dom.closeButton.textContent = 'Press again to close';
+    dom.closeButton.classList.add('armed');
+    state.closeArmed = setTimeout(disarmClose, 5000);
+    return;
+  }
+  disarmClose();
+  try {
+    await state.api.closeSession(session.id);
+    session.status = 'closed';
+    upsertSession({ id: session.id, status: 'closed' });
+    renderChatHeader();
+    dom.newChat.focus();
+  } catch (err) {
+    handleError(err);
+  }
+}
+
+// ---- narrow screens -------------------------------------------------------------------------
+
+function closeNav() {
+  dom.workspace.classList.remove('nav-open');
+  dom.navToggle.setAttribute('aria-expanded', 'false');
+}
+
+function toggleNav() {
+  const open = !dom.workspace.classList.contains('nav-open');
+  dom.workspace.classList.toggle('nav-open', open);
+  dom.navToggle.setAttribute('aria-expanded', String(open));
+  if (open) dom.newChat.focus();
+}
+
+// ---- wiring --------------------------------------------------------------------------------
+
+function wire() {
+  dom.signInForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    const token = dom.tokenInput.value.trim();
+    if (!token) {
+      showSignIn('Paste your API token first.');
+      return;
+    }
+    signIn(token);
+  });
+  dom.signOut.addEventListener('click', () => signOut());
+  dom.navToggle.addEventListener('click', toggleNav);
+  dom.newChat.addEventListener('click', () => {
+    newChat();
+    dom.input.focus();
+  });
+  dom.loadMore.addEventListener('click', () => loadSessions({ append: true }));
+  dom.searchForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    clearTimeout(state.searchTimer);
+    runSearch();
+  });
+  dom.searchInput.addEventListener('input', scheduleSearch);
+  dom.searchInput.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape' && dom.searchInput.value) {
+      event.preventDefault();
+      clearSearch();
+    }
+  });
+  dom.renameButton.addEventListener('click', showRename);
+  dom.renameCancel.addEventListener('click', () => {
+    hideRename();
+    dom.renameButton.focus();
+  });
+  dom.renameForm.addEventListener('submit', (event) => {
+    event.preventDefault();
+    submitRename();
+  });
+  dom.renameInput.addEventListener('keydown', (event) => {
+    if (event.key === 'Escape') {
+      event.preventDefault();
+      hideRename();
+      dom.renameButton.focus();
+    }
+  });
+  dom.closeButton.addEventListener('click', closeChat);
+  dom.closeButton.addEventListener('blur', disarmClose);
+  dom.bannerClose.addEventListener('click', () => {
+    clearBanner();
+    dom.input.focus();
+  });
+  dom.composer.addEventListener('submit', (event) => {
+    event.preventDefault();
+    send(dom.input.value);
+  });
+  dom.input.addEventListener('keydown', (event) => {
+    // Enter sends; Shift+Enter (and Enter while an input method composes) inserts a new line.
+    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
+      event.preventDefault();
+      dom.composer.requestSubmit();
+    }
+  });
+  dom.stop.addEventListener('click', stop);
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Escape' || event.defaultPrevented) return;
+    if (state.turn) {
+      event.preventDefault();
+      stop();
+    } else if (dom.workspace.classList.contains('nav-open')) {
+      closeNav();
+      dom.navToggle.focus();
+    }
+  });
+  window.addEventListener('pagehide', () => {
+    state.unloading = true;
+  });
+}
+
+wire();
+const savedToken = sessionStorage.getItem(TOKEN_KEY);
+if (savedToken) signIn(savedToken);
+else showSignIn();
