@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -102,7 +103,9 @@ async def test_an_exhausted_pool_answers_503_after_a_bounded_wait(
 
 def test_serve_waits_for_postgres_to_come_up(own_cluster: PostgresCluster, pg_tenants: Tenants, tmp_path: Path) -> None:
     own_cluster.stop()
-    port = own_cluster.port + 1
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     env = os.environ | base_env(tmp_path, DATABASE_URL=pg_tenants.database_url)
     log = tmp_path / "serve.log"
     with log.open("wb") as out:

@@ -54,7 +54,7 @@ def bearer_token(authorization: str | None) -> str:
 
 async def authenticate(db: Database, authorization: str | None) -> Principal:
     raw = bearer_token(authorization)
-    async with db.transaction(Tenant.system()) as s:
+    async with db.transaction(Tenant.system(), readonly=True) as s:
         found = await repo.find_token(s, hash_token(raw))
         if found is None:
             raise AuthenticationError("Invalid token.")

@@ -107,7 +107,7 @@ class SessionCatalog:
     async def list_sessions(
         self, caller: Caller, *, status: str | None, page: int, limit: int
     ) -> tuple[Sequence[AiSession], int]:
-        async with self.db.transaction(caller.tenant) as s:
+        async with self.db.transaction(caller.tenant, readonly=True) as s:
             return await repo.list_sessions(
                 s,
                 caller.tenant,
@@ -118,11 +118,11 @@ class SessionCatalog:
             )
 
     async def search(self, caller: Caller, q: str, limit: int) -> list[tuple[AiSession, str | None]]:
-        async with self.db.transaction(caller.tenant) as s:
+        async with self.db.transaction(caller.tenant, readonly=True) as s:
             return await repo.search_sessions(s, caller.tenant, owner_id=caller.user_id, q=q, limit=limit)
 
     async def get(self, caller: Caller, session_id: str) -> tuple[AiSession, Sequence[AiMessage]]:
-        async with self.db.transaction(caller.tenant) as s:
+        async with self.db.transaction(caller.tenant, readonly=True) as s:
             row = await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id)
             if row is None:
                 raise SessionNotFoundError()
@@ -141,7 +141,7 @@ class SessionCatalog:
     async def usage(self, caller: Caller, org_id: str | None) -> tuple[AiCostUsage | None, AiCostUsage | None]:
         org = self.resolve_org(caller, org_id)
         daily, monthly = repo.period_keys(self.clock())
-        async with self.db.transaction(caller.tenant) as s:
+        async with self.db.transaction(caller.tenant, readonly=True) as s:
             return (
                 await repo.cost_usage(s, caller.tenant, org, period="daily", key=daily),
                 await repo.cost_usage(s, caller.tenant, org, period="monthly", key=monthly),

@@ -237,7 +237,7 @@ class SessionManager:
             channel.publish(partial(encode_frame, event))
 
     async def _load_history(self, org_id: str, session_id: str) -> list[ChatMessage]:
-        async with self.db.transaction(Tenant.for_org(org_id)) as s:
+        async with self.db.transaction(Tenant.for_org(org_id), readonly=True) as s:
             rows = await repo.history_rows(s, session_id)
         # The current user message was committed at admission: drop it, it is passed in memory.
         if rows and rows[-1][0] == "user":
@@ -323,7 +323,7 @@ class SessionManager:
 
     async def attach(self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None) -> Subscription:
         """Re-attach to the running (or just finished) turn, replaying after `last_event_id`."""
-        async with self.db.transaction(tenant) as s:
+        async with self.db.transaction(tenant, readonly=True) as s:
             if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
         live = self.live.get(session_id)
@@ -340,7 +340,7 @@ class SessionManager:
             live.channel.unsubscribe(subscription)
 
     async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
-        async with self.db.transaction(tenant) as s:
+        async with self.db.transaction(tenant, readonly=True) as s:
             if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
         live = self.live.get(session_id)

@@ -49,6 +49,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @property
@@ -56,9 +57,17 @@ class Database:
         return self.dialect == "postgresql"
 
     @asynccontextmanager
-    async def transaction(self, tenant: Tenant) -> AsyncIterator[AsyncSession]:
+    async def transaction(self, tenant: Tenant, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
+        """One unit of work for `tenant`, committed on success.
+
+        On SQLite a writing transaction starts with BEGIN IMMEDIATE: it takes the write lock up
+        front, so two read-then-write transactions queue instead of failing with a stale
+        snapshot. `readonly` ones start deferred and run beside writers (WAL).
+        """
         try:
             async with self.sessions() as session, session.begin():
+                if readonly:
+                    await session.connection(execution_options={"parley_readonly": True})
                 if self.is_postgres:
                     await _apply_tenant(session, tenant)
                 yield session
@@ -136,12 +145,18 @@ async def _apply_tenant(session: AsyncSession, tenant: Tenant) -> None:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    readonly = conn.get_execution_options().get("parley_readonly", False)
+    conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
