@@ -20,6 +20,7 @@ from parley.api.errors import envelope, install_error_handlers
 from parley.api.routes import Services, router
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
+from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
@@ -146,6 +147,7 @@ def create_app(
             db=db,
             sessions=manager,
             catalog=catalog,
+            budgets=BudgetService(db, catalog, clock=now),
             heartbeat=settings.heartbeat_seconds,
             page_context_max_bytes=settings.page_context_max_bytes,
             provider_name=settings.llm_provider,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar, cast
+from decimal import Decimal
+from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 
@@ -18,9 +19,15 @@ app = typer.Typer(help="parley: a self-hostable AI-assistant backend.", no_args_
 orgs = typer.Typer(help="Manage organizations.", no_args_is_help=True)
 users = typer.Typer(help="Manage users.", no_args_is_help=True)
 tokens = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+budget = typer.Typer(help="Show and set an organization's AI budget and rate limits.", no_args_is_help=True)
+app.add_typer(budget, name="budget")
 app.add_typer(orgs, name="orgs")
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
+
+if TYPE_CHECKING:
+    from parley.chat.budgets import BudgetService, BudgetView
+    from parley.chat.catalog import Caller
 
 T = TypeVar("T")
 
@@ -224,6 +231,97 @@ def tokens_revoke(token_id: str) -> None:
     if not _run(admin.revoke_token, token_id):
         raise _fail(f"no active token with id {token_id}")
     typer.echo("revoked")
+
+
+def _limit(value: str | None, kind: type[int] | type[Decimal]) -> object:
+    """CLI limit values: 'none' (unlimited) or a number (0 means nothing allowed)."""
+    if value is None:
+        return _UNSET
+    if value.strip().lower() in ("none", "null", "unlimited"):
+        return None
+    try:
+        number = kind(value)
+    except (ValueError, ArithmeticError) as exc:
+        raise _fail(f"{value!r} is not a number (or 'none' for unlimited)", 2) from exc
+    if number < 0:
+        raise _fail(f"{value!r}: limits cannot be negative", 2)
+    return number
+
+
+_UNSET = object()
+
+
+async def _budget_service(db: Database, org_name: str) -> tuple[BudgetService, Caller]:
+    from parley.chat.budgets import BudgetService
+    from parley.chat.catalog import Caller, NewSessionDefaults, SessionCatalog
+    from parley.store import admin
+    from parley.store.tenancy import Tenant
+
+    org = await admin.find_organization(db, org_name)
+    if org is None:
+        raise _fail(f"no organization named {org_name!r} (see `parley orgs list`)")
+    catalog = SessionCatalog(db, NewSessionDefaults(model="", system_prompt="", max_turns=50))
+    return BudgetService(db, catalog), Caller(tenant=Tenant.system(), user_id="cli", home_org_id=org.id)
+
+
+def _print_budget(view: BudgetView) -> None:
+    data = view.as_json()
+    if data is None:
+        typer.echo("no budget: unlimited")
+        return
+    for key, value in data.items():
+        typer.echo(f"{key:26} {'unlimited' if value is None else value}")
+
+
+@budget.command("show")
+def budget_show(org: Annotated[str, typer.Option(help="Organization name.")]) -> None:
+    """Show the budget, today's and this month's spend, and what remains."""
+
+    async def go(db: Database) -> BudgetView:
+        service, caller = await _budget_service(db, org)
+        return await service.view(caller, None)
+
+    _print_budget(_run(go))
+
+
+@budget.command("set")
+def budget_set(
+    org: Annotated[str, typer.Option(help="Organization name.")],
+    daily_cents: Annotated[str | None, typer.Option(help="Daily budget in cents, or 'none'.")] = None,
+    monthly_cents: Annotated[str | None, typer.Option(help="Monthly budget in cents, or 'none'.")] = None,
+    max_turns: Annotated[str | None, typer.Option(help="Max turns per new session, or 'none'.")] = None,
+    per_minute: Annotated[str | None, typer.Option(help="Messages per minute per user, or 'none'.")] = None,
+    per_hour: Annotated[str | None, typer.Option(help="Messages per hour per organization, or 'none'.")] = None,
+    models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated, or 'none'.")] = None,
+    enabled: Annotated[bool | None, typer.Option("--enabled/--disabled", help="Turn AI on or off.")] = None,
+) -> None:
+    """Set budget fields (others unchanged): 'none' is unlimited, 0 allows nothing."""
+    values: dict[str, object] = {}
+    for name, raw, kind in (
+        ("daily_budget_cents", daily_cents, Decimal),
+        ("monthly_budget_cents", monthly_cents, Decimal),
+        ("max_turns_per_session", max_turns, int),
+        ("messages_per_minute_per_user", per_minute, int),
+        ("messages_per_hour_per_org", per_hour, int),
+    ):
+        parsed = _limit(raw, kind)
+        if parsed is not _UNSET:
+            values[name] = parsed
+    if values.get("max_turns_per_session") == 0:
+        raise _fail("--max-turns must be at least 1 (or 'none')", 2)
+    if models is not None:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        values["allowed_models"] = None if models.strip().lower() == "none" else names
+    if enabled is not None:
+        values["enabled"] = enabled
+    if not values:
+        raise _fail("nothing to set: give at least one option (see --help)", 2)
+
+    async def go(db: Database) -> BudgetView:
+        service, caller = await _budget_service(db, org)
+        return await service.update(caller, None, values)
+
+    _print_budget(_run(go))
 
 
 @app.command()

@@ -13,7 +13,10 @@ a turn that fails after its stream started publishes the same pair as an `error`
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
     ├── AuthenticationError              401 unauthorized
+    ├── BudgetExhaustedError             402 daily_budget_exhausted | monthly_budget_exhausted
+    │                                        | budget_insufficient
     ├── PermissionDeniedError            403 forbidden
+    │   └── AiDisabledError              403 ai_disabled
     ├── NotFoundError                    404 not_found
     │   └── SessionNotFoundError         404 session_not_found
     ├── ConflictError                    409 conflict
@@ -31,6 +34,8 @@ a turn that fails after its stream started publishes the same pair as an `error`
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
@@ -50,6 +55,10 @@ class ParleyError(Exception):
     def error_code(self) -> str:
         """The code as rendered; instances may refine the class code (see ProviderError)."""
         return self.code
+
+    def extra(self) -> dict[str, object]:
+        """Fields added to the error envelope beside `error` and `code`."""
+        return {}
 
 
 class BadRequestError(ParleyError):
@@ -117,6 +126,31 @@ class PermissionDeniedError(ParleyError):
     code = "forbidden"
     status_code = 403
     default_message = "This token is not allowed to do that."
+
+
+class AiDisabledError(PermissionDeniedError):
+    """The organization's AI budget is disabled."""
+
+    code = "ai_disabled"
+    default_message = "AI features are disabled for this organization."
+
+
+class BudgetExhaustedError(ParleyError):
+    """The organization's budget cannot pay for this turn (402); `resets_at` says when it can."""
+
+    status_code = 402
+    code = "budget_exhausted"
+
+    def __init__(self, message: str, *, code: str, resets_at: datetime) -> None:
+        super().__init__(message)
+        self._code = code
+        self.resets_at = resets_at
+
+    def error_code(self) -> str:
+        return self._code
+
+    def extra(self) -> dict[str, object]:
+        return {"resetsAt": self.resets_at.isoformat().replace("+00:00", "Z")}
 
 
 class NotFoundError(ParleyError):
@@ -191,6 +225,9 @@ class RateLimitedError(ParleyError):
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+    def extra(self) -> dict[str, object]:
+        return {} if self.retry_after is None else {"retryAfter": math.ceil(self.retry_after)}
 
 
 class NotSupportedOnProviderError(ParleyError):

@@ -22,8 +22,10 @@ log = logging.getLogger("parley.api")
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "content_too_large", 401: "unauthorized"}
 
 
-def envelope(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+def envelope(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, extra: dict[str, object] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "code": code, **(extra or {})}, status_code=status, headers=headers)
 
 
 def error_response(exc: ParleyError) -> JSONResponse:
@@ -33,7 +35,7 @@ def error_response(exc: ParleyError) -> JSONResponse:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if exc.status_code == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return envelope(exc.status_code, exc.error_code(), exc.message, headers or None)
+    return envelope(exc.status_code, exc.error_code(), exc.message, headers or None, exc.extra())
 
 
 def _describe(errors: list[dict[str, object]]) -> str:

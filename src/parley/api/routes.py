@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from parley.api.auth import Principal, authenticate
 from parley.api.schemas import (
+    BudgetBody,
     CreateSessionBody,
     PlanApprovalBody,
     RenameBody,
@@ -25,6 +26,7 @@ from parley.api.schemas import (
     usage_view,
 )
 from parley.api.sse import sse_response
+from parley.chat.budgets import BudgetService
 from parley.chat.catalog import SessionCatalog
 from parley.chat.sessions import SessionManager
 from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError
@@ -38,6 +40,7 @@ class Services:
     db: Database
     sessions: SessionManager
     catalog: SessionCatalog
+    budgets: BudgetService
     heartbeat: float
     page_context_max_bytes: int
     provider_name: str
@@ -197,4 +200,16 @@ async def usage(
     svc: ServicesDep, who: PrincipalDep, org_id: Annotated[str | None, Query(alias="orgId")] = None
 ) -> dict[str, Any]:
     daily, monthly = await svc.catalog.usage(who.caller, org_id)
-    return {"daily": usage_view(daily), "monthly": usage_view(monthly), "budget": None}
+    budget = await svc.budgets.view(who.caller, org_id)
+    return {"daily": usage_view(daily), "monthly": usage_view(monthly), "budget": budget.as_json()}
+
+
+@router.put("/budget")
+async def put_budget(
+    body: BudgetBody,
+    svc: ServicesDep,
+    who: WriterDep,
+    org_id: Annotated[str | None, Query(alias="orgId")] = None,
+) -> dict[str, Any]:
+    view = await svc.budgets.update(who.caller, org_id, body.changes())
+    return {"success": True, "budget": view.as_json()}

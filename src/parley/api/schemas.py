@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from parley.billing.cost import decimal_text
 from parley.store.models import AiCostUsage, AiMessage, AiSession
 
 
@@ -34,6 +35,26 @@ class RenameBody(BaseModel):
     title: str = Field(..., min_length=1, max_length=255)
 
 
+class BudgetBody(BaseModel):
+    """Partial update: only the fields sent change; null means unlimited, 0 means none."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    enabled: bool | None = None
+    daily_budget_cents: Decimal | None = Field(None, alias="dailyBudgetCents", ge=0, le=10**12, decimal_places=6)
+    monthly_budget_cents: Decimal | None = Field(None, alias="monthlyBudgetCents", ge=0, le=10**12, decimal_places=6)
+    max_turns_per_session: int | None = Field(None, alias="maxTurnsPerSession", ge=1, le=10_000)
+    messages_per_minute_per_user: int | None = Field(None, alias="messagesPerMinutePerUser", ge=0, le=100_000)
+    messages_per_hour_per_org: int | None = Field(None, alias="messagesPerHourPerOrg", ge=0, le=10_000_000)
+    allowed_models: list[str] | None = Field(None, alias="allowedModels", min_length=1, max_length=100)
+
+    def changes(self) -> dict[str, Any]:
+        values = {name: getattr(self, name) for name in self.model_fields_set}
+        if values.get("enabled", True) is None:
+            values.pop("enabled")  # enabled cannot be "unlimited"
+        return values
+
+
 class PlanApprovalBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -49,7 +70,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _cents(value: Decimal | None) -> str | None:
-    return None if value is None else str(value.normalize()) if value else "0"
+    return None if value is None else decimal_text(value)
 
 
 def session_summary(row: AiSession) -> dict[str, Any]:

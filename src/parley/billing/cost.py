@@ -50,6 +50,11 @@ def cost_cents(tokens: TokenCounts, prices: Prices) -> Decimal:
     return (usd_per_m * _CENTS_PER_USD / _MILLION).quantize(_PLACES)
 
 
+def decimal_text(value: Decimal) -> str:
+    """A Decimal as plain text without trailing zeros or exponent: '100', '0.0075' (for the wire)."""
+    return format(value.normalize(), "f") if value else "0"
+
+
 def cents_to_usd(cents: Decimal) -> str:
     """Exact decimal string of dollars, for the wire (never a float)."""
-    return str((cents / _CENTS_PER_USD).quantize(Decimal("0.00000001")).normalize()) if cents else "0"
+    return decimal_text((cents / _CENTS_PER_USD).quantize(Decimal("0.00000001")))

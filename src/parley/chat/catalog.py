@@ -35,11 +35,16 @@ class NewSessionDefaults:
     max_turns: int
     allowed_models: tuple[str, ...] = ()
 
-    def choose_model(self, requested: str | None) -> str:
-        if requested is None or requested == self.model:
-            return self.model
-        if requested not in self.allowed_models:
-            raise ModelNotAllowedError(requested, self.allowed_models or (self.model,))
+    def choose_model(self, requested: str | None, allowed: tuple[str, ...] | None = None) -> str:
+        """The model a new session runs: asked for and allowed, else the default.
+
+        `allowed` is the organization's list when its budget has one, else the configured list.
+        """
+        allowed = allowed or self.allowed_models or (self.model,)
+        if requested is None:
+            return self.model if self.model in allowed else allowed[0]
+        if requested not in allowed:
+            raise ModelNotAllowedError(requested, allowed)
         return requested
 
 
@@ -75,7 +80,6 @@ class SessionCatalog:
         model: str | None = None,
     ) -> AiSession:
         org = self.resolve_org(caller, org_id)
-        chosen = self.defaults.choose_model(model)
         now = self.clock()
         row = AiSession(
             id=repo.new_id(),
@@ -84,7 +88,7 @@ class SessionCatalog:
             status="active",
             type="general",
             title=title_from(title) if title and title.strip() else None,
-            model=chosen,
+            model=self.defaults.model,
             system_prompt=self.defaults.system_prompt,
             context_snapshot=page_context or None,
             total_input_tokens=0,
@@ -101,6 +105,13 @@ class SessionCatalog:
         async with self.db.transaction(caller.tenant) as s:
             if await repo.find_organization(s, org_id=org) is None:
                 raise ValidationFailedError("Unknown organization.")
+            budget = await repo.get_budget(s, org)
+            if budget is not None:
+                if budget.max_turns_per_session is not None:
+                    row.max_turns = budget.max_turns_per_session
+                row.model = self.defaults.choose_model(model, tuple(budget.allowed_models or ()))
+            else:
+                row.model = self.defaults.choose_model(model)
             s.add(row)
         return row
 

@@ -22,12 +22,11 @@ from typing import Any
 
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
+from parley.chat.admission import Admission, admit
 from parley.chat.events import Done, StreamEvent, TitleUpdated, encode_frame
-from parley.chat.history import build_history
-from parley.chat.prompt import render_system_prompt, sanitize_content, title_from
+from parley.chat.prompt import sanitize_content
 from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
 from parley.errors import (
-    MaxTurnsReachedError,
     NoTurnRunningError,
     PayloadTooLargeError,
     SessionClosedError,
@@ -36,7 +35,7 @@ from parley.errors import (
     TurnInProgressError,
     ValidationFailedError,
 )
-from parley.providers.base import ChatMessage, Provider
+from parley.providers.base import Provider
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.models import AiSession
@@ -66,6 +65,7 @@ class RunningTurn:
     stream_task: asyncio.Task[TurnOutcome] | None = None
     stop_reason: str | None = None
     lease_token: str = ""
+    admission: Admission | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -136,8 +136,7 @@ class SessionManager:
         now = self.clock()
         lease = repo.new_id()
         expired: str | None = None
-        title: str | None = None
-        user_turns: int | None = None
+        admission: Admission | None = None
         async with self.db.transaction(tenant) as s:
             row = await repo.get_session(s, tenant, session_id, owner_id=user_id)
             if row is None:
@@ -150,45 +149,39 @@ class SessionManager:
             if expired:
                 await repo.set_status(s, session_id, "expired", now=now, only_if="active")
             else:
-                if row.turn_count >= row.max_turns:
-                    raise MaxTurnsReachedError(row.max_turns)
-                if not await repo.acquire_lease(
-                    s, session_id, token=lease, now=now, expires_at=now + self.policy.lease_ttl
-                ):
-                    raise TurnInProgressError()
-                if session_id not in self.live:
-                    user_turns = await repo.count_user_messages(s, session_id) + 1
-                repo.add_message(
+                admission = await admit(
                     s,
-                    session_id=session_id,
-                    role="user",
-                    content=text,
-                    content_parts=[{"type": "text", "text": text}],
-                    created_at=now,
+                    row,
+                    text=text,
+                    lease=lease,
+                    lease_ttl=self.policy.lease_ttl,
+                    # A reservation outlives any turn: the turn timeout plus the lease's grace.
+                    reservation_ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
+                    now=now,
+                    max_tokens=self.policy.max_tokens,
+                    prices=self.policy.prices(row.model),
+                    page_context=page_context,
+                    count_turns=session_id not in self.live,
                 )
-                if row.title is None:
-                    title = title_from(text)
-                await repo.touch_session(s, session_id, now=now, title=title, context=page_context)
-        if expired:
+        if admission is None:
             await self._drop(session_id, reason="idle", close_channel=True)
             raise SessionExpiredError(expired)
 
-        live = self._live_session(row, now, user_turns)
+        live = self._live_session(row, now, admission.user_turns)
         try:
             if live.turn is not None:  # only possible if the lease expired under a live turn
                 raise TurnInProgressError()
             live.channel.begin_turn()
             subscription = live.channel.subscribe()  # before anything is published
-            turn = RunningTurn(lease_token=lease)
+            turn = RunningTurn(lease_token=lease, admission=admission)
             live.turn = turn
-            if title is not None:
-                self._publish(live, TitleUpdated(title=title))
-            context = page_context if page_context is not None else row.context_snapshot
-            spec = self._turn_spec(live, row, text, turn, context)
+            if admission.title is not None:
+                self._publish(live, TitleUpdated(title=admission.title))
+            spec = self._turn_spec(live, row, text, turn, admission)
             turn.task = asyncio.create_task(run_turn(spec), name=f"turn:{session_id}")
         except BaseException:
             live.turn = None
-            await self._release_lease(row.org_id, session_id, lease)
+            await self._release(row.org_id, session_id, lease, admission.reservation_id)
             raise
         self._turn_tasks.add(turn.task)
         turn.task.add_done_callback(self._turn_done)
@@ -200,10 +193,9 @@ class SessionManager:
             log.error("turn task failed", exc_info=task.exception())
 
     def _turn_spec(
-        self, live: LiveSession, row: AiSession, text: str, turn: RunningTurn, context: dict[str, Any] | None
+        self, live: LiveSession, row: AiSession, text: str, turn: RunningTurn, admission: Admission
     ) -> TurnSpec:
         org_id, session_id = row.org_id, row.id
-        prompt = render_system_prompt(row.system_prompt or "", context)
 
         def set_stream_task(task: asyncio.Task[TurnOutcome]) -> None:
             turn.stream_task = task
@@ -211,16 +203,17 @@ class SessionManager:
         return TurnSpec(
             session_id=session_id,
             message_id=repo.new_id(),
-            system_prompt=prompt,
+            system_prompt=admission.system_prompt,
+            history=admission.history,
             user_text=text,
             model=row.model,
-            max_tokens=self.policy.max_tokens,
+            max_tokens=admission.max_tokens,
+            output_limit=admission.max_tokens if admission.metered and admission.max_tokens is not None else None,
             turn_timeout=self.policy.turn_timeout,
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
-            load_history=partial(self._load_history, org_id, session_id),
-            persist=partial(self._persist, live, org_id, session_id, turn.lease_token),
+            persist=partial(self._persist, live, org_id, session_id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
             on_stream_task=set_stream_task,
@@ -236,29 +229,35 @@ class SessionManager:
         else:
             channel.publish(partial(encode_frame, event))
 
-    async def _load_history(self, org_id: str, session_id: str) -> list[ChatMessage]:
-        async with self.db.transaction(Tenant.for_org(org_id), readonly=True) as s:
-            rows = await repo.history_rows(s, session_id)
-        # The current user message was committed at admission: drop it, it is passed in memory.
-        if rows and rows[-1][0] == "user":
-            rows = rows[:-1]
-        return build_history(session_id, rows)
-
     async def _persist(
-        self, live: LiveSession, org_id: str, session_id: str, lease: str, record: TurnRecord | None
+        self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None
     ) -> None:
-        """One transaction for the reply, the session totals, the cost rows and the lease."""
+        """One transaction: the reply, session totals, cost rows, lease and reservation settled."""
         now = record.now if record else self.clock()
+        admission = turn.admission
         async with self.db.transaction(Tenant.for_org(org_id)) as s:
+            if admission is not None and admission.reservation_id is not None:
+                await repo.delete_reservation(s, admission.reservation_id)
             if record is None:
-                await repo.release_lease(s, session_id, token=lease)
+                await repo.release_lease(s, session_id, token=turn.lease_token)
                 return
+            cost = record.cost_cents
+            if admission is not None and admission.metered and cost > admission.reserved_cents:
+                # Only a server that ignores max_tokens and packs several tokens per chunk gets
+                # here: the organization is never billed past what it reserved.
+                log.warning(
+                    "session %s: turn cost %s cents exceeds its reservation %s; billing the reservation",
+                    session_id,
+                    cost,
+                    admission.reserved_cents,
+                )
+                cost = admission.reserved_cents
             totals = repo.TurnTotals(
                 input_tokens=record.tokens.input_tokens,
                 output_tokens=record.tokens.output_tokens,
                 cache_read_tokens=record.tokens.cache_read_tokens,
                 cache_write_tokens=record.tokens.cache_write_tokens,
-                cost_cents=record.cost_cents,
+                cost_cents=cost,
             )
             if record.text or record.reasoning:
                 repo.add_message(
@@ -272,22 +271,24 @@ class SessionManager:
                     output_tokens=record.tokens.output_tokens,
                     cache_read_tokens=record.tokens.cache_read_tokens,
                     cache_write_tokens=record.tokens.cache_write_tokens,
-                    cost_cents=record.cost_cents,
+                    cost_cents=cost,
                     usage_estimated=record.tokens.estimated,
                     finish_reason=record.finish_reason,
                     created_at=max(now, live.last_activity + timedelta(microseconds=1)),
                 )
             await repo.record_turn(
-                s, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=lease
+                s, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
             )
             if not record.tokens.is_zero or record.text:
                 await repo.add_cost_usage(s, org_id, totals=totals, now=now)
         live.last_activity = now
 
-    async def _release_lease(self, org_id: str, session_id: str, lease: str) -> None:
+    async def _release(self, org_id: str, session_id: str, lease: str, reservation_id: str | None) -> None:
         try:
             async with self.db.transaction(Tenant.for_org(org_id)) as s:
                 await repo.release_lease(s, session_id, token=lease)
+                if reservation_id is not None:
+                    await repo.delete_reservation(s, reservation_id)
         except Exception:
             log.exception("could not release the lease of session %s", session_id)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import Any
 from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
 from parley.chat.events import ContentDelta, Done, MessageEnd, MessageStart, StreamEvent, TurnError
 from parley.chat.events import ReasoningDelta as ReasoningEvent
-from parley.errors import ParleyError, ProviderError
+from parley.errors import ProviderError
 from parley.providers.base import (
     ChatMessage,
     Finished,
@@ -67,6 +68,14 @@ class TurnOutcome:
     reached_provider: bool = True
 
 
+# A server that ignores max_tokens is cut off where the budget reservation ends.
+BUDGET_CUT_OFF = TurnOutcome(
+    finish_reason="budget_exhausted",
+    error=("budget_exhausted", "The reply was stopped: it reached what the organization's budget allows."),
+    completed=False,
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TurnRecord:
     """Everything persisted at the end of a turn, in one transaction."""
@@ -88,14 +97,15 @@ class TurnSpec:
     session_id: str
     message_id: str
     system_prompt: str
+    history: list[ChatMessage]  # read at admission; excludes the current message
     user_text: str
     model: str
     max_tokens: int | None
+    output_limit: int | None  # metered: stop the stream past this many output chunks
     turn_timeout: float
     provider: Provider
     prices: Prices
     publish: Callable[[StreamEvent], None]
-    load_history: Callable[[], Awaitable[list[ChatMessage]]]
     persist: Callable[[TurnRecord | None], Awaitable[None]]
     clock: Callable[[], datetime]
     stop_reason: Callable[[], str | None]
@@ -104,19 +114,12 @@ class TurnSpec:
 
 async def run_turn(spec: TurnSpec) -> None:
     publish = spec.publish
-    try:
-        history = await spec.load_history()
-    except ParleyError as exc:
-        await _end_without_provider(spec, (exc.error_code(), exc.message))
+    if spec.stop_reason() is not None:  # stopped before the provider was called
+        await _end_without_provider(spec, None)
         return
-    except Exception:
-        log.exception("loading history failed for session %s", spec.session_id)
-        await _end_without_provider(spec, ("internal_error", "Could not load the conversation. Please retry."))
-        return
-
     messages = [
         ChatMessage.text("system", spec.system_prompt),
-        *history,
+        *spec.history,
         ChatMessage.text("user", spec.user_text),
     ]
     publish(MessageStart(message_id=spec.message_id))
@@ -139,6 +142,7 @@ async def run_turn(spec: TurnSpec) -> None:
 async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply) -> TurnOutcome:
     publish = spec.publish
     text, reasoning = reply.text, reply.reasoning
+    limit = spec.output_limit if spec.output_limit is not None else sys.maxsize
     try:
         async with asyncio.timeout(spec.turn_timeout):
             stream = spec.provider.stream(messages, model=spec.model, max_tokens=spec.max_tokens)
@@ -146,10 +150,14 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
                 async for event in events:
                     # Ordered by frequency: this loop runs once per token.
                     if type(event) is TextDelta:
+                        if reply.chunks >= limit:
+                            return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
                         text.append(event.text)
                         reply.chunks += 1
                         publish(ContentDelta(delta=event.text))
                     elif type(event) is ReasoningDelta:
+                        if reply.chunks >= limit:
+                            return BUDGET_CUT_OFF
                         reasoning.append(event.text)
                         reply.chunks += 1
                         publish(ReasoningEvent(delta=event.text))

@@ -89,7 +89,10 @@ class AiSession(Base):
 
 class AiMessage(Base):
     __tablename__ = "ai_messages"
-    __table_args__ = (Index("ix_ai_messages_session_created", "session_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_ai_messages_session_created", "session_id", "created_at"),
+        Index("ix_ai_messages_role_created", "role", "created_at"),  # rate-limit windows
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
@@ -122,3 +125,37 @@ class AiCostUsage(Base):
     session_count: Mapped[int] = mapped_column(Integer, default=0)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AiBudget(Base):
+    """An organization's limits; NULL = unlimited, 0 = nothing allowed. No row: no limits."""
+
+    __tablename__ = "ai_budgets"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), unique=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    daily_budget_cents: Mapped[Decimal | None] = mapped_column(Money())
+    monthly_budget_cents: Mapped[Decimal | None] = mapped_column(Money())
+    max_turns_per_session: Mapped[int | None] = mapped_column(Integer)
+    messages_per_minute_per_user: Mapped[int | None] = mapped_column(Integer)
+    messages_per_hour_per_org: Mapped[int | None] = mapped_column(Integer)
+    allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AiBudgetReservation(Base):
+    """A running turn's worst-case cost, held against the budget until the turn settles.
+
+    A process that dies leaves a reservation that stops counting at `expires_at`.
+    """
+
+    __tablename__ = "ai_budget_reservations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
+    amount_cents: Mapped[Decimal] = mapped_column(Money())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())

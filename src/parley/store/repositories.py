@@ -14,11 +14,20 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy import Select, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley.store.models import AiCostUsage, AiMessage, AiSession, ApiToken, Organization, User
+from parley.store.models import (
+    AiBudget,
+    AiBudgetReservation,
+    AiCostUsage,
+    AiMessage,
+    AiSession,
+    ApiToken,
+    Organization,
+    User,
+)
 from parley.store.tenancy import Tenant
 
 
@@ -339,3 +348,87 @@ async def find_organization(
 
 def _rowcount(result: Any) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+# --- budgets, reservations, rate windows ---------------------------------------------------------
+
+
+async def get_budget(s: AsyncSession, org_id: str, *, lock: bool = False) -> AiBudget | None:
+    """The organization's budget row; `lock` serializes admissions of one organization (PostgreSQL
+    row lock; SQLite writers are serialized by BEGIN IMMEDIATE already)."""
+    stmt = select(AiBudget).where(AiBudget.org_id == org_id)
+    if lock and s.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row: AiBudget | None = (await s.execute(stmt)).scalar_one_or_none()
+    return row
+
+
+async def upsert_budget(s: AsyncSession, org_id: str, values: dict[str, Any], *, now: datetime) -> AiBudget:
+    row = await get_budget(s, org_id, lock=True)
+    if row is None:
+        row = AiBudget(id=new_id(), org_id=org_id, enabled=True, created_at=now, updated_at=now)
+        s.add(row)
+    for key, value in values.items():
+        setattr(row, key, value)
+    row.updated_at = now
+    await s.flush()
+    return row
+
+
+async def committed_and_reserved(s: AsyncSession, org_id: str, *, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
+    """(today's committed cents, this month's committed cents, outstanding reservations)."""
+    daily_key, monthly_key = period_keys(now)
+    rows = (
+        await s.execute(
+            select(AiCostUsage.period, AiCostUsage.total_cost_cents).where(
+                AiCostUsage.org_id == org_id,
+                or_(
+                    (AiCostUsage.period == "daily") & (AiCostUsage.period_key == daily_key),
+                    (AiCostUsage.period == "monthly") & (AiCostUsage.period_key == monthly_key),
+                ),
+            )
+        )
+    ).all()
+    committed = {period: cents for period, cents in rows}
+    reserved = (
+        await s.execute(
+            select(func.coalesce(func.sum(AiBudgetReservation.amount_cents), 0)).where(
+                AiBudgetReservation.org_id == org_id, AiBudgetReservation.expires_at > now
+            )
+        )
+    ).scalar_one()
+    reserved_cents = Decimal(reserved or 0)  # coalesce(sum()) keeps the Money type: already cents
+    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved_cents
+
+
+async def add_reservation(
+    s: AsyncSession, org_id: str, session_id: str, amount: Decimal, *, now: datetime, expires_at: datetime
+) -> str:
+    row = AiBudgetReservation(
+        id=new_id(), org_id=org_id, session_id=session_id, amount_cents=amount, created_at=now, expires_at=expires_at
+    )
+    s.add(row)
+    return row.id
+
+
+async def delete_reservation(s: AsyncSession, reservation_id: str) -> None:
+    await s.execute(delete(AiBudgetReservation).where(AiBudgetReservation.id == reservation_id))
+
+
+async def accepted_messages(
+    s: AsyncSession, *, since: datetime, user_id: str | None = None, org_id: str | None = None
+) -> tuple[int, datetime | None]:
+    """How many user messages were accepted since `since` (by a user or in an organization), and
+    the oldest of them: a refused attempt stores no message, so it never counts."""
+    stmt = (
+        select(func.count(), func.min(AiMessage.created_at))
+        .select_from(AiMessage)
+        .join(AiSession, AiSession.id == AiMessage.session_id)
+        .where(AiMessage.role == "user", AiMessage.created_at > since)
+    )
+    if user_id is not None:
+        stmt = stmt.where(AiSession.user_id == user_id)
+    if org_id is not None:
+        stmt = stmt.where(AiSession.org_id == org_id)
+    count, oldest = (await s.execute(stmt)).one()  # min() keeps the column type: aware UTC
+    return int(count), oldest

@@ -1,0 +1,148 @@
+"""Admission of a message: every check and write that must happen atomically before a turn.
+
+Runs inside the caller's transaction (the session row was just read in it): max turns, the
+organization's enabled flag and rate limits, the turn lease, the history (loaded here, before the
+current message is written, so it excludes it), the budget reservation with `max_tokens` lowered
+to fit, then the user message and the title. Any refusal raises and the transaction rolls back:
+a refused attempt leaves no message, no lease and no reservation, so it never counts.
+
+Imports chat, billing, providers and store; never the web layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from parley.billing.budget import (
+    Allowance,
+    Limits,
+    Spend,
+    check_enabled,
+    check_rate,
+    input_tokens_bound,
+    plan_turn,
+)
+from parley.billing.cost import Prices
+from parley.chat.history import build_history
+from parley.chat.prompt import render_system_prompt, title_from
+from parley.errors import MaxTurnsReachedError, TurnInProgressError
+from parley.providers.base import ChatMessage
+from parley.store import repositories as repo
+from parley.store.models import AiBudget, AiSession
+
+MINUTE = timedelta(minutes=1)
+HOUR = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admission:
+    """What an admitted turn carries into run_turn."""
+
+    system_prompt: str
+    history: list[ChatMessage]
+    max_tokens: int | None
+    metered: bool  # cut the stream at max_tokens: the reservation covers no more
+    reservation_id: str | None
+    reserved_cents: Decimal
+    title: str | None
+    user_turns: int | None  # number of this turn among the session's messages (when rehydrating)
+
+
+def limits_of(budget: AiBudget | None) -> Limits:
+    if budget is None:
+        return Limits()
+    return Limits(
+        enabled=budget.enabled,
+        daily_cents=budget.daily_budget_cents,
+        monthly_cents=budget.monthly_budget_cents,
+        messages_per_minute_per_user=budget.messages_per_minute_per_user,
+        messages_per_hour_per_org=budget.messages_per_hour_per_org,
+    )
+
+
+async def admit(
+    s: Any,
+    row: AiSession,
+    *,
+    text: str,
+    lease: str,
+    lease_ttl: timedelta,
+    reservation_ttl: timedelta,
+    now: datetime,
+    max_tokens: int | None,
+    prices: Prices,
+    page_context: dict[str, Any] | None,
+    count_turns: bool,
+) -> Admission:
+    if row.turn_count >= row.max_turns:
+        raise MaxTurnsReachedError(row.max_turns)
+    limits = limits_of(await repo.get_budget(s, row.org_id, lock=True))
+    check_enabled(limits)
+    if limits.messages_per_minute_per_user is not None and row.user_id is not None:
+        used, oldest = await repo.accepted_messages(s, since=now - MINUTE, user_id=row.user_id)
+        check_rate(
+            limit=limits.messages_per_minute_per_user,
+            used=used,
+            oldest=oldest,
+            window=MINUTE,
+            now=now,
+            scope="per user",
+        )
+    if limits.messages_per_hour_per_org is not None:
+        used, oldest = await repo.accepted_messages(s, since=now - HOUR, org_id=row.org_id)
+        check_rate(
+            limit=limits.messages_per_hour_per_org,
+            used=used,
+            oldest=oldest,
+            window=HOUR,
+            now=now,
+            scope="for this organization",
+        )
+    if not await repo.acquire_lease(s, row.id, token=lease, now=now, expires_at=now + lease_ttl):
+        raise TurnInProgressError()
+
+    history = build_history(row.id, await repo.history_rows(s, row.id))
+    context = page_context if page_context is not None else row.context_snapshot
+    system_prompt = render_system_prompt(row.system_prompt or "", context)
+    allowance = Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0))
+    reservation_id = None
+    if limits.spends_are_limited:
+        daily, monthly, reserved = await repo.committed_and_reserved(s, row.org_id, now=now)
+        texts = [system_prompt, *(m.plain_text for m in history), text]
+        allowance = plan_turn(
+            limits=limits,
+            spend=Spend(daily_cents=daily + reserved, monthly_cents=monthly + reserved),
+            prices=prices,
+            input_tokens=input_tokens_bound(texts),
+            max_tokens=max_tokens,
+            now=now,
+        )
+        if allowance.reserve_cents > 0:
+            reservation_id = await repo.add_reservation(
+                s, row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
+            )
+
+    user_turns = await repo.count_user_messages(s, row.id) + 1 if count_turns else None
+    repo.add_message(
+        s,
+        session_id=row.id,
+        role="user",
+        content=text,
+        content_parts=[{"type": "text", "text": text}],
+        created_at=now,
+    )
+    title = title_from(text) if row.title is None else None
+    await repo.touch_session(s, row.id, now=now, title=title, context=page_context)
+    return Admission(
+        system_prompt=system_prompt,
+        history=history,
+        max_tokens=allowance.max_tokens,
+        metered=limits.spends_are_limited,
+        reservation_id=reservation_id,
+        reserved_cents=allowance.reserve_cents,
+        title=title,
+        user_turns=user_turns,
+    )
