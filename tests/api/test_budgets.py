@@ -167,7 +167,8 @@ def test_a_server_that_ignores_max_tokens_is_cut_off_at_the_reservation(
         put_budget(c, dailyBudgetCents="0.3")
         stream = send(c, sid)
         (max_tokens,) = provider.max_tokens
-        assert max_tokens is not None and max_tokens < 200
+        assert max_tokens is not None
+        assert max_tokens < 200
         assert stream.types[-2:] == ["error", "done"]
         assert stream.of("error")[0].data["code"] == "budget_exhausted"
         assert len(stream.of("content_delta")) == max_tokens
