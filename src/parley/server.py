@@ -1,10 +1,17 @@
-"""Run parley under uvicorn (the `serve` and `demo` commands)."""
+"""Run parley under uvicorn (the `serve` and `demo` commands).
+
+`ParleyServer` stops running turns as soon as shutdown begins: uvicorn otherwise waits for open
+streams to end before the application's own shutdown runs, so a client would hang until the
+graceful timeout and then be cut without `error` or `done`.
+"""
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import uvicorn
+from fastapi import FastAPI
 
 from parley.app import create_app
 from parley.config import Settings
@@ -12,6 +19,19 @@ from parley.config import Settings
 
 def configure_logging(level: str = "INFO") -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class ParleyServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._parley = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        services = getattr(self._parley.state, "services", None)
+        if services is not None:
+            # Running turns persist what they have and tell their streams (error + done).
+            await services.sessions.shutdown()
+        await super().shutdown(sockets=sockets)
 
 
 def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info") -> None:
@@ -23,8 +43,9 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
         loop = "uvloop"
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         loop = "asyncio"
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         loop=loop,
@@ -33,3 +54,4 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
         access_log=False,
         timeout_graceful_shutdown=15,
     )
+    ParleyServer(config, app).run()

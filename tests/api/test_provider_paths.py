@@ -74,7 +74,8 @@ def test_anthropic_path_with_cached_history_and_exact_cost(make_server: ServerFa
         # Sonnet: $3 in, $15 out, cache write 1.25x, cache read 0.1x (per million tokens).
         # Turn 1: 20*3 + 1000*3.75 + 10*15 = 3960 -> $0.00396; turn 2: 15*3 + 1000*0.3 + 40*3.75 + 5*15 = 570.
         assert [e["costUsd"] for e in ends] == ["0.00396", "0.00057"]
-        assert ends[0]["inputTokens"] == 1020 and ends[0]["cacheWriteTokens"] == 1000
+        assert ends[0]["inputTokens"] == 1020
+        assert ends[0]["cacheWriteTokens"] == 1000
         assert ends[1]["cacheReadTokens"] == 1000
         assert Decimal(detail["session"]["totalCostCents"]) == Decimal("0.453")
         assistant = [m for m in detail["messages"] if m["role"] == "assistant"]

@@ -13,6 +13,14 @@ from sqlalchemy.engine import make_url
 from tests.conftest import APP_ROLE, DatabaseUrls
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+TENANT_TABLES = (
+    "ai_sessions",
+    "ai_messages",
+    "ai_cost_usage",
+    "api_tokens",
+    "ai_budgets",
+    "ai_budget_reservations",
+)
 
 
 def _dsn(url: str) -> str:
@@ -90,10 +98,10 @@ async def test_every_tenant_table_has_forced_rls_and_a_policy(app_conn: asyncpg.
         "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, "
         "(SELECT count(*) FROM pg_policies p WHERE p.tablename = c.relname) AS policies "
         "FROM pg_class c WHERE c.relname = ANY($1::text[])",
-        ["ai_sessions", "ai_messages", "ai_cost_usage", "api_tokens"],
+        list(TENANT_TABLES),
     )
     assert {r["relname"]: (r["relrowsecurity"], r["relforcerowsecurity"], r["policies"] > 0) for r in rows} == {
-        t: (True, True, True) for t in ("ai_sessions", "ai_messages", "ai_cost_usage", "api_tokens")
+        t: (True, True, True) for t in TENANT_TABLES
     }
 
 

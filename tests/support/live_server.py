@@ -13,6 +13,9 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
+
+from parley.server import ParleyServer
 
 
 class LiveServer:
@@ -24,7 +27,7 @@ class LiveServer:
         self._sock.bind((host, 0))
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-        self.server = uvicorn.Server(config)
+        self.server = ParleyServer(config, app) if isinstance(app, FastAPI) else uvicorn.Server(config)
         self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
         self.failure: BaseException | None = None
 

@@ -46,15 +46,33 @@ def _describe(errors: list[dict[str, object]]) -> str:
     return "; ".join(parts)
 
 
+async def _authentication_refusal(request: Request) -> JSONResponse | None:
+    from parley.api.auth import authenticate
+
+    services = getattr(request.app.state, "services", None)
+    if services is None or not request.url.path.startswith("/api/"):
+        return None
+    try:
+        await authenticate(services.db, request.headers.get("authorization"))
+    except ParleyError as exc:
+        return error_response(exc)
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ParleyError)
     async def _parley(_: Request, exc: ParleyError) -> JSONResponse:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
+            # FastAPI parses the body before running dependencies: authenticate here so an
+            # anonymous caller gets 401, never a hint about the body.
+            refusal = await _authentication_refusal(request)
+            if refusal is not None:
+                return refusal
             return envelope(400, "malformed_json", "The request body is not valid JSON.")
         return envelope(422, "validation_error", _describe(errors) or "Invalid request.")
 

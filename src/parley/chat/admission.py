@@ -49,6 +49,7 @@ class Admission:
     reserved_cents: Decimal
     title: str | None
     user_turns: int | None  # number of this turn among the session's messages (when rehydrating)
+    user_position: int  # the user message's place in the session; the reply takes the next one
 
 
 def limits_of(budget: AiBudget | None) -> Limits:
@@ -126,16 +127,18 @@ async def admit(
             )
 
     user_turns = await repo.count_user_messages(s, row.id) + 1 if count_turns else None
+    position = row.message_count + 1
     repo.add_message(
         s,
         session_id=row.id,
+        position=position,
         role="user",
         content=text,
         content_parts=[{"type": "text", "text": text}],
         created_at=now,
     )
     title = title_from(text) if row.title is None else None
-    await repo.touch_session(s, row.id, now=now, title=title, context=page_context)
+    await repo.touch_session(s, row.id, now=now, title=title, context=page_context, messages_added=1)
     return Admission(
         system_prompt=system_prompt,
         history=history,
@@ -145,4 +148,5 @@ async def admit(
         reserved_cents=allowance.reserve_cents,
         title=title,
         user_turns=user_turns,
+        user_position=position,
     )

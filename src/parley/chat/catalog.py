@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from parley.chat.prompt import title_from
 from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
@@ -87,7 +86,7 @@ class SessionCatalog:
             user_id=caller.user_id,
             status="active",
             type="general",
-            title=title_from(title) if title and title.strip() else None,
+            title=" ".join(title.split())[:255] or None if title else None,
             model=self.defaults.model,
             system_prompt=self.defaults.system_prompt,
             context_snapshot=page_context or None,
@@ -97,6 +96,7 @@ class SessionCatalog:
             total_cache_write_tokens=0,
             total_cost_cents=0,
             turn_count=0,
+            message_count=0,
             max_turns=self.defaults.max_turns,
             last_activity_at=now,
             created_at=now,

@@ -259,11 +259,13 @@ class SessionManager:
                 cache_write_tokens=record.tokens.cache_write_tokens,
                 cost_cents=cost,
             )
-            if record.text or record.reasoning:
+            stored = bool(record.text or record.reasoning)
+            if stored:
                 repo.add_message(
                     s,
                     id=record.message_id,
                     session_id=session_id,
+                    position=admission.user_position + 1 if admission is not None else 0,
                     role="assistant",
                     content=record.text,
                     content_parts=describe_parts(record.text, record.reasoning),
@@ -274,10 +276,16 @@ class SessionManager:
                     cost_cents=cost,
                     usage_estimated=record.tokens.estimated,
                     finish_reason=record.finish_reason,
-                    created_at=max(now, live.last_activity + timedelta(microseconds=1)),
+                    created_at=now,
                 )
             await repo.record_turn(
-                s, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
+                s,
+                session_id,
+                totals=totals,
+                count_turn=record.count_turn,
+                now=now,
+                lease_token=turn.lease_token,
+                messages_added=1 if stored else 0,
             )
             if not record.tokens.is_zero or record.text:
                 await repo.add_cost_usage(s, org_id, totals=totals, now=now)

@@ -146,12 +146,18 @@ async def _apply_tenant(session: AsyncSession, tenant: Tenant) -> None:
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
+    # SQLite's own lower() folds ASCII only; search must match "Übersicht" with "übersicht".
+    dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _unicode_lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
 
 
 def _sqlite_begin(conn: Connection) -> None:

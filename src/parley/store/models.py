@@ -78,6 +78,9 @@ class AiSession(Base):
     total_cost_cents: Mapped[Decimal] = mapped_column(Money(), default=Decimal(0))
     turn_count: Mapped[int] = mapped_column(Integer, default=0)
     max_turns: Mapped[int] = mapped_column(Integer, default=50)
+    # Messages are ordered by a per-session position, not by the clock: a clock that stalls or
+    # steps back must not reorder a conversation.
+    message_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -91,11 +94,13 @@ class AiMessage(Base):
     __tablename__ = "ai_messages"
     __table_args__ = (
         Index("ix_ai_messages_session_created", "session_id", "created_at"),
+        Index("ix_ai_messages_session_position", "session_id", "position"),
         Index("ix_ai_messages_role_created", "role", "created_at"),  # rate-limit windows
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
+    position: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # order within the session
     role: Mapped[str] = mapped_column(String(16))  # user | assistant | system | tool_use | tool_result
     content: Mapped[str | None] = mapped_column(Text)  # the answer text only, never reasoning
     content_parts: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)

@@ -175,6 +175,7 @@ async def record_turn(
     count_turn: bool,
     now: datetime,
     lease_token: str,
+    messages_added: int = 0,
 ) -> None:
     """Add a turn's usage to its session, count the turn, and release the lease, in one UPDATE."""
     await s.execute(
@@ -187,6 +188,7 @@ async def record_turn(
             total_cache_write_tokens=AiSession.total_cache_write_tokens + totals.cache_write_tokens,
             total_cost_cents=AiSession.total_cost_cents + totals.cost_cents,
             turn_count=AiSession.turn_count + (1 if count_turn else 0),
+            message_count=AiSession.message_count + messages_added,
             last_activity_at=now,
             updated_at=now,
         )
@@ -202,8 +204,11 @@ async def touch_session(
     now: datetime,
     title: str | None = None,
     context: dict[str, Any] | None = None,
+    messages_added: int = 0,
 ) -> None:
     values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
+    if messages_added:
+        values["message_count"] = AiSession.message_count + messages_added
     if title is not None:
         values["title"] = title
     if context is not None:
@@ -250,7 +255,9 @@ async def count_user_messages(s: AsyncSession, session_id: str) -> int:
 
 async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]:
     rows = await s.execute(
-        select(AiMessage).where(AiMessage.session_id == session_id).order_by(AiMessage.created_at, AiMessage.id)
+        select(AiMessage)
+        .where(AiMessage.session_id == session_id)
+        .order_by(AiMessage.position, AiMessage.created_at, AiMessage.id)
     )
     return list(rows.scalars())
 
@@ -260,7 +267,7 @@ async def history_rows(s: AsyncSession, session_id: str) -> list[tuple[str, str 
     rows = await s.execute(
         select(AiMessage.role, AiMessage.content, AiMessage.content_parts)
         .where(AiMessage.session_id == session_id)
-        .order_by(AiMessage.created_at, AiMessage.id)
+        .order_by(AiMessage.position, AiMessage.created_at, AiMessage.id)
     )
     return [(r[0], r[1], r[2]) for r in rows]
 

@@ -1,0 +1,173 @@
+"""Bad input on every write route: a clear error in the envelope, and nothing stored or lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import API, Shared, assert_error, create_session, detail, send
+from tests.support.sse_client import read_stream
+
+MISSING = "00000000-0000-4000-8000-000000000000"
+JSON = {"content-type": "application/json"}
+
+
+def _untouched(c: Any, sid: str) -> None:
+    body = detail(c, sid)
+    assert body["messages"] == []
+    assert body["session"]["turnCount"] == 0
+    assert body["session"]["title"] is None
+    assert body["session"]["status"] == "active"
+
+
+@pytest.fixture
+def sid(shared: Shared) -> str:
+    with shared.client(shared.tenants.a1) as c:
+        return create_session(c)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b'{"content": "hi"', b"", b"\xff\xfe", b'{"content": "hi"} trailing'])
+def test_malformed_json_is_400_on_every_json_route(shared: Shared, sid: str, raw: bytes) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        for method, path in (
+            ("POST", "/sessions"),
+            ("POST", f"/sessions/{sid}/messages"),
+            ("PATCH", f"/sessions/{sid}"),
+        ):
+            r = c.request(method, API + path, content=raw, headers=JSON)
+            if raw == b"" and path == "/sessions":
+                continue  # an empty body is "no options" for create
+            body = assert_error(r, 400 if raw else 422, "malformed_json" if raw else "validation_error")
+            assert body["error"]
+        _untouched(c, sid)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        {"content": None},
+        {"content": 123},
+        {"content": ["hi"]},
+        {"content": ""},
+        {"content": "   \n\t  "},
+        {"content": "\x00\x01\x02\u2028"},
+        {"content": "hi", "unknown": True},
+        {"content": "hi", "pageContext": "not an object"},
+        ["content", "hi"],
+        "hi",
+    ],
+    ids=[
+        "missing",
+        "null",
+        "number",
+        "list",
+        "empty",
+        "whitespace",
+        "control-only",
+        "unknown-field",
+        "bad-context",
+        "array-body",
+        "string-body",
+    ],
+)
+def test_invalid_message_bodies_are_422_and_store_nothing(shared: Shared, sid: str, body: Any) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", json=body) as r:
+            answer = read_stream(r)
+        assert answer.status == 422, answer.body
+        assert set(answer.body) == {"error", "code"}
+        assert answer.body["code"] == "validation_error"
+        _untouched(c, sid)
+
+
+def test_content_over_10000_characters_is_413_and_stores_nothing(shared: Shared, sid: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        r = c.post(f"{API}/sessions/{sid}/messages", json={"content": "x" * 10_001})
+        body = assert_error(r, 413, "content_too_large")
+        assert "10000" in body["error"]
+        _untouched(c, sid)
+
+
+def test_content_of_exactly_10000_characters_is_accepted(shared: Shared, sid: str) -> None:
+    text = "y" * 10_000
+    with shared.client(shared.tenants.a1) as c:
+        stream = send(c, sid, "  \n" + text + "\n  ")  # counted after trimming
+        assert stream.status == 200
+        assert stream.types[-1] == "done"
+        assert detail(c, sid)["messages"][0]["content"] == text
+
+
+def test_control_characters_are_stripped_from_stored_content(shared: Shared, sid: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        send(c, sid, "\x00hel\x07lo\r\nworld\t!\x1b")
+        assert detail(c, sid)["messages"][0]["content"] == "hello\nworld\t!"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/sessions", {"nope": 1}),
+        ("POST", "/sessions", {"orgId": 5}),
+        ("POST", "/sessions", {"pageContext": [1, 2]}),
+        ("PATCH", "/sessions/{sid}", {"title": "ok", "nope": 1}),
+    ],
+)
+def test_unknown_or_mistyped_fields_are_422(shared: Shared, sid: str, method: str, path: str, body: Any) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        assert_error(c.request(method, API + path.format(sid=sid), json=body), 422, "validation_error")
+        _untouched(c, sid)
+
+
+def test_body_over_256_kib_is_413(shared: Shared, sid: str) -> None:
+    padding = " " * (256 * 1024)
+    raw = ('{"content": "hi"' + padding + "}").encode()
+    with shared.client(shared.tenants.a1) as c:
+        for path in ("/sessions", f"/sessions/{sid}/messages"):
+            assert_error(c.post(API + path, content=raw, headers=JSON), 413, "content_too_large")
+        _untouched(c, sid)
+
+
+def test_chunked_body_over_256_kib_is_413_too(shared: Shared, sid: str) -> None:
+    """Without a Content-Length the limit must still hold (the body arrives in chunks)."""
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"content": "hi"'
+        for _ in range(64):
+            yield b" " * 8192  # 512 KiB of padding in total
+        yield b"}"
+
+    with shared.client(shared.tenants.a1) as c:
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", content=chunks(), headers=JSON) as r:
+            answer = read_stream(r)
+        assert answer.status == 413, (answer.status, answer.body, answer.types)
+        assert answer.body["code"] == "content_too_large"
+        _untouched(c, sid)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "", None),
+        ("PATCH", "", {"title": "x"}),
+        ("DELETE", "", None),
+        ("POST", "/messages", {"content": "hi"}),
+        ("GET", "/events", None),
+        ("POST", "/interrupt", None),
+    ],
+)
+def test_unknown_session_id_is_404_session_not_found(shared: Shared, method: str, path: str, body: Any) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        for unknown in (MISSING, "not-a-uuid"):
+            with c.stream(method, f"{API}/sessions/{unknown}{path}", json=body) as r:
+                answer = read_stream(r)
+            assert answer.status == 404
+            assert answer.body == {"error": "Session not found.", "code": "session_not_found"}
+
+
+def test_unknown_route_and_wrong_method_use_the_envelope(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        assert_error(c.get(f"{API}/nothing-here"), 404, "not_found")
+        assert_error(c.put(f"{API}/sessions", json={}), 405, "method_not_allowed")
