@@ -1,7 +1,8 @@
 """Helpers for the HTTP API tests: a fake clock, frame-by-frame SSE reading, polling, the test DB.
 
 Everything runs against real servers (`make_server` from tests/conftest.py, or the module-scoped
-`shared` server here for tests that only need a running API and fresh sessions of their own).
+`shared` server here for tests that only need a running API and fresh sessions of their own), and
+every test runs twice: on SQLite and on PostgreSQL (as the row-level-security-bound app role).
 """
 
 from __future__ import annotations
@@ -27,8 +28,18 @@ from parley.config import load_settings
 from parley.store.db import Database
 from parley.store.models import AiMessage, AiSession
 from parley.store.tenancy import Tenant
-from tests.conftest import Tenants, _seed, base_env, client
+from tests.conftest import (
+    APP_PASSWORD,
+    APP_ROLE,
+    TEMPLATE_DB,
+    DatabaseUrls,
+    Tenants,
+    _seed,
+    base_env,
+    client,
+)
 from tests.support.live_server import LiveServer
+from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import ScriptedProvider
 from tests.support.sse_client import Frame, iter_frames, read_stream
 
@@ -241,11 +252,37 @@ class Shared:
         return client(self.server, token)
 
 
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shared]:
-    data_dir: Path = tmp_path_factory.mktemp("shared") / "data"
+DATABASES = ["sqlite", "postgres"]
+
+
+@pytest.fixture(params=DATABASES)
+def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
+    """Overrides the root fixture: the API suite runs on both databases."""
+    if request.param == "postgres":
+        pg: DatabaseUrls = request.getfixturevalue("pg_database")
+        return pg
     url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
-    tenants = asyncio.run(_seed(url, url))
+    return DatabaseUrls("sqlite", url, url)
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def shared_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DatabaseUrls]:
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('shared') / 'parley.db'}"
+        yield DatabaseUrls("sqlite", url, url)
+        return
+    cluster: PostgresCluster = request.getfixturevalue("pg_cluster")
+    name = f"m_{uuid.uuid4().hex[:12]}"
+    cluster.psql(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield DatabaseUrls("postgres", cluster.url(APP_ROLE, name, APP_PASSWORD), cluster.url(database=name))
+    cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, shared_database: DatabaseUrls) -> Iterator[Shared]:
+    data_dir: Path = tmp_path_factory.mktemp("shared") / "data"
+    url = shared_database.app
+    tenants = asyncio.run(_seed(shared_database.admin, url))
     provider = ScriptedProvider()
     settings = load_settings(base_env(data_dir, DATABASE_URL=url))
     server = LiveServer(create_app(settings, provider=provider)).start()
