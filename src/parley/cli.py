@@ -270,7 +270,8 @@ def _print_budget(view: BudgetView) -> None:
         typer.echo("no budget: unlimited")
         return
     for key, value in data.items():
-        typer.echo(f"{key:26} {'unlimited' if value is None else value}")
+        shown = ("the server's list" if key == "allowedModels" else "unlimited") if value is None else value
+        typer.echo(f"{key:26} {shown}")
 
 
 @budget.command("show")

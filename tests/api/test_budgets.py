@@ -216,6 +216,30 @@ def test_fifty_parallel_turns_never_spend_past_the_budget(make_server: ServerFac
         assert stored == spent
 
 
+def test_reservations_hold_across_two_server_processes(make_server: ServerFactory, tenants: Tenants) -> None:
+    """Two parley processes on one database: the database, not memory, serializes admissions."""
+    reply = Reply(
+        tokens=[f"t{i} " for i in range(300)], first_delay=0.3, usage=Usage(input_tokens=40, output_tokens=300)
+    )
+    first = make_server(ScriptedProvider(reply))
+    second = make_server(ScriptedProvider(reply))
+    budget = Decimal(1)
+    with client(first, tenants.a1) as c:
+        put_budget(c, dailyBudgetCents=str(budget))
+        sessions = [create_session(c) for _ in range(16)]
+
+    def turn(job: tuple[int, str]) -> int:
+        index, sid = job
+        with client(first if index % 2 else second, tenants.a1, timeout=60) as own:
+            return int(send(own, sid).status)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        statuses = list(pool.map(turn, enumerate(sessions)))
+    assert statuses.count(402) > 0, statuses
+    with client(second, tenants.a1) as c:
+        assert Decimal(usage(c)["budget"]["dailyUsedCents"]) <= budget
+
+
 def test_rate_limit_per_user_per_minute_with_window_edges(make_server: ServerFactory, tenants: Tenants) -> None:
     clock = FakeClock()
     provider = ScriptedProvider()
