@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo run test test-fast lint format typecheck system-deps local-model check clean
+.PHONY: help install demo run test test-fast test-web lint format typecheck system-deps local-model check clean
 
 help:
 	@echo "make demo        parley with a small local model (offline, no keys): chat at http://127.0.0.1:8000"
@@ -39,8 +39,11 @@ local-model: install
 test: install system-deps local-model
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install system-deps
 	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+test-web: install system-deps
+	$(BIN)/python -m pytest tests/web $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests

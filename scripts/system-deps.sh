@@ -3,12 +3,14 @@
 #   tmux: drives `parley chat` end to end in a terminal.
 #   postgresql: the suite runs on PostgreSQL too (a throwaway cluster, started by the tests).
 #   g++: builds llama-cpp-python once when its wheel is not cached yet.
+#   chromium: the browser tests of the chat page (tests/web), driven by Playwright.
 set -euo pipefail
 
 need=()
 command -v tmux >/dev/null 2>&1 || need+=(tmux)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -28,6 +28,7 @@ from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.providers.base import Provider
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
+from parley.web import mount_web
 
 log = logging.getLogger("parley")
 MAX_BODY_BYTES = 256 * 1024
@@ -180,6 +181,7 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    mount_web(app)
     return app
 
 

@@ -11,13 +11,15 @@ export class ApiError extends Error {
    * @param {string} code machine-readable code from the error envelope
    * @param {string} message human-readable message from the error envelope
    * @param {number|null} retryAfter seconds to wait, from a Retry-After header
+   * @param {object} details other fields of the envelope (e.g. `resetsAt` of a 402)
    */
-  constructor(status, code, message, retryAfter = null) {
+  constructor(status, code, message, retryAfter = null, details = {}) {
     super(message);
     this.name = 'ApiError';
     this.status = status;
     this.code = code;
     this.retryAfter = retryAfter;
+    this.details = details;
   }
 }
 
@@ -34,14 +36,19 @@ export function parseRetryAfter(value, now = Date.now()) {
 async function errorFrom(response) {
   let code = `http_${response.status}`;
   let message = response.statusText || 'The request failed.';
+  let details = {};
   try {
     const body = await response.json();
-    if (body && typeof body.code === 'string') code = body.code;
-    if (body && typeof body.error === 'string') message = body.error;
+    if (body && typeof body === 'object') {
+      const { error, code: bodyCode, ...rest } = body;
+      if (typeof bodyCode === 'string') code = bodyCode;
+      if (typeof error === 'string') message = error;
+      details = rest;
+    }
   } catch {
     // Not the JSON envelope (a proxy's error page, say): keep the status line.
   }
-  return new ApiError(response.status, code, message, parseRetryAfter(response.headers.get('Retry-After')));
+  return new ApiError(response.status, code, message, parseRetryAfter(response.headers.get('Retry-After')), details);
 }
 
 export class Api {

@@ -14,6 +14,7 @@ import {
   finishLabel,
   formatCents,
   formatCount,
+  formatWhen,
   relativeTime,
   usageText,
 } from './ui.js';
@@ -84,7 +85,8 @@ function saveTurn(turn) {
   if (!turn.sessionId) return;
   const { sessionId, lastEventId, messageId, content, reasoning, usage, error } = turn;
   try {
-    sessionStorage.setItem(TURN_KEY, JSON.stringify({ sessionId, lastEventId, messageId, content, reasoning, usage, error }));
+    const saved = { sessionId, lastEventId, messageId, content, reasoning, usage, error };
+    sessionStorage.setItem(TURN_KEY, JSON.stringify(saved));
   } catch {
     // Storage full or disabled: the reply still streams, it just cannot survive a reload.
   }
@@ -151,9 +153,15 @@ async function signIn(token) {
   try {
     usage = await api.usage(); // checks the token and fills the usage line in one request
   } catch (err) {
-    sessionStorage.removeItem(TOKEN_KEY);
     const { code, message } = describeError(err);
-    showSignIn(err.status === 401 ? `That token was not accepted: ${message} (${code})` : `${message} (${code})`);
+    if (err.status === 401) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showSignIn(`That token was not accepted: ${message} (${code})`);
+    } else {
+      // The server is unreachable or failing: keep the token, so "Sign in" can simply retry.
+      const retry = sessionStorage.getItem(TOKEN_KEY) === token ? ' Press Sign in to try again.' : '';
+      showSignIn(`${message} (${code})${retry}`);
+    }
     return;
   } finally {
     dom.signInButton.disabled = false;
@@ -177,7 +185,7 @@ async function signIn(token) {
 }
 
 function signOut(message = '') {
-  if (state.turn) state.turn.controller.abort(); // leave the stream; the turn ends on the server
+  if (state.turn) state.turn.controller.abort(); // leave the stream; the turn itself goes on server-side
   state.turn = null;
   state.api = null;
   state.current = null;
@@ -194,38 +202,59 @@ function signOut(message = '') {
 
 // ---- usage -------------------------------------------------------------------------------
 
-/** Limits in cents from the budget object; the API leaves its shape open, so accept the likely ones. */
-function budgetLimits(budget) {
-  if (!budget || typeof budget !== 'object') return [];
-  const limits = [];
+/**
+ * The budget limits that apply, from GET /usage's `budget` (null: no budget; a null limit:
+ * unlimited). Spending counts what the server reports as used for the period.
+ */
+function budgetMeters(usage) {
+  const budget = usage.budget;
+  if (!budget || typeof budget !== 'object' || budget.enabled === false) return [];
+  const meters = [];
   for (const period of ['daily', 'monthly']) {
-    const nested = budget[period] && typeof budget[period] === 'object' ? budget[period] : {};
-    const limit = budget[`${period}LimitCents`] ?? nested.limitCents;
-    if (limit !== undefined && limit !== null && Number.isFinite(Number(limit))) limits.push({ period, limit: Number(limit) });
+    const limit = budget[`${period}BudgetCents`];
+    if (limit === null || limit === undefined || !Number.isFinite(Number(limit))) continue;
+    const used = budget[`${period}UsedCents`] ?? usage[period].totalCostCents;
+    meters.push({ period, limit: Number(limit), used: Number(used) || 0, resetsAt: budget[`${period}ResetsAt`] });
   }
-  if (limits.length === 0 && budget.limitCents !== undefined && Number.isFinite(Number(budget.limitCents))) {
-    limits.push({ period: budget.period === 'daily' ? 'daily' : 'monthly', limit: Number(budget.limitCents) });
-  }
-  return limits;
+  return meters;
 }
 
 function renderUsage(usage) {
   if (!usage || !usage.daily || !usage.monthly) return;
+  const messages = Number(usage.daily.messageCount) || 0;
+  const amount = (cents) => el('strong', { textContent: formatCents(cents) });
   const parts = [
-    el('span', { className: 'usage-item' }, 'Today ', el('strong', { textContent: formatCents(usage.daily.totalCostCents) }),
-      ` · ${formatCount(usage.daily.messageCount)} ${Number(usage.daily.messageCount) === 1 ? 'message' : 'messages'}`),
-    el('span', { className: 'usage-item' }, 'Month ', el('strong', { textContent: formatCents(usage.monthly.totalCostCents) })),
+    el(
+      'span',
+      { className: 'usage-item' },
+      'Today ',
+      amount(usage.daily.totalCostCents),
+      ` · ${formatCount(messages)} ${messages === 1 ? 'message' : 'messages'}`,
+    ),
+    el('span', { className: 'usage-item' }, 'Month ', amount(usage.monthly.totalCostCents)),
   ];
-  for (const { period, limit } of budgetLimits(usage.budget)) {
-    const spent = Number(usage[period].totalCostCents) || 0;
-    const share = limit > 0 ? Math.round((spent / limit) * 100) : 100;
-    const label = `${share}% of the ${period} budget (${formatCents(limit)})`;
+  if (usage.budget && usage.budget.enabled === false) {
+    parts.push(el('span', { className: 'usage-item budget-off', textContent: 'AI is disabled for this organization' }));
+  }
+  for (const { period, limit, used, resetsAt } of budgetMeters(usage)) {
+    const share = limit > 0 ? Math.min(999, Math.round((used / limit) * 100)) : 100;
+    const renews = Number.isNaN(Date.parse(resetsAt)) ? '' : `, renews ${formatWhen(Date.parse(resetsAt))}`;
+    const label = `${share}% of the ${period} budget of ${formatCents(limit)} used${renews}`;
     parts.push(
       el(
         'span',
-        { className: 'usage-item budget' },
-        el('meter', { min: 0, max: limit || 1, value: Math.min(spent, limit || 1), low: limit * 0.75, high: limit * 0.9, optimum: 0, attrs: { 'aria-label': label } }),
-        ` ${share}% of ${formatCents(limit)} ${period}`,
+        { className: 'usage-item budget', title: label },
+        // max before low/high/value: the element clamps each to the range set so far.
+        el('meter', {
+          min: 0,
+          max: limit || 1,
+          low: limit * 0.75,
+          high: limit * 0.9,
+          optimum: 0,
+          value: Math.min(used, limit || 1),
+          attrs: { 'aria-label': label },
+        }),
+        ` ${share}% of ${formatCents(limit)} ${period === 'daily' ? 'today' : 'this month'}`,
       ),
     );
   }
@@ -336,10 +365,12 @@ async function runSearch() {
   if (seq !== state.searchSeq) return; // a newer search was started meanwhile
   state.searching = true;
   const hits = result.data;
-  dom.searchStatus.textContent = hits.length === 0 ? `No chats match “${query}”.` : `${hits.length} chat${hits.length === 1 ? '' : 's'} match “${query}”.`;
-  dom.sessionList.replaceChildren(
-    ...hits.map((hit) => sessionButton(hit.id, sessionTitle(hit), hit.matchedContent || `Title matches · ${relativeTime(hit.createdAt)}`)),
-  );
+  dom.searchStatus.textContent =
+    hits.length === 0
+      ? `No chats match “${query}”.`
+      : `${hits.length} chat${hits.length === 1 ? '' : 's'} match “${query}”.`;
+  const detail = (hit) => hit.matchedContent || `Title matches · ${relativeTime(hit.createdAt)}`;
+  dom.sessionList.replaceChildren(...hits.map((hit) => sessionButton(hit.id, sessionTitle(hit), detail(hit))));
   dom.loadMore.hidden = true;
 }
 
@@ -601,7 +632,11 @@ async function reattach(turn) {
   }
   failTurn(
     turn,
-    new ApiError(0, 'connection_lost', 'The connection broke while the reply was streaming. Reload the page to see the saved reply.'),
+    new ApiError(
+      0,
+      'connection_lost',
+      'The connection broke while the reply was streaming. Reload the page to see the saved reply.',
+    ),
   );
 }
 
@@ -655,7 +690,9 @@ function finishTurn(turn) {
   } else {
     view.setStatus('Stopped', 'info'); // done without message_end or error: the turn was stopped
   }
-  if (!turn.content && !turn.reasoning) view.body.replaceChildren(el('p', { className: 'hint', textContent: 'No reply.' }));
+  if (!turn.content && !turn.reasoning) {
+    view.body.replaceChildren(el('p', { className: 'hint', textContent: 'No reply.' }));
+  }
   endTurn(turn);
   refreshAfterTurn();
 }
@@ -760,9 +797,8 @@ function setBusy(busy) {
   dom.composer.setAttribute('aria-busy', String(busy));
   updateComposer();
   if (busy && focusWasInComposer) dom.stop.focus(); // keep keyboard users next to the action
-  if (!busy && (focusWasOnStop || document.activeElement === document.body) && !dom.input.disabled && !dom.workspace.hidden) {
-    dom.input.focus();
-  }
+  const focusIsLost = focusWasOnStop || document.activeElement === document.body;
+  if (!busy && focusIsLost && !dom.input.disabled && !dom.workspace.hidden) dom.input.focus();
 }
 
 // ---- rename and close ---------------------------------------------------------------------
@@ -846,7 +882,8 @@ function toggleNav() {
 function wire() {
   dom.signInForm.addEventListener('submit', (event) => {
     event.preventDefault();
-    const token = dom.tokenInput.value.trim();
+    // An empty field retries with the token kept from before (after a failed restore).
+    const token = dom.tokenInput.value.trim() || sessionStorage.getItem(TOKEN_KEY);
     if (!token) {
       showSignIn('Paste your API token first.');
       return;
@@ -900,7 +937,8 @@ function wire() {
   });
   dom.input.addEventListener('keydown', (event) => {
     // Enter sends; Shift+Enter (and Enter while an input method composes) inserts a new line.
-    if (event.key === 'Enter' && !event.shiftKey && !event.isComposing && !event.altKey && !event.ctrlKey && !event.metaKey) {
+    const modified = event.shiftKey || event.altKey || event.ctrlKey || event.metaKey;
+    if (event.key === 'Enter' && !modified && !event.isComposing) {
       event.preventDefault();
       dom.composer.requestSubmit();
     }
@@ -918,6 +956,9 @@ function wire() {
   });
   window.addEventListener('pagehide', () => {
     state.unloading = true;
+  });
+  window.addEventListener('pageshow', () => {
+    state.unloading = false; // back from the back/forward cache
   });
 }
 

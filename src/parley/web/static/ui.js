@@ -78,16 +78,26 @@ export function describeError(err, now = Date.now()) {
   const code = err && err.code ? err.code : 'error';
   let message = err && err.message ? err.message : 'Something went wrong.';
   if (err && err.status === 429) {
-    if (typeof err.retryAfter === 'number') {
-      const at = new Date(now + err.retryAfter * 1000).toLocaleTimeString();
-      message += ` Try again in ${err.retryAfter} s (at ${at}).`;
-    } else {
-      message += ' Try again in a moment.';
-    }
+    // Retry-After is relative; say when that is, by the reader's clock.
+    message += typeof err.retryAfter === 'number'
+      ? ` You can send again at ${new Date(now + err.retryAfter * 1000).toLocaleTimeString()}.`
+      : ' Try again in a moment.';
   } else if (err && err.status === 402) {
-    message += ' The organization has reached its spending limit; ask an administrator.';
+    const resetsAt = Date.parse(err.details && err.details.resetsAt);
+    message += Number.isNaN(resetsAt)
+      ? ' The organization has reached its spending limit; ask an administrator.'
+      : ` In your time zone that is ${formatWhen(resetsAt, now)}.`;
   }
   return { code, message };
+}
+
+/** "at 14:05" today, else "on 1 Dec, 00:00", in the reader's locale and time zone. */
+export function formatWhen(at, now = Date.now()) {
+  const date = new Date(at);
+  const sameDay = new Date(now).toDateString() === date.toDateString();
+  return sameDay
+    ? `at ${date.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' })}`
+    : `on ${date.toLocaleString(undefined, { day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit' })}`;
 }
 
 /** A message of the conversation; the assistant's carries reasoning and a status line. */
@@ -98,7 +108,12 @@ export class MessageView {
     this.reasoning = '';
     this.reasoningText = el('div', { className: 'reasoning-text' });
     this.reasoningSummary = el('summary', { textContent: 'Reasoning' });
-    this.reasoningBox = el('details', { className: 'reasoning', hidden: true }, this.reasoningSummary, this.reasoningText);
+    this.reasoningBox = el(
+      'details',
+      { className: 'reasoning', hidden: true },
+      this.reasoningSummary,
+      this.reasoningText,
+    );
     this.body = el('div', { className: role === 'user' ? 'content plain' : 'content markdown' });
     this.meta = el('p', { className: 'meta', hidden: true });
     this.status = el('p', { className: 'status', hidden: true });
