@@ -38,7 +38,8 @@ class Stream:
 
 
 def iter_frames(lines: Iterator[str], counter: list[int] | None = None) -> Iterator[Frame]:
-    event, data, eid = "message", [], None
+    event, eid = "message", None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:
