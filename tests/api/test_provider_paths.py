@@ -12,7 +12,7 @@ from decimal import Decimal
 from tests.conftest import ServerFactory, Tenants, client
 from tests.support.scripted_anthropic import ScriptedAnthropic, message_stream
 from tests.support.scripted_upstream import ScriptedUpstream, token_stream
-from tests.support.sse_client import read_stream
+from tests.support.sse_client import FrameReader, read_stream
 
 
 def test_openai_compatible_path(make_server: ServerFactory, tenants: Tenants) -> None:
@@ -127,3 +127,68 @@ def test_plan_routes_answer_501_on_both_providers(make_server: ServerFactory, te
                     assert r.status_code == 501, (env, route, r.text)
                     assert r.json()["code"] == "NOT_SUPPORTED_ON_PROVIDER"
                     assert env["MCP_LLM_PROVIDER"] in r.json()["error"]
+
+
+def _anthropic_server(make_server: ServerFactory, anthropic: ScriptedAnthropic, **env: str) -> object:
+    return make_server(
+        None,
+        MCP_LLM_PROVIDER="anthropic",
+        ANTHROPIC_API_KEY="sk-ant-test-key-123",
+        ANTHROPIC_BASE_URL=anthropic.base_url,
+        **env,
+    )
+
+
+def test_anthropic_path_streams_thinking_as_reasoning_apart_from_the_answer(
+    make_server: ServerFactory, tenants: Tenants
+) -> None:
+    with ScriptedAnthropic() as anthropic:
+        anthropic.enqueue(message_stream(["The answer."], thinking=["Let me ", "think."], ping_every=1))
+        server = _anthropic_server(make_server, anthropic)
+        with client(server, tenants.a1) as c:
+            sid = c.post("/api/v1/ai/sessions", json={}).json()["id"]
+            with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "why?"}) as r:
+                stream = read_stream(r)
+            assert [f.data["delta"] for f in stream.of("reasoning_delta")] == ["Let me ", "think."]
+            assert stream.text == "The answer."
+            (_, reply) = c.get(f"/api/v1/ai/sessions/{sid}").json()["messages"]
+            assert (reply["content"], reply["reasoning"]) == ("The answer.", "Let me think.")
+            with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "and?"}) as r:
+                read_stream(r)
+        sent_back = anthropic.requests[1].json["messages"][1]["content"]
+        assert [block["type"] for block in sent_back] == ["text"]  # reasoning is never sent back
+
+
+def test_anthropic_overload_mid_stream_is_a_sanitised_error_event(make_server: ServerFactory, tenants: Tenants) -> None:
+    with ScriptedAnthropic() as anthropic:
+        anthropic.enqueue(message_stream(["Partial"], error="overloaded_error"))
+        server = _anthropic_server(make_server, anthropic)
+        with client(server, tenants.a1) as c:
+            sid = c.post("/api/v1/ai/sessions", json={}).json()["id"]
+            with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "hi"}) as r:
+                stream = read_stream(r)
+        assert stream.types[-2:] == ["error", "done"]
+        error = stream.of("error")[0].data
+        assert error["code"] == "upstream_overloaded"
+        assert "scripted" not in error["message"]  # the upstream's text stays in the log
+        assert len(anthropic.requests) == 1  # text had been relayed: no retry
+
+
+def test_anthropic_stop_closes_the_upstream_connection(make_server: ServerFactory, tenants: Tenants) -> None:
+    with ScriptedAnthropic() as anthropic:
+        anthropic.enqueue(message_stream([f"w{i} " for i in range(200)], delay=0.02))
+        server = _anthropic_server(make_server, anthropic)
+        with client(server, tenants.a1) as c:
+            sid = c.post("/api/v1/ai/sessions", json={}).json()["id"]
+            with c.stream("POST", f"/api/v1/ai/sessions/{sid}/messages", json={"content": "long"}) as r:
+                reader = FrameReader(r)
+                reader.take(5)
+                assert c.post(f"/api/v1/ai/sessions/{sid}/interrupt").status_code == 200
+                rest = [f.event for f in reader.rest()]
+            assert rest[-1] == "done"
+            assert "error" not in rest
+            assert "message_end" not in rest
+            assert anthropic.wait_closed(timeout=3)
+            (_, reply) = c.get(f"/api/v1/ai/sessions/{sid}").json()["messages"]
+            assert reply["finishReason"] == "interrupted"
+            assert reply["usageEstimated"] is True
