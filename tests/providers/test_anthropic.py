@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,10 +14,12 @@ import aiohttp
 import pytest
 
 from parley.errors import ProviderError, ProviderErrorKind
+from parley.local.model_server import free_port
 from parley.providers.anthropic import AnthropicProvider
 from parley.providers.base import (
     ChatMessage,
     Finished,
+    Provider,
     ProviderEvent,
     ReasoningDelta,
     ReasoningPart,
@@ -28,23 +29,13 @@ from parley.providers.base import (
     Usage,
 )
 from parley.providers.http import AddressNotAllowedError, StreamFailedError
+from tests.providers import calls
+from tests.providers.calls import HELLO, Sleeps, texts
 from tests.support.scripted_anthropic import ScriptedAnthropic, error_body, message_stream
 from tests.support.scripted_upstream import Refuse, Reply, Stall, Stream, sse_replay
 
 K = ProviderErrorKind
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
-HELLO = [ChatMessage.text("user", "hello")]
-
-
-class Sleeps:
-    """The backoff seam: records requested delays instead of waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -71,33 +62,12 @@ async def provider(server: ScriptedAnthropic, sleeps: Sleeps) -> AsyncIterator[A
     await p.aclose()
 
 
-async def collect(
-    provider: AnthropicProvider, messages: list[ChatMessage] = HELLO, **kwargs: Any
-) -> list[ProviderEvent]:
-    return [event async for event in provider.stream(messages, model="claude-sonnet-4-5", **kwargs)]
+async def collect(provider: Provider, messages: list[ChatMessage] = HELLO, **kwargs: Any) -> list[ProviderEvent]:
+    return await calls.collect(provider, messages, model="claude-sonnet-4-5", **kwargs)
 
 
-async def failing(
-    provider: AnthropicProvider, messages: list[ChatMessage] = HELLO
-) -> tuple[list[ProviderEvent], ProviderError]:
-    events: list[ProviderEvent] = []
-    try:
-        async for event in provider.stream(messages, model="claude-sonnet-4-5"):
-            events.append(event)
-    except ProviderError as exc:
-        return events, exc
-    raise AssertionError(f"the stream did not fail: {events}")
-
-
-def texts(events: list[ProviderEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+async def failing(provider: Provider, messages: list[ChatMessage] = HELLO) -> tuple[list[ProviderEvent], ProviderError]:
+    return await calls.failing(provider, messages, model="claude-sonnet-4-5")
 
 
 def cache_marks(body: dict[str, Any]) -> list[str]:

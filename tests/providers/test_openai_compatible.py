@@ -19,6 +19,7 @@ import pytest
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from parley.errors import ProviderError, ProviderErrorKind
+from parley.local.model_server import free_port
 from parley.providers.base import (
     ChatMessage,
     Finished,
@@ -32,6 +33,8 @@ from parley.providers.base import (
 )
 from parley.providers.http import AddressNotAllowedError, PolicyResolver, StreamFailedError
 from parley.providers.openai_compatible import OpenAICompatibleProvider
+from tests.providers import calls
+from tests.providers.calls import HELLO, Sleeps, texts
 from tests.support.scripted_upstream import (
     Refuse,
     Reply,
@@ -47,18 +50,6 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
 # Bodies of real llama-cpp-python answers (the .http captures hold status line and headers too).
 BAD_REQUEST_BODY = (FIXTURES / "llama-cpp-python-bad-request.http").read_bytes().split(b"\n\n", 1)[1]
 OVERFLOW_BODY = (FIXTURES / "llama-cpp-python-nonstream-context-overflow.http").read_bytes().split(b"\r\n\r\n", 1)[1]
-HELLO = [ChatMessage.text("user", "hello")]
-
-
-class Sleeps:
-    """The backoff seam: records requested delays instead of waiting."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
-        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -81,33 +72,12 @@ async def provider(upstream: ScriptedUpstream, sleeps: Sleeps) -> AsyncIterator[
     await p.aclose()
 
 
-async def collect(
-    provider: OpenAICompatibleProvider, messages: list[ChatMessage] = HELLO, **kwargs: Any
-) -> list[ProviderEvent]:
-    return [event async for event in provider.stream(messages, model="m", **kwargs)]
+async def collect(provider: Provider, messages: list[ChatMessage] = HELLO, **kwargs: Any) -> list[ProviderEvent]:
+    return await calls.collect(provider, messages, model="m", **kwargs)
 
 
-async def failing(
-    provider: OpenAICompatibleProvider, messages: list[ChatMessage] = HELLO
-) -> tuple[list[ProviderEvent], ProviderError]:
-    events: list[ProviderEvent] = []
-    try:
-        async for event in provider.stream(messages, model="m"):
-            events.append(event)
-    except ProviderError as exc:
-        return events, exc
-    raise AssertionError(f"the stream did not fail: {events}")
-
-
-def texts(events: list[ProviderEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+async def failing(provider: Provider, messages: list[ChatMessage] = HELLO) -> tuple[list[ProviderEvent], ProviderError]:
+    return await calls.failing(provider, messages, model="m")
 
 
 # --- happy path and request shape ------------------------------------------------------------------

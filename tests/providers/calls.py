@@ -1,0 +1,45 @@
+"""What the provider tests share: the backoff seam, stream helpers, a free port."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from parley.errors import ProviderError
+from parley.providers.base import ChatMessage, Provider, ProviderEvent, TextDelta
+
+HELLO = [ChatMessage.text("user", "hello")]
+
+
+class Sleeps:
+    """The backoff seam: records requested delays instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        await asyncio.sleep(0)
+
+
+async def collect(
+    provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str, **kwargs: Any
+) -> list[ProviderEvent]:
+    return [event async for event in provider.stream(messages, model=model, **kwargs)]
+
+
+async def failing(
+    provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str
+) -> tuple[list[ProviderEvent], ProviderError]:
+    """The events before the stream failed, and the error; fails the test if it did not fail."""
+    events: list[ProviderEvent] = []
+    try:
+        async for event in provider.stream(messages, model=model):
+            events.append(event)
+    except ProviderError as exc:
+        return events, exc
+    raise AssertionError(f"the stream did not fail: {events}")
+
+
+def texts(events: list[ProviderEvent]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
