@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
+import sys
 import threading
 import time
 import urllib.request
@@ -133,6 +135,17 @@ class Watchdog(threading.Thread):
                 delay = WATCHDOG_INTERVAL
 
 
+def _parley_command() -> str:
+    """How to run `parley` from here: on PATH, or the script beside this interpreter (.venv/bin)."""
+    beside = Path(sys.executable).parent / "parley"
+    if shutil.which("parley") == str(beside) or not beside.exists():
+        return "parley"
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)
+
+
 def _banner(url: str, token: str, fresh: bool, data_dir: Path) -> str:
     state = "new token issued" if fresh else "token reused"
     return f"""
@@ -140,8 +153,10 @@ parley demo is running at {url}  (Ctrl-C to stop)
   data:   {data_dir}
   token:  {token}   ({state}; kept in {data_dir / "demo" / "token"})
 
+Chat in a browser: open {url} and paste the token.
+
 Chat in a terminal:
-  parley chat --url {url} --token {token}
+  {_parley_command()} chat --url {url} --token {token}
 
 Or with curl:
   curl -s -X POST {url}/api/v1/ai/sessions -H "Authorization: Bearer {token}" \\
