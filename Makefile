@@ -7,12 +7,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: help install demo run test test-fast test-web lint format typecheck system-deps local-model check clean
+.PHONY: help install demo run test test-fast test-web lint format typecheck system-deps local-model check clean bench bench-peers
 
 help:
 	@echo "make demo        parley with a small local model (offline, no keys): chat at http://127.0.0.1:8000"
 	@echo "make test        the whole test suite (unit, API, end-to-end with a real model server)"
 	@echo "make run         parley serve (configure with MCP_LLM_* variables, see README)"
+	@echo "make bench       parley against a direct stream, a bare relay and LiteLLM (make bench-peers): one table"
 	@echo "make lint | typecheck | format | install"
 
 $(STAMP): pyproject.toml
@@ -46,13 +47,19 @@ test-web: install system-deps
 	$(BIN)/python -m pytest tests/web $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-peers:
+	PYTHON=$(PYTHON) bash bench/install-peers.sh
 
 typecheck: install
 	$(BIN)/mypy src

@@ -7,6 +7,7 @@ graceful timeout and then be cut without `error` or `done`.
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
 
@@ -34,6 +35,19 @@ class ParleyServer(uvicorn.Server):
         await super().shutdown(sockets=sockets)
 
 
+def tune_gc() -> None:
+    """Keep the cyclic GC off the hot path.
+
+    Everything allocated while starting (modules, SQLAlchemy and FastAPI metadata: ~100,000
+    objects) is frozen out of the collector, so a full collection no longer walks it; and
+    collections start after 10,000 new container objects instead of 700. Reference counting still
+    frees non-cyclic garbage at once; only cycles wait a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
 def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; running turns are stopped and persisted on the way out."""
     configure_logging(log_level.upper())
@@ -44,6 +58,7 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
         loop = "asyncio"
     app = create_app(settings)
+    tune_gc()
     config = uvicorn.Config(
         app,
         host=host,

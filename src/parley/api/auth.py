@@ -3,10 +3,18 @@
 A token is looked up by its SHA-256 digest; revoked or expired tokens and tokens of unknown users
 are refused with 401. The principal carries scope, the organizations it may see, the user and
 whether it may write; routes check `require_write` (403).
+
+Accepted tokens are cached in-process for `AUTH_CACHE_TTL` seconds (by digest, never the raw
+token), so a client streaming turns does not pay a database transaction per request. The price:
+revoking a token (or changing its user or partner's organizations) takes effect within the TTL in
+a running server, not at once; a token's own expiry is honoured exactly. Refusals are not cached.
 """
 
 from __future__ import annotations
 
+import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -52,10 +60,74 @@ def bearer_token(authorization: str | None) -> str:
     return value
 
 
-async def authenticate(db: Database, authorization: str | None) -> Principal:
+AUTH_CACHE_TTL = 5.0  # seconds a revoked token may still be accepted by a running server
+AUTH_CACHE_MAX = 10_000  # entries; the oldest go first
+
+
+class PrincipalCache:
+    """Token digest -> principal, each entry valid until its deadline on the monotonic clock."""
+
+    __slots__ = ("_clock", "_entries", "max_entries", "ttl")
+
+    def __init__(
+        self,
+        ttl: float = AUTH_CACHE_TTL,
+        max_entries: int = AUTH_CACHE_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if self._clock() >= entry[1]:
+            del self._entries[digest]
+            return None
+        return entry[0]
+
+    def put(self, digest: str, principal: Principal, token_expires_at: datetime | None) -> None:
+        if self.ttl <= 0:
+            return
+        ttl = self.ttl
+        if token_expires_at is not None:
+            ttl = min(ttl, (token_expires_at - datetime.now(UTC)).total_seconds())
+        if ttl <= 0:
+            return
+        entries = self._entries
+        entries.pop(digest, None)
+        while len(entries) >= self.max_entries:
+            del entries[next(iter(entries))]
+        entries[digest] = (principal, self._clock() + ttl)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+_caches: weakref.WeakKeyDictionary[Database, PrincipalCache] = weakref.WeakKeyDictionary()
+
+
+def principal_cache(db: Database) -> PrincipalCache:
+    """The cache of principals authenticated against `db` (one per Database, so per app)."""
+    cache = _caches.get(db)
+    if cache is None:
+        cache = _caches[db] = PrincipalCache()
+    return cache
+
+
+async def authenticate(db: Database, authorization: str | None, *, cache: PrincipalCache | None = None) -> Principal:
     raw = bearer_token(authorization)
+    digest = hash_token(raw)
+    if cache is None:
+        cache = principal_cache(db)
+    cached = cache.get(digest)
+    if cached is not None:
+        return cached
     async with db.transaction(Tenant.system(), readonly=True) as s:
-        found = await repo.find_token(s, hash_token(raw))
+        found = await repo.find_token(s, digest)
         if found is None:
             raise AuthenticationError("Invalid token.")
         token, user = found
@@ -70,7 +142,7 @@ async def authenticate(db: Database, authorization: str | None) -> Principal:
         else:
             org_ids = frozenset()
     scope: Scope = token.scope  # type: ignore[assignment]
-    return Principal(
+    principal = Principal(
         token_id=token.id,
         user_id=user.id,
         scope=scope,
@@ -78,3 +150,5 @@ async def authenticate(db: Database, authorization: str | None) -> Principal:
         home_org_id=token.org_id,
         can_write=token.can_write,
     )
+    cache.put(digest, principal, token.expires_at)
+    return principal

@@ -2,52 +2,70 @@
 
 Each event is encoded once, at publish, and the same bytes go to every subscriber. A channel keeps
 the frames of its current (or last) turn so `GET .../events` with `Last-Event-ID` can resume.
-Subscriber queues are unbounded but short-lived: a turn is bounded by max_tokens, and a
-subscriber that disconnects is removed. The bus does not know event types: the publisher passes a
-function that encodes the frame for the id the channel assigns. Imports only the standard library.
+Subscriber queues are unbounded but short-lived: a turn is bounded by max_tokens, a writer
+drains its whole queue on every wake-up, and a subscriber that disconnects is removed. The bus
+does not know event types: the publisher passes a function that encodes the frame for the id the
+channel assigns. Imports only the standard library.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 END = b""  # sentinel: this subscriber's stream ends (after `done`, or without it when closed)
 
 
-@dataclass(slots=True)
-class _Entry:
-    turn: int
-    seq: int
-    frame: bytes
-
-
-@dataclass(eq=False, slots=True)
 class Subscription:
-    """A queue of encoded frames; `END` ends the stream."""
+    """Frames queued for one stream, read by one writer; `END` ends the stream.
 
-    queue: asyncio.Queue[bytes] = field(default_factory=asyncio.Queue)
+    A list and at most one waiting future: publishing a token is an append (and a wake-up when the
+    writer sleeps), with no per-frame queue machinery.
+    """
+
+    __slots__ = ("_frames", "_waiter")
+
+    def __init__(self) -> None:
+        self._frames: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, frame: bytes) -> None:
+        self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def drain(self) -> list[bytes]:
         """Everything queued right now, without waiting (lets the writer coalesce frames)."""
-        frames: list[bytes] = []
-        q = self.queue
-        while not q.empty():
-            frames.append(q.get_nowait())
+        frames = self._frames
+        self._frames = []
         return frames
+
+    async def wait(self) -> None:
+        """Return once something is queued (at once if something already is)."""
+        if self._frames:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        await waiter
 
 
 class SessionChannel:
-    """Event stream of one session."""
+    """Event stream of one session.
 
-    __slots__ = ("_entries", "_seq", "_subscribers", "closed", "session_id", "turn", "turn_open")
+    The replay buffer holds the frames of the current (or last) turn only, so frame `i` has the
+    id `<turn>.<i + 1>`.
+    """
+
+    __slots__ = ("_frames", "_subscribers", "closed", "session_id", "turn", "turn_open")
 
     def __init__(self, session_id: str, turn: int = 0) -> None:
         self.session_id = session_id
         self.turn = turn
-        self._seq = 0
-        self._entries: list[_Entry] = []
+        self._frames: list[bytes] = []
         self._subscribers: set[Subscription] = set()
         self.closed = False
         self.turn_open = False
@@ -55,22 +73,21 @@ class SessionChannel:
     def begin_turn(self) -> int:
         """Start numbering a new turn; the previous turn's frames are dropped."""
         self.turn += 1
-        self._seq = 0
-        self._entries = []
+        self._frames = []
         self.turn_open = True
         return self.turn
 
     def publish(self, encode: Callable[[str], bytes], *, final: bool = False) -> None:
         """Assign the next id and fan out `encode(id)`; `final` ends the turn's streams after it."""
-        self._seq += 1
-        frame = encode(f"{self.turn}.{self._seq}")
-        self._entries.append(_Entry(self.turn, self._seq, frame))
+        frames = self._frames
+        frame = encode(f"{self.turn}.{len(frames) + 1}")
+        frames.append(frame)
         for sub in self._subscribers:
-            sub.queue.put_nowait(frame)
+            sub.put(frame)
         if final:
             self.turn_open = False
             for sub in self._subscribers:
-                sub.queue.put_nowait(END)
+                sub.put(END)
             self._subscribers.clear()
 
     def subscribe(self, *, replay_after: tuple[int, int] | None = None, replay_all: bool = False) -> Subscription:
@@ -80,20 +97,24 @@ class SessionChannel:
         replays the whole buffered turn.
         """
         sub = Subscription()
-        for entry in self._entries:
-            if replay_all or (replay_after is not None and (entry.turn, entry.seq) > replay_after):
-                sub.queue.put_nowait(entry.frame)
+        if replay_all:
+            sub._frames.extend(self._frames)
+        elif replay_after is not None:
+            turn, seq = replay_after
+            if turn < self.turn:
+                sub._frames.extend(self._frames)
+            elif turn == self.turn:
+                sub._frames.extend(self._frames[max(seq, 0) :])
         if self.closed or not self.turn_open:
-            sub.queue.put_nowait(END)
+            sub.put(END)
         else:
             self._subscribers.add(sub)
         return sub
 
     def has_frames_after(self, after: tuple[int, int] | None) -> bool:
-        if not self._entries:
+        if not self._frames:
             return False
-        last = self._entries[-1]
-        return after is None or (last.turn, last.seq) > after
+        return after is None or (self.turn, len(self._frames)) > after
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subscribers.discard(sub)
@@ -102,7 +123,7 @@ class SessionChannel:
         """End every subscriber's stream (no `done`): the session was closed or dropped."""
         self.closed = True
         for sub in self._subscribers:
-            sub.queue.put_nowait(END)
+            sub.put(END)
         self._subscribers.clear()
 
     @property

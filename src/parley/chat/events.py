@@ -109,8 +109,22 @@ def payload(event: StreamEvent) -> dict[str, object]:
             assert_never(event)
 
 
+_DELTA_HEADS = {
+    ContentDelta: b'\nevent: content_delta\ndata: {"type":"content_delta","delta":',
+    ReasoningDelta: b'\nevent: reasoning_delta\ndata: {"type":"reasoning_delta","delta":',
+}
+
+
 def encode_frame(event: StreamEvent, event_id: str) -> bytes:
-    """One SSE frame. Payload JSON never contains a raw newline, so one `data:` line suffices."""
+    """One SSE frame. Payload JSON never contains a raw newline, so one `data:` line suffices.
+
+    Deltas (one per token) skip the payload dict: the same bytes orjson would make of it, from
+    the encoded delta string alone.
+    """
+    head = _DELTA_HEADS.get(type(event))
+    if head is not None:
+        delta: str = event.delta  # type: ignore[union-attr]
+        return b"".join((b"id: ", event_id.encode(), head, orjson.dumps(delta), b"}\n\n"))
     return b"".join(
         (
             b"id: ",

@@ -159,9 +159,11 @@ class StreamTranslator(Protocol):
 async def read_event_batches(
     content: aiohttp.StreamReader, translator: StreamTranslator
 ) -> AsyncIterator[Sequence[ProviderEvent]]:
-    """Provider events, one batch per SSE event, until the translator is done or the body ends.
+    """Provider events, one batch per network read, until the translator is done or the body ends.
 
-    Batches keep the per-token cost to one generator hop per upstream event.
+    Batching by read keeps the per-token cost to the consumer's own loop: however many upstream
+    events one read completes, they cost one generator hop here. Events that precede an in-stream
+    error in the same read are still yielded before the error is raised.
     """
     decoder = SSEDecoder()
     feed = translator.feed
@@ -171,10 +173,23 @@ async def read_event_batches(
         except NETWORK_ERRORS as exc:
             raise transport_error(exc, started=True, partial_usage=translator.partial_usage()) from exc
         events = decoder.feed(chunk) if chunk else decoder.finish()
-        for sse in events:
-            batch = feed(sse)
+        if len(events) == 1:
+            batch = feed(events[0])
             if batch:
                 yield batch
+        elif events:
+            collected: list[ProviderEvent] = []
+            failure: ProviderError | None = None
+            for sse in events:
+                try:
+                    collected += feed(sse)
+                except ProviderError as exc:
+                    failure = exc
+                    break
+            if collected:
+                yield collected
+            if failure is not None:
+                raise failure
         if not chunk:
             return
 

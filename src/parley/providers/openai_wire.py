@@ -188,6 +188,14 @@ class OpenAIStreamTranslator:
         self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), cached)
 
     def _delta(self, delta: dict[str, Any]) -> Sequence[ProviderEvent]:
+        if len(delta) == 1 and self._think.passthrough:
+            # The common token chunk, `{"content": "..."}`: nothing else to look for.
+            content = delta.get("content")
+            if type(content) is str:
+                if not content:
+                    return _NO_EVENTS
+                self._chunks_with_text += 1
+                return (TextDelta(text=content),)
         if delta.get("tool_calls") or delta.get("function_call"):
             raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
