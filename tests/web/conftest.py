@@ -232,7 +232,7 @@ class ChatPage:
         self.composer.fill(text)
         self.composer.press("Enter")
 
-    def wait_for_turn_end(self, timeout: float = 15_000) -> None:
+    def wait_for_turn_end(self, timeout: float = 30_000) -> None:
         self.page.wait_for_function(
             "() => document.querySelector('#composer').getAttribute('aria-busy') === 'false'"
             " && !document.querySelector('article.message.assistant.streaming')",
@@ -273,7 +273,7 @@ def open_page(browser: Browser) -> Iterator[Callable[..., ChatPage]]:
 
     def factory(server: LiveServer, *, viewport: ViewportSize | None = None, base_url: str | None = None) -> ChatPage:
         context = browser.new_context(viewport=viewport or DESKTOP, color_scheme="light")
-        context.set_default_timeout(10_000)
+        context.set_default_timeout(20_000)  # generous: CI machines are shared and slow
         problems = PageProblems()
         contexts.append((context, problems))
         page = context.new_page()

@@ -46,7 +46,7 @@ class Services:
     provider_name: str
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:  # async: a sync dependency runs in a thread
     svc: Services = request.app.state.services
     return svc
 

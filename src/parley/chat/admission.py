@@ -128,7 +128,7 @@ async def admit(
 
     user_turns = await repo.count_user_messages(s, row.id) + 1 if count_turns else None
     position = row.message_count + 1
-    repo.add_message(
+    await repo.insert_message(
         s,
         session_id=row.id,
         position=position,

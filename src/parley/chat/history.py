@@ -21,14 +21,16 @@ HistoryRow = tuple[str, str | None, Any]  # (role, content, content_parts)
 
 def build_history(session_id: str, rows: Iterable[HistoryRow]) -> list[ChatMessage]:
     messages: list[ChatMessage] = []
-    for role, content, parts in rows:
-        if role in _TOOL_ROLES or _has_tool_parts(parts):
+    append = messages.append
+    for role, content, parts in rows:  # runs once per stored message: kept tight
+        if role == "user" or role == "assistant":
+            if parts is not None and _has_tool_parts(parts):
+                raise ToolUseInHistoryError(session_id)
+            if content:
+                append(ChatMessage(role=role, parts=(TextPart(text=content),)))  # type: ignore[arg-type]
+        elif role in _TOOL_ROLES or _has_tool_parts(parts):
             raise ToolUseInHistoryError(session_id)
-        if role not in ("user", "assistant"):
-            continue  # system rows: the system prompt is rebuilt for every turn
-        if not content:
-            continue
-        messages.append(ChatMessage(role=role, parts=(TextPart(text=content),)))  # type: ignore[arg-type]
+        # other rows (system): the system prompt is rebuilt for every turn
     return messages
 
 

@@ -261,7 +261,7 @@ class SessionManager:
             )
             stored = bool(record.text or record.reasoning)
             if stored:
-                repo.add_message(
+                await repo.insert_message(
                     s,
                     id=record.message_id,
                     session_id=session_id,

@@ -43,6 +43,10 @@ class Database:
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
+            if db_path and db_path != ":memory:":
+                from parley.store.sqlite_inline import inline_creator
+
+                kwargs["async_creator"] = inline_creator(db_path, timeout=30)
         else:
             # pre_ping: a connection broken by a database restart is replaced, not handed out.
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)

@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, delete, func, or_, select, update
+from sqlalchemy import Select, Text, bindparam, case, cast, delete, func, insert, or_, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,13 +45,26 @@ def _scoped(stmt: Select[Any], tenant: Tenant, org_column: Any) -> Select[Any]:
 # --- sessions ------------------------------------------------------------------------------------
 
 
+@cache
+def _get_session_statement(scoped: bool, owned: bool) -> Any:
+    stmt = select(AiSession).where(AiSession.id == bindparam("p_session_id"))
+    if scoped:
+        stmt = stmt.where(AiSession.org_id.in_(bindparam("p_org_ids", expanding=True)))
+    if owned:
+        stmt = stmt.where(AiSession.user_id == bindparam("p_owner_id"))
+    return stmt
+
+
 async def get_session(
     s: AsyncSession, tenant: Tenant, session_id: str, *, owner_id: str | None = None
 ) -> AiSession | None:
-    stmt = _scoped(select(AiSession).where(AiSession.id == session_id), tenant, AiSession.org_id)
+    stmt = _get_session_statement(not tenant.sees_all, owner_id is not None)
+    params: dict[str, Any] = {"p_session_id": session_id}
+    if not tenant.sees_all:
+        params["p_org_ids"] = sorted(tenant.org_ids)
     if owner_id is not None:
-        stmt = stmt.where(AiSession.user_id == owner_id)
-    row: AiSession | None = (await s.execute(stmt)).scalar_one_or_none()
+        params["p_owner_id"] = owner_id
+    row: AiSession | None = (await s.execute(stmt, params)).scalar_one_or_none()
     return row
 
 
@@ -117,15 +131,21 @@ async def search_sessions(
     return [(row, results[row.id]) for row in rows]
 
 
-async def acquire_lease(s: AsyncSession, session_id: str, *, token: str, now: datetime, expires_at: datetime) -> bool:
-    """Take the turn lease if free or expired; atomic across processes (one conditional UPDATE)."""
-    result = await s.execute(
+@cache
+def _acquire_lease_statement() -> Any:
+    return (
         update(AiSession)
-        .where(AiSession.id == session_id)
-        .where(or_(AiSession.lease_token.is_(None), AiSession.lease_expires_at < now))
-        .values(lease_token=token, lease_expires_at=expires_at)
+        .where(AiSession.id == bindparam("p_session_id"))
+        .where(or_(AiSession.lease_token.is_(None), AiSession.lease_expires_at < bindparam("p_now")))
+        .values(lease_token=bindparam("p_token"), lease_expires_at=bindparam("p_expires_at"))
         .execution_options(synchronize_session=False)
     )
+
+
+async def acquire_lease(s: AsyncSession, session_id: str, *, token: str, now: datetime, expires_at: datetime) -> bool:
+    """Take the turn lease if free or expired; atomic across processes (one conditional UPDATE)."""
+    params = {"p_session_id": session_id, "p_now": now, "p_token": token, "p_expires_at": expires_at}
+    result = await s.execute(_acquire_lease_statement(), params)
     return _rowcount(result) == 1
 
 
@@ -140,12 +160,7 @@ async def renew_lease(s: AsyncSession, session_id: str, *, token: str, expires_a
 
 
 async def release_lease(s: AsyncSession, session_id: str, *, token: str) -> None:
-    await s.execute(
-        update(AiSession)
-        .where(AiSession.id == session_id, AiSession.lease_token == token)
-        .values(lease_token=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    await s.execute(_release_lease_statement(), {"p_session_id": session_id, "p_token": token})
 
 
 async def set_status(
@@ -167,6 +182,37 @@ class TurnTotals:
     cost_cents: Decimal
 
 
+@cache
+def _record_turn_statement() -> Any:
+    """Built once: constructing this UPDATE cost more CPU than running it (bound per call)."""
+    return (
+        update(AiSession)
+        .where(AiSession.id == bindparam("p_session_id"))
+        .values(
+            total_input_tokens=AiSession.total_input_tokens + bindparam("p_input_tokens"),
+            total_output_tokens=AiSession.total_output_tokens + bindparam("p_output_tokens"),
+            total_cache_read_tokens=AiSession.total_cache_read_tokens + bindparam("p_cache_read_tokens"),
+            total_cache_write_tokens=AiSession.total_cache_write_tokens + bindparam("p_cache_write_tokens"),
+            total_cost_cents=AiSession.total_cost_cents + bindparam("p_cost_cents"),
+            turn_count=AiSession.turn_count + bindparam("p_turns"),
+            message_count=AiSession.message_count + bindparam("p_messages"),
+            last_activity_at=bindparam("p_now"),
+            updated_at=bindparam("p_now"),
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+@cache
+def _release_lease_statement() -> Any:
+    return (
+        update(AiSession)
+        .where(AiSession.id == bindparam("p_session_id"), AiSession.lease_token == bindparam("p_token"))
+        .values(lease_token=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def record_turn(
     s: AsyncSession,
     session_id: str,
@@ -177,24 +223,36 @@ async def record_turn(
     lease_token: str,
     messages_added: int = 0,
 ) -> None:
-    """Add a turn's usage to its session, count the turn, and release the lease, in one UPDATE."""
+    """Add a turn's usage to its session, count the turn, and release the lease."""
     await s.execute(
+        _record_turn_statement(),
+        {
+            "p_session_id": session_id,
+            "p_input_tokens": totals.input_tokens,
+            "p_output_tokens": totals.output_tokens,
+            "p_cache_read_tokens": totals.cache_read_tokens,
+            "p_cache_write_tokens": totals.cache_write_tokens,
+            "p_cost_cents": totals.cost_cents,
+            "p_turns": 1 if count_turn else 0,
+            "p_messages": messages_added,
+            "p_now": now,
+        },
+    )
+    await release_lease(s, session_id, token=lease_token)
+
+
+@cache
+def _touch_statement() -> Any:
+    return (
         update(AiSession)
-        .where(AiSession.id == session_id)
+        .where(AiSession.id == bindparam("p_session_id"))
         .values(
-            total_input_tokens=AiSession.total_input_tokens + totals.input_tokens,
-            total_output_tokens=AiSession.total_output_tokens + totals.output_tokens,
-            total_cache_read_tokens=AiSession.total_cache_read_tokens + totals.cache_read_tokens,
-            total_cache_write_tokens=AiSession.total_cache_write_tokens + totals.cache_write_tokens,
-            total_cost_cents=AiSession.total_cost_cents + totals.cost_cents,
-            turn_count=AiSession.turn_count + (1 if count_turn else 0),
-            message_count=AiSession.message_count + messages_added,
-            last_activity_at=now,
-            updated_at=now,
+            last_activity_at=bindparam("p_now"),
+            updated_at=bindparam("p_now"),
+            message_count=AiSession.message_count + bindparam("p_messages"),
         )
         .execution_options(synchronize_session=False)
     )
-    await release_lease(s, session_id, token=lease_token)
 
 
 async def touch_session(
@@ -206,6 +264,10 @@ async def touch_session(
     context: dict[str, Any] | None = None,
     messages_added: int = 0,
 ) -> None:
+    if title is None and context is None:  # the common shape: built once
+        params = {"p_session_id": session_id, "p_now": now, "p_messages": messages_added}
+        await s.execute(_touch_statement(), params)
+        return
     values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
     if messages_added:
         values["message_count"] = AiSession.message_count + messages_added
@@ -237,6 +299,18 @@ async def expire_stale_sessions(s: AsyncSession, *, now: datetime, idle_ttl: tim
 # --- messages ------------------------------------------------------------------------------------
 
 
+async def insert_message(s: AsyncSession, **fields: Any) -> None:
+    """Insert a message row now (Core INSERT: no unit-of-work flush for a row nobody reads back)."""
+    fields.setdefault("id", new_id())
+    fields.setdefault("usage_estimated", False)
+    await s.execute(_insert_message_statement(), fields)
+
+
+@cache
+def _insert_message_statement() -> Any:
+    return insert(AiMessage)
+
+
 def add_message(s: AsyncSession, **fields: Any) -> AiMessage:
     """Stage a message row (id generated unless given); written when the unit of work commits."""
     fields.setdefault("id", new_id())
@@ -262,14 +336,26 @@ async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]
     return list(rows.scalars())
 
 
-async def history_rows(s: AsyncSession, session_id: str) -> list[tuple[str, str | None, Any]]:
-    """(role, content, content_parts) of a session in order: only the columns history needs."""
-    rows = await s.execute(
-        select(AiMessage.role, AiMessage.content, AiMessage.content_parts)
-        .where(AiMessage.session_id == session_id)
+@cache
+def _history_statement(dialect: str) -> Any:
+    # History needs a row's parts only to refuse tool parts: decode them only where the stored
+    # JSON can hold one (a substring test in SQL, exact check in Python on the few that match).
+    find = func.strpos if dialect == "postgresql" else func.instr
+    maybe_tool = case((find(cast(AiMessage.content_parts, Text), '"tool_') > 0, AiMessage.content_parts))
+    return (
+        select(AiMessage.role, AiMessage.content, type_coerce(maybe_tool, AiMessage.content_parts.type))
+        .where(AiMessage.session_id == bindparam("p_session_id"))
         .order_by(AiMessage.position, AiMessage.created_at, AiMessage.id)
     )
-    return [(r[0], r[1], r[2]) for r in rows]
+
+
+async def history_rows(s: AsyncSession, session_id: str) -> list[tuple[str, str | None, Any]]:
+    """(role, content, content_parts) of a session in order: only the columns history needs.
+
+    `content_parts` is None unless the stored parts may hold a tool part (see _history_statement).
+    """
+    rows = await s.execute(_history_statement(s.get_bind().dialect.name), {"p_session_id": session_id})
+    return rows.all()  # type: ignore[return-value]  # Rows unpack like tuples
 
 
 # --- cost usage ----------------------------------------------------------------------------------
@@ -280,39 +366,60 @@ def period_keys(now: datetime) -> tuple[str, str]:
     return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
 
 
+@cache
+def _cost_usage_upsert(dialect: str) -> Any:
+    """Built once per dialect (bound per call): building it, `excluded` above all, was most of
+    the CPU a turn spent persisting."""
+    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert_fn(AiCostUsage).values(
+        id=bindparam("id"),
+        org_id=bindparam("org_id"),
+        period=bindparam("period"),
+        period_key=bindparam("period_key"),
+        input_tokens=bindparam("input_tokens"),
+        output_tokens=bindparam("output_tokens"),
+        cache_read_tokens=bindparam("cache_read_tokens"),
+        cache_write_tokens=bindparam("cache_write_tokens"),
+        total_cost_cents=bindparam("total_cost_cents"),
+        session_count=0,
+        message_count=bindparam("message_count"),
+        updated_at=bindparam("updated_at"),
+    )
+    excluded = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=["org_id", "period", "period_key"],
+        set_={
+            "input_tokens": AiCostUsage.input_tokens + excluded.input_tokens,
+            "output_tokens": AiCostUsage.output_tokens + excluded.output_tokens,
+            "cache_read_tokens": AiCostUsage.cache_read_tokens + excluded.cache_read_tokens,
+            "cache_write_tokens": AiCostUsage.cache_write_tokens + excluded.cache_write_tokens,
+            "total_cost_cents": AiCostUsage.total_cost_cents + excluded.total_cost_cents,
+            "message_count": AiCostUsage.message_count + excluded.message_count,
+            "updated_at": excluded.updated_at,
+        },
+    )
+
+
 async def add_cost_usage(s: AsyncSession, org_id: str, *, totals: TurnTotals, now: datetime, messages: int = 1) -> None:
     """Add to the organization's daily and monthly rows (upsert, so concurrent turns add up)."""
     daily, monthly = period_keys(now)
-    insert_fn = postgresql.insert if s.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = _cost_usage_upsert(s.get_bind().dialect.name)
     for period, key in (("daily", daily), ("monthly", monthly)):
-        stmt = insert_fn(AiCostUsage).values(
-            id=new_id(),
-            org_id=org_id,
-            period=period,
-            period_key=key,
-            input_tokens=totals.input_tokens,
-            output_tokens=totals.output_tokens,
-            cache_read_tokens=totals.cache_read_tokens,
-            cache_write_tokens=totals.cache_write_tokens,
-            total_cost_cents=totals.cost_cents,
-            session_count=0,
-            message_count=messages,
-            updated_at=now,
-        )
-        excluded = stmt.excluded
         await s.execute(
-            stmt.on_conflict_do_update(
-                index_elements=["org_id", "period", "period_key"],
-                set_={
-                    "input_tokens": AiCostUsage.input_tokens + excluded.input_tokens,
-                    "output_tokens": AiCostUsage.output_tokens + excluded.output_tokens,
-                    "cache_read_tokens": AiCostUsage.cache_read_tokens + excluded.cache_read_tokens,
-                    "cache_write_tokens": AiCostUsage.cache_write_tokens + excluded.cache_write_tokens,
-                    "total_cost_cents": AiCostUsage.total_cost_cents + excluded.total_cost_cents,
-                    "message_count": AiCostUsage.message_count + excluded.message_count,
-                    "updated_at": excluded.updated_at,
-                },
-            )
+            stmt,
+            {
+                "id": new_id(),
+                "org_id": org_id,
+                "period": period,
+                "period_key": key,
+                "input_tokens": totals.input_tokens,
+                "output_tokens": totals.output_tokens,
+                "cache_read_tokens": totals.cache_read_tokens,
+                "cache_write_tokens": totals.cache_write_tokens,
+                "total_cost_cents": totals.cost_cents,
+                "message_count": messages,
+                "updated_at": now,
+            },
         )
 
 
@@ -363,11 +470,15 @@ def _rowcount(result: Any) -> int:
 async def get_budget(s: AsyncSession, org_id: str, *, lock: bool = False) -> AiBudget | None:
     """The organization's budget row; `lock` serializes admissions of one organization (PostgreSQL
     row lock; SQLite writers are serialized by BEGIN IMMEDIATE already)."""
-    stmt = select(AiBudget).where(AiBudget.org_id == org_id)
-    if lock and s.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    row: AiBudget | None = (await s.execute(stmt)).scalar_one_or_none()
+    stmt = _get_budget_statement(lock and s.get_bind().dialect.name == "postgresql")
+    row: AiBudget | None = (await s.execute(stmt, {"p_org_id": org_id})).scalar_one_or_none()
     return row
+
+
+@cache
+def _get_budget_statement(for_update: bool) -> Any:
+    stmt = select(AiBudget).where(AiBudget.org_id == bindparam("p_org_id"))
+    return stmt.with_for_update() if for_update else stmt
 
 
 async def upsert_budget(s: AsyncSession, org_id: str, values: dict[str, Any], *, now: datetime) -> AiBudget:
