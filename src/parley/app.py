@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import __version__
+from parley.api.auth import PrincipalCache
 from parley.api.errors import envelope, install_error_handlers
 from parley.api.routes import Services, router
 from parley.billing.cost import Prices
@@ -150,6 +151,7 @@ def create_app(
             sessions=manager,
             catalog=catalog,
             budgets=BudgetService(db, catalog, clock=now),
+            auth_cache=PrincipalCache(ttl=settings.auth_cache_seconds),
             heartbeat=settings.heartbeat_seconds,
             page_context_max_bytes=settings.page_context_max_bytes,
             provider_name=settings.llm_provider,

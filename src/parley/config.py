@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     database_admin_url: str | None = Field(None, validation_alias="DATABASE_ADMIN_URL")
     data_dir: Path = Field(default_factory=default_data_dir, validation_alias="PARLEY_DATA_DIR")
     db_pool_size: int = Field(20, ge=1, le=1000, validation_alias="PARLEY_DB_POOL_SIZE")
+    # A revoked token may still be accepted this long by a running server (0: look up every time).
+    auth_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias="PARLEY_AUTH_CACHE_SECONDS")
     db_pool_timeout_seconds: float = Field(5.0, gt=0, validation_alias="PARLEY_DB_POOL_TIMEOUT_SECONDS")
     turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
     idle_chunk_timeout_seconds: float = Field(120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS")

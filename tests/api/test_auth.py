@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from parley.store import admin
+from parley.store.db import Database
 from tests.api.conftest import API, Shared, assert_error, create_session, detail
+from tests.conftest import ServerFactory, Tenants, client
+from tests.support.scripted_provider import ScriptedProvider
 from tests.support.sse_client import read_stream
 
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -184,3 +189,27 @@ def test_usage_of_a_foreign_org_is_403(shared: Shared) -> None:
         assert set(own.json()) == {"daily", "monthly", "budget"}
     with shared.client(t.b1) as c:
         assert_error(c.get(f"{API}/usage", params={"orgId": t.org_a}), 403, "forbidden")
+
+
+def test_a_token_revoked_while_the_server_runs_stops_working(make_server: ServerFactory, tenants: Tenants) -> None:
+    """With the principal cache off, revocation (from another process: the CLI) is immediate."""
+    server = make_server(ScriptedProvider(), PARLEY_AUTH_CACHE_SECONDS="0")
+
+    async def issue_and_revoke(revoke_id: str | None) -> str:
+        db = Database(tenants.database_url)
+        try:
+            if revoke_id is not None:
+                await admin.revoke_token(db, revoke_id)
+                return revoke_id
+            user = await admin.find_user(db, "a2@example.test")
+            assert user is not None
+            issued = await admin.create_token(db, user_id=user.id, org_id=user.org_id)
+            return f"{issued.id} {issued.token}"
+        finally:
+            await db.dispose()
+
+    token_id, token = asyncio.run(issue_and_revoke(None)).split()
+    with client(server, token) as c:
+        assert c.get(f"{API}/sessions").status_code == 200
+        asyncio.run(issue_and_revoke(token_id))
+        assert_error(c.get(f"{API}/sessions"), 401, "unauthorized")

@@ -4,8 +4,9 @@ A token is looked up by its SHA-256 digest; revoked or expired tokens and tokens
 are refused with 401. The principal carries scope, the organizations it may see, the user and
 whether it may write; routes check `require_write` (403).
 
-Accepted tokens are cached in-process for `AUTH_CACHE_TTL` seconds (by digest, never the raw
-token), so a client streaming turns does not pay a database transaction per request. The price:
+Accepted tokens are cached in-process for `PARLEY_AUTH_CACHE_SECONDS` (5 s by default; the app
+owns the cache; by digest, never the raw token), so a client streaming turns does not pay a
+database transaction per request. The price:
 revoking a token (or changing its user or partner's organizations) takes effect within the TTL in
 a running server, not at once; a token's own expiry is honoured exactly. Refusals are not cached.
 """
@@ -13,7 +14,6 @@ a running server, not at once; a token's own expiry is honoured exactly. Refusal
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,24 +107,11 @@ class PrincipalCache:
         self._entries.clear()
 
 
-_caches: weakref.WeakKeyDictionary[Database, PrincipalCache] = weakref.WeakKeyDictionary()
-
-
-def principal_cache(db: Database) -> PrincipalCache:
-    """The cache of principals authenticated against `db` (one per Database, so per app)."""
-    cache = _caches.get(db)
-    if cache is None:
-        cache = _caches[db] = PrincipalCache()
-    return cache
-
-
 async def authenticate(db: Database, authorization: str | None, *, cache: PrincipalCache | None = None) -> Principal:
+    """The principal of a bearer token; `cache` (owned by the app) spares the lookup on repeats."""
     raw = bearer_token(authorization)
     digest = hash_token(raw)
-    if cache is None:
-        cache = principal_cache(db)
-    cached = cache.get(digest)
-    if cached is not None:
+    if cache is not None and (cached := cache.get(digest)) is not None:
         return cached
     async with db.transaction(Tenant.system(), readonly=True) as s:
         found = await repo.find_token(s, digest)
@@ -150,5 +137,6 @@ async def authenticate(db: Database, authorization: str | None, *, cache: Princi
         home_org_id=token.org_id,
         can_write=token.can_write,
     )
-    cache.put(digest, principal, token.expires_at)
+    if cache is not None:
+        cache.put(digest, principal, token.expires_at)
     return principal

@@ -53,7 +53,7 @@ async def _authentication_refusal(request: Request) -> JSONResponse | None:
     if services is None or not request.url.path.startswith("/api/"):
         return None
     try:
-        await authenticate(services.db, request.headers.get("authorization"))
+        await authenticate(services.db, request.headers.get("authorization"), cache=services.auth_cache)
     except ParleyError as exc:
         return error_response(exc)
     return None

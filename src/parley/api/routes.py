@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from parley.api.auth import Principal, authenticate
+from parley.api.auth import Principal, PrincipalCache, authenticate
 from parley.api.schemas import (
     BudgetBody,
     CreateSessionBody,
@@ -41,6 +41,7 @@ class Services:
     sessions: SessionManager
     catalog: SessionCatalog
     budgets: BudgetService
+    auth_cache: PrincipalCache
     heartbeat: float
     page_context_max_bytes: int
     provider_name: str
@@ -55,7 +56,7 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 async def principal(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await authenticate(svc.db, authorization)
+    return await authenticate(svc.db, authorization, cache=svc.auth_cache)
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]
