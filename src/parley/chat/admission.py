@@ -82,26 +82,15 @@ async def admit(
         raise MaxTurnsReachedError(row.max_turns)
     limits = limits_of(await repo.get_budget(s, row.org_id, lock=True))
     check_enabled(limits)
-    if limits.messages_per_minute_per_user is not None and row.user_id is not None:
-        used, oldest = await repo.accepted_messages(s, since=now - MINUTE, user_id=row.user_id)
-        check_rate(
-            limit=limits.messages_per_minute_per_user,
-            used=used,
-            oldest=oldest,
-            window=MINUTE,
-            now=now,
-            scope="per user",
-        )
-    if limits.messages_per_hour_per_org is not None:
-        used, oldest = await repo.accepted_messages(s, since=now - HOUR, org_id=row.org_id)
-        check_rate(
-            limit=limits.messages_per_hour_per_org,
-            used=used,
-            oldest=oldest,
-            window=HOUR,
-            now=now,
-            scope="for this organization",
-        )
+    windows = (
+        (limits.messages_per_minute_per_user, MINUTE, {"user_id": row.user_id}, "per user"),
+        (limits.messages_per_hour_per_org, HOUR, {"org_id": row.org_id}, "for this organization"),
+    )
+    for limit, window, who, scope in windows:
+        if limit is None or None in who.values():
+            continue
+        used, oldest = await repo.accepted_messages(s, since=now - window, **who)
+        check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
     if not await repo.acquire_lease(s, row.id, token=lease, now=now, expires_at=now + lease_ttl):
         raise TurnInProgressError()
 
