@@ -168,9 +168,10 @@ class SessionManager:
             raise SessionExpiredError(expired)
 
         live = self._live_session(row, now, admission.user_turns)
+        if live.turn is not None:  # only possible if the lease expired under a live turn
+            await self._release(row.org_id, session_id, lease, admission.reservation_id)
+            raise TurnInProgressError()
         try:
-            if live.turn is not None:  # only possible if the lease expired under a live turn
-                raise TurnInProgressError()
             live.channel.begin_turn()
             subscription = live.channel.subscribe()  # before anything is published
             turn = RunningTurn(lease_token=lease, admission=admission)
