@@ -369,3 +369,38 @@ def test_a_client_that_leaves_does_not_stop_the_turn(make_server: ServerFactory,
     reply = body["messages"][1]
     assert (reply["content"], reply["finishReason"]) == (SLOW_TEXT, "stop")
     assert body["session"]["totalOutputTokens"] == 3
+
+
+def test_a_lease_lost_under_a_live_turn_still_refuses_a_second_turn(
+    make_server: ServerFactory, tenants: Tenants
+) -> None:
+    """If the database lease of a running turn expired (say renewals failed), the process still
+    knows the turn is live: a second message is refused and the first turn is left intact."""
+    import sqlalchemy as sa
+
+    from parley.store.models import AiSession
+    from tests.api.conftest import _in_db
+
+    provider = ScriptedProvider(Reply(tokens=[f"t{i} " for i in range(30)], delay=0.03))
+    server = make_server(provider)
+    with client(server, tenants.a1) as c:
+        sid = create_session(c)
+        with open_turn(c, sid, "first") as first:
+            first.deltas(3)
+
+            async def expire(s: Any) -> None:  # the database now says no turn holds the session
+                await s.execute(
+                    sa.update(AiSession).where(AiSession.id == sid).values(lease_token=None, lease_expires_at=None)
+                )
+
+            _in_db(tenants, expire)
+            refused = c.post(f"{API}/sessions/{sid}/messages", json={"content": "second"})
+            assert_error(refused, 409, "turn_in_progress")
+            rest = [f.event for f in first.rest()]
+        assert rest[-2:] == ["message_end", "done"]
+        assert first.text == "".join(f"t{i} " for i in range(30))
+        assert send(c, sid, "third").types[-1] == "done"
+        contents = [m["content"] for m in detail(c, sid)["messages"]]
+        reply = "".join(f"t{i} " for i in range(30))
+        assert contents == ["first", reply, "third", reply]
+        assert len(provider.calls) == 2  # the refused message never reached the model

@@ -133,6 +133,12 @@ class SessionManager:
         A `page_context` replaces the session's context snapshot from this turn on.
         """
         text = self.check_content(content)
+        live_now = self.live.get(session_id)
+        if live_now is not None and live_now.turn is not None:
+            # Running here: refuse before touching the database (the lease would say the same,
+            # unless it expired under the turn because renewals failed).
+            await self._check_visible(tenant, user_id, session_id)
+            raise TurnInProgressError()
         now = self.clock()
         lease = repo.new_id()
         expired: str | None = None
@@ -333,9 +339,7 @@ class SessionManager:
 
     async def attach(self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None) -> Subscription:
         """Re-attach to the running (or just finished) turn, replaying after `last_event_id`."""
-        async with self.db.transaction(tenant, readonly=True) as s:
-            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
-                raise SessionNotFoundError()
+        await self._check_visible(tenant, user_id, session_id)
         live = self.live.get(session_id)
         after = parse_event_id(last_event_id)
         if live is None or (live.turn is None and not live.channel.has_frames_after(after)):
@@ -349,10 +353,14 @@ class SessionManager:
         if live is not None:
             live.channel.unsubscribe(subscription)
 
-    async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+    async def _check_visible(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+        """404 unless the caller owns this session in one of its organizations."""
         async with self.db.transaction(tenant, readonly=True) as s:
             if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
+
+    async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+        await self._check_visible(tenant, user_id, session_id)
         live = self.live.get(session_id)
         if live is None or live.turn is None or not self._stop(live.turn, "interrupt"):
             raise NoTurnRunningError()
