@@ -200,9 +200,8 @@ async def abort_plan(session_id: str, svc: ServicesDep, who: WriterDep) -> JSONR
 async def usage(
     svc: ServicesDep, who: PrincipalDep, org_id: Annotated[str | None, Query(alias="orgId")] = None
 ) -> dict[str, Any]:
-    daily, monthly = await svc.catalog.usage(who.caller, org_id)
-    budget = await svc.budgets.view(who.caller, org_id)
-    return {"daily": usage_view(daily), "monthly": usage_view(monthly), "budget": budget.as_json()}
+    view = await svc.budgets.view(who.caller, org_id)  # one transaction for usage and budget
+    return {"daily": usage_view(view.daily), "monthly": usage_view(view.monthly), "budget": view.as_json()}
 
 
 @router.put("/budget")

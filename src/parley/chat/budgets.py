@@ -19,7 +19,7 @@ from parley.chat.admission import limits_of
 from parley.chat.catalog import Caller, SessionCatalog
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiBudget
+from parley.store.models import AiBudget, AiCostUsage
 
 BUDGET_FIELDS = (
     "enabled",
@@ -34,11 +34,21 @@ BUDGET_FIELDS = (
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BudgetView:
+    """An organization's budget with today's and this month's usage rows (None: nothing spent)."""
+
     budget: AiBudget | None
-    daily_used: Decimal
-    monthly_used: Decimal
+    daily: AiCostUsage | None
+    monthly: AiCostUsage | None
     reserved: Decimal
     now: datetime
+
+    @property
+    def daily_used(self) -> Decimal:
+        return self.daily.total_cost_cents if self.daily else Decimal(0)
+
+    @property
+    def monthly_used(self) -> Decimal:
+        return self.monthly.total_cost_cents if self.monthly else Decimal(0)
 
     def as_json(self) -> dict[str, Any] | None:
         b = self.budget
@@ -89,10 +99,15 @@ class BudgetService:
     async def view(self, caller: Caller, org_id: str | None) -> BudgetView:
         org = self.catalog.resolve_org(caller, org_id)
         now = self.clock()
+        daily_key, monthly_key = repo.period_keys(now)
         async with self.db.transaction(caller.tenant, readonly=True) as s:
-            budget = await repo.get_budget(s, org)
-            daily, monthly, reserved = await repo.committed_and_reserved(s, org, now=now)
-        return BudgetView(budget=budget, daily_used=daily, monthly_used=monthly, reserved=reserved, now=now)
+            return BudgetView(
+                budget=await repo.get_budget(s, org),
+                daily=await repo.cost_usage(s, caller.tenant, org, period="daily", key=daily_key),
+                monthly=await repo.cost_usage(s, caller.tenant, org, period="monthly", key=monthly_key),
+                reserved=await repo.reserved_cents(s, org, now=now),
+                now=now,
+            )
 
     async def update(self, caller: Caller, org_id: str | None, values: dict[str, Any]) -> BudgetView:
         """Set the given fields (others unchanged); None means unlimited, 0 means none."""

@@ -14,7 +14,7 @@ from typing import Any
 from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiCostUsage, AiMessage, AiSession
+from parley.store.models import AiMessage, AiSession
 from parley.store.tenancy import Tenant
 
 
@@ -148,12 +148,3 @@ class SessionCatalog:
                 raise SessionNotFoundError()
             await repo.touch_session(s, session_id, now=self.clock(), title=clean[:255])
         return clean[:255]
-
-    async def usage(self, caller: Caller, org_id: str | None) -> tuple[AiCostUsage | None, AiCostUsage | None]:
-        org = self.resolve_org(caller, org_id)
-        daily, monthly = repo.period_keys(self.clock())
-        async with self.db.transaction(caller.tenant, readonly=True) as s:
-            return (
-                await repo.cost_usage(s, caller.tenant, org, period="daily", key=daily),
-                await repo.cost_usage(s, caller.tenant, org, period="monthly", key=monthly),
-            )

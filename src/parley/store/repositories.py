@@ -311,15 +311,6 @@ def _insert_message_statement() -> Any:
     return insert(AiMessage)
 
 
-def add_message(s: AsyncSession, **fields: Any) -> AiMessage:
-    """Stage a message row (id generated unless given); written when the unit of work commits."""
-    fields.setdefault("id", new_id())
-    fields.setdefault("usage_estimated", False)
-    row = AiMessage(**fields)
-    s.add(row)
-    return row
-
-
 async def count_user_messages(s: AsyncSession, session_id: str) -> int:
     result = await s.execute(
         select(func.count()).select_from(AiMessage).where(AiMessage.session_id == session_id, AiMessage.role == "user")
@@ -508,6 +499,12 @@ async def committed_and_reserved(s: AsyncSession, org_id: str, *, now: datetime)
         )
     ).all()
     committed = {period: cents for period, cents in rows}
+    reserved = await reserved_cents(s, org_id, now=now)
+    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved
+
+
+async def reserved_cents(s: AsyncSession, org_id: str, *, now: datetime) -> Decimal:
+    """The organization's outstanding (unexpired) reservations."""
     reserved = (
         await s.execute(
             select(func.coalesce(func.sum(AiBudgetReservation.amount_cents), 0)).where(
@@ -515,8 +512,7 @@ async def committed_and_reserved(s: AsyncSession, org_id: str, *, now: datetime)
             )
         )
     ).scalar_one()
-    reserved_cents = Decimal(reserved or 0)  # coalesce(sum()) keeps the Money type: already cents
-    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved_cents
+    return Decimal(reserved or 0)  # coalesce(sum()) keeps the Money type: already cents
 
 
 async def add_reservation(
