@@ -131,11 +131,4 @@ class ScriptedAnthropic(ScriptedUpstream):
     async def _serve(self, request: RecordedRequest, conn: _Connection) -> bool:
         if request.method != "POST" or request.path != "/v1/messages":
             return await self._reply(Reply(404, error_body("not_found_error", "Not Found")), request, conn)
-        with self._lock:
-            self._requests.append(request)
-            script = self._scripts.popleft() if self._scripts else self._default
-        self._active += 1
-        try:
-            return await self._play(script, request, conn)
-        finally:
-            self._active -= 1
+        return await self._record_and_play(request, conn)

@@ -400,6 +400,10 @@ class ScriptedUpstream:
             return await self._reply(Reply(200, models), request, conn)
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return await self._reply(Reply(404, {"error": {"message": "no such route"}}), request, conn)
+        return await self._record_and_play(request, conn)
+
+    async def _record_and_play(self, request: RecordedRequest, conn: _Connection) -> bool:
+        """Record a request on the scripted route and answer it with the next script."""
         with self._lock:
             self._requests.append(request)
             script = self._scripts.popleft() if self._scripts else self._default
