@@ -23,9 +23,9 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
-from parley.chat.events import Done, StreamEvent, TitleUpdated, encode_frame
+from parley.chat.events import Done, StreamEvent, TitleUpdated, TurnError, encode_frame
 from parley.chat.prompt import sanitize_content
-from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
+from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
 from parley.errors import (
     NoTurnRunningError,
     PayloadTooLargeError,
@@ -416,9 +416,6 @@ class SessionManager:
             await repo.expire_stale_sessions(s, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age)
 
     async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
-        from parley.chat.events import TurnError
-        from parley.chat.turns import STOP_MESSAGES
-
         if live.turn is None:
             code, message = STOP_MESSAGES[reason] or ("session_expired", "Session expired.")
             self._publish(live, TurnError(code=code, message=message))
