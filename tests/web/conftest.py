@@ -209,7 +209,14 @@ class ChatPage:
         self.page.get_by_label("API token").fill(token)
         self.page.get_by_role("button", name="Sign in").click()
         self.page.locator("#workspace").wait_for(state="visible")
+        self.page.locator("#session-list[aria-busy=false]").wait_for(state="attached")
         return self
+
+    def expect_titles(self, expected: list[str]) -> None:
+        """The chat list shows exactly these titles, in order, once it has (re)rendered."""
+        from playwright.sync_api import expect
+
+        expect(self.page.locator("#session-list .session-title")).to_have_text(expected)
 
     @property
     def composer(self) -> Any:

@@ -55,7 +55,7 @@ def test_sign_in_send_and_watch_the_reply_stream(
     assert chat.page.locator("article.message.assistant .meta").inner_text() == ("10 in · 3 out tokens · $0.000075")
     # The title came from title_updated; the session is listed; the usage line counts the turn.
     assert chat.page.locator("#chat-title").inner_text() == "Count for me please"
-    assert chat.page.locator("#session-list .session-title").all_inner_texts() == ["Count for me please"]
+    chat.expect_titles(["Count for me please"])
     chat.page.wait_for_function("() => document.querySelector('#usage').textContent.includes('$0.000075')")
     assert "1 message" in chat.page.locator("#usage").inner_text()
     assert chat.composer.is_enabled()
@@ -278,13 +278,12 @@ def test_chat_list_search_rename_close_and_new_chat(
     _seed_chat(server, tenants.a2, "Someone else's banana")  # another user's chat stays invisible
 
     chat = open_page(server).sign_in(tenants.a1)
-    titles = chat.page.locator("#session-list .session-title")
-    assert titles.all_inner_texts() == ["Explain income tax", "How do I bake banana bread?"]
+    chat.expect_titles(["Explain income tax", "How do I bake banana bread?"])
 
     # Search goes through the search route and shows where the words matched.
     chat.page.get_by_label("Search chats").fill("overripe")
     chat.page.wait_for_function("() => document.querySelector('#search-status').textContent.includes('1 chat')")
-    assert titles.all_inner_texts() == ["How do I bake banana bread?"]
+    chat.expect_titles(["How do I bake banana bread?"])
     assert "Mine are overripe." in chat.page.locator("#session-list .session-detail").inner_text()
     chat.page.locator("#session-list .session-item").click()
     chat.page.locator("article.message.assistant").wait_for()
@@ -302,7 +301,7 @@ def test_chat_list_search_rename_close_and_new_chat(
     chat.page.get_by_label("New title").fill("Baking")
     chat.page.get_by_label("New title").press("Enter")
     chat.page.wait_for_function("() => document.querySelector('#chat-title').textContent === 'Baking'")
-    assert "Baking" in titles.all_inner_texts()
+    chat.expect_titles(["Explain income tax", "Baking"])  # renaming is not activity: the order stays
 
     # Close (asks for a second press), then the chat is read-only.
     close = chat.page.locator("#close-chat")
@@ -324,8 +323,7 @@ def test_chat_list_search_rename_close_and_new_chat(
     assert chat.composer.is_enabled()
     chat.send("A fresh start")
     chat.wait_for_turn_end()
-    assert titles.first.inner_text() == "A fresh start"
-    assert titles.count() == 3
+    chat.expect_titles(["A fresh start", "Explain income tax", "Baking"])
 
 
 MARKDOWN_REPLY = [

@@ -193,6 +193,7 @@ function signOut(message = '') {
   for (const key of [TOKEN_KEY, SESSION_KEY, TURN_KEY]) sessionStorage.removeItem(key);
   clearBanner();
   dom.sessionList.replaceChildren();
+  dom.sessionList.setAttribute('aria-busy', 'true');
   dom.searchInput.value = '';
   dom.searchStatus.textContent = '';
   showMessages([]);
@@ -277,6 +278,7 @@ async function refreshUsage() {
 async function loadSessions({ append = false } = {}) {
   if (!state.api) return;
   const page = append ? state.page + 1 : 1;
+  dom.sessionList.setAttribute('aria-busy', 'true'); // screen readers (and tests) know the list is loading
   try {
     const result = await state.api.listSessions(page, PAGE_SIZE);
     const known = new Set(append ? state.sessions.map((s) => s.id) : []);
@@ -287,6 +289,8 @@ async function loadSessions({ append = false } = {}) {
   } catch (err) {
     handleError(err);
     return;
+  } finally {
+    dom.sessionList.setAttribute('aria-busy', 'false');
   }
   if (!state.searching) renderSessionList();
 }
