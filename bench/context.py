@@ -2,9 +2,10 @@
 
 Seeds a fresh SQLite database with SQL (one session, alternating user/assistant rows of realistic
 length, inserted in one executemany per session), then times parley's path: the history query
-(`repositories.history_rows` in a read transaction) and `chat.history.build_history`. The baseline,
-measured in the same run, is the floor for the same rows: the standard library's sqlite3 fetching
-the same columns in the same order with no decoding. Median of several runs after one warm-up.
+(`TurnTx.history_rows` in the turn path's transaction, as admission runs it) and
+`chat.history.build_history`. The baseline, measured in the same run, is the floor for the same
+rows: the standard library's sqlite3 fetching the same columns in the same order with no decoding.
+Median of several runs after one warm-up.
 
     python -m bench.context [--sizes 1000,10000] [--runs 15]   ->   one JSON line
 
@@ -103,8 +104,8 @@ async def _seed(url: str, sizes: list[int]) -> tuple[str, dict[int, str]]:
 
 async def _parley_path(db: Database, org_id: str, session_id: str) -> float:
     start = time.perf_counter()
-    async with db.transaction(Tenant.for_org(org_id), readonly=True) as s:
-        rows = await repo.history_rows(s, session_id)
+    async with db.turn_transaction(Tenant.for_org(org_id)) as tx:
+        rows = await tx.history_rows(session_id)
     history = build_history(session_id, rows)
     elapsed = time.perf_counter() - start
     assert len(history) == len(rows)

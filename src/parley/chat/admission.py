@@ -30,8 +30,8 @@ from parley.chat.history import build_history
 from parley.chat.prompt import render_system_prompt, title_from
 from parley.errors import MaxTurnsReachedError, TurnInProgressError
 from parley.providers.base import ChatMessage
-from parley.store import repositories as repo
-from parley.store.models import AiBudget, AiSession
+from parley.store.models import AiBudget
+from parley.store.turn_store import BudgetLimits, TurnSession, TurnTx
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -52,7 +52,7 @@ class Admission:
     user_position: int  # the user message's place in the session; the reply takes the next one
 
 
-def limits_of(budget: AiBudget | None) -> Limits:
+def limits_of(budget: AiBudget | BudgetLimits | None) -> Limits:
     if budget is None:
         return Limits()
     return Limits(
@@ -65,8 +65,8 @@ def limits_of(budget: AiBudget | None) -> Limits:
 
 
 async def admit(
-    s: Any,
-    row: AiSession,
+    tx: TurnTx,
+    row: TurnSession,
     *,
     text: str,
     lease: str,
@@ -80,7 +80,7 @@ async def admit(
 ) -> Admission:
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
-    limits = limits_of(await repo.get_budget(s, row.org_id, lock=True))
+    limits = limits_of(await tx.budget_limits(row.org_id))
     check_enabled(limits)
     windows = (
         (limits.messages_per_minute_per_user, MINUTE, {"user_id": row.user_id}, "per user"),
@@ -89,18 +89,18 @@ async def admit(
     for limit, window, who, scope in windows:
         if limit is None or None in who.values():
             continue
-        used, oldest = await repo.accepted_messages(s, since=now - window, **who)
+        used, oldest = await tx.accepted_messages(since=now - window, **who)
         check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
-    if not await repo.acquire_lease(s, row.id, token=lease, now=now, expires_at=now + lease_ttl):
+    if not await tx.acquire_lease(row.id, token=lease, now=now, expires_at=now + lease_ttl):
         raise TurnInProgressError()
 
-    history = build_history(row.id, await repo.history_rows(s, row.id))
+    history = build_history(row.id, await tx.history_rows(row.id))
     context = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", context)
     allowance = Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0))
     reservation_id = None
     if limits.spends_are_limited:
-        daily, monthly, reserved = await repo.committed_and_reserved(s, row.org_id, now=now)
+        daily, monthly, reserved = await tx.spend(row.org_id, now=now)
         texts = [system_prompt, *(m.plain_text for m in history), text]
         allowance = plan_turn(
             limits=limits,
@@ -111,23 +111,22 @@ async def admit(
             now=now,
         )
         if allowance.reserve_cents > 0:
-            reservation_id = await repo.add_reservation(
-                s, row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
+            reservation_id = await tx.add_reservation(
+                row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
             )
 
-    user_turns = await repo.count_user_messages(s, row.id) + 1 if count_turns else None
+    user_turns = await tx.count_user_messages(row.id) + 1 if count_turns else None
     position = row.message_count + 1
-    await repo.insert_message(
-        s,
+    await tx.insert_message(
         session_id=row.id,
         position=position,
         role="user",
         content=text,
-        content_parts=[{"type": "text", "text": text}],
+        parts=[{"type": "text", "text": text}],
         created_at=now,
     )
     title = title_from(text) if row.title is None else None
-    await repo.touch_session(s, row.id, now=now, title=title, context=page_context, messages_added=1)
+    await tx.touch_session(row.id, now=now, title=title, context=page_context, messages_added=1)
     return Admission(
         system_prompt=system_prompt,
         history=history,

@@ -38,8 +38,8 @@ from parley.errors import (
 from parley.providers.base import Provider
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiSession
 from parley.store.tenancy import Tenant
+from parley.store.turn_store import TurnSession, TurnTotals, new_id
 
 log = logging.getLogger("parley.sessions")
 
@@ -113,7 +113,7 @@ class SessionManager:
             )
         return text
 
-    def _expiry(self, row: AiSession, now: datetime) -> str | None:
+    def _expiry(self, row: TurnSession, now: datetime) -> str | None:
         if now - row.created_at > self.policy.max_age:
             return "Session expired (24h limit). Start a new session."
         if now - row.last_activity_at > self.policy.idle_ttl:
@@ -140,12 +140,12 @@ class SessionManager:
             await self._check_visible(tenant, user_id, session_id)
             raise TurnInProgressError()
         now = self.clock()
-        lease = repo.new_id()
+        lease = new_id()
         expired: str | None = None
         admission: Admission | None = None
-        async with self.db.transaction(tenant) as s:
-            row = await repo.get_session(s, tenant, session_id, owner_id=user_id)
-            if row is None:
+        async with self.db.turn_transaction(tenant) as tx:
+            row = await tx.session(session_id)
+            if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
                 raise SessionNotFoundError()
             if row.status == "closed":
                 raise SessionClosedError()
@@ -153,10 +153,10 @@ class SessionManager:
                 raise SessionExpiredError()
             expired = self._expiry(row, now)
             if expired:
-                await repo.set_status(s, session_id, "expired", now=now, only_if="active")
+                await tx.set_status(session_id, "expired", now=now, only_if="active")
             else:
                 admission = await admit(
-                    s,
+                    tx,
                     row,
                     text=text,
                     lease=lease,
@@ -200,7 +200,7 @@ class SessionManager:
             log.error("turn task failed", exc_info=task.exception())
 
     def _turn_spec(
-        self, live: LiveSession, row: AiSession, text: str, turn: RunningTurn, admission: Admission
+        self, live: LiveSession, row: TurnSession, text: str, turn: RunningTurn, admission: Admission
     ) -> TurnSpec:
         org_id, session_id = row.org_id, row.id
 
@@ -209,7 +209,7 @@ class SessionManager:
 
         return TurnSpec(
             session_id=session_id,
-            message_id=repo.new_id(),
+            message_id=new_id(),
             system_prompt=admission.system_prompt,
             history=admission.history,
             user_text=text,
@@ -242,11 +242,11 @@ class SessionManager:
         """One transaction: the reply, session totals, cost rows, lease and reservation settled."""
         now = record.now if record else self.clock()
         admission = turn.admission
-        async with self.db.transaction(Tenant.for_org(org_id)) as s:
+        async with self.db.turn_transaction(Tenant.for_org(org_id)) as tx:
             if admission is not None and admission.reservation_id is not None:
-                await repo.delete_reservation(s, admission.reservation_id)
+                await tx.delete_reservation(admission.reservation_id)
             if record is None:
-                await repo.release_lease(s, session_id, token=turn.lease_token)
+                await tx.release_lease(session_id, token=turn.lease_token)
                 return
             cost = record.cost_cents
             if admission is not None and admission.metered and cost > admission.reserved_cents:
@@ -259,7 +259,7 @@ class SessionManager:
                     admission.reserved_cents,
                 )
                 cost = admission.reserved_cents
-            totals = repo.TurnTotals(
+            totals = TurnTotals(
                 input_tokens=record.tokens.input_tokens,
                 output_tokens=record.tokens.output_tokens,
                 cache_read_tokens=record.tokens.cache_read_tokens,
@@ -268,25 +268,26 @@ class SessionManager:
             )
             stored = bool(record.text or record.reasoning)
             if stored:
-                await repo.insert_message(
-                    s,
-                    id=record.message_id,
+                tokens = record.tokens
+                await tx.insert_message(
+                    message_id=record.message_id,
                     session_id=session_id,
                     position=admission.user_position + 1 if admission is not None else 0,
                     role="assistant",
                     content=record.text,
-                    content_parts=describe_parts(record.text, record.reasoning),
-                    input_tokens=record.tokens.input_tokens,
-                    output_tokens=record.tokens.output_tokens,
-                    cache_read_tokens=record.tokens.cache_read_tokens,
-                    cache_write_tokens=record.tokens.cache_write_tokens,
+                    parts=describe_parts(record.text, record.reasoning),
+                    tokens=(
+                        tokens.input_tokens,
+                        tokens.output_tokens,
+                        tokens.cache_read_tokens,
+                        tokens.cache_write_tokens,
+                    ),
                     cost_cents=cost,
                     usage_estimated=record.tokens.estimated,
                     finish_reason=record.finish_reason,
                     created_at=now,
                 )
-            await repo.record_turn(
-                s,
+            await tx.record_turn(
                 session_id,
                 totals=totals,
                 count_turn=record.count_turn,
@@ -295,21 +296,21 @@ class SessionManager:
                 messages_added=1 if stored else 0,
             )
             if not record.tokens.is_zero or record.text:
-                await repo.add_cost_usage(s, org_id, totals=totals, now=now)
+                await tx.add_cost_usage(org_id, totals=totals, now=now)
         live.last_activity = now
 
     async def _release(self, org_id: str, session_id: str, lease: str, reservation_id: str | None) -> None:
         try:
-            async with self.db.transaction(Tenant.for_org(org_id)) as s:
-                await repo.release_lease(s, session_id, token=lease)
+            async with self.db.turn_transaction(Tenant.for_org(org_id)) as tx:
+                await tx.release_lease(session_id, token=lease)
                 if reservation_id is not None:
-                    await repo.delete_reservation(s, reservation_id)
+                    await tx.delete_reservation(reservation_id)
         except Exception:
             log.exception("could not release the lease of session %s", session_id)
 
     # -- live sessions -----------------------------------------------------------------------------
 
-    def _live_session(self, row: AiSession, now: datetime, user_turns: int | None) -> LiveSession:
+    def _live_session(self, row: TurnSession, now: datetime, user_turns: int | None) -> LiveSession:
         live = self.live.get(row.id)
         if live is None:
             self._make_room()

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +19,12 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from parley.errors import ServiceUnavailableError
+from parley.store.sqlite_inline import DriverPool, inline_creator
 from parley.store.tenancy import Tenant
+from parley.store.turn_store import DriverTx, EngineTx, TurnTx
 
 log = logging.getLogger("parley.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -38,15 +40,15 @@ class Database:
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
+        self._driver_pool: DriverPool | None = None
         if self.dialect == "sqlite":
             db_path = parsed.database
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 30}
             if db_path and db_path != ":memory:":
-                from parley.store.sqlite_inline import inline_creator
-
                 kwargs["async_creator"] = inline_creator(db_path, timeout=30)
+                self._driver_pool = DriverPool(db_path, timeout=30, prepare=lambda conn: _sqlite_pragmas(conn, None))
         else:
             # pre_ping: a connection broken by a database restart is replaced, not handed out.
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
@@ -68,24 +70,41 @@ class Database:
         front, so two read-then-write transactions queue instead of failing with a stale
         snapshot. `readonly` ones start deferred and run beside writers (WAL).
         """
-        try:
+        with _unavailable_as_503():
             async with self.sessions() as session, session.begin():
                 if readonly:
                     await session.connection(execution_options={"parley_readonly": True})
                 if self.is_postgres:
                     await _apply_tenant(session, tenant)
                 yield session
-        except (OperationalError, InterfaceError) as exc:
-            if _is_unavailable(exc):
-                log.warning("database unavailable: %s", exc.__class__.__name__)
-                raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
-            raise
-        except PoolTimeoutError as exc:  # every pooled connection is busy: a bounded wait, then 503
-            log.warning("database pool exhausted")
-            raise ServiceUnavailableError("The server is busy. Please try again.") from exc
-        except OSError as exc:  # refused or reset while connecting
-            log.warning("database unreachable: %s", exc)
-            raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+
+    @asynccontextmanager
+    async def turn_transaction(self, tenant: Tenant) -> AsyncIterator[TurnTx]:
+        """A writing unit of work of the turn path (`store/turn_store.py`) for `tenant`.
+
+        On a SQLite file it runs on a plain `sqlite3` connection: BEGIN IMMEDIATE, the statements,
+        COMMIT, all inline, so nothing else on the loop runs in between. Elsewhere it runs on an
+        engine connection with the tenant's settings, like `transaction`.
+        """
+        pool = self._driver_pool
+        if pool is not None:
+            conn = pool.take()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield DriverTx(conn)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                pool.give_back(conn)
+            return
+        with _unavailable_as_503():
+            async with self.engine.connect() as engine_conn, engine_conn.begin():
+                if self.is_postgres:
+                    await _apply_tenant(engine_conn, tenant)
+                yield EngineTx(engine_conn)
 
     async def migrate(self, admin_url: str | None = None) -> list[str]:
         """Bring the schema to the newest revision (Alembic), in one transaction.
@@ -133,10 +152,30 @@ class Database:
                 delay = min(delay * 2, max_delay)
 
     async def dispose(self) -> None:
+        if self._driver_pool is not None:
+            self._driver_pool.close()
         await self.engine.dispose()
 
 
-async def _apply_tenant(session: AsyncSession, tenant: Tenant) -> None:
+@contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """A database that is down, restarting or out of connections answers 503, never a hang."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        if _is_unavailable(exc):
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+        raise
+    except PoolTimeoutError as exc:  # every pooled connection is busy: a bounded wait, then 503
+        log.warning("database pool exhausted")
+        raise ServiceUnavailableError("The server is busy. Please try again.") from exc
+    except OSError as exc:  # refused or reset while connecting
+        log.warning("database unreachable: %s", exc)
+        raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+
+
+async def _apply_tenant(session: AsyncSession | AsyncConnection, tenant: Tenant) -> None:
     orgs = "*" if tenant.sees_all else ",".join(sorted(tenant.org_ids))
     await session.execute(
         text(

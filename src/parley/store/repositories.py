@@ -3,20 +3,18 @@
 Every read of tenant data takes the `Tenant` and filters by its organizations (system scope sees
 all): the application's own guard, which PostgreSQL's row-level security doubles. Rows come back
 detached-safe (`expire_on_commit=False`), so callers may use them after the transaction.
+A turn's own reads and writes (admission, persistence) are plain SQL in `turn_store`.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, Text, bindparam, case, cast, delete, func, insert, or_, select, type_coerce, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.store.models import (
@@ -30,10 +28,9 @@ from parley.store.models import (
     User,
 )
 from parley.store.tenancy import Tenant
+from parley.store.turn_store import new_id, period_keys
 
-
-def new_id() -> str:
-    return str(uuid.uuid4())
+__all__ = ["new_id", "period_keys"]  # re-exported: ids and period keys are the same everywhere
 
 
 def _scoped(stmt: Select[Any], tenant: Tenant, org_column: Any) -> Select[Any]:
@@ -131,24 +128,6 @@ async def search_sessions(
     return [(row, results[row.id]) for row in rows]
 
 
-@cache
-def _acquire_lease_statement() -> Any:
-    return (
-        update(AiSession)
-        .where(AiSession.id == bindparam("p_session_id"))
-        .where(or_(AiSession.lease_token.is_(None), AiSession.lease_expires_at < bindparam("p_now")))
-        .values(lease_token=bindparam("p_token"), lease_expires_at=bindparam("p_expires_at"))
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def acquire_lease(s: AsyncSession, session_id: str, *, token: str, now: datetime, expires_at: datetime) -> bool:
-    """Take the turn lease if free or expired; atomic across processes (one conditional UPDATE)."""
-    params = {"p_session_id": session_id, "p_now": now, "p_token": token, "p_expires_at": expires_at}
-    result = await s.execute(_acquire_lease_statement(), params)
-    return _rowcount(result) == 1
-
-
 async def renew_lease(s: AsyncSession, session_id: str, *, token: str, expires_at: datetime) -> bool:
     result = await s.execute(
         update(AiSession)
@@ -157,10 +136,6 @@ async def renew_lease(s: AsyncSession, session_id: str, *, token: str, expires_a
         .execution_options(synchronize_session=False)
     )
     return _rowcount(result) == 1
-
-
-async def release_lease(s: AsyncSession, session_id: str, *, token: str) -> None:
-    await s.execute(_release_lease_statement(), {"p_session_id": session_id, "p_token": token})
 
 
 async def set_status(
@@ -173,112 +148,12 @@ async def set_status(
     return _rowcount(result) == 1
 
 
-@dataclass(frozen=True, slots=True)
-class TurnTotals:
-    input_tokens: int
-    output_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    cost_cents: Decimal
-
-
-@cache
-def _record_turn_statement() -> Any:
-    """Built once: constructing this UPDATE cost more CPU than running it (bound per call)."""
-    return (
-        update(AiSession)
-        .where(AiSession.id == bindparam("p_session_id"))
-        .values(
-            total_input_tokens=AiSession.total_input_tokens + bindparam("p_input_tokens"),
-            total_output_tokens=AiSession.total_output_tokens + bindparam("p_output_tokens"),
-            total_cache_read_tokens=AiSession.total_cache_read_tokens + bindparam("p_cache_read_tokens"),
-            total_cache_write_tokens=AiSession.total_cache_write_tokens + bindparam("p_cache_write_tokens"),
-            total_cost_cents=AiSession.total_cost_cents + bindparam("p_cost_cents"),
-            turn_count=AiSession.turn_count + bindparam("p_turns"),
-            message_count=AiSession.message_count + bindparam("p_messages"),
-            last_activity_at=bindparam("p_now"),
-            updated_at=bindparam("p_now"),
-        )
-        .execution_options(synchronize_session=False)
-    )
-
-
-@cache
-def _release_lease_statement() -> Any:
-    return (
-        update(AiSession)
-        .where(AiSession.id == bindparam("p_session_id"), AiSession.lease_token == bindparam("p_token"))
-        .values(lease_token=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def record_turn(
-    s: AsyncSession,
-    session_id: str,
-    *,
-    totals: TurnTotals,
-    count_turn: bool,
-    now: datetime,
-    lease_token: str,
-    messages_added: int = 0,
-) -> None:
-    """Add a turn's usage to its session, count the turn, and release the lease."""
-    await s.execute(
-        _record_turn_statement(),
-        {
-            "p_session_id": session_id,
-            "p_input_tokens": totals.input_tokens,
-            "p_output_tokens": totals.output_tokens,
-            "p_cache_read_tokens": totals.cache_read_tokens,
-            "p_cache_write_tokens": totals.cache_write_tokens,
-            "p_cost_cents": totals.cost_cents,
-            "p_turns": 1 if count_turn else 0,
-            "p_messages": messages_added,
-            "p_now": now,
-        },
-    )
-    await release_lease(s, session_id, token=lease_token)
-
-
-@cache
-def _touch_statement() -> Any:
-    return (
-        update(AiSession)
-        .where(AiSession.id == bindparam("p_session_id"))
-        .values(
-            last_activity_at=bindparam("p_now"),
-            updated_at=bindparam("p_now"),
-            message_count=AiSession.message_count + bindparam("p_messages"),
-        )
-        .execution_options(synchronize_session=False)
-    )
-
-
-async def touch_session(
-    s: AsyncSession,
-    session_id: str,
-    *,
-    now: datetime,
-    title: str | None = None,
-    context: dict[str, Any] | None = None,
-    messages_added: int = 0,
-) -> None:
-    if title is None and context is None:  # the common shape: built once
-        params = {"p_session_id": session_id, "p_now": now, "p_messages": messages_added}
-        await s.execute(_touch_statement(), params)
-        return
-    values: dict[str, Any] = {"last_activity_at": now, "updated_at": now}
-    if messages_added:
-        values["message_count"] = AiSession.message_count + messages_added
-    if title is not None:
-        values["title"] = title
-    if context is not None:
-        values["context_snapshot"] = context
+async def touch_session(s: AsyncSession, session_id: str, *, now: datetime, title: str) -> None:
+    """Rename (the turn path touches sessions through `turn_store`)."""
     await s.execute(
         update(AiSession)
         .where(AiSession.id == session_id)
-        .values(**values)
+        .values(title=title, last_activity_at=now, updated_at=now)
         .execution_options(synchronize_session=False)
     )
 
@@ -299,25 +174,6 @@ async def expire_stale_sessions(s: AsyncSession, *, now: datetime, idle_ttl: tim
 # --- messages ------------------------------------------------------------------------------------
 
 
-async def insert_message(s: AsyncSession, **fields: Any) -> None:
-    """Insert a message row now (Core INSERT: no unit-of-work flush for a row nobody reads back)."""
-    fields.setdefault("id", new_id())
-    fields.setdefault("usage_estimated", False)
-    await s.execute(_insert_message_statement(), fields)
-
-
-@cache
-def _insert_message_statement() -> Any:
-    return insert(AiMessage)
-
-
-async def count_user_messages(s: AsyncSession, session_id: str) -> int:
-    result = await s.execute(
-        select(func.count()).select_from(AiMessage).where(AiMessage.session_id == session_id, AiMessage.role == "user")
-    )
-    return int(result.scalar_one())
-
-
 async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]:
     rows = await s.execute(
         select(AiMessage)
@@ -327,91 +183,7 @@ async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]
     return list(rows.scalars())
 
 
-@cache
-def _history_statement(dialect: str) -> Any:
-    # History needs a row's parts only to refuse tool parts: decode them only where the stored
-    # JSON can hold one (a substring test in SQL, exact check in Python on the few that match).
-    find = func.strpos if dialect == "postgresql" else func.instr
-    maybe_tool = case((find(cast(AiMessage.content_parts, Text), '"tool_') > 0, AiMessage.content_parts))
-    return (
-        select(AiMessage.role, AiMessage.content, type_coerce(maybe_tool, AiMessage.content_parts.type))
-        .where(AiMessage.session_id == bindparam("p_session_id"))
-        .order_by(AiMessage.position, AiMessage.created_at, AiMessage.id)
-    )
-
-
-async def history_rows(s: AsyncSession, session_id: str) -> list[tuple[str, str | None, Any]]:
-    """(role, content, content_parts) of a session in order: only the columns history needs.
-
-    `content_parts` is None unless the stored parts may hold a tool part (see _history_statement).
-    """
-    rows = await s.execute(_history_statement(s.get_bind().dialect.name), {"p_session_id": session_id})
-    return rows.all()  # type: ignore[return-value]  # Rows unpack like tuples
-
-
 # --- cost usage ----------------------------------------------------------------------------------
-
-
-def period_keys(now: datetime) -> tuple[str, str]:
-    """(daily, monthly) keys in UTC."""
-    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
-
-
-@cache
-def _cost_usage_upsert(dialect: str) -> Any:
-    """Built once per dialect (bound per call): building it, `excluded` above all, was most of
-    the CPU a turn spent persisting."""
-    insert_fn = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = insert_fn(AiCostUsage).values(
-        id=bindparam("id"),
-        org_id=bindparam("org_id"),
-        period=bindparam("period"),
-        period_key=bindparam("period_key"),
-        input_tokens=bindparam("input_tokens"),
-        output_tokens=bindparam("output_tokens"),
-        cache_read_tokens=bindparam("cache_read_tokens"),
-        cache_write_tokens=bindparam("cache_write_tokens"),
-        total_cost_cents=bindparam("total_cost_cents"),
-        session_count=0,
-        message_count=bindparam("message_count"),
-        updated_at=bindparam("updated_at"),
-    )
-    excluded = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=["org_id", "period", "period_key"],
-        set_={
-            "input_tokens": AiCostUsage.input_tokens + excluded.input_tokens,
-            "output_tokens": AiCostUsage.output_tokens + excluded.output_tokens,
-            "cache_read_tokens": AiCostUsage.cache_read_tokens + excluded.cache_read_tokens,
-            "cache_write_tokens": AiCostUsage.cache_write_tokens + excluded.cache_write_tokens,
-            "total_cost_cents": AiCostUsage.total_cost_cents + excluded.total_cost_cents,
-            "message_count": AiCostUsage.message_count + excluded.message_count,
-            "updated_at": excluded.updated_at,
-        },
-    )
-
-
-async def add_cost_usage(s: AsyncSession, org_id: str, *, totals: TurnTotals, now: datetime, messages: int = 1) -> None:
-    """Add to the organization's daily and monthly rows (upsert, so concurrent turns add up)."""
-    daily, monthly = period_keys(now)
-    stmt = _cost_usage_upsert(s.get_bind().dialect.name)
-    for period, key in (("daily", daily), ("monthly", monthly)):
-        await s.execute(
-            stmt,
-            {
-                "id": new_id(),
-                "org_id": org_id,
-                "period": period,
-                "period_key": key,
-                "input_tokens": totals.input_tokens,
-                "output_tokens": totals.output_tokens,
-                "cache_read_tokens": totals.cache_read_tokens,
-                "cache_write_tokens": totals.cache_write_tokens,
-                "total_cost_cents": totals.cost_cents,
-                "message_count": messages,
-                "updated_at": now,
-            },
-        )
 
 
 async def cost_usage(s: AsyncSession, tenant: Tenant, org_id: str, *, period: str, key: str) -> AiCostUsage | None:
@@ -484,25 +256,6 @@ async def upsert_budget(s: AsyncSession, org_id: str, values: dict[str, Any], *,
     return row
 
 
-async def committed_and_reserved(s: AsyncSession, org_id: str, *, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
-    """(today's committed cents, this month's committed cents, outstanding reservations)."""
-    daily_key, monthly_key = period_keys(now)
-    rows = (
-        await s.execute(
-            select(AiCostUsage.period, AiCostUsage.total_cost_cents).where(
-                AiCostUsage.org_id == org_id,
-                or_(
-                    (AiCostUsage.period == "daily") & (AiCostUsage.period_key == daily_key),
-                    (AiCostUsage.period == "monthly") & (AiCostUsage.period_key == monthly_key),
-                ),
-            )
-        )
-    ).all()
-    committed = {period: cents for period, cents in rows}
-    reserved = await reserved_cents(s, org_id, now=now)
-    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved
-
-
 async def reserved_cents(s: AsyncSession, org_id: str, *, now: datetime) -> Decimal:
     """The organization's outstanding (unexpired) reservations."""
     reserved = (
@@ -513,36 +266,3 @@ async def reserved_cents(s: AsyncSession, org_id: str, *, now: datetime) -> Deci
         )
     ).scalar_one()
     return Decimal(reserved or 0)  # coalesce(sum()) keeps the Money type: already cents
-
-
-async def add_reservation(
-    s: AsyncSession, org_id: str, session_id: str, amount: Decimal, *, now: datetime, expires_at: datetime
-) -> str:
-    row = AiBudgetReservation(
-        id=new_id(), org_id=org_id, session_id=session_id, amount_cents=amount, created_at=now, expires_at=expires_at
-    )
-    s.add(row)
-    return row.id
-
-
-async def delete_reservation(s: AsyncSession, reservation_id: str) -> None:
-    await s.execute(delete(AiBudgetReservation).where(AiBudgetReservation.id == reservation_id))
-
-
-async def accepted_messages(
-    s: AsyncSession, *, since: datetime, user_id: str | None = None, org_id: str | None = None
-) -> tuple[int, datetime | None]:
-    """How many user messages were accepted since `since` (by a user or in an organization), and
-    the oldest of them: a refused attempt stores no message, so it never counts."""
-    stmt = (
-        select(func.count(), func.min(AiMessage.created_at))
-        .select_from(AiMessage)
-        .join(AiSession, AiSession.id == AiMessage.session_id)
-        .where(AiMessage.role == "user", AiMessage.created_at > since)
-    )
-    if user_id is not None:
-        stmt = stmt.where(AiSession.user_id == user_id)
-    if org_id is not None:
-        stmt = stmt.where(AiSession.org_id == org_id)
-    count, oldest = (await s.execute(stmt)).one()  # min() keeps the column type: aware UTC
-    return int(count), oldest

@@ -146,3 +146,36 @@ def inline_creator(path: str, *, timeout: float = 30.0) -> Callable[[], Any]:
         return InlineConnection(conn)
 
     return connect
+
+
+class DriverPool:
+    """Plain `sqlite3` connections for code that speaks to the driver itself (`turn_store`).
+
+    A connection is taken for one unit of work and given back; one that is still inside a
+    transaction when given back (a bug) is closed rather than reused.
+    """
+
+    __slots__ = ("_idle", "_path", "_prepare", "_timeout")
+
+    def __init__(self, path: str, *, timeout: float, prepare: Callable[[sqlite3.Connection], None]) -> None:
+        self._path = path
+        self._timeout = timeout
+        self._prepare = prepare
+        self._idle: list[sqlite3.Connection] = []
+
+    def take(self) -> sqlite3.Connection:
+        if self._idle:
+            return self._idle.pop()
+        conn = sqlite3.connect(self._path, timeout=self._timeout, check_same_thread=False, isolation_level=None)
+        self._prepare(conn)
+        return conn
+
+    def give_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:
+            conn.close()
+        else:
+            self._idle.append(conn)
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop().close()

@@ -1,0 +1,214 @@
+"""The turn path's plain SQL (store/turn_store.py) against the ORM, on SQLite and PostgreSQL.
+
+Rows written by one must read back exactly through the other: the same stored forms of
+datetimes (with microseconds), money (a millionth of a cent), JSON; and the same tenancy.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from parley.store import repositories as repo
+from parley.store.db import Database
+from parley.store.models import AiCostUsage, AiMessage, AiSession, User
+from parley.store.tenancy import Tenant
+from parley.store.turn_store import TurnTotals
+from tests.conftest import DatabaseUrls, Tenants
+
+NOW = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
+    if request.param == "postgres":
+        pg: DatabaseUrls = request.getfixturevalue("pg_database")
+        return pg
+    url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
+    return DatabaseUrls("sqlite", url, url)
+
+
+@pytest.fixture
+async def db(tenants: Tenants) -> AsyncIterator[Database]:
+    database = Database(tenants.database_url)
+    yield database
+    await database.dispose()
+
+
+async def _orm_session(db: Database, org_id: str, *, context: dict[str, object] | None) -> AiSession:
+    async with db.transaction(Tenant.for_org(org_id)) as s:
+        user = (await s.execute(select(User).where(User.org_id == org_id))).scalars().first()
+        assert user is not None
+        row = AiSession(
+            id=str(uuid.uuid4()),
+            org_id=org_id,
+            user_id=user.id,
+            status="active",
+            type="general",
+            title=None,
+            model="m-1",
+            system_prompt="Be brief.",
+            context_snapshot=context,
+            total_input_tokens=0,
+            total_output_tokens=0,
+            total_cache_read_tokens=0,
+            total_cache_write_tokens=0,
+            total_cost_cents=Decimal(0),
+            turn_count=0,
+            message_count=0,
+            max_turns=7,
+            last_activity_at=NOW,
+            created_at=NOW - timedelta(minutes=1),
+            updated_at=NOW,
+        )
+        s.add(row)
+    return row
+
+
+async def test_a_session_written_by_the_orm_reads_back_the_same(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context={"page": "Übersicht", "n": 1})
+    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+        row = await tx.session(orm.id)
+    assert row is not None
+    assert (row.id, row.org_id, row.user_id, row.status, row.model) == (
+        orm.id,
+        orm.org_id,
+        orm.user_id,
+        "active",
+        "m-1",
+    )
+    assert (row.system_prompt, row.context_snapshot) == ("Be brief.", {"page": "Übersicht", "n": 1})
+    assert (row.turn_count, row.max_turns, row.message_count, row.title) == (0, 7, 0, None)
+    assert row.created_at == NOW - timedelta(minutes=1)
+    assert row.last_activity_at == NOW  # microseconds and UTC kept
+
+
+async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    totals = TurnTotals(
+        input_tokens=10, output_tokens=3, cache_read_tokens=2, cache_write_tokens=1, cost_cents=Decimal("0.000001")
+    )
+    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+        assert await tx.acquire_lease(orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        await tx.insert_message(
+            session_id=orm.id,
+            position=1,
+            role="user",
+            content="Hi",
+            parts=[{"type": "text", "text": "Hi"}],
+            created_at=NOW,
+        )
+        await tx.touch_session(orm.id, now=NOW, title="Hi", context={"k": "v"}, messages_added=1)
+        await tx.insert_message(
+            message_id="reply-1",
+            session_id=orm.id,
+            position=2,
+            role="assistant",
+            content="Hello",
+            parts=[{"type": "reasoning", "text": "r"}, {"type": "text", "text": "Hello"}],
+            tokens=(10, 3, 2, 1),
+            cost_cents=Decimal("1.2345678"),  # kept to a millionth of a cent
+            usage_estimated=True,
+            finish_reason="stop",
+            created_at=NOW + timedelta(microseconds=1),
+        )
+        for _ in range(3):  # three turns add up exactly, with no float drift
+            await tx.add_cost_usage(tenants.org_a, totals=totals, now=NOW)
+        await tx.record_turn(orm.id, totals=totals, count_turn=True, now=NOW, lease_token="lease-1", messages_added=1)
+
+    async with db.transaction(Tenant.for_org(tenants.org_a), readonly=True) as s:
+        messages = await repo.list_messages(s, orm.id)
+        session = await repo.get_session(s, Tenant.for_org(tenants.org_a), orm.id)
+        daily = (await s.execute(select(AiCostUsage).where(AiCostUsage.period == "daily"))).scalars().one()
+    assert [(m.role, m.content, m.position) for m in messages] == [("user", "Hi", 1), ("assistant", "Hello", 2)]
+    reply = messages[1]
+    assert isinstance(reply, AiMessage)
+    assert reply.id == "reply-1"
+    assert reply.content_parts == [{"type": "reasoning", "text": "r"}, {"type": "text", "text": "Hello"}]
+    assert (reply.input_tokens, reply.output_tokens, reply.cache_read_tokens, reply.cache_write_tokens) == (10, 3, 2, 1)
+    assert reply.cost_cents == Decimal("1.234568")
+    assert reply.usage_estimated is True
+    assert reply.finish_reason == "stop"
+    assert reply.created_at == NOW + timedelta(microseconds=1)
+    assert session is not None
+    assert (session.title, session.context_snapshot, session.message_count, session.turn_count) == (
+        "Hi",
+        {"k": "v"},
+        2,
+        1,
+    )
+    assert session.total_cost_cents == Decimal("0.000001")
+    assert (session.lease_token, session.lease_expires_at) == (None, None)
+    assert (daily.period_key, daily.input_tokens, daily.message_count) == ("2026-03-04", 30, 3)
+    assert daily.total_cost_cents == Decimal("0.000003")
+
+    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+        assert [r[:2] for r in await tx.history_rows(orm.id)] == [("user", "Hi"), ("assistant", "Hello")]
+        assert await tx.count_user_messages(orm.id) == 1
+        assert await tx.accepted_messages(since=NOW - timedelta(seconds=1), org_id=tenants.org_a) == (1, NOW)
+        assert await tx.accepted_messages(since=NOW, org_id=tenants.org_a) == (0, None)
+        daily_cents, monthly_cents, reserved = await tx.spend(tenants.org_a, now=NOW)
+    assert (daily_cents, monthly_cents, reserved) == (Decimal("0.000003"), Decimal("0.000003"), Decimal(0))
+
+
+async def test_the_lease_is_exclusive_until_it_expires_and_only_its_holder_releases_it(
+    db: Database, tenants: Tenants
+) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    later = NOW + timedelta(seconds=61)
+    zero = TurnTotals(input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost_cents=Decimal(0))
+    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+        assert await tx.acquire_lease(orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert not await tx.acquire_lease(orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert await tx.acquire_lease(orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
+        # The first turn ends late: its totals count, but the lease it lost is not taken from the second.
+        await tx.record_turn(orm.id, totals=zero, count_turn=True, now=later, lease_token="first")
+        await tx.release_lease(orm.id, token="first")
+    async with db.transaction(Tenant.for_org(tenants.org_a), readonly=True) as s:
+        row = await repo.get_session(s, Tenant.for_org(tenants.org_a), orm.id)
+    assert row is not None
+    assert row.lease_token == "second"
+    assert row.turn_count == 1
+
+
+async def test_a_failed_unit_of_work_leaves_nothing_and_the_next_one_works(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+
+    async def write_then_fail() -> None:
+        async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+            await tx.insert_message(session_id=orm.id, position=1, role="user", content="x", parts=[], created_at=NOW)
+            raise RuntimeError("refused")
+
+    with pytest.raises(RuntimeError, match="refused"):
+        await write_then_fail()
+    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+        assert await tx.history_rows(orm.id) == []
+        reservation = await tx.add_reservation(
+            tenants.org_a, orm.id, Decimal("2.5"), now=NOW, expires_at=NOW + timedelta(minutes=5)
+        )
+        assert (await tx.spend(tenants.org_a, now=NOW))[2] == Decimal("2.500000")
+        await tx.delete_reservation(reservation)
+        assert (await tx.spend(tenants.org_a, now=NOW))[2] == Decimal(0)
+
+
+async def test_another_organizations_session_stays_out_of_reach(
+    db: Database, tenants: Tenants, database: DatabaseUrls
+) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    async with db.turn_transaction(Tenant.for_org(tenants.org_b)) as tx:
+        row = await tx.session(orm.id)
+        changed = await tx.set_status(orm.id, "closed", now=NOW)
+    if database.kind == "postgres":  # row-level security hides it from org B's transaction
+        assert row is None
+        assert changed is False
+    else:  # SQLite has no RLS: the caller's own org check is the guard (see SessionManager.send_message)
+        assert row is not None
+        assert row.org_id == tenants.org_a
+        async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
+            await tx.set_status(orm.id, "active", now=NOW)
