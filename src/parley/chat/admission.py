@@ -94,7 +94,8 @@ async def admit(
     if not await tx.acquire_lease(row.id, token=lease, now=now, expires_at=now + lease_ttl):
         raise TurnInProgressError()
 
-    history = build_history(row.id, await tx.history_rows(row.id))
+    stored = await tx.history_rows(row.id)
+    history = build_history(row.id, stored)
     context = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", context)
     allowance = Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0))
@@ -115,7 +116,9 @@ async def admit(
                 row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
             )
 
-    user_turns = await tx.count_user_messages(row.id) + 1 if count_turns else None
+    # Counted from the rows just read: a separate count query would pick the role index on
+    # SQLite and scan every user message of every session.
+    user_turns = sum(1 for role, _, _ in stored if role == "user") + 1 if count_turns else None
     position = row.message_count + 1
     await tx.insert_message(
         session_id=row.id,

@@ -161,7 +161,6 @@ class TurnSql:
     acquire_lease: str
     release_lease: str
     history: str
-    count_user_messages: str
     insert_message: str
     insert_reservation: str
     delete_reservation: str
@@ -199,7 +198,6 @@ class TurnSql:
                 f"CASE WHEN {find}(CAST(content_parts AS TEXT), '\"tool_') > 0 THEN content_parts END "
                 "FROM ai_messages WHERE session_id = :session_id ORDER BY position, created_at, id"
             ),
-            count_user_messages="SELECT count(*) FROM ai_messages WHERE session_id = :session_id AND role = 'user'",
             insert_message=(
                 f"INSERT INTO ai_messages ({_MESSAGE_COLUMNS}) VALUES (:id, :session_id, :position, :role, "
                 ":content, :content_parts, :input_tokens, :output_tokens, :cache_read_tokens, "
@@ -367,10 +365,6 @@ class TurnTx(ABC):
         (it is written after). `content_parts` is None unless it may hold a tool part."""
         rows = await self.fetch_all(self.sql.history, {"session_id": session_id})
         return [(role, content, None if parts is None else _read_json(parts)) for role, content, parts in rows]
-
-    async def count_user_messages(self, session_id: str) -> int:
-        row = await self.fetch_one(self.sql.count_user_messages, {"session_id": session_id})
-        return int(row[0]) if row else 0
 
     async def insert_message(
         self,
