@@ -1,0 +1,162 @@
+"""POST .../messages at its edges: how the body is read, the order of refusals, headers, docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx2
+import pytest
+
+from tests.api.conftest import API, Shared, assert_error, create_session, detail
+from tests.support.sse_client import Stream, read_stream
+
+JSON = {"content-type": "application/json"}
+NOT_A_MODEL = "body: Input should be a valid dictionary or object to extract fields from"
+
+
+def _post(c: httpx2.Client, sid: str, raw: bytes, headers: dict[str, str] | None = None) -> Stream:
+    headers = JSON if headers is None else headers
+    with c.stream("POST", f"{API}/sessions/{sid}/messages", content=raw, headers=headers) as r:
+        return read_stream(r)
+
+
+def _refused(answer: Stream, status: int, code: str) -> str:
+    assert answer.status == status, (answer.status, answer.body, answer.types)
+    assert set(answer.body) == {"error", "code"}, answer.body
+    assert answer.body["code"] == code, answer.body
+    message: str = answer.body["error"]
+    return message
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "APPLICATION/JSON", "application/vnd.api+json"]
+)
+def test_json_content_types_with_parameters_case_or_suffix_are_read(shared: Shared, content_type: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        answer = _post(c, sid, b'{"content": "typed"}', {"content-type": content_type})
+        assert answer.types[-1] == "done"
+        assert detail(c, sid)["messages"][0]["content"] == "typed"
+
+
+@pytest.mark.parametrize("content_type", [None, "", "text/plain", "application/x-www-form-urlencoded"])
+def test_a_body_not_declared_as_json_is_422(shared: Shared, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"content-type": content_type}
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _refused(_post(c, sid, b'{"content": "hi"}', headers), 422, "validation_error") == NOT_A_MODEL
+        assert detail(c, sid)["messages"] == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [(b"", "body: Field required"), (b"null", NOT_A_MODEL), (b"[]", NOT_A_MODEL)],
+    ids=["empty", "null", "array"],
+)
+def test_no_body_or_a_body_that_is_not_an_object_is_422(shared: Shared, raw: bytes, message: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _refused(_post(c, sid, raw), 422, "validation_error") == message
+
+
+def test_json_the_standard_library_reads_is_read_the_same(shared: Shared) -> None:
+    """A byte order mark, UTF-16 and integers of 19 digits: what orjson alone would refuse or round."""
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _post(c, sid, b'\xef\xbb\xbf{"content": "with a BOM"}').types[-1] == "done"
+        assert _post(c, sid, '{"content": "in UTF-16"}'.encode("utf-16")).types[-1] == "done"
+        raw = b'{"content": "long id", "pageContext": {"id": 1234567890123456789, "x": 0.1}}'
+        assert _post(c, sid, raw).types[-1] == "done"
+        body = detail(c, sid)
+    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["with a BOM", "in UTF-16", "long id"]
+    assert body["session"]["contextSnapshot"] == {"id": 1234567890123456789, "x": 0.1}
+
+
+def test_page_context_by_its_field_name_is_read_but_not_both_names(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _post(c, sid, b'{"content": "snake", "page_context": {"page": "a"}}').types[-1] == "done"
+        assert detail(c, sid)["session"]["contextSnapshot"] == {"page": "a"}
+        both = b'{"content": "both", "pageContext": {"page": "b"}, "page_context": {"page": "c"}}'
+        message = _refused(_post(c, sid, both), 422, "validation_error")
+        assert message == "page_context: Extra inputs are not permitted"
+
+
+def test_validation_messages_name_each_field(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        message = _refused(_post(c, sid, b'{"content": 1, "pageContext": [], "x": 0}'), 422, "validation_error")
+    assert message == (
+        "content: Input should be a valid string; pageContext: Input should be a valid dictionary; "
+        "x: Extra inputs are not permitted"
+    )
+
+
+def test_order_of_refusals_for_unreadable_bodies(shared: Shared) -> None:
+    """Bytes that are not text: 400 before the token is looked at. Text that is not JSON: the token
+    first (401), then 400, even for a read-only token (403 needs a body that parses)."""
+    sid = "00000000-0000-4000-8000-000000000000"
+    with shared.client(None) as anonymous:
+        message = _refused(_post(anonymous, sid, b"\xff\xff"), 400, "http_error")
+        assert message == "There was an error parsing the body"
+        _refused(_post(anonymous, sid, b"{not json"), 401, "unauthorized")
+    with shared.client(shared.tenants.a1_read_only) as reader:
+        _refused(_post(reader, sid, b"{not json"), 400, "malformed_json")
+        _refused(_post(reader, sid, b'{"content": 5}'), 403, "forbidden")
+    with shared.client(shared.tenants.a1) as c:
+        _refused(_post(c, sid, b'{"content": 5}'), 422, "validation_error")
+        _refused(_post(c, sid, b'{"content": "hi"}'), 404, "session_not_found")
+
+
+def test_a_body_that_arrives_in_many_pieces_is_read_whole(shared: Shared) -> None:
+    raw = b'{"content": "padded"' + b" " * (200 * 1024) + b"}"  # under the limit, several socket reads
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _post(c, sid, raw).types[-1] == "done"
+
+        def pieces() -> Any:
+            yield b'{"content": '
+            yield b'"chunked"}'
+
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", content=pieces(), headers=JSON) as r:
+            assert read_stream(r).types[-1] == "done"
+        assert [m["content"] for m in detail(c, sid)["messages"] if m["role"] == "user"] == ["padded", "chunked"]
+
+
+def test_headers_of_the_stream_and_of_a_refusal(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", json={"content": "hi"}) as r:
+            r.read()
+            stream_headers = r.headers
+    assert stream_headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert stream_headers["cache-control"] == "no-cache"
+    assert stream_headers["x-accel-buffering"] == "no"
+    assert stream_headers["x-content-type-options"] == "nosniff"
+    assert stream_headers["referrer-policy"] == "no-referrer"
+    with shared.client(None) as anonymous:
+        refused = anonymous.post(f"{API}/sessions/{sid}/messages", json={"content": "hi"})
+    assert_error(refused, 401, "unauthorized")
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.headers["content-type"] == "application/json"
+    assert refused.headers["x-content-type-options"] == "nosniff"
+    assert refused.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+def test_other_methods_are_405_allowing_post(shared: Shared, method: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        r = c.request(method, f"{API}/sessions/{create_session(c)}/messages")
+    assert_error(r, 405, "method_not_allowed")
+    assert r.headers["allow"] == "POST"
+
+
+def test_openapi_documents_the_message_body(shared: Shared) -> None:
+    with shared.client(None) as c:
+        spec = c.get("/openapi.json").json()
+    operation = spec["paths"][f"{API}/sessions/{{session_id}}/messages"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == {"$ref": "#/components/schemas/SendMessageBody"}
+    body = spec["components"]["schemas"]["SendMessageBody"]
+    assert set(body["properties"]) == {"content", "pageContext"}
+    assert body["required"] == ["content"]
