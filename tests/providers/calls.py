@@ -25,7 +25,7 @@ class Sleeps:
 async def collect(
     provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str, **kwargs: Any
 ) -> list[ProviderEvent]:
-    return [event async for event in provider.stream(messages, model=model, **kwargs)]
+    return [event async for batch in provider.stream(messages, model=model, **kwargs) for event in batch]
 
 
 async def failing(
@@ -34,8 +34,9 @@ async def failing(
     """The events before the stream failed, and the error; fails the test if it did not fail."""
     events: list[ProviderEvent] = []
     try:
-        async for event in provider.stream(messages, model=model):
-            events.append(event)
+        async for batch in provider.stream(messages, model=model):
+            assert batch, "a provider yields no empty batch"
+            events.extend(batch)
     except ProviderError as exc:
         return events, exc
     raise AssertionError(f"the stream did not fail: {events}")

@@ -398,7 +398,7 @@ async def test_closing_the_generator_early_closes_the_upstream_connection(
 ) -> None:
     server.enqueue(message_stream(["tok "] * 2000, delay=0.005))
     stream = provider.stream(HELLO, model="claude-sonnet-4-5")
-    assert isinstance(await anext(stream), TextDelta)
+    assert isinstance((await anext(stream))[0], TextDelta)
     await stream.aclose()  # type: ignore[attr-defined]
     assert await server.wait_closed_async(within=1.0)
     assert not server.requests[-1].completed.is_set()

@@ -348,7 +348,7 @@ async def test_closing_the_generator_early_closes_the_upstream_connection(
 ) -> None:
     upstream.enqueue(token_stream(2000, delay=0.005))
     stream = provider.stream(HELLO, model="m")
-    assert isinstance(await anext(stream), TextDelta)
+    assert isinstance((await anext(stream))[0], TextDelta)
     await stream.aclose()  # type: ignore[attr-defined]
     assert await upstream.wait_closed_async(within=1.0)
     assert not upstream.requests[-1].completed.is_set()

@@ -44,7 +44,7 @@ class ScriptedProvider:
 
     async def stream(
         self, messages: Sequence[ChatMessage], *, model: str, max_tokens: int | None = None
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncIterator[Sequence[ProviderEvent]]:
         reply = self.replies.popleft() if self.replies else self.default
         self.calls.append(list(messages))
         self.max_tokens.append(max_tokens)
@@ -53,19 +53,19 @@ class ScriptedProvider:
             if reply.first_delay:
                 await asyncio.sleep(reply.first_delay)
             for text in reply.reasoning:
-                yield ReasoningDelta(text=text)
+                yield (ReasoningDelta(text=text),)
             for i, text in enumerate(reply.tokens):
                 if reply.fail_after is not None and i >= reply.fail_after:
                     break
                 if i and reply.delay:
                     await asyncio.sleep(reply.delay)
-                yield TextDelta(text=text)
+                yield (TextDelta(text=text),)
             if reply.error is not None:
                 raise reply.error
             if reply.usage is not None:
-                yield reply.usage
+                yield (reply.usage,)
             if reply.finish is not None:
-                yield Finished(reason=reply.finish)
+                yield (Finished(reason=reply.finish),)
             else:
                 raise ProviderError(__import__("parley.errors").errors.ProviderErrorKind.TRUNCATED)
         finally:

@@ -146,25 +146,26 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
     try:
         async with asyncio.timeout(spec.turn_timeout):
             stream = spec.provider.stream(messages, model=spec.model, max_tokens=spec.max_tokens)
-            async with aclosing(stream) as events:  # type: ignore[type-var]
-                async for event in events:
-                    # Ordered by frequency: this loop runs once per token.
-                    if type(event) is TextDelta:
-                        if reply.chunks >= limit:
-                            return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
-                        text.append(event.text)
-                        reply.chunks += 1
-                        publish(ContentDelta(delta=event.text))
-                    elif type(event) is ReasoningDelta:
-                        if reply.chunks >= limit:
-                            return BUDGET_CUT_OFF
-                        reasoning.append(event.text)
-                        reply.chunks += 1
-                        publish(ReasoningEvent(delta=event.text))
-                    elif type(event) is Usage:
-                        reply.usage = event
-                    elif type(event) is Finished:
-                        reply.finish_reason = event.reason
+            async with aclosing(stream) as batches:  # type: ignore[type-var]
+                async for batch in batches:  # one per network read
+                    for event in batch:
+                        # Ordered by frequency: this loop runs once per token.
+                        if type(event) is TextDelta:
+                            if reply.chunks >= limit:
+                                return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
+                            text.append(event.text)
+                            reply.chunks += 1
+                            publish(ContentDelta(delta=event.text))
+                        elif type(event) is ReasoningDelta:
+                            if reply.chunks >= limit:
+                                return BUDGET_CUT_OFF
+                            reasoning.append(event.text)
+                            reply.chunks += 1
+                            publish(ReasoningEvent(delta=event.text))
+                        elif type(event) is Usage:
+                            reply.usage = event
+                        elif type(event) is Finished:
+                            reply.finish_reason = event.reason
     except TimeoutError:
         minutes = spec.turn_timeout / 60
         shown = f"{minutes:g} minutes" if spec.turn_timeout >= 60 else f"{spec.turn_timeout:g} seconds"

@@ -122,7 +122,7 @@ class AnthropicProvider:
         *,
         model: str,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncIterator[Sequence[ProviderEvent]]:
         if self._refusal is not None:
             raise AddressNotAllowedError(self._refusal)
         body = build_request(
@@ -140,10 +140,10 @@ class AnthropicProvider:
             try:
                 # aclosing: a consumer that stops early (or is cancelled) closes the attempt,
                 # which releases the response and so closes the upstream connection at once.
-                async with contextlib.aclosing(self._attempt(payload)) as events:
-                    async for event in events:
+                async with contextlib.aclosing(self._attempt(payload)) as batches:
+                    async for batch in batches:
                         yielded = True
-                        yield event
+                        yield batch
                 return
             except ProviderError as exc:
                 delay = (
@@ -157,14 +157,13 @@ class AnthropicProvider:
             logger.info("retrying Anthropic in %.2fs (attempt %d)", delay, attempt)
             await http.sleep(delay)
 
-    async def _attempt(self, payload: bytes) -> AsyncGenerator[ProviderEvent, None]:
+    async def _attempt(self, payload: bytes) -> AsyncGenerator[Sequence[ProviderEvent], None]:
         """One request: open, stream, translate. Raises ProviderError for every failure."""
         response = await self._http.open(payload)
         translator = AnthropicStreamTranslator()
         async with response:
             async for batch in read_event_batches(response.content, translator):
-                for event in batch:
-                    yield event
+                yield batch
             if not translator.started:
                 # A gateway that ignored `stream: true` answers plain JSON: say so in the log.
                 logger.warning(
@@ -172,8 +171,9 @@ class AnthropicProvider:
                     self._http.url,
                     response.headers.get("Content-Type"),
                 )
-            for event in translator.finish():  # raises TRUNCATED when message_stop never came
-                yield event
+            last = translator.finish()  # raises TRUNCATED when message_stop never came
+            if last:
+                yield last
             await _drain(response.content)
 
 

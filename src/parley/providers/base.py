@@ -129,9 +129,11 @@ ProviderEvent = TextDelta | ReasoningDelta | Usage | Finished
 class Provider(Protocol):
     """A configured model endpoint.
 
-    `stream` opens one upstream request and yields events until the reply ends. It raises
-    `parley.errors.ProviderError` for every failure, including a stream that ends without a
-    `Finished` event (kind `truncated`). Retries happen inside, only before anything was yielded.
+    `stream` opens one upstream request and yields its events until the reply ends, in batches:
+    one per network read, never empty, so a consumer pays one async step per read rather than
+    per token. It raises `parley.errors.ProviderError` for every failure, including a stream that
+    ends without a `Finished` event (kind `truncated`); the events of a read that precede an
+    in-stream error are yielded first. Retries happen inside, only before anything was yielded.
     """
 
     name: str
@@ -142,7 +144,7 @@ class Provider(Protocol):
         *,
         model: str,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[ProviderEvent]: ...
+    ) -> AsyncIterator[Sequence[ProviderEvent]]: ...
 
     async def aclose(self) -> None:
         """Release pooled connections."""

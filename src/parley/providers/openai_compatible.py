@@ -95,7 +95,7 @@ class OpenAICompatibleProvider:
         *,
         model: str,
         max_tokens: int | None = None,
-    ) -> AsyncIterator[ProviderEvent]:
+    ) -> AsyncIterator[Sequence[ProviderEvent]]:
         if self._refusal is not None:
             raise AddressNotAllowedError(self._refusal)
         body = build_request(messages, model, max_tokens)
@@ -107,12 +107,10 @@ class OpenAICompatibleProvider:
         # releases the unfinished response, which closes the connection: the server stops.
         async with response:
             async for batch in read_event_batches(response.content, translator):
-                for event in batch:
-                    yield event
+                yield batch
         if not translator.saw_chunk:
             raise await self._probe(body)
-        for event in translator.finish():
-            yield event
+        yield translator.finish()
 
     async def _open_with_retries(self, payload: bytes) -> aiohttp.ClientResponse:
         http = self._http
