@@ -20,6 +20,7 @@ from parley import __version__
 from parley.api.auth import PrincipalCache
 from parley.api.errors import envelope, install_error_handlers
 from parley.api.routes import Services, router
+from parley.api.turn_endpoint import turn_route
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
 from parley.chat.budgets import BudgetService
@@ -176,6 +177,8 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    # Ahead of the router, whose declaration of the same route only documents it.
+    app.router.routes.append(turn_route())
     app.include_router(router)
 
     @app.get("/healthz", tags=["health"])

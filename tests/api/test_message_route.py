@@ -1,13 +1,23 @@
-"""POST .../messages at its edges: how the body is read, the order of refusals, headers, docs."""
+"""POST .../messages at its edges: how the body is read, the order of refusals, headers, docs.
+
+The route is served by its own ASGI endpoint (api/turn_endpoint.py), not by FastAPI; these are the
+answers FastAPI gave, which it must keep giving.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
+from starlette.routing import Match
 
+from parley.api.turn_endpoint import TurnEndpoint
+from parley.app import create_app
+from parley.config import load_settings
 from tests.api.conftest import API, Shared, assert_error, create_session, detail
+from tests.conftest import base_env
 from tests.support.sse_client import Stream, read_stream
 
 JSON = {"content-type": "application/json"}
@@ -160,3 +170,17 @@ def test_openapi_documents_the_message_body(shared: Shared) -> None:
     body = spec["components"]["schemas"]["SendMessageBody"]
     assert set(body["properties"]) == {"content", "pageContext"}
     assert body["required"] == ["content"]
+
+
+def test_turns_are_served_by_the_turn_endpoint(tmp_path: Path) -> None:
+    """The documented FastAPI route is shadowed: the first route to match a POST is the endpoint."""
+    app = create_app(load_settings(base_env(tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")))
+    path = f"{API}/sessions/3f0c2a8e-1111-4222-8333-444455556666/messages"
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
+    for route in app.router.routes:
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            assert isinstance(child["endpoint"], TurnEndpoint)
+            assert child["path_params"] == {"session_id": path.split("/")[-2]}
+            return
+    raise AssertionError("no route matched")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,10 +40,11 @@ def error_response(exc: ParleyError) -> JSONResponse:
     return envelope(exc.status_code, exc.error_code(), exc.message, headers or None, exc.extra())
 
 
-def _describe(errors: list[dict[str, object]]) -> str:
+def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
+    """`loc: msg` of the first five errors, without the body/query/path prefixes."""
     parts = []
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))  # type: ignore[attr-defined]
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
         parts.append(f"{loc or 'body'}: {err.get('msg')}")
     return "; ".join(parts)
 
@@ -74,7 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
             if refusal is not None:
                 return refusal
             return envelope(400, "malformed_json", "The request body is not valid JSON.")
-        return envelope(422, "validation_error", _describe(errors) or "Invalid request.")
+        return envelope(422, "validation_error", describe_validation_errors(errors) or "Invalid request.")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

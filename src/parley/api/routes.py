@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -69,14 +70,13 @@ async def writer(who: PrincipalDep) -> Principal:
 
 WriterDep = Annotated[Principal, Depends(writer)]
 
-router = APIRouter(prefix="/api/v1/ai", tags=["ai"])
+PREFIX = "/api/v1/ai"
+router = APIRouter(prefix=PREFIX, tags=["ai"])
 
 
-def _check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
+def check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
     if context is None:
         return
-    import orjson
-
     size = len(orjson.dumps(context))
     if size > svc.page_context_max_bytes:
         raise PayloadTooLargeError(f"pageContext is {size} bytes; the limit is {svc.page_context_max_bytes}.")
@@ -84,7 +84,7 @@ def _check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
 
 @router.post("/sessions", status_code=201)
 async def create_session(body: CreateSessionBody, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
-    _check_page_context(svc, body.page_context)
+    check_page_context(svc, body.page_context)
     row = await svc.catalog.create(
         who.caller, org_id=body.org_id, title=body.title, page_context=body.page_context, model=body.model
     )
@@ -150,9 +150,11 @@ async def close_session(session_id: str, svc: ServicesDep, who: WriterDep) -> di
     return {"success": True}
 
 
+# Declared for the OpenAPI schema (a docstring here would become its description). Requests are
+# served by `api/turn_endpoint.py`, registered ahead of this route, which answers as this code does.
 @router.post("/sessions/{session_id}/messages", response_class=StreamingResponse)
 async def send_message(session_id: str, body: SendMessageBody, svc: ServicesDep, who: WriterDep) -> Response:
-    _check_page_context(svc, body.page_context)
+    check_page_context(svc, body.page_context)
     sub = await svc.sessions.send_message(who.tenant, who.user_id, session_id, body.content, body.page_context)
     return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: svc.sessions.detach(session_id, sub))
 
