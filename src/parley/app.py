@@ -177,8 +177,9 @@ def create_app(
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # Ahead of the router, whose declaration of the same route only documents it.
-    app.router.routes.append(turn_route())
+    # First of all routes: it is matched on every turn, and the router's declaration of the same
+    # route only documents it.
+    app.router.routes.insert(0, turn_route())
     app.include_router(router)
 
     @app.get("/healthz", tags=["health"])
