@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from functools import partial
 
 from parley.bus.memory import END, SessionChannel, parse_event_id
 from parley.chat.events import ContentDelta, Done, MessageEnd, TitleUpdated, TurnError, encode_frame
@@ -45,7 +44,7 @@ def test_message_end_uses_camel_case_and_decimal_strings() -> None:
 
 
 def publish(channel: SessionChannel, event: object, final: bool = False) -> None:
-    channel.publish(partial(encode_frame, event), final=final)
+    channel.publish(event, encode_frame, final=final)
 
 
 def test_subscribers_get_frames_then_end_after_done() -> None:

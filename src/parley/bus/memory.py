@@ -4,14 +4,15 @@ Each event is encoded once, at publish, and the same bytes go to every subscribe
 the frames of its current (or last) turn so `GET .../events` with `Last-Event-ID` can resume.
 Subscriber queues are unbounded but short-lived: a turn is bounded by max_tokens, a writer
 drains its whole queue on every wake-up, and a subscriber that disconnects is removed. The bus
-does not know event types: the publisher passes a function that encodes the frame for the id the
-channel assigns. Imports only the standard library.
+does not know event types: the publisher passes the event and a function that encodes it as the
+frame for the id the channel assigns. Imports only the standard library.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 END = b""  # sentinel: this subscriber's stream ends (after `done`, or without it when closed)
 
@@ -77,10 +78,13 @@ class SessionChannel:
         self.turn_open = True
         return self.turn
 
-    def publish(self, encode: Callable[[str], bytes], *, final: bool = False) -> None:
-        """Assign the next id and fan out `encode(id)`; `final` ends the turn's streams after it."""
+    def publish(self, event: Any, encode: Callable[[Any, str], bytes], *, final: bool = False) -> None:
+        """Assign the next id and fan out `encode(event, id)`; `final` ends the turn's streams after it.
+
+        (Two arguments rather than one closure: this runs once per token.)
+        """
         frames = self._frames
-        frame = encode(f"{self.turn}.{len(frames) + 1}")
+        frame = encode(event, f"{self.turn}.{len(frames) + 1}")
         frames.append(frame)
         for sub in self._subscribers:
             sub.put(frame)

@@ -232,9 +232,9 @@ class SessionManager:
             return
         if type(event) is Done:
             live.turn = None
-            channel.publish(partial(encode_frame, event), final=True)
+            channel.publish(event, encode_frame, final=True)
         else:
-            channel.publish(partial(encode_frame, event))
+            channel.publish(event, encode_frame)
 
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None

@@ -100,6 +100,9 @@ class SSEDecoder:
         events: list[ServerSentEvent] = []
         data = self._data
         for line in lines:
+            if line[:6] == "data: ":  # by far the most common line: one per token
+                data.append(line[6:])
+                continue
             if not line:
                 if data:
                     events.append(self._dispatch())
