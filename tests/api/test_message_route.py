@@ -184,3 +184,41 @@ def test_turns_are_served_by_the_turn_endpoint(tmp_path: Path) -> None:
             assert child["path_params"] == {"session_id": path.split("/")[-2]}
             return
     raise AssertionError("no route matched")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"content": "hi \\ud800 there"}', "content is not valid text: it holds a lone surrogate ('\\ud800')."),
+        (
+            b'{"content": "hi", "pageContext": {"n": 123456789012345678901234567890}}',
+            "pageContext cannot be stored: Integer exceeds 64-bit range.",
+        ),
+        (
+            b'{"content": "hi", "pageContext": ' + b'{"a": ' * 300 + b"1" + b"}" * 301,
+            "pageContext cannot be stored: Recursion limit reached.",
+        ),
+        (
+            b'{"content": "hi", "pageContext": {"k": "\\udfff"}}',
+            "pageContext cannot be stored: str is not valid UTF-8: surrogates not allowed.",
+        ),
+    ],
+)
+def test_text_no_database_can_store_is_422_and_stores_nothing(shared: Shared, raw: bytes, message: str) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        assert _refused(_post(c, sid, raw), 422, "validation_error") == message
+        assert detail(c, sid)["messages"] == []
+        assert _post(c, sid, b'{"content": "still works"}').types[-1] == "done"
+
+
+def test_titles_with_a_lone_surrogate_are_422(shared: Shared) -> None:
+    """(Refused by the body's schema, as the content of a turn is by its endpoint.)"""
+    with shared.client(shared.tenants.a1) as c:
+        refused = c.post(f"{API}/sessions", content=b'{"title": "a \\ud83d b"}', headers=JSON)
+        assert_error(refused, 422, "validation_error")
+        sid = create_session(c)
+        renamed = c.patch(f"{API}/sessions/{sid}", content=b'{"title": "x \\ud83d"}', headers=JSON)
+        assert_error(renamed, 422, "validation_error")
+        assert "unicode" in renamed.json()["error"]
+        assert detail(c, sid)["session"]["title"] is None

@@ -30,7 +30,7 @@ from parley.api.sse import sse_response
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import SessionCatalog
 from parley.chat.sessions import SessionManager
-from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError
+from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError, ValidationFailedError
 from parley.store.db import Database
 
 
@@ -77,7 +77,10 @@ router = APIRouter(prefix=PREFIX, tags=["ai"])
 def check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
     if context is None:
         return
-    size = len(orjson.dumps(context))
+    try:
+        size = len(orjson.dumps(context))
+    except orjson.JSONEncodeError as exc:  # integers past 64 bits, deep nesting, lone surrogates
+        raise ValidationFailedError(f"pageContext cannot be stored: {exc}.") from None
     if size > svc.page_context_max_bytes:
         raise PayloadTooLargeError(f"pageContext is {size} bytes; the limit is {svc.page_context_max_bytes}.")
 

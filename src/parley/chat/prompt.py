@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from parley.errors import ValidationFailedError
+
 MAX_CONTEXT_LINES = 40
 MAX_KEY_CHARS = 64
 MAX_VALUE_CHARS = 300
@@ -18,6 +20,19 @@ TITLE_CHARS = 60
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u2028\u2029]")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_.\- ]")
 _WS = re.compile(r"\s+")
+
+
+def require_text(field: str, text: str) -> str:
+    """Refuse a string no database can store: JSON may carry a lone UTF-16 surrogate (`"\\ud800"`),
+    which is not Unicode text."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValidationFailedError(
+                f"{field} is not valid text: it holds a lone surrogate ({text[exc.start]!r})."
+            ) from None
+    return text
 
 
 def sanitize_content(text: str) -> str:

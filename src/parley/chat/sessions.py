@@ -24,7 +24,7 @@ from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
 from parley.chat.events import Done, StreamEvent, TitleUpdated, TurnError, encode_frame
-from parley.chat.prompt import sanitize_content
+from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
 from parley.errors import (
     NoTurnRunningError,
@@ -104,7 +104,7 @@ class SessionManager:
     # -- admission ---------------------------------------------------------------------------------
 
     def check_content(self, content: str) -> str:
-        text = sanitize_content(content)
+        text = require_text("content", sanitize_content(content))
         if not text:
             raise ValidationFailedError("content must not be empty.")
         if len(text) > self.policy.max_content_chars:
