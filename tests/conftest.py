@@ -137,6 +137,15 @@ def pg_database(pg_cluster: PostgresCluster) -> Iterator[DatabaseUrls]:
     pg_cluster.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def database_of_kind(request: pytest.FixtureRequest, kind: str, data_dir: Path) -> DatabaseUrls:
+    """For packages whose `database` fixture is parametrized over both databases."""
+    if kind == "postgres":
+        pg: DatabaseUrls = request.getfixturevalue("pg_database")
+        return pg
+    url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
+    return DatabaseUrls("sqlite", url, url)
+
+
 @pytest.fixture
 def database(data_dir: Path) -> DatabaseUrls:
     """SQLite by default; test packages that must run on both databases override this fixture."""

@@ -37,6 +37,7 @@ from tests.conftest import (
     _seed,
     base_env,
     client,
+    database_of_kind,
 )
 from tests.support.live_server import LiveServer
 from tests.support.postgres import PostgresCluster
@@ -258,11 +259,7 @@ DATABASES = ["sqlite", "postgres"]
 @pytest.fixture(params=DATABASES)
 def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
     """Overrides the root fixture: the API suite runs on both databases."""
-    if request.param == "postgres":
-        pg: DatabaseUrls = request.getfixturevalue("pg_database")
-        return pg
-    url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
-    return DatabaseUrls("sqlite", url, url)
+    return database_of_kind(request, request.param, data_dir)
 
 
 @pytest.fixture(scope="module", params=DATABASES)

@@ -20,18 +20,14 @@ from parley.store.db import Database
 from parley.store.models import AiCostUsage, AiMessage, AiSession, User
 from parley.store.tenancy import Tenant
 from parley.store.turn_store import TurnTotals
-from tests.conftest import DatabaseUrls, Tenants
+from tests.conftest import DatabaseUrls, Tenants, database_of_kind
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
-    if request.param == "postgres":
-        pg: DatabaseUrls = request.getfixturevalue("pg_database")
-        return pg
-    url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
-    return DatabaseUrls("sqlite", url, url)
+    return database_of_kind(request, request.param, data_dir)
 
 
 @pytest.fixture
