@@ -171,3 +171,26 @@ def test_unknown_route_and_wrong_method_use_the_envelope(shared: Shared) -> None
     with shared.client(shared.tenants.a1) as c:
         assert_error(c.get(f"{API}/nothing-here"), 404, "not_found")
         assert_error(c.put(f"{API}/sessions", json={}), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize("token", [None, "prl_not-a-real-token"], ids=["anonymous", "unknown-token"])
+def test_without_a_valid_token_every_bad_request_is_401_first(shared: Shared, sid: str, token: str | None) -> None:
+    """Whatever else is wrong (bytes that are not text, broken JSON, a wrong shape, a bad query),
+    a caller without a valid token learns only that: 401."""
+    with shared.client(token) as c:
+        for method, path, raw in (
+            ("POST", "/sessions", b"\xff\xff"),
+            ("POST", "/sessions", b"{not json"),
+            ("POST", "/sessions", b'{"title": 5}'),
+            ("PATCH", f"/sessions/{sid}", b"\xff\xff"),
+            ("PATCH", f"/sessions/{sid}", b'{"title": ""}'),
+            ("POST", f"/sessions/{sid}/messages", b"\xff\xff"),
+            ("POST", f"/sessions/{sid}/messages", b'{"content": 5}'),
+            ("PUT", "/budget", b'{"dailyBudgetCents": "lots"}'),
+        ):
+            assert_error(c.request(method, API + path, content=raw, headers=JSON), 401, "unauthorized")
+        assert_error(c.get(f"{API}/sessions", params={"limit": 1000}), 401, "unauthorized")
+        assert_error(c.get(f"{API}/sessions/search", params={"q": "x"}), 401, "unauthorized")
+    with shared.client(shared.tenants.a1) as c:
+        _untouched(c, sid)
+        assert_error(c.get(f"{API}/sessions", params={"limit": 1000}), 422, "validation_error")

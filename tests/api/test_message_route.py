@@ -103,14 +103,16 @@ def test_validation_messages_name_each_field(shared: Shared) -> None:
 
 
 def test_order_of_refusals_for_unreadable_bodies(shared: Shared) -> None:
-    """Bytes that are not text: 400 before the token is looked at. Text that is not JSON: the token
-    first (401), then 400, even for a read-only token (403 needs a body that parses)."""
+    """The token first (401) whatever is wrong with the body; then bytes that are not text, or text
+    that is not JSON, are 400 even for a read-only token (403 needs a body that parses)."""
     sid = "00000000-0000-4000-8000-000000000000"
     with shared.client(None) as anonymous:
-        message = _refused(_post(anonymous, sid, b"\xff\xff"), 400, "http_error")
-        assert message == "There was an error parsing the body"
+        _refused(_post(anonymous, sid, b"\xff\xff"), 401, "unauthorized")
         _refused(_post(anonymous, sid, b"{not json"), 401, "unauthorized")
+        _refused(_post(anonymous, sid, b'{"content": 5}'), 401, "unauthorized")
     with shared.client(shared.tenants.a1_read_only) as reader:
+        message = _refused(_post(reader, sid, b"\xff\xff"), 400, "http_error")
+        assert message == "There was an error parsing the body"
         _refused(_post(reader, sid, b"{not json"), 400, "malformed_json")
         _refused(_post(reader, sid, b'{"content": 5}'), 403, "forbidden")
     with shared.client(shared.tenants.a1) as c:

@@ -69,18 +69,22 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI validates the body and query before running dependencies: authenticate here,
+        # so a caller without a valid token gets 401 and never a hint about the request.
+        refusal = await _authentication_refusal(request)
+        if refusal is not None:
+            return refusal
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            # FastAPI parses the body before running dependencies: authenticate here so an
-            # anonymous caller gets 401, never a hint about the body.
-            refusal = await _authentication_refusal(request)
-            if refusal is not None:
-                return refusal
             return envelope(400, "malformed_json", "The request body is not valid JSON.")
         return envelope(422, "validation_error", describe_validation_errors(errors) or "Invalid request.")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # a body that is not text at all: the token first, as above
+            refusal = await _authentication_refusal(request)
+            if refusal is not None:
+                return refusal
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else "Request failed."
         return envelope(exc.status_code, code, message, dict(exc.headers) if exc.headers else None)

@@ -10,7 +10,8 @@ The answers are the FastAPI route's, refusal for refusal, because the checks run
 
 1. the body is read (a body over the limit was already refused with 413 by the middleware);
 2. a body declared as JSON that does not parse: 401 when the token is refused, else 400
-   `malformed_json`; bytes that are not text at all: 400 `http_error`, before authentication;
+   `malformed_json`; bytes that are not text at all: 401 when the token is refused, else 400
+   `http_error`;
 3. the token: 401, then 403 when it is read-only;
 4. the body's shape: 422 with pydantic's messages (the usual `{"content": "..."}` skips pydantic);
 5. the size of pageContext (413), then the turn itself (404, 409, 410, 402, 429, ...).
@@ -79,9 +80,10 @@ async def _turn(svc: Services, scope: Scope, receive: Receive) -> Response:
     try:
         body = await _read_body(receive, content_type)
     except _UnreadableBody:
+        # 401 first, for every refusal: a caller without a valid token learns nothing of the body.
+        await authenticate(svc.db, authorization, cache=svc.auth_cache)
         return envelope(400, "http_error", "There was an error parsing the body")
     except _MalformedJSON:
-        # 401 first: an anonymous caller gets no hint about the body.
         await authenticate(svc.db, authorization, cache=svc.auth_cache)
         return envelope(400, "malformed_json", "The request body is not valid JSON.")
     who = await authenticate(svc.db, authorization, cache=svc.auth_cache)
