@@ -9,10 +9,9 @@ schema and is never reached. The middleware (security headers, body limit, 500s)
 The answers are the FastAPI route's, refusal for refusal, because the checks run in its order:
 
 1. the body is read (a body over the limit was already refused with 413 by the middleware);
-2. a body declared as JSON that does not parse: 401 when the token is refused, else 400
-   `malformed_json`; bytes that are not text at all: 401 when the token is refused, else 400
-   `http_error`;
-3. the token: 401, then 403 when it is read-only;
+2. the token: 401 before any other refusal;
+3. a body declared as JSON that does not parse: 400 `malformed_json`; bytes that are not text at
+   all: 400 `http_error`; then 403 when the token is read-only;
 4. the body's shape: 422 with pydantic's messages (the usual `{"content": "..."}` skips pydantic);
 5. the size of pageContext (413), then the turn itself (404, 409, 410, 402, 429, ...).
 """
@@ -77,16 +76,18 @@ class TurnEndpoint:
 
 async def _turn(svc: Services, scope: Scope, receive: Receive) -> Response:
     authorization, content_type = _request_headers(scope["headers"])
+    body: Any = _NO_BODY
+    unreadable: Response | None = None
     try:
         body = await _read_body(receive, content_type)
     except _UnreadableBody:
-        # 401 first, for every refusal: a caller without a valid token learns nothing of the body.
-        await authenticate(svc.db, authorization, cache=svc.auth_cache)
-        return envelope(400, "http_error", "There was an error parsing the body")
+        unreadable = envelope(400, "http_error", "There was an error parsing the body")
     except _MalformedJSON:
-        await authenticate(svc.db, authorization, cache=svc.auth_cache)
-        return envelope(400, "malformed_json", "The request body is not valid JSON.")
+        unreadable = envelope(400, "malformed_json", "The request body is not valid JSON.")
+    # 401 before any other refusal: a caller without a valid token learns nothing of the body.
     who = await authenticate(svc.db, authorization, cache=svc.auth_cache)
+    if unreadable is not None:
+        return unreadable  # before 403, as FastAPI parsed the body before the writer check
     who.require_write()
     try:
         content, page_context = _message(body)
