@@ -108,24 +108,29 @@ class DatabaseUrls:
     admin: str  # the owner: migrations and seeding
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PostgresCluster]:
+def migrated_cluster(database: str) -> Iterator[PostgresCluster]:
+    """A throwaway cluster with `database` migrated (the app role created); destroyed after."""
     reason = postgres_missing()
     if reason:
         pytest.fail(reason)
     cluster = PostgresCluster().start()
-    cluster.psql(f"CREATE DATABASE {TEMPLATE_DB}")
+    cluster.psql(f"CREATE DATABASE {database}")
 
     async def migrate() -> None:
-        db = Database(cluster.url(APP_ROLE, TEMPLATE_DB, APP_PASSWORD))
+        db = Database(cluster.url(APP_ROLE, database, APP_PASSWORD))
         try:
-            await db.migrate(admin_url=cluster.url(database=TEMPLATE_DB))
+            await db.migrate(admin_url=cluster.url(database=database))
         finally:
             await db.dispose()
 
     asyncio.run(migrate())
     yield cluster
     cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PostgresCluster]:
+    yield from migrated_cluster(TEMPLATE_DB)
 
 
 @pytest.fixture

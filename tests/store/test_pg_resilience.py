@@ -20,30 +20,15 @@ import pytest
 from parley.errors import ServiceUnavailableError
 from parley.store.db import Database
 from parley.store.tenancy import Tenant
-from tests.conftest import APP_PASSWORD, APP_ROLE, ServerFactory, Tenants, _seed, base_env, client
-from tests.support.postgres import PostgresCluster, missing
+from tests.conftest import APP_PASSWORD, APP_ROLE, ServerFactory, Tenants, _seed, base_env, client, migrated_cluster
+from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import Reply, ScriptedProvider
 from tests.support.sse_client import FrameReader
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[PostgresCluster]:
-    reason = missing()
-    if reason:
-        pytest.fail(reason)
-    cluster = PostgresCluster().start()
-    cluster.psql("CREATE DATABASE parley")
-
-    async def migrate() -> None:
-        db = Database(cluster.url(APP_ROLE, "parley", APP_PASSWORD))
-        try:
-            await db.migrate(admin_url=cluster.url(database="parley"))
-        finally:
-            await db.dispose()
-
-    asyncio.run(migrate())
-    yield cluster
-    cluster.destroy()
+    yield from migrated_cluster("parley")
 
 
 @pytest.fixture
