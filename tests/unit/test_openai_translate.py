@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, Usage
-from parley.providers.http import StreamFailedError
+from parley.providers.http import StreamFailedError, translate_read
 from parley.providers.openai_wire import OpenAIStreamTranslator, classify_error
 from parley.providers.sse import ServerSentEvent, SSEDecoder
 
@@ -42,19 +42,18 @@ def load(name: str) -> tuple[bytes, int, tuple[list[ProviderEvent], str | None]]
 
 
 def run(chunks: list[bytes], prompt_chars: int) -> tuple[list[ProviderEvent], str | None]:
-    """Decode and translate like the provider does; returns events and the error code raised."""
+    """Decode and translate read by read as the provider does; returns events and the error raised."""
     decoder = SSEDecoder()
     translator = OpenAIStreamTranslator(prompt_chars=prompt_chars)
     events: list[ProviderEvent] = []
     try:
-        for chunk in chunks:
-            for sse in decoder.feed(chunk):
-                events.extend(translator.feed(sse))
+        for chunk in [*(c for c in chunks if c), b""]:  # b"": the end of the body, as readany says it
+            batch, failure = translate_read(decoder, translator, chunk)
+            events += batch
+            if failure is not None:
+                raise failure
             if translator.done:
                 break
-        else:
-            for sse in decoder.finish():
-                events.extend(translator.feed(sse))
         events.extend(translator.finish())
     except ProviderError as exc:
         return events, exc.kind.value
@@ -231,3 +230,77 @@ def test_classify_error(status: int, body: object, kind: ProviderErrorKind) -> N
 def test_classify_in_stream_defaults_to_the_given_kind() -> None:
     assert classify_error(None, {"error": {"message": "Internal server error"}}, default=K.STREAM) is K.STREAM
     assert classify_error(None, {"error": "x"}, default=K.STREAM) is K.STREAM
+
+
+# --- the per-token fast path ----------------------------------------------------------------------
+
+
+def translate_each(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
+    """`feed` on every payload read as text: what `feed_payloads` must match."""
+    translator = OpenAIStreamTranslator(prompt_chars=10)
+    events: list[ProviderEvent] = []
+    try:
+        for payload in payloads:
+            events += translator.feed(ServerSentEvent(data=payload.decode("utf-8", "replace")))
+    except ProviderError as exc:
+        return events, exc.kind.value, translator
+    return events, None, translator
+
+
+def translate_fast(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
+    translator = OpenAIStreamTranslator(prompt_chars=10)
+    events: list[ProviderEvent] = []
+    try:
+        translator.feed_payloads(payloads, events)
+    except ProviderError as exc:
+        return events, exc.kind.value, translator
+    return events, None, translator
+
+
+def _token(content: object, **choice: Any) -> bytes:
+    choices = [{"index": 0, "delta": {"content": content}, **choice}]
+    return orjson.dumps({"object": "chat.completion.chunk", "choices": choices})
+
+
+_PAYLOADS = [
+    _token("Hel"),
+    _token(""),
+    _token(None),
+    _token("lo", finish_reason="stop"),
+    _token("x", logprobs=None, finish_reason=None),
+    b'{"choices":[{"delta":{"content":"caf\\u00e9"}}]}',
+    b'{"choices":[{"delta":{"content":"bad \xff byte"}}]}',  # not UTF-8: read as text with U+FFFD
+    b'{"choices":[{"delta":{"role":"assistant","content":"both"}}]}',
+    b'{"choices":[{"delta":{"reasoning_content":"hmm"}}]}',
+    b'{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}',
+    b'{"choices":[{"delta":{"content":"u"}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}',
+    b'{"choices":[{"delta":{"content":"<think>a"}}]}',
+    b'{"object":"error","message":"boom"}',
+    b'{"error":{"message":"boom"}}',
+    b'{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}',
+    b'{"choices":[1]}',
+    b'{"choices":{"0":{}}}',
+    b'{"choices":[{"delta":"text"}]}',
+    b"[1, 2]",
+    b"not json",
+    b"",
+    b": ping",
+    b"[DONE]",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PAYLOADS), max_size=10))
+def test_property_feed_payloads_translates_as_feed_does(payloads: list[bytes]) -> None:
+    events, error, each = translate_each(payloads)
+    fast_events, fast_error, fast = translate_fast(payloads)
+    assert (fast_events, fast_error) == (events, error)
+    assert (fast.done, fast.saw_chunk, fast.finish_reason) == (each.done, each.saw_chunk, each.finish_reason)
+    assert fast.partial_usage() == each.partial_usage()
+
+
+@pytest.mark.parametrize("payload", [b'{"choices":[1]}', b'{"choices":{"0":{}}}', b'{"choices":[{"delta":"text"}]}'])
+def test_chunks_of_an_unknown_shape_are_stream_errors(payload: bytes) -> None:
+    events, error, _ = translate_fast([_token("kept"), payload, _token("never")])
+    assert events == [TextDelta(text="kept")]
+    assert error == ProviderErrorKind.STREAM.value

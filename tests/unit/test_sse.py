@@ -173,3 +173,50 @@ def test_property_any_split_gives_the_same_events(
     raw = _serialise(events, newline, comments)
     decoded = decode(*_chunks(raw, cuts))
     assert [(e.event, e.data) for e in decoded] == [(event or "message", "\n".join(lines)) for event, lines in events]
+
+
+def decode_like_the_provider(*chunks: bytes) -> list[tuple[str, str]]:
+    """(event, data) read by read, taking `feed_lone_data` whenever it applies, as the provider does."""
+    decoder = SSEDecoder()
+    out: list[tuple[str, str]] = []
+    for chunk in chunks:
+        payloads = decoder.feed_lone_data(chunk)
+        if payloads is None:
+            out += [(e.event, e.data) for e in decoder.feed(chunk)]
+        else:
+            out += [("message", p.decode("utf-8", "replace")) for p in payloads]
+    out += [(e.event, e.data) for e in decoder.finish()]
+    return out
+
+
+_lone_or_not = st.one_of(
+    st.tuples(st.just(""), st.lists(_text, min_size=1, max_size=1)),  # the usual: one data line
+    _event,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    events=st.lists(_lone_or_not, max_size=8),
+    newline=st.sampled_from([b"\n", b"\n", b"\r\n"]),
+    comments=st.booleans(),
+    bom=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
+)
+def test_property_the_fast_path_decodes_as_feed_does(
+    events: list[tuple[str, list[str]]], newline: bytes, comments: bool, bom: bool, cuts: list[int]
+) -> None:
+    raw = (b"\xef\xbb\xbf" if bom else b"") + _serialise(events, newline, comments)
+    chunks = _chunks(raw, cuts)
+    assert decode_like_the_provider(*chunks) == [(e.event, e.data) for e in decode(*chunks)]
+
+
+def test_fast_path_takes_lone_data_lines_and_leaves_the_rest() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_lone_data(b'data: {"a":1}\n\ndata: [DONE]\n\ndata: par') == [b'{"a":1}', b"[DONE]"]
+    assert decoder.feed_lone_data(b"tial\n\n") == [b"partial"]
+    assert decoder.feed_lone_data(b"data: no end yet\n") is None  # no event completed: `feed` keeps it
+    for other in (b"event: x\ndata: y\n\n", b": ping\n\n", b"data: a\ndata: b\n\n", b"data: a\r\n\r\n", b"id: 1\n\n"):
+        fresh = SSEDecoder()
+        assert fresh.feed_lone_data(other) is None, other
+        assert fresh.feed(other) + fresh.finish() == decode(other), other  # and nothing was consumed

@@ -153,6 +153,9 @@ class StreamTranslator(Protocol):
 
     def feed(self, sse: ServerSentEvent) -> Sequence[ProviderEvent]: ...
 
+    # Optional, for the usual stream of `data:`-only events (see `SSEDecoder.feed_lone_data`):
+    # def feed_payloads(self, payloads: list[bytes], out: list[ProviderEvent]) -> None: ...
+
     def partial_usage(self) -> Usage | None: ...
 
 
@@ -166,32 +169,41 @@ async def read_event_batches(
     error in the same read are still yielded before the error is raised.
     """
     decoder = SSEDecoder()
-    feed = translator.feed
     while not translator.done:
         try:
             chunk = await content.readany()
         except NETWORK_ERRORS as exc:
             raise transport_error(exc, started=True, partial_usage=translator.partial_usage()) from exc
-        events = decoder.feed(chunk) if chunk else decoder.finish()
-        if len(events) == 1:
-            batch = feed(events[0])
-            if batch:
-                yield batch
-        elif events:
-            collected: list[ProviderEvent] = []
-            failure: ProviderError | None = None
-            for sse in events:
-                try:
-                    collected += feed(sse)
-                except ProviderError as exc:
-                    failure = exc
-                    break
-            if collected:
-                yield collected
-            if failure is not None:
-                raise failure
+        events, failure = translate_read(decoder, translator, chunk)
+        if events:
+            yield events
+        if failure is not None:
+            raise failure
         if not chunk:
             return
+
+
+def translate_read(
+    decoder: SSEDecoder, translator: StreamTranslator, chunk: bytes
+) -> tuple[list[ProviderEvent], ProviderError | None]:
+    """The events one read (`b""`: the end of the body) completes, and the error that cut them short.
+
+    A translator with `feed_payloads` gets the usual stream's events as raw `data:` payloads when
+    the decoder's fast path applies; everything else goes through `feed`.
+    """
+    events: list[ProviderEvent] = []
+    feed_payloads = getattr(translator, "feed_payloads", None)
+    try:
+        payloads = decoder.feed_lone_data(chunk) if feed_payloads is not None else None
+        if payloads is not None and feed_payloads is not None:
+            feed_payloads(payloads, events)
+        else:
+            feed = translator.feed
+            for sse in decoder.feed(chunk) if chunk else decoder.finish():
+                events += feed(sse)
+    except ProviderError as exc:
+        return events, exc
+    return events, None
 
 
 # --- the client ----------------------------------------------------------------------------------

@@ -141,8 +141,11 @@ class OpenAIStreamTranslator:
         choices = chunk.get("choices")
         if not choices:
             return _NO_EVENTS
-        choice = choices[0]
-        delta = choice.get("delta")
+        choice = choices[0] if type(choices) is list else None
+        delta = choice.get("delta") if type(choice) is dict else None
+        if type(choice) is not dict or (delta and type(delta) is not dict):
+            logger.warning("model server sent a stream event of an unknown shape: %.300r", data)
+            raise self.error(Kind.STREAM)
         events = self._delta(delta) if delta else _NO_EVENTS
         reason = choice.get("finish_reason")
         if reason:
@@ -153,6 +156,36 @@ class OpenAIStreamTranslator:
             if answer or thought:
                 events = [*events, *self._pieces(answer, thought)]
         return events
+
+    def feed_payloads(self, payloads: list[bytes], out: list[ProviderEvent]) -> None:
+        """Translate the payloads of `data:`-only events (`SSEDecoder.feed_lone_data`) into `out`.
+
+        The same as `feed` on each, with the common token chunk (one choice, a delta of only
+        `content`, no finish reason, usage or error) translated in place: this runs once per
+        token. Events are appended as they come, so those before an error are kept.
+        """
+        loads = orjson.loads
+        for data in payloads:
+            if self.done:
+                return
+            if data[:1] == b"{" and self._think.passthrough:
+                try:
+                    chunk = loads(data)
+                except orjson.JSONDecodeError:
+                    chunk = None  # `feed` decides (it reads the payload as text first)
+                if type(chunk) is dict and not chunk.get("usage") and chunk.get("error") is None:
+                    choices = chunk.get("choices")
+                    choice = choices[0] if type(choices) is list and choices else None
+                    if type(choice) is dict and not choice.get("finish_reason") and chunk.get("object") != "error":
+                        delta = choice.get("delta")
+                        content = delta.get("content") if type(delta) is dict and len(delta) == 1 else None
+                        if type(content) is str:
+                            self.saw_chunk = True
+                            if content:
+                                self._chunks_with_text += 1
+                                out.append(TextDelta(text=content))
+                            continue
+            out.extend(self.feed(ServerSentEvent(data=data.decode("utf-8", "replace"))))
 
     def finish(self) -> list[ProviderEvent]:
         """End of stream: `[Usage, Finished]`, or a TRUNCATED error when no finish reason came."""

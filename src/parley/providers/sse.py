@@ -81,6 +81,36 @@ class SSEDecoder:
         # always hold complete characters.
         return self._lines(buf[:end].decode("utf-8", "replace").split("\n"))
 
+    def feed_lone_data(self, chunk: bytes) -> list[bytes] | None:
+        """The fast path of `feed` for the usual stream: every event a single `data: ` line.
+
+        When the decoder holds no pending fields and every event that `chunk` completes is one
+        `data: <payload>` line (LF only), returns those payloads as raw bytes and consumes the
+        chunk as `feed` would. Otherwise returns None and consumes nothing: call `feed`. The
+        events skipped this way all have the default type, no `id` and no `retry`.
+        """
+        if self._data or self._event or self._retry is not None or self._skip_lf or not chunk:
+            return None
+        buf = self._tail + chunk if self._tail else chunk
+        if self._bom_pending:
+            if len(buf) < 3:
+                return None
+            if buf.startswith(_BOM):
+                buf = buf[3:]
+        end = buf.rfind(b"\n\n")
+        if end < 0 or b"\r" in buf:
+            return None
+        body = buf[:end]
+        blocks = body.split(b"\n\n")
+        if body.count(b"\n") != 2 * len(blocks) - 2:  # a block of more than one line
+            return None
+        for block in blocks:
+            if block[:6] != b"data: ":
+                return None
+        self._bom_pending = False
+        self._tail = buf[end + 2 :]
+        return [block[6:] for block in blocks]
+
     def finish(self) -> list[ServerSentEvent]:
         """End of stream: process an unterminated last line and dispatch a pending event."""
         tail, self._tail = self._tail, b""
