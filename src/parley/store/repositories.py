@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley.store.ids import new_id
 from parley.store.models import (
     AiBudget,
     AiBudgetReservation,
@@ -28,7 +29,7 @@ from parley.store.models import (
     User,
 )
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import new_id, period_keys
+from parley.store.turn_store import period_keys
 
 __all__ = ["new_id", "period_keys"]  # re-exported: ids and period keys are the same everywhere
 

@@ -13,14 +13,13 @@ Values cross in each dialect's stored form (`Codec`), the same forms the ORM's c
 (`store/types.py`): rows written here and through the ORM read back the same. Units of work come
 from `Database.turn_transaction(tenant)`; methods here never commit.
 
-Imports: standard library and SQLAlchemy's `text` only.
+Imports: standard library, SQLAlchemy's `text` and `parley.store.ids`.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,12 +31,10 @@ from typing import Any
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from parley.store.ids import new_id
+
 _MICRO = Decimal(1_000_000)
 _SIX_PLACES = Decimal("0.000001")
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 # --- stored forms -----------------------------------------------------------------------------------
