@@ -156,11 +156,13 @@ def test_a_conversation_too_long_for_the_budget_is_refused_before_the_model(
         assert detail(c, sid)["messages"] == []
 
 
+@pytest.mark.parametrize("per_read", [1, 64])  # 64: the cut falls inside one read's tokens
 def test_a_server_that_ignores_max_tokens_is_cut_off_at_the_reservation(
-    make_server: ServerFactory, tenants: Tenants
+    make_server: ServerFactory, tenants: Tenants, per_read: int
 ) -> None:
     tokens = [f"w{i} " for i in range(400)]
-    provider = ScriptedProvider(Reply(tokens=tokens, usage=Usage(input_tokens=50, output_tokens=400)))
+    reply = Reply(tokens=tokens, usage=Usage(input_tokens=50, output_tokens=400), per_read=per_read)
+    provider = ScriptedProvider(reply)
     server = make_server(provider)
     with client(server, tenants.a1) as c:
         sid = create_session(c)

@@ -24,6 +24,7 @@ class Reply:
     usage: Usage | None = field(default_factory=lambda: Usage(input_tokens=10, output_tokens=3))
     finish: str | None = "stop"
     fail_after: int | None = None  # raise `error` after this many tokens
+    per_read: int = 1  # tokens yielded together, as one network read would bring them
     error: ProviderError | None = None
 
 
@@ -54,12 +55,11 @@ class ScriptedProvider:
                 await asyncio.sleep(reply.first_delay)
             for text in reply.reasoning:
                 yield (ReasoningDelta(text=text),)
-            for i, text in enumerate(reply.tokens):
-                if reply.fail_after is not None and i >= reply.fail_after:
-                    break
+            tokens = list(reply.tokens if reply.fail_after is None else reply.tokens[: reply.fail_after])
+            for i in range(0, len(tokens), reply.per_read):
                 if i and reply.delay:
                     await asyncio.sleep(reply.delay)
-                yield (TextDelta(text=text),)
+                yield tuple(TextDelta(text=text) for text in tokens[i : i + reply.per_read])
             if reply.error is not None:
                 raise reply.error
             if reply.usage is not None:

@@ -5,7 +5,16 @@ from __future__ import annotations
 import json
 
 from parley.bus.memory import END, SessionChannel, parse_event_id
-from parley.chat.events import ContentDelta, Done, MessageEnd, TitleUpdated, TurnError, encode_frame
+from parley.chat.events import (
+    ContentDelta,
+    Done,
+    MessageEnd,
+    ReasoningDelta,
+    TitleUpdated,
+    TurnError,
+    encode_frame,
+    encode_frames,
+)
 
 
 def frame_fields(frame: bytes) -> dict[str, str]:
@@ -89,3 +98,21 @@ def test_event_ids_parse_or_are_ignored() -> None:
     assert parse_event_id(None) is None
     assert parse_event_id("abc") is None
     assert parse_event_id("1.x") is None
+
+
+def test_a_batch_of_deltas_is_framed_and_numbered_as_one_by_one() -> None:
+    batch = [ContentDelta(delta="a"), ReasoningDelta(delta='"b"\n'), ContentDelta(delta="ü"), TitleUpdated(title="t")]
+    one_by_one = SessionChannel("s", turn=2)
+    one_by_one.begin_turn()
+    publish(one_by_one, ContentDelta(delta="first"))
+    for event in batch:
+        publish(one_by_one, event)
+    batched = SessionChannel("s", turn=2)
+    batched.begin_turn()
+    publish(batched, ContentDelta(delta="first"))
+    live = batched.subscribe()
+    batched.publish_many(batch, encode_frames)
+    expected = one_by_one.subscribe(replay_all=True).drain()
+    assert batched.subscribe(replay_all=True).drain() == expected
+    assert live.drain() == expected[1:]
+    assert encode_frames(batch, 3, 2) == [encode_frame(e, f"3.{i}") for i, e in enumerate(batch, 2)]

@@ -11,7 +11,7 @@ frame for the id the channel assigns. Imports only the standard library.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 END = b""  # sentinel: this subscriber's stream ends (after `done`, or without it when closed)
@@ -32,6 +32,14 @@ class Subscription:
 
     def put(self, frame: bytes) -> None:
         self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def put_many(self, frames: list[bytes]) -> None:
+        self._frames += frames
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -93,6 +101,15 @@ class SessionChannel:
             for sub in self._subscribers:
                 sub.put(END)
             self._subscribers.clear()
+
+    def publish_many(self, events: Sequence[Any], encode: Callable[[Sequence[Any], int, int], list[bytes]]) -> None:
+        """`publish` for several events at once (never the final one): `encode(events, turn, seq)`
+        returns one frame per event, numbered from `seq`. One fan-out for the lot.
+        """
+        frames = encode(events, self.turn, len(self._frames) + 1)
+        self._frames += frames
+        for sub in self._subscribers:
+            sub.put_many(frames)
 
     def subscribe(self, *, replay_after: tuple[int, int] | None = None, replay_all: bool = False) -> Subscription:
         """Subscribe to what comes next; optionally replay buffered frames first.

@@ -12,6 +12,7 @@ turn, so `Last-Event-ID` can resume a running turn. Imports only the standard li
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, assert_never
 
@@ -138,6 +139,24 @@ def encode_frame(event: StreamEvent, event_id: str) -> bytes:
             b"\n\n",
         )
     )
+
+
+def encode_frames(events: Sequence[StreamEvent], turn: int, seq: int) -> list[bytes]:
+    """`encode_frame` for consecutive events whose ids are `<turn>.<seq>`, `<turn>.<seq + 1>`, ...
+
+    Runs once per network read with that read's tokens, so deltas are formatted in one step each.
+    """
+    frames: list[bytes] = []
+    append = frames.append
+    dumps = orjson.dumps
+    for event in events:
+        head = _DELTA_HEADS.get(type(event))
+        if head is not None:
+            append(b"id: %d.%d%b%b}\n\n" % (turn, seq, head, dumps(event.delta)))  # type: ignore[union-attr]
+        else:
+            append(encode_frame(event, f"{turn}.{seq}"))
+        seq += 1
+    return frames
 
 
 HEARTBEAT_FRAME = b": ping\n\n"

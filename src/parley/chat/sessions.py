@@ -23,7 +23,7 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
-from parley.chat.events import Done, StreamEvent, TitleUpdated, TurnError, encode_frame
+from parley.chat.events import Done, StreamEvent, TitleUpdated, TurnError, encode_frame, encode_frames
 from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
 from parley.errors import (
@@ -38,8 +38,9 @@ from parley.errors import (
 from parley.providers.base import Provider
 from parley.store import repositories as repo
 from parley.store.db import Database
+from parley.store.ids import new_id
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import TurnSession, TurnTotals, new_id
+from parley.store.turn_store import TurnSession, TurnTotals
 
 log = logging.getLogger("parley.sessions")
 
@@ -220,6 +221,7 @@ class SessionManager:
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
+            publish_deltas=partial(self._publish_deltas, live),
             persist=partial(self._persist, live, org_id, session_id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
@@ -235,6 +237,12 @@ class SessionManager:
             channel.publish(event, encode_frame, final=True)
         else:
             channel.publish(event, encode_frame)
+
+    @staticmethod
+    def _publish_deltas(live: LiveSession, events: list[StreamEvent]) -> None:
+        channel = live.channel
+        if not channel.closed:
+            channel.publish_many(events, encode_frames)
 
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None

@@ -106,6 +106,7 @@ class TurnSpec:
     provider: Provider
     prices: Prices
     publish: Callable[[StreamEvent], None]
+    publish_deltas: Callable[[list[StreamEvent]], None]  # a read's deltas, in one fan-out
     persist: Callable[[TurnRecord | None], Awaitable[None]]
     clock: Callable[[], datetime]
     stop_reason: Callable[[], str | None]
@@ -140,7 +141,7 @@ async def run_turn(spec: TurnSpec) -> None:
 
 
 async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply) -> TurnOutcome:
-    publish = spec.publish
+    publish_deltas = spec.publish_deltas
     text, reasoning = reply.text, reply.reasoning
     limit = spec.output_limit if spec.output_limit is not None else sys.maxsize
     try:
@@ -148,24 +149,32 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
             stream = spec.provider.stream(messages, model=spec.model, max_tokens=spec.max_tokens)
             async with aclosing(stream) as batches:  # type: ignore[type-var]
                 async for batch in batches:  # one per network read
+                    deltas: list[StreamEvent] = []
+                    cut_off = False
                     for event in batch:
                         # Ordered by frequency: this loop runs once per token.
                         if type(event) is TextDelta:
                             if reply.chunks >= limit:
-                                return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
+                                cut_off = True
+                                break
                             text.append(event.text)
                             reply.chunks += 1
-                            publish(ContentDelta(delta=event.text))
+                            deltas.append(ContentDelta(delta=event.text))
                         elif type(event) is ReasoningDelta:
                             if reply.chunks >= limit:
-                                return BUDGET_CUT_OFF
+                                cut_off = True
+                                break
                             reasoning.append(event.text)
                             reply.chunks += 1
-                            publish(ReasoningEvent(delta=event.text))
+                            deltas.append(ReasoningEvent(delta=event.text))
                         elif type(event) is Usage:
                             reply.usage = event
                         elif type(event) is Finished:
                             reply.finish_reason = event.reason
+                    if deltas:
+                        publish_deltas(deltas)
+                    if cut_off:
+                        return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
     except TimeoutError:
         minutes = spec.turn_timeout / 60
         shown = f"{minutes:g} minutes" if spec.turn_timeout >= 60 else f"{spec.turn_timeout:g} seconds"
