@@ -262,8 +262,24 @@ def _token(content: object, **choice: Any) -> bytes:
     return orjson.dumps({"object": "chat.completion.chunk", "choices": choices})
 
 
+def _around(literal: bytes) -> bytes:
+    """`_token`'s envelope around any bytes where the content string goes."""
+    prefix, suffix = _token("").split(b'""', 1)
+    return prefix + literal + suffix
+
+
 _PAYLOADS = [
     _token("Hel"),
+    _token("Hel"),
+    _around(b'"a \\"quoted\\" \\\\"'),
+    _around(b' "spaced" '),
+    _around(b'"a","role":"assistant"'),  # same envelope, but two keys
+    _around(b'"a"},"x":{"y":"b"'),
+    _around(b"12"),
+    _around(b"null"),
+    _around(b'"\\ud800"'),
+    _around(b'"bad \xfe"'),
+    _around(b'"unterminated'),
     _token(""),
     _token(None),
     _token("lo", finish_reason="stop"),
@@ -304,3 +320,24 @@ def test_chunks_of_an_unknown_shape_are_stream_errors(payload: bytes) -> None:
     events, error, _ = translate_fast([_token("kept"), payload, _token("never")])
     assert events == [TextDelta(text="kept")]
     assert error == ProviderErrorKind.STREAM.value
+
+
+def test_the_envelope_of_a_token_chunk_is_learned_and_only_the_string_is_read_after() -> None:
+    translator = OpenAIStreamTranslator()
+    events: list[ProviderEvent] = []
+    translator.feed_payloads([_token("one"), _token("two")], events)  # the first decides on <think>
+    assert translator._template is not None
+    tricky = [_token(' "3"\n'), _around(b' "four" '), _around(b'"a","role":"x"'), _token("five")]
+    translator.feed_payloads(tricky, events)
+    assert (events, None) == translate_each([_token("one"), _token("two"), *tricky])[:2]
+    assert [e.text for e in events[:4]] == ["one", "two", ' "3"\n', "four"]  # type: ignore[union-attr]
+
+
+def test_an_envelope_that_changes_every_token_is_read_whole() -> None:
+    payloads = [
+        orjson.dumps({"created": i, "choices": [{"delta": {"content": f"t{i}"}, "finish_reason": None}]})
+        for i in range(20)
+    ]
+    events, error, translator = translate_fast(payloads)
+    assert (events, error) == ([TextDelta(text=f"t{i}") for i in range(20)], None)
+    assert translator._templates_tried == 4  # it stopped trying

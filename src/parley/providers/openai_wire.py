@@ -94,6 +94,8 @@ class OpenAIStreamTranslator:
     __slots__ = (
         "_chunks_with_text",
         "_prompt_chars",
+        "_template",
+        "_templates_tried",
         "_think",
         "_usage",
         "done",
@@ -106,6 +108,8 @@ class OpenAIStreamTranslator:
         self._think = think if think is not None else ThinkSplitter()
         self._usage: tuple[int, int, int] | None = None  # prompt, completion, cached
         self._chunks_with_text = 0
+        self._template: tuple[bytes, bytes] | None = None  # see feed_payloads
+        self._templates_tried = 0
         self.done = False  # `[DONE]` was seen: stop reading
         self.saw_chunk = False  # at least one JSON chunk arrived
         self.finish_reason: str | None = None
@@ -163,11 +167,27 @@ class OpenAIStreamTranslator:
         The same as `feed` on each, with the common token chunk (one choice, a delta of only
         `content`, no finish reason, usage or error) translated in place: this runs once per
         token. Events are appended as they come, so those before an error are kept.
+
+        A server sends every token of a reply in the same envelope: the chunks differ only in the
+        content string. Once one such chunk has been parsed, its bytes before and after that
+        string are kept (`_content_template`); a later payload made of the same two pieces around
+        a JSON string is that same chunk with another content, so only the string is parsed.
         """
         loads = orjson.loads
         for data in payloads:
             if self.done:
                 return
+            template = self._template
+            if template is not None and data.startswith(template[0]) and data.endswith(template[1]):
+                try:
+                    content = loads(data[len(template[0]) : len(data) - len(template[1])])
+                except orjson.JSONDecodeError:
+                    content = None
+                if type(content) is str:
+                    if content:
+                        self._chunks_with_text += 1
+                        out.append(TextDelta(text=content))
+                    continue
             if data[:1] == b"{" and self._think.passthrough:
                 try:
                     chunk = loads(data)
@@ -184,6 +204,9 @@ class OpenAIStreamTranslator:
                             if content:
                                 self._chunks_with_text += 1
                                 out.append(TextDelta(text=content))
+                            if self._templates_tried < _TEMPLATE_TRIES:
+                                self._templates_tried += 1
+                                self._template = _content_template(data, chunk) or self._template
                             continue
             out.extend(self.feed(ServerSentEvent(data=data.decode("utf-8", "replace"))))
 
@@ -276,6 +299,47 @@ class OpenAIStreamTranslator:
                     events.append(ReasoningDelta(text=thinking))
             else:
                 logger.debug("dropped a content part of type %r", kind)
+
+
+# A stream whose envelope changes from token to token (a per-chunk id or timestamp) stops learning
+# templates after this many, and goes on with whole-chunk parsing.
+_TEMPLATE_TRIES = 4
+_PROBE = "\x01probe"
+
+
+def _content_template(data: bytes, chunk: dict[str, Any]) -> tuple[bytes, bytes] | None:
+    """The bytes before and after the content string of a common token chunk, or None.
+
+    `data` is the raw chunk and `chunk` its parse (`choices[0].delta` is `{"content": str}`). The
+    string's place is guessed from the last `"content":`, then proven: the two pieces around
+    another string must parse to `chunk` with that string as its content. JSON is lexed without
+    context and a string token ends at its own closing quote, so the same then holds for any
+    string: `prefix + <JSON string> + suffix` is always this chunk with another content.
+    """
+    start = data.rfind(b'"content":')
+    if start < 0:
+        return None
+    start += len(b'"content":')
+    while start < len(data) and data[start] in b" \t\r\n":
+        start += 1
+    if data[start : start + 1] != b'"':
+        return None
+    end = start + 1
+    while True:  # the closing quote: one not escaped by an odd run of backslashes
+        end = data.find(b'"', end)
+        if end < 0:
+            return None
+        backslashes = len(data[start + 1 : end]) - len(data[start + 1 : end].rstrip(b"\\"))
+        end += 1
+        if backslashes % 2 == 0:
+            break
+    prefix, suffix = data[:start], data[end:]
+    try:
+        probed = orjson.loads(prefix + orjson.dumps(_PROBE) + suffix)
+    except orjson.JSONDecodeError:
+        return None
+    expected = {**chunk, "choices": [{**chunk["choices"][0], "delta": {"content": _PROBE}}, *chunk["choices"][1:]]}
+    return (prefix, suffix) if probed == expected else None
 
 
 def build_request(messages: Sequence[ChatMessage], model: str, max_tokens: int | None) -> dict[str, Any]:
