@@ -74,14 +74,12 @@ class SSEResponse(Response):
             while True:
                 await sub.wait()
                 frames = sub.drain()
-                if END in frames:
+                if END in frames:  # the last frames and the end of the body go out in one write
                     body = b"".join(frames[: frames.index(END)])
-                    if body:
-                        await send({"type": "http.response.body", "body": body, "more_body": True})
+                    await send({"type": "http.response.body", "body": body, "more_body": False})
                     break
                 await send({"type": "http.response.body", "body": b"".join(frames), "more_body": True})
                 last_write = loop.time()
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if timer is not None:
                 timer.cancel()

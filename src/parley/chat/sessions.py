@@ -23,7 +23,7 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
-from parley.chat.events import Done, StreamEvent, TitleUpdated, TurnError, encode_frame, encode_frames
+from parley.chat.events import Done, MessageStart, StreamEvent, TitleUpdated, TurnError, encode_frame, encode_frames
 from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
 from parley.errors import (
@@ -186,6 +186,8 @@ class SessionManager:
             if admission.title is not None:
                 self._publish(live, TitleUpdated(title=admission.title))
             spec = self._turn_spec(live, row, text, turn, admission)
+            # Queued before the response starts, so its first write carries it.
+            self._publish(live, MessageStart(message_id=spec.message_id))
             turn.task = asyncio.create_task(run_turn(spec), name=f"turn:{session_id}")
         except BaseException:
             live.turn = None

@@ -5,8 +5,9 @@ streaming part runs in a child task so Stop/close/eviction can cancel exactly th
 arrived is still persisted and billed, the lease released, and `done` published. Never holds a
 database session across the model stream.
 
-Event order: message_start -> (content_delta | reasoning_delta)* -> message_end -> done, or
-... -> error -> done on failure, or ... -> done on Stop.
+Event order: message_start (published at admission, by the SessionManager) -> (content_delta |
+reasoning_delta)* -> message_end -> done, or ... -> error -> done on failure, or ... -> done on
+Stop. The end (message_end, error, done) is published once the turn is stored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
-from parley.chat.events import ContentDelta, Done, MessageEnd, MessageStart, StreamEvent, TurnError
+from parley.chat.events import ContentDelta, Done, MessageEnd, StreamEvent, TurnError
 from parley.chat.events import ReasoningDelta as ReasoningEvent
 from parley.errors import ProviderError
 from parley.providers.base import (
@@ -114,7 +115,6 @@ class TurnSpec:
 
 
 async def run_turn(spec: TurnSpec) -> None:
-    publish = spec.publish
     if spec.stop_reason() is not None:  # stopped before the provider was called
         await _end_without_provider(spec, None)
         return
@@ -123,7 +123,6 @@ async def run_turn(spec: TurnSpec) -> None:
         *spec.history,
         ChatMessage.text("user", spec.user_text),
     ]
-    publish(MessageStart(message_id=spec.message_id))
     reply = Reply()
     stream_task = asyncio.create_task(_consume(spec, messages, reply))
     spec.on_stream_task(stream_task)
@@ -213,17 +212,6 @@ async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply,
     publish = spec.publish
     tokens = _token_counts(messages, reply, outcome)
     cents = cost_cents(tokens, spec.prices)
-    if outcome.completed:
-        publish(
-            MessageEnd(
-                input_tokens=tokens.input_tokens + tokens.cache_read_tokens + tokens.cache_write_tokens,
-                output_tokens=tokens.output_tokens,
-                cache_read_tokens=tokens.cache_read_tokens,
-                cache_write_tokens=tokens.cache_write_tokens,
-                cost_usd=cents_to_usd(cents),
-                usage_estimated=tokens.estimated,
-            )
-        )
     record = TurnRecord(
         message_id=spec.message_id,
         text="".join(reply.text),
@@ -243,6 +231,19 @@ async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply,
     except Exception:
         log.exception("persisting turn failed for session %s", spec.session_id)
         error = error or ("internal_error", "The reply could not be saved. Please try again.")
+    # The end of the turn is published after it is stored: message_end, error and done then reach
+    # the client together, in one write.
+    if outcome.completed:
+        publish(
+            MessageEnd(
+                input_tokens=tokens.input_tokens + tokens.cache_read_tokens + tokens.cache_write_tokens,
+                output_tokens=tokens.output_tokens,
+                cache_read_tokens=tokens.cache_read_tokens,
+                cache_write_tokens=tokens.cache_write_tokens,
+                cost_usd=cents_to_usd(cents),
+                usage_estimated=tokens.estimated,
+            )
+        )
     if error is not None:
         publish(TurnError(code=error[0], message=error[1]))
     publish(Done())
