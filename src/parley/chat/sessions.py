@@ -343,7 +343,13 @@ class SessionManager:
         excess = len(self.live) - self.policy.max_live_sessions + 1
         if excess <= 0:
             return
-        for sid in [sid for sid, live in self.live.items() if live.turn is None][:excess]:
+        idle: list[str] = []
+        for sid, live in self.live.items():  # least recently used first: usually the first few
+            if live.turn is None:
+                idle.append(sid)
+                if len(idle) == excess:
+                    break
+        for sid in idle:
             dropped = self.live.pop(sid)
             dropped.channel.close()
             log.debug("dropped idle session %s from memory (capacity)", sid)
