@@ -95,6 +95,22 @@ async def test_happy_path_with_usage(provider: OpenAICompatibleProvider, upstrea
     ]
 
 
+async def test_cookies_set_by_the_server_are_never_sent_back(upstream: ScriptedUpstream) -> None:
+    raw = (FIXTURES / "vllm-basic.sse").read_bytes()
+    upstream.enqueue(Stream(chunks=[raw], headers={"Set-Cookie": "session=tenant-a; Path=/"}))
+    # By name: a cookie jar would keep cookies of a named host (it drops those of IP addresses).
+    named = upstream.base_url.replace("127.0.0.1", "localhost")
+    provider = OpenAICompatibleProvider(base_url=named, api_key="sk-test", idle_timeout=0.5, connect_timeout=1)
+    try:
+        await collect(provider)
+        await collect(provider)  # another tenant's turn, say
+    finally:
+        await provider.aclose()
+    first, second = upstream.requests
+    assert "cookie" not in first.headers
+    assert "cookie" not in second.headers
+
+
 async def test_request_shape(provider: OpenAICompatibleProvider, upstream: ScriptedUpstream) -> None:
     messages = [
         ChatMessage.text("system", "Be brief."),

@@ -247,7 +247,9 @@ class UpstreamClient:
             # No pool limit: concurrency is bounded by the turns running, and a limit would make
             # long streams queue behind each other.
             connector = aiohttp.TCPConnector(resolver=PolicyResolver(), limit=0)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # No cookie jar: a cookie set by the model server must not ride along on other
+            # tenants' requests (and keeping none costs nothing per request).
+            self._session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
             self._owns_session = True
         return self._session
 
