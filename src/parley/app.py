@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -20,7 +21,7 @@ from parley import __version__
 from parley.api.auth import PrincipalCache
 from parley.api.errors import envelope, install_error_handlers
 from parley.api.routes import Services, router
-from parley.api.turn_endpoint import turn_route
+from parley.api.turn_endpoint import TurnEndpoint, turn_route, turn_session_id
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
 from parley.chat.budgets import BudgetService
@@ -30,7 +31,7 @@ from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.providers.base import Provider
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
-from parley.web import mount_web
+from parley.web import CommonSecurityHeaders, mount_web
 
 log = logging.getLogger("parley")
 MAX_BODY_BYTES = 256 * 1024
@@ -170,15 +171,16 @@ def create_app(
                 await upstream.aclose()
             await db.dispose()
 
-    app = FastAPI(
+    app = ParleyAPI(
         title="parley",
         version=__version__,
         summary="Multi-tenant AI chat sessions streamed over server-sent events.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # First of all routes: it is matched on every turn, and the router's declaration of the same
-    # route only documents it.
+    # Turns come through `ParleyAPI.turn_lane`; the route is also first among the routes, so that
+    # a request the lane leaves to the stack (under a root path) is served the same. The router's
+    # declaration of the same route only documents it.
     app.router.routes.insert(0, turn_route())
     app.include_router(router)
 
@@ -189,6 +191,31 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     mount_web(app)
     return app
+
+
+class ParleyAPI(FastAPI):
+    """The FastAPI app, with one lane in front of its middleware stack: the turn route.
+
+    `POST .../sessions/{id}/messages` is the route of every turn and its stream writes once per
+    network read for minutes; each layer of the stack is a call on every request and, for the
+    layers that watch responses, on every write. The lane applies what the route needs of the
+    stack, in the same order: the security headers, the body limit, then the endpoint, which
+    answers every error itself (500s included). Everything else goes through FastAPI.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.turn_lane: ASGIApp = CommonSecurityHeaders(BodyLimitMiddleware(TurnEndpoint(), max_bytes=MAX_BODY_BYTES))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            session_id = turn_session_id(scope["path"])
+            if session_id is not None:
+                scope["app"] = self
+                scope["path_params"] = {"session_id": session_id}
+                await self.turn_lane(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -13,7 +13,7 @@ import httpx2
 import pytest
 from starlette.routing import Match
 
-from parley.api.turn_endpoint import TurnEndpoint
+from parley.api.turn_endpoint import TurnEndpoint, turn_route, turn_session_id
 from parley.app import create_app
 from parley.config import load_settings
 from tests.api.conftest import API, Shared, assert_error, create_session, detail
@@ -224,3 +224,41 @@ def test_titles_with_a_lone_surrogate_are_422(shared: Shared) -> None:
         assert_error(renamed, 422, "validation_error")
         assert "unicode" in renamed.json()["error"]
         assert detail(c, sid)["session"]["title"] is None
+
+
+def test_the_turn_lane_answers_errors_as_the_stack_does(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Turns skip the middleware stack: its 413, its 500 and its headers must come from the lane."""
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
+        too_large = c.post(f"{API}/sessions/{sid}/messages", content=b" " * (256 * 1024 + 1), headers=JSON)
+        assert_error(too_large, 413, "content_too_large")
+        assert too_large.headers["x-content-type-options"] == "nosniff"
+
+        async def broken(*_args: Any, **_kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(shared.server.app.state.services.sessions, "send_message", broken)
+        failed = c.post(f"{API}/sessions/{sid}/messages", json={"content": "hi"})
+    assert_error(failed, 500, "internal_error")
+    assert "boom" not in failed.text
+    assert failed.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{API}/sessions/abc/messages",
+        f"{API}/sessions/abc/messages/",
+        f"{API}/sessions//messages",
+        f"{API}/sessions/a/b/messages",
+        f"{API}/sessions/abc/messagesx",
+        f"{API}/sessions/abc/messages/extra",
+        f"/x{API}/sessions/abc/messages",
+        f"{API}/sessions/%20/messages",
+    ],
+)
+def test_the_turn_lane_takes_exactly_the_paths_the_route_matches(path: str) -> None:
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
+    match, child = turn_route().matches(scope)
+    expected = child["path_params"]["session_id"] if match is Match.FULL else None
+    assert turn_session_id(path) == expected

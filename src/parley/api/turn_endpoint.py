@@ -2,9 +2,11 @@
 
 FastAPI's request handling (dependency solving for services, principal and writer, the pydantic
 body model, its exit stacks, the included router's matching) cost several times the CPU of what
-this route does itself before the turn starts. This endpoint does that work directly. `create_app`
-registers it ahead of the FastAPI route `routes.send_message`, which stays declared for the OpenAPI
-schema and is never reached. The middleware (security headers, body limit, 500s) applies as before.
+this route does itself before the turn starts. This endpoint does that work directly. The app
+(`app.ParleyAPI`) sends turns to it ahead of its middleware stack, with the security headers and
+the body limit around it, and it answers unexpected errors with the app's 500 itself. It is also
+the first route of the router; the FastAPI route `routes.send_message` stays declared for the
+OpenAPI schema and is never reached.
 
 The answers are the FastAPI route's, refusal for refusal, because the checks run in its order:
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import email.message
 import json
+import logging
 import re
 from typing import Any
 
@@ -36,7 +39,9 @@ from parley.api.schemas import SendMessageBody
 from parley.api.sse import sse_response
 from parley.errors import ParleyError
 
+log = logging.getLogger("parley.api")
 TURN_PATH = f"{PREFIX}/sessions/{{session_id}}/messages"
+_TURN_PATH = re.compile(re.escape(PREFIX) + "/sessions/([^/]+)/messages")  # as the Route matches it
 
 _NO_BODY = object()  # an empty body, which FastAPI reported as a missing one
 _FIELDS = frozenset({"content", "pageContext"})
@@ -61,6 +66,12 @@ def turn_route() -> Route:
     return Route(TURN_PATH, TurnEndpoint(), methods=["POST"], include_in_schema=False)
 
 
+def turn_session_id(path: str) -> str | None:
+    """The session id when `path` is the turn route's, else None."""
+    match = _TURN_PATH.fullmatch(path)
+    return match.group(1) if match is not None else None
+
+
 class TurnEndpoint:
     """The ASGI app of the route (see the module docstring)."""
 
@@ -71,6 +82,9 @@ class TurnEndpoint:
             response = await _turn(svc, scope, receive)
         except ParleyError as exc:
             response = error_response(exc)
+        except Exception:  # as the app's handler answers it (this route may run outside the stack)
+            log.exception("unhandled error")
+            response = envelope(500, "internal_error", "Internal error. Please try again.")
         await response(scope, receive, send)
 
 
