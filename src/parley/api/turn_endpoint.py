@@ -20,6 +20,7 @@ The answers are the FastAPI route's, refusal for refusal, because the checks run
 
 from __future__ import annotations
 
+import asyncio
 import email.message
 import json
 import logging
@@ -111,6 +112,10 @@ async def _turn(svc: Services, scope: Scope, receive: Receive) -> Response:
     session_id: str = scope["path_params"]["session_id"]
     sessions = svc.sessions
     sub = await sessions.send_message(who.tenant, who.user_id, session_id, content, page_context)
+    # One step aside before writing the response head: the turn's model request, queued by now,
+    # goes out first. When many requests arrive at once, each one's model call starts right after
+    # its admission instead of after every other request's head has been written.
+    await asyncio.sleep(0)
     return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: sessions.detach(session_id, sub))
 
 

@@ -39,7 +39,7 @@ HOUR = timedelta(hours=1)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Admission:
-    """What an admitted turn carries into run_turn."""
+    """What an admitted turn carries into the turn (chat.turns)."""
 
     system_prompt: str
     history: list[ChatMessage]

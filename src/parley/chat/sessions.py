@@ -25,7 +25,7 @@ from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
 from parley.chat.events import Done, MessageStart, StreamEvent, TitleUpdated, TurnError, encode_frame, encode_frames
 from parley.chat.prompt import require_text, sanitize_content
-from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, run_turn
+from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn
 from parley.errors import (
     NoTurnRunningError,
     PayloadTooLargeError,
@@ -188,7 +188,7 @@ class SessionManager:
             spec = self._turn_spec(live, row, text, turn, admission)
             # Queued before the response starts, so its first write carries it.
             self._publish(live, MessageStart(message_id=spec.message_id))
-            turn.task = asyncio.create_task(run_turn(spec), name=f"turn:{session_id}")
+            turn.task = start_turn(spec)
         except BaseException:
             live.turn = None
             await self._release(row.org_id, session_id, lease, admission.reservation_id)
@@ -391,7 +391,7 @@ class SessionManager:
         if stream is not None and not stream.done():
             stream.cancel()
             return True
-        # Still loading history: run_turn checks the reason before it calls the provider.
+        # Not started yet: the turn ends without calling the provider.
         return stream is None and turn.task is not None and not turn.task.done()
 
     async def close(self, tenant: Tenant, user_id: str, session_id: str) -> None:

@@ -1,4 +1,4 @@
-"""run_turn: history -> provider stream -> events -> persist -> cost -> done.
+"""start_turn: history -> provider stream -> events -> persist -> cost -> done.
 
 A turn runs in its own task, owned by the SessionManager, outside any request's transaction. The
 streaming part runs in a child task so Stop/close/eviction can cancel exactly that part: whatever
@@ -57,6 +57,7 @@ class Reply:
     chunks: int = 0
     usage: Usage | None = None
     finish_reason: str | None = None
+    started: bool = False  # the stream task began (and so called the provider)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +115,12 @@ class TurnSpec:
     on_stream_task: Callable[[asyncio.Task[TurnOutcome]], None]
 
 
-async def run_turn(spec: TurnSpec) -> None:
-    if spec.stop_reason() is not None:  # stopped before the provider was called
-        await _end_without_provider(spec, None)
-        return
+def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
+    """Start the turn; returns the task that runs it to `done`.
+
+    The streaming part is created first: its first step (the model request) then runs before
+    whatever the caller queues after this call, such as writing the response head.
+    """
     messages = [
         ChatMessage.text("system", spec.system_prompt),
         *spec.history,
@@ -126,6 +129,12 @@ async def run_turn(spec: TurnSpec) -> None:
     reply = Reply()
     stream_task = asyncio.create_task(_consume(spec, messages, reply))
     spec.on_stream_task(stream_task)
+    return asyncio.create_task(_run_turn(spec, messages, reply, stream_task), name=f"turn:{spec.session_id}")
+
+
+async def _run_turn(
+    spec: TurnSpec, messages: list[ChatMessage], reply: Reply, stream_task: asyncio.Task[TurnOutcome]
+) -> None:
     try:
         outcome = await stream_task
     except asyncio.CancelledError:
@@ -134,12 +143,16 @@ async def run_turn(spec: TurnSpec) -> None:
         if not stream_task.cancelled() or reason is None or (current is not None and current.cancelling()):
             stream_task.cancel()
             raise
+        if not reply.started:  # stopped before the provider was called
+            await _end_without_provider(spec, None)
+            return
         stop = STOP_MESSAGES.get(reason)
         outcome = TurnOutcome(finish_reason="interrupted", error=stop, completed=False)
     await _finish(spec, messages, reply, outcome)
 
 
 async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply) -> TurnOutcome:
+    reply.started = True
     publish_deltas = spec.publish_deltas
     text, reasoning = reply.text, reply.reasoning
     limit = spec.output_limit if spec.output_limit is not None else sys.maxsize

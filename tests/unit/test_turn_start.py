@@ -1,0 +1,93 @@
+"""start_turn: the stream starts first; a Stop before it ever ran ends the turn without a model call."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from parley.billing.cost import Prices
+from parley.chat.events import ContentDelta, Done, MessageEnd, StreamEvent
+from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, start_turn
+from tests.support.scripted_provider import Reply, ScriptedProvider
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.first_event = asyncio.Event()
+        self.events: list[StreamEvent] = []
+        self.persisted: list[TurnRecord | None] = []
+        self.stop: str | None = None
+        self.stream: asyncio.Task[TurnOutcome] | None = None
+
+    def deltas(self, events: list[StreamEvent]) -> None:
+        self.events.extend(events)
+        self.first_event.set()
+
+    async def persist(self, record: TurnRecord | None) -> None:
+        self.persisted.append(record)
+
+    def spec(self, provider: ScriptedProvider) -> TurnSpec:
+        def on_stream_task(task: asyncio.Task[TurnOutcome]) -> None:
+            self.stream = task
+
+        return TurnSpec(
+            session_id="s",
+            message_id="m",
+            system_prompt="Be brief.",
+            history=[],
+            user_text="hi",
+            model="m",
+            max_tokens=None,
+            output_limit=None,
+            turn_timeout=5,
+            provider=provider,  # type: ignore[arg-type]
+            prices=Prices(),
+            publish=self.events.append,
+            publish_deltas=self.deltas,
+            persist=self.persist,
+            clock=lambda: datetime.now(UTC),
+            stop_reason=lambda: self.stop,
+            on_stream_task=on_stream_task,
+        )
+
+
+def types(events: list[Any]) -> list[str]:
+    return [e.type for e in events]
+
+
+async def test_a_turn_streams_and_is_stored() -> None:
+    recorder, provider = Recorder(), ScriptedProvider(Reply(tokens=["a", "b"], per_read=2))
+    await start_turn(recorder.spec(provider))
+    assert recorder.events[:2] == [ContentDelta(delta="a"), ContentDelta(delta="b")]
+    assert isinstance(recorder.events[2], MessageEnd)
+    assert recorder.events[3] == Done()
+    (record,) = recorder.persisted
+    assert record is not None
+    assert (record.text, record.count_turn) == ("ab", True)
+
+
+async def test_a_stop_before_the_stream_ran_calls_no_model_and_does_not_count() -> None:
+    recorder, provider = Recorder(), ScriptedProvider()
+    turn = start_turn(recorder.spec(provider))
+    assert recorder.stream is not None
+    recorder.stop = "interrupt"
+    recorder.stream.cancel()  # before the loop ever ran it
+    await turn
+    assert provider.calls == []
+    assert recorder.persisted == [None]  # the lease is released; nothing is stored or counted
+    assert recorder.events == [Done()]
+
+
+async def test_a_stop_once_streaming_keeps_what_arrived() -> None:
+    recorder, provider = Recorder(), ScriptedProvider(Reply(tokens=["a", "b", "c"], delay=0.2))
+    turn = start_turn(recorder.spec(provider))
+    await recorder.first_event.wait()
+    recorder.stop = "interrupt"
+    assert recorder.stream is not None
+    recorder.stream.cancel()
+    await turn
+    (record,) = recorder.persisted
+    assert record is not None
+    assert (record.text, record.finish_reason) == ("a", "interrupted")
+    assert types(recorder.events) == ["content_delta", "done"]
