@@ -12,8 +12,9 @@ from parley.chat.events import (
     ReasoningDelta,
     TitleUpdated,
     TurnError,
+    encode_content_frames,
     encode_frame,
-    encode_frames,
+    encode_reasoning_frames,
 )
 
 
@@ -100,19 +101,21 @@ def test_event_ids_parse_or_are_ignored() -> None:
     assert parse_event_id("1.x") is None
 
 
-def test_a_batch_of_deltas_is_framed_and_numbered_as_one_by_one() -> None:
-    batch = [ContentDelta(delta="a"), ReasoningDelta(delta='"b"\n'), ContentDelta(delta="ü"), TitleUpdated(title="t")]
+def test_a_read_of_deltas_is_framed_and_numbered_as_one_by_one() -> None:
+    texts = ["a", '"b"\n', "ü", ""]
     one_by_one = SessionChannel("s", turn=2)
     one_by_one.begin_turn()
     publish(one_by_one, ContentDelta(delta="first"))
-    for event in batch:
-        publish(one_by_one, event)
+    for text in texts:
+        publish(one_by_one, ContentDelta(delta=text))
     batched = SessionChannel("s", turn=2)
     batched.begin_turn()
     publish(batched, ContentDelta(delta="first"))
     live = batched.subscribe()
-    batched.publish_many(batch, encode_frames)
+    batched.publish_many(texts, encode_content_frames)
     expected = one_by_one.subscribe(replay_all=True).drain()
     assert batched.subscribe(replay_all=True).drain() == expected
     assert live.drain() == expected[1:]
-    assert encode_frames(batch, 3, 2) == [encode_frame(e, f"3.{i}") for i, e in enumerate(batch, 2)]
+    assert encode_reasoning_frames(texts, 3, 2) == [
+        encode_frame(ReasoningDelta(delta=t), f"3.{i}") for i, t in enumerate(texts, 2)
+    ]

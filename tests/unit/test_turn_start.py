@@ -1,14 +1,19 @@
-"""start_turn: the stream starts first; a Stop before it ever ran ends the turn without a model call."""
+"""start_turn: the stream starts first, a read's events are kept and published in order, and a Stop
+before the stream ever ran ends the turn without a model call."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 from parley.billing.cost import Prices
-from parley.chat.events import ContentDelta, Done, MessageEnd, StreamEvent
+from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, StreamEvent
 from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, start_turn
+from parley.providers.base import ProviderEvent
+from parley.providers.base import ReasoningDelta as Thought
+from parley.providers.base import TextDelta as Text
 from tests.support.scripted_provider import Reply, ScriptedProvider
 
 
@@ -20,8 +25,12 @@ class Recorder:
         self.stop: str | None = None
         self.stream: asyncio.Task[TurnOutcome] | None = None
 
-    def deltas(self, events: list[StreamEvent]) -> None:
-        self.events.extend(events)
+    def text(self, pieces: list[str]) -> None:
+        self.events += [ContentDelta(delta=piece) for piece in pieces]
+        self.first_event.set()
+
+    def reasoning(self, pieces: list[str]) -> None:
+        self.events += [ReasoningDelta(delta=piece) for piece in pieces]
         self.first_event.set()
 
     async def persist(self, record: TurnRecord | None) -> None:
@@ -44,7 +53,8 @@ class Recorder:
             provider=provider,  # type: ignore[arg-type]
             prices=Prices(),
             publish=self.events.append,
-            publish_deltas=self.deltas,
+            publish_text=self.text,
+            publish_reasoning=self.reasoning,
             persist=self.persist,
             clock=lambda: datetime.now(UTC),
             stop_reason=lambda: self.stop,
@@ -91,3 +101,34 @@ async def test_a_stop_once_streaming_keeps_what_arrived() -> None:
     assert record is not None
     assert (record.text, record.finish_reason) == ("a", "interrupted")
     assert types(recorder.events) == ["content_delta", "done"]
+
+
+class OneRead:
+    """A provider whose whole reply arrives in one network read."""
+
+    def __init__(self, *events: ProviderEvent) -> None:
+        self.events = events
+
+    async def stream(self, messages: Any, *, model: str, max_tokens: int | None = None) -> AsyncIterator[Any]:
+        yield self.events
+
+
+async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_holds() -> None:
+    recorder = Recorder()
+    read = OneRead(
+        Thought(text="r1"), Text(text="a"), Text(text="b"), Thought(text="r2"), Text(text="c"), Text(text="d")
+    )
+    spec = recorder.spec(read)  # type: ignore[arg-type]
+    spec.output_limit = 5  # the last piece is past the limit
+    await start_turn(spec)
+    assert recorder.events[:5] == [
+        ReasoningDelta(delta="r1"),
+        ContentDelta(delta="a"),
+        ContentDelta(delta="b"),
+        ReasoningDelta(delta="r2"),
+        ContentDelta(delta="c"),
+    ]
+    assert types(recorder.events[5:]) == ["error", "done"]
+    (record,) = recorder.persisted
+    assert record is not None
+    assert (record.reasoning, record.text, record.finish_reason) == ("r1r2", "abc", "budget_exhausted")

@@ -141,22 +141,23 @@ def encode_frame(event: StreamEvent, event_id: str) -> bytes:
     )
 
 
-def encode_frames(events: Sequence[StreamEvent], turn: int, seq: int) -> list[bytes]:
-    """`encode_frame` for consecutive events whose ids are `<turn>.<seq>`, `<turn>.<seq + 1>`, ...
+def encode_content_frames(texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
+    """The frames of `ContentDelta`s with these texts, ids `<turn>.<seq>`, `<turn>.<seq + 1>`, ...
 
-    Runs once per network read with that read's tokens, so deltas are formatted in one step each.
+    The same bytes as `encode_frame` one by one; runs once per network read with its tokens, so
+    it starts from the text alone (no event object per token).
     """
-    frames: list[bytes] = []
-    append = frames.append
+    return _delta_frames(_DELTA_HEADS[ContentDelta], texts, turn, seq)
+
+
+def encode_reasoning_frames(texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
+    """As `encode_content_frames`, for `ReasoningDelta`s."""
+    return _delta_frames(_DELTA_HEADS[ReasoningDelta], texts, turn, seq)
+
+
+def _delta_frames(head: bytes, texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
     dumps = orjson.dumps
-    for event in events:
-        head = _DELTA_HEADS.get(type(event))
-        if head is not None:
-            append(b"id: %d.%d%b%b}\n\n" % (turn, seq, head, dumps(event.delta)))  # type: ignore[union-attr]
-        else:
-            append(encode_frame(event, f"{turn}.{seq}"))
-        seq += 1
-    return frames
+    return [b"id: %d.%d%b%b}\n\n" % (turn, i, head, dumps(text)) for i, text in enumerate(texts, seq)]
 
 
 HEARTBEAT_FRAME = b": ping\n\n"

@@ -23,7 +23,16 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
-from parley.chat.events import Done, MessageStart, StreamEvent, TitleUpdated, TurnError, encode_frame, encode_frames
+from parley.chat.events import (
+    Done,
+    MessageStart,
+    StreamEvent,
+    TitleUpdated,
+    TurnError,
+    encode_content_frames,
+    encode_frame,
+    encode_reasoning_frames,
+)
 from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn
 from parley.errors import (
@@ -223,7 +232,8 @@ class SessionManager:
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
-            publish_deltas=partial(self._publish_deltas, live),
+            publish_text=partial(self._publish_text, live),
+            publish_reasoning=partial(self._publish_reasoning, live),
             persist=partial(self._persist, live, org_id, session_id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
@@ -241,10 +251,16 @@ class SessionManager:
             channel.publish(event, encode_frame)
 
     @staticmethod
-    def _publish_deltas(live: LiveSession, events: list[StreamEvent]) -> None:
+    def _publish_text(live: LiveSession, texts: list[str]) -> None:
         channel = live.channel
         if not channel.closed:
-            channel.publish_many(events, encode_frames)
+            channel.publish_many(texts, encode_content_frames)
+
+    @staticmethod
+    def _publish_reasoning(live: LiveSession, texts: list[str]) -> None:
+        channel = live.channel
+        if not channel.closed:
+            channel.publish_many(texts, encode_reasoning_frames)
 
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None

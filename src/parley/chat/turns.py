@@ -23,13 +23,13 @@ from decimal import Decimal
 from typing import Any
 
 from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
-from parley.chat.events import ContentDelta, Done, MessageEnd, StreamEvent, TurnError
-from parley.chat.events import ReasoningDelta as ReasoningEvent
+from parley.chat.events import Done, MessageEnd, StreamEvent, TurnError
 from parley.errors import ProviderError
 from parley.providers.base import (
     ChatMessage,
     Finished,
     Provider,
+    ProviderEvent,
     ReasoningDelta,
     TextDelta,
     Usage,
@@ -108,7 +108,9 @@ class TurnSpec:
     provider: Provider
     prices: Prices
     publish: Callable[[StreamEvent], None]
-    publish_deltas: Callable[[list[StreamEvent]], None]  # a read's deltas, in one fan-out
+    # A read's deltas, one fan-out per run of answer or reasoning (one frame per piece):
+    publish_text: Callable[[list[str]], None]
+    publish_reasoning: Callable[[list[str]], None]
     persist: Callable[[TurnRecord | None], Awaitable[None]]
     clock: Callable[[], datetime]
     stop_reason: Callable[[], str | None]
@@ -153,39 +155,13 @@ async def _run_turn(
 
 async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply) -> TurnOutcome:
     reply.started = True
-    publish_deltas = spec.publish_deltas
-    text, reasoning = reply.text, reply.reasoning
     limit = spec.output_limit if spec.output_limit is not None else sys.maxsize
     try:
         async with asyncio.timeout(spec.turn_timeout):
             stream = spec.provider.stream(messages, model=spec.model, max_tokens=spec.max_tokens)
             async with aclosing(stream) as batches:  # type: ignore[type-var]
                 async for batch in batches:  # one per network read
-                    deltas: list[StreamEvent] = []
-                    cut_off = False
-                    for event in batch:
-                        # Ordered by frequency: this loop runs once per token.
-                        if type(event) is TextDelta:
-                            if reply.chunks >= limit:
-                                cut_off = True
-                                break
-                            text.append(event.text)
-                            reply.chunks += 1
-                            deltas.append(ContentDelta(delta=event.text))
-                        elif type(event) is ReasoningDelta:
-                            if reply.chunks >= limit:
-                                cut_off = True
-                                break
-                            reasoning.append(event.text)
-                            reply.chunks += 1
-                            deltas.append(ReasoningEvent(delta=event.text))
-                        elif type(event) is Usage:
-                            reply.usage = event
-                        elif type(event) is Finished:
-                            reply.finish_reason = event.reason
-                    if deltas:
-                        publish_deltas(deltas)
-                    if cut_off:
+                    if _take(spec, batch, reply, limit):
                         return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
     except TimeoutError:
         minutes = spec.turn_timeout / 60
@@ -202,6 +178,42 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
         log.info("turn failed on session %s: %r", spec.session_id, exc)
         return TurnOutcome(finish_reason=exc.error_code(), error=(exc.error_code(), exc.message), completed=False)
     return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
+
+
+def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: int) -> bool:
+    """Keep and publish one read's events; True when the output limit cut the reply short.
+
+    Runs once per read and loops once per token: the pieces of a run of answer (or reasoning) are
+    published together, and no event object is made per piece.
+    """
+    text, reasoning = reply.text, reply.reasoning
+    chunks = reply.chunks
+    run: list[str] = []
+    run_is_reasoning = False
+    cut_off = False
+    for event in batch:
+        if type(event) is TextDelta or type(event) is ReasoningDelta:
+            if chunks >= limit:
+                cut_off = True
+                break
+            chunks += 1
+            piece = event.text
+            is_reasoning = type(event) is ReasoningDelta
+            if is_reasoning is not run_is_reasoning:
+                if run:
+                    (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
+                    run = []
+                run_is_reasoning = is_reasoning
+            (reasoning if is_reasoning else text).append(piece)
+            run.append(piece)
+        elif type(event) is Usage:
+            reply.usage = event
+        elif type(event) is Finished:
+            reply.finish_reason = event.reason
+    reply.chunks = chunks
+    if run:
+        (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
+    return cut_off
 
 
 def _token_counts(messages: Sequence[ChatMessage], reply: Reply, outcome: TurnOutcome) -> TokenCounts:
