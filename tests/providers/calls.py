@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from parley.errors import ProviderError
-from parley.providers.base import ChatMessage, Provider, ProviderEvent, TextDelta
+from parley.providers.base import ChatMessage, Provider, ProviderEvent, TextDelta, one_per_piece
 
 HELLO = [ChatMessage.text("user", "hello")]
 
@@ -25,7 +25,8 @@ class Sleeps:
 async def collect(
     provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str, **kwargs: Any
 ) -> list[ProviderEvent]:
-    return [event async for batch in provider.stream(messages, model=model, **kwargs) for event in batch]
+    # One event per piece: the OpenAI-compatible read path yields a read's pieces as one TextRun.
+    return one_per_piece([event async for batch in provider.stream(messages, model=model, **kwargs) for event in batch])
 
 
 async def failing(
@@ -38,7 +39,7 @@ async def failing(
             assert batch, "a provider yields no empty batch"
             events.extend(batch)
     except ProviderError as exc:
-        return events, exc
+        return one_per_piece(events), exc
     raise AssertionError(f"the stream did not fail: {events}")
 
 

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, Usage
+from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, TextRun, Usage, one_per_piece
 from parley.providers.http import StreamFailedError, translate_read
 from parley.providers.openai_wire import OpenAIStreamTranslator, classify_error
 from parley.providers.sse import ServerSentEvent, SSEDecoder
@@ -49,7 +49,7 @@ def run(chunks: list[bytes], prompt_chars: int) -> tuple[list[ProviderEvent], st
     try:
         for chunk in [*(c for c in chunks if c), b""]:  # b"": the end of the body, as readany says it
             batch, failure = translate_read(decoder, translator, chunk)
-            events += batch
+            events += one_per_piece(batch)
             if failure is not None:
                 raise failure
             if translator.done:
@@ -253,8 +253,8 @@ def translate_fast(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | No
     try:
         translator.feed_payloads(payloads, events)
     except ProviderError as exc:
-        return events, exc.kind.value, translator
-    return events, None, translator
+        return one_per_piece(events), exc.kind.value, translator
+    return one_per_piece(events), None, translator
 
 
 def _token(content: object, **choice: Any) -> bytes:
@@ -329,6 +329,8 @@ def test_the_envelope_of_a_token_chunk_is_learned_and_only_the_string_is_read_af
     assert translator._template is not None
     tricky = [_token(' "3"\n'), _around(b' "four" '), _around(b'"a","role":"x"'), _token("five")]
     translator.feed_payloads(tricky, events)
+    assert events[-1] == TextRun(["five"])  # pieces read in place: one run per stretch of them
+    events = one_per_piece(events)
     assert (events, None) == translate_each([_token("one"), _token("two"), *tricky])[:2]
     assert [e.text for e in events[:4]] == ["one", "two", ' "3"\n', "four"]  # type: ignore[union-attr]
 

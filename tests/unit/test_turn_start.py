@@ -11,7 +11,7 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, StreamEvent
 from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, start_turn
-from parley.providers.base import ProviderEvent
+from parley.providers.base import ProviderEvent, TextRun
 from parley.providers.base import ReasoningDelta as Thought
 from parley.providers.base import TextDelta as Text
 from tests.support.scripted_provider import Reply, ScriptedProvider
@@ -132,3 +132,22 @@ async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_h
     (record,) = recorder.persisted
     assert record is not None
     assert (record.reasoning, record.text, record.finish_reason) == ("r1r2", "abc", "budget_exhausted")
+
+
+async def test_a_run_of_pieces_counts_each_piece_and_is_cut_at_the_limit() -> None:
+    recorder = Recorder()
+    read = OneRead(Thought(text="r"), TextRun(["a", "b"]), Text(text="c"), TextRun(["d", "e", "f"]))
+    spec = recorder.spec(read)  # type: ignore[arg-type]
+    spec.output_limit = 5
+    await start_turn(spec)
+    assert recorder.events[:5] == [
+        ReasoningDelta(delta="r"),
+        ContentDelta(delta="a"),
+        ContentDelta(delta="b"),
+        ContentDelta(delta="c"),
+        ContentDelta(delta="d"),
+    ]
+    assert types(recorder.events[5:]) == ["error", "done"]
+    (record,) = recorder.persisted
+    assert record is not None
+    assert (record.reasoning, record.text, record.finish_reason) == ("r", "abcd", "budget_exhausted")

@@ -32,6 +32,7 @@ from parley.providers.base import (
     ProviderEvent,
     ReasoningDelta,
     TextDelta,
+    TextRun,
     Usage,
     estimate_tokens,
 )
@@ -192,7 +193,21 @@ def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: i
     run_is_reasoning = False
     cut_off = False
     for event in batch:
-        if type(event) is TextDelta or type(event) is ReasoningDelta:
+        if type(event) is TextRun:  # the usual: a read's answer pieces
+            pieces = event.texts
+            if chunks + len(pieces) > limit:
+                pieces = pieces[: max(limit - chunks, 0)]
+                cut_off = True
+            chunks += len(pieces)
+            if run_is_reasoning and run:
+                spec.publish_reasoning(run)
+                run = []
+            run_is_reasoning = False
+            text += pieces
+            run += pieces
+            if cut_off:
+                break
+        elif type(event) is TextDelta or type(event) is ReasoningDelta:
             if chunks >= limit:
                 cut_off = True
                 break

@@ -10,7 +10,7 @@ closing the iterator) must close the upstream HTTP response so the server stops 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -92,6 +92,18 @@ class TextDelta:
     text: str
 
 
+@dataclass(slots=True)
+class TextRun:
+    """Consecutive pieces of the answer from one network read, each as a `TextDelta` would carry it.
+
+    Each piece is one upstream chunk and counts as one, like a `TextDelta`. The OpenAI-compatible
+    read path makes one of these per read instead of one object per token.
+    """
+
+    type: ClassVar[Literal["text_run"]] = "text_run"
+    texts: list[str]
+
+
 @dataclass(slots=True, kw_only=True)
 class ReasoningDelta:
     """A piece of the model's reasoning (created once per token, like TextDelta)."""
@@ -123,7 +135,18 @@ class Finished:
     reason: str
 
 
-ProviderEvent = TextDelta | ReasoningDelta | Usage | Finished
+ProviderEvent = TextDelta | TextRun | ReasoningDelta | Usage | Finished
+
+
+def one_per_piece(events: Iterable[ProviderEvent]) -> list[ProviderEvent]:
+    """The events with every `TextRun` spelled out as its `TextDelta`s."""
+    out: list[ProviderEvent] = []
+    for event in events:
+        if type(event) is TextRun:
+            out += [TextDelta(text=text) for text in event.texts]
+        else:
+            out.append(event)
+    return out
 
 
 class Provider(Protocol):

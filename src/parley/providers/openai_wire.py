@@ -24,6 +24,7 @@ from parley.providers.base import (
     ProviderEvent,
     ReasoningDelta,
     TextDelta,
+    TextRun,
     ToolCallPart,
     ToolResultPart,
     Usage,
@@ -166,7 +167,8 @@ class OpenAIStreamTranslator:
 
         The same as `feed` on each, with the common token chunk (one choice, a delta of only
         `content`, no finish reason, usage or error) translated in place: this runs once per
-        token. Events are appended as they come, so those before an error are kept.
+        token. Events are appended as they come, so those before an error are kept; the pieces
+        read in place go out as one `TextRun` per run.
 
         A server sends every token of a reply in the same envelope: the chunks differ only in the
         content string. Once one such chunk has been parsed, its bytes before and after that
@@ -174,41 +176,56 @@ class OpenAIStreamTranslator:
         a JSON string is that same chunk with another content, so only the string is parsed.
         """
         loads = orjson.loads
-        for data in payloads:
-            if self.done:
-                return
-            template = self._template
-            if template is not None and data.startswith(template[0]) and data.endswith(template[1]):
-                try:
-                    content = loads(data[len(template[0]) : len(data) - len(template[1])])
-                except orjson.JSONDecodeError:
-                    content = None
-                if type(content) is str:
-                    if content:
-                        self._chunks_with_text += 1
-                        out.append(TextDelta(text=content))
-                    continue
-            if data[:1] == b"{" and self._think.passthrough:
-                try:
-                    chunk = loads(data)
-                except orjson.JSONDecodeError:
-                    chunk = None  # `feed` decides (it reads the payload as text first)
-                if type(chunk) is dict and not chunk.get("usage") and chunk.get("error") is None:
-                    choices = chunk.get("choices")
-                    choice = choices[0] if type(choices) is list and choices else None
-                    if type(choice) is dict and not choice.get("finish_reason") and chunk.get("object") != "error":
-                        delta = choice.get("delta")
-                        content = delta.get("content") if type(delta) is dict and len(delta) == 1 else None
-                        if type(content) is str:
-                            self.saw_chunk = True
-                            if content:
-                                self._chunks_with_text += 1
-                                out.append(TextDelta(text=content))
-                            if self._templates_tried < _TEMPLATE_TRIES:
-                                self._templates_tried += 1
-                                self._template = _content_template(data, chunk) or self._template
-                            continue
-            out.extend(self.feed(ServerSentEvent(data=data.decode("utf-8", "replace"))))
+        texts: list[str] = []  # the current run of answer pieces, one per token chunk
+        try:
+            for data in payloads:
+                if self.done:
+                    return
+                template = self._template
+                if template is not None and data.startswith(template[0]) and data.endswith(template[1]):
+                    try:
+                        content = loads(data[len(template[0]) : len(data) - len(template[1])])
+                    except orjson.JSONDecodeError:
+                        content = None
+                    if type(content) is str:
+                        if content:
+                            texts.append(content)
+                        continue
+                if texts:
+                    self._end_run(texts, out)
+                    texts = []
+                self._feed_payload(data, out)
+        finally:  # the run so far goes out before whatever ended the loop (an error included)
+            if texts:
+                self._end_run(texts, out)
+
+    def _end_run(self, texts: list[str], out: list[ProviderEvent]) -> None:
+        out.append(TextRun(texts))
+        self._chunks_with_text += len(texts)
+
+    def _feed_payload(self, data: bytes, out: list[ProviderEvent]) -> None:
+        """One payload parsed whole: the common token chunk in place (and its envelope learned)."""
+        if data[:1] == b"{" and self._think.passthrough:
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                chunk = None  # `feed` decides (it reads the payload as text first)
+            if type(chunk) is dict and not chunk.get("usage") and chunk.get("error") is None:
+                choices = chunk.get("choices")
+                choice = choices[0] if type(choices) is list and choices else None
+                if type(choice) is dict and not choice.get("finish_reason") and chunk.get("object") != "error":
+                    delta = choice.get("delta")
+                    content = delta.get("content") if type(delta) is dict and len(delta) == 1 else None
+                    if type(content) is str:
+                        self.saw_chunk = True
+                        if content:
+                            self._chunks_with_text += 1
+                            out.append(TextDelta(text=content))
+                        if self._templates_tried < _TEMPLATE_TRIES:
+                            self._templates_tried += 1
+                            self._template = _content_template(data, chunk) or self._template
+                        return
+        out.extend(self.feed(ServerSentEvent(data=data.decode("utf-8", "replace"))))
 
     def finish(self) -> list[ProviderEvent]:
         """End of stream: `[Usage, Finished]`, or a TRUNCATED error when no finish reason came."""
