@@ -91,7 +91,9 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
         input_tokens=10, output_tokens=3, cache_read_tokens=2, cache_write_tokens=1, cost_cents=Decimal("0.000001")
     )
     async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert await tx.acquire_lease(orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert await tx.take_turn(
+            orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60), title="Hi", context={"k": "v"}
+        )
         await tx.insert_message(
             session_id=orm.id,
             position=1,
@@ -100,7 +102,6 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
             parts=[{"type": "text", "text": "Hi"}],
             created_at=NOW,
         )
-        await tx.touch_session(orm.id, now=NOW, title="Hi", context={"k": "v"}, messages_added=1)
         await tx.insert_message(
             message_id="reply-1",
             session_id=orm.id,
@@ -159,9 +160,9 @@ async def test_the_lease_is_exclusive_until_it_expires_and_only_its_holder_relea
     later = NOW + timedelta(seconds=61)
     zero = TurnTotals(input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost_cents=Decimal(0))
     async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert await tx.acquire_lease(orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert not await tx.acquire_lease(orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert await tx.acquire_lease(orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
+        assert await tx.take_turn(orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert not await tx.take_turn(orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert await tx.take_turn(orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
         # The first turn ends late: its totals count, but the lease it lost is not taken from the second.
         await tx.record_turn(orm.id, totals=zero, count_turn=True, now=later, lease_token="first")
         await tx.release_lease(orm.id, token="first")

@@ -91,7 +91,11 @@ async def admit(
             continue
         used, oldest = await tx.accepted_messages(since=now - window, **who)
         check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
-    if not await tx.acquire_lease(row.id, token=lease, now=now, expires_at=now + lease_ttl):
+    title = title_from(text) if row.title is None else None
+    # The lease, and the session's activity, message count, title and context for this message.
+    if not await tx.take_turn(
+        row.id, token=lease, now=now, expires_at=now + lease_ttl, title=title, context=page_context
+    ):
         raise TurnInProgressError()
 
     stored = await tx.history_rows(row.id)
@@ -128,8 +132,6 @@ async def admit(
         parts=[{"type": "text", "text": text}],
         created_at=now,
     )
-    title = title_from(text) if row.title is None else None
-    await tx.touch_session(row.id, now=now, title=title, context=page_context, messages_added=1)
     return Admission(
         system_prompt=system_prompt,
         history=history,

@@ -155,7 +155,6 @@ class TurnSql:
 
     get_session: str
     get_budget: str
-    acquire_lease: str
     release_lease: str
     history: str
     insert_message: str
@@ -181,10 +180,6 @@ class TurnSql:
                 "messages_per_hour_per_org FROM ai_budgets WHERE org_id = :org_id" + (" FOR UPDATE" if postgres else "")
                 # PostgreSQL: serializes the admissions of one organization (SQLite writers are
                 # serialized by BEGIN IMMEDIATE already).
-            ),
-            acquire_lease=(
-                "UPDATE ai_sessions SET lease_token = :token, lease_expires_at = :expires_at "
-                "WHERE id = :session_id AND (lease_token IS NULL OR lease_expires_at < :now)"
             ),
             release_lease=(
                 "UPDATE ai_sessions SET lease_token = NULL, lease_expires_at = NULL "
@@ -296,33 +291,42 @@ class TurnTx(ABC):
             last_activity_at=c.read_when(active),  # type: ignore[arg-type]
         )
 
-    async def acquire_lease(self, session_id: str, *, token: str, now: datetime, expires_at: datetime) -> bool:
-        """Take the turn lease if free or expired; atomic across processes (one conditional UPDATE)."""
-        when = self.codec.when
-        params = {"session_id": session_id, "token": token, "expires_at": when(expires_at), "now": when(now)}
-        return await self.execute(self.sql.acquire_lease, params) == 1
-
-    async def release_lease(self, session_id: str, *, token: str) -> None:
-        await self.execute(self.sql.release_lease, {"session_id": session_id, "token": token})
-
-    async def touch_session(
+    async def take_turn(
         self,
         session_id: str,
         *,
+        token: str,
         now: datetime,
-        messages_added: int = 0,
+        expires_at: datetime,
         title: str | None = None,
         context: dict[str, Any] | None = None,
-    ) -> None:
-        sets = "last_activity_at = :now, updated_at = :now, message_count = message_count + :messages"
-        params: dict[str, Any] = {"session_id": session_id, "now": self.codec.when(now), "messages": messages_added}
+    ) -> bool:
+        """Take the turn lease if free or expired, and record the message being admitted (activity,
+        message count, title, context): one conditional UPDATE, atomic across processes."""
+        when = self.codec.when
+        sets = (
+            "lease_token = :token, lease_expires_at = :expires_at, last_activity_at = :now, updated_at = :now, "
+            "message_count = message_count + 1"
+        )
+        params: dict[str, Any] = {
+            "session_id": session_id,
+            "token": token,
+            "expires_at": when(expires_at),
+            "now": when(now),
+        }
         if title is not None:
             sets += ", title = :title"
             params["title"] = title
         if context is not None:
             sets += ", context_snapshot = :context"
             params["context"] = json.dumps(context)
-        await self.execute(f"UPDATE ai_sessions SET {sets} WHERE id = :session_id", params)
+        statement = (
+            f"UPDATE ai_sessions SET {sets} WHERE id = :session_id AND (lease_token IS NULL OR lease_expires_at < :now)"
+        )
+        return await self.execute(statement, params) == 1
+
+    async def release_lease(self, session_id: str, *, token: str) -> None:
+        await self.execute(self.sql.release_lease, {"session_id": session_id, "token": token})
 
     async def set_status(self, session_id: str, status: str, *, now: datetime, only_if: str | None = None) -> bool:
         params = {"session_id": session_id, "status": status, "now": self.codec.when(now)}
