@@ -113,41 +113,32 @@ class OneRead:
         yield self.events
 
 
-async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_holds() -> None:
+async def cut_at_five(*read: ProviderEvent) -> Recorder:
+    """A turn whose one read is `read`, under an output limit of 5 pieces."""
     recorder = Recorder()
-    read = OneRead(
-        Thought(text="r1"), Text(text="a"), Text(text="b"), Thought(text="r2"), Text(text="c"), Text(text="d")
-    )
-    spec = recorder.spec(read)  # type: ignore[arg-type]
-    spec.output_limit = 5  # the last piece is past the limit
+    spec = recorder.spec(OneRead(*read))  # type: ignore[arg-type]
+    spec.output_limit = 5
     await start_turn(spec)
-    assert recorder.events[:5] == [
-        ReasoningDelta(delta="r1"),
-        ContentDelta(delta="a"),
-        ContentDelta(delta="b"),
-        ReasoningDelta(delta="r2"),
-        ContentDelta(delta="c"),
-    ]
     assert types(recorder.events[5:]) == ["error", "done"]
+    return recorder
+
+
+def stored(recorder: Recorder) -> tuple[str, str, str]:
     (record,) = recorder.persisted
     assert record is not None
-    assert (record.reasoning, record.text, record.finish_reason) == ("r1r2", "abc", "budget_exhausted")
+    return record.reasoning, record.text, record.finish_reason
+
+
+async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_holds() -> None:
+    recorder = await cut_at_five(
+        Thought(text="r1"), Text(text="a"), Text(text="b"), Thought(text="r2"), Text(text="c"), Text(text="d")
+    )
+    shown = [ReasoningDelta(delta="r1"), ContentDelta(delta="a"), ContentDelta(delta="b")]
+    assert recorder.events[:5] == [*shown, ReasoningDelta(delta="r2"), ContentDelta(delta="c")]
+    assert stored(recorder) == ("r1r2", "abc", "budget_exhausted")
 
 
 async def test_a_run_of_pieces_counts_each_piece_and_is_cut_at_the_limit() -> None:
-    recorder = Recorder()
-    read = OneRead(Thought(text="r"), TextRun(["a", "b"]), Text(text="c"), TextRun(["d", "e", "f"]))
-    spec = recorder.spec(read)  # type: ignore[arg-type]
-    spec.output_limit = 5
-    await start_turn(spec)
-    assert recorder.events[:5] == [
-        ReasoningDelta(delta="r"),
-        ContentDelta(delta="a"),
-        ContentDelta(delta="b"),
-        ContentDelta(delta="c"),
-        ContentDelta(delta="d"),
-    ]
-    assert types(recorder.events[5:]) == ["error", "done"]
-    (record,) = recorder.persisted
-    assert record is not None
-    assert (record.reasoning, record.text, record.finish_reason) == ("r", "abcd", "budget_exhausted")
+    recorder = await cut_at_five(Thought(text="r"), TextRun(["a", "b"]), Text(text="c"), TextRun(["d", "e", "f"]))
+    assert recorder.events[:5] == [ReasoningDelta(delta="r"), *(ContentDelta(delta=t) for t in "abcd")]
+    assert stored(recorder) == ("r", "abcd", "budget_exhausted")
