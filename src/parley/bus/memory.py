@@ -32,14 +32,13 @@ class Subscription:
 
     def put(self, frame: bytes) -> None:
         self._frames.append(frame)
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self._wake()
 
     def put_many(self, frames: list[bytes]) -> None:
         self._frames += frames
+        self._wake()
+
+    def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None

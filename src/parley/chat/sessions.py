@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -232,8 +232,8 @@ class SessionManager:
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
-            publish_text=partial(self._publish_text, live),
-            publish_reasoning=partial(self._publish_reasoning, live),
+            publish_text=partial(self._publish_pieces, live, encode_content_frames),
+            publish_reasoning=partial(self._publish_pieces, live, encode_reasoning_frames),
             persist=partial(self._persist, live, org_id, session_id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
@@ -251,16 +251,13 @@ class SessionManager:
             channel.publish(event, encode_frame)
 
     @staticmethod
-    def _publish_text(live: LiveSession, texts: list[str]) -> None:
+    def _publish_pieces(
+        live: LiveSession, encode: Callable[[Sequence[str], int, int], list[bytes]], texts: list[str]
+    ) -> None:
+        """A run of answer or reasoning pieces, one frame each (`encode` says which)."""
         channel = live.channel
         if not channel.closed:
-            channel.publish_many(texts, encode_content_frames)
-
-    @staticmethod
-    def _publish_reasoning(live: LiveSession, texts: list[str]) -> None:
-        channel = live.channel
-        if not channel.closed:
-            channel.publish_many(texts, encode_reasoning_frames)
+            channel.publish_many(texts, encode)
 
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None
