@@ -402,10 +402,10 @@ class SessionManager:
             return True  # already stopping
         turn.stop_reason = reason
         if stream is not None and not stream.done():
+            # Cancelled before it ever ran, the turn ends without calling the provider.
             stream.cancel()
             return True
-        # Not started yet: the turn ends without calling the provider.
-        return stream is None and turn.task is not None and not turn.task.done()
+        return False  # start_turn sets the stream task at once: it has ended
 
     async def close(self, tenant: Tenant, user_id: str, session_id: str) -> None:
         now = self.clock()
