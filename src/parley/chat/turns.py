@@ -194,37 +194,28 @@ def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: i
     cut_off = False
     for event in batch:
         if type(event) is TextRun:  # the usual: a read's answer pieces
-            pieces = event.texts
-            if chunks + len(pieces) > limit:
-                pieces = pieces[: max(limit - chunks, 0)]
-                cut_off = True
-            chunks += len(pieces)
-            if run_is_reasoning and run:
-                spec.publish_reasoning(run)
-                run = []
-            run_is_reasoning = False
-            text += pieces
-            run += pieces
-            if cut_off:
-                break
+            pieces, is_reasoning = event.texts, False
         elif type(event) is TextDelta or type(event) is ReasoningDelta:
-            if chunks >= limit:
-                cut_off = True
-                break
-            chunks += 1
-            piece = event.text
-            is_reasoning = type(event) is ReasoningDelta
-            if is_reasoning is not run_is_reasoning:
-                if run:
-                    (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
-                    run = []
-                run_is_reasoning = is_reasoning
-            (reasoning if is_reasoning else text).append(piece)
-            run.append(piece)
-        elif type(event) is Usage:
-            reply.usage = event
-        elif type(event) is Finished:
-            reply.finish_reason = event.reason
+            pieces, is_reasoning = [event.text], type(event) is ReasoningDelta
+        else:
+            if type(event) is Usage:
+                reply.usage = event
+            elif type(event) is Finished:
+                reply.finish_reason = event.reason
+            continue
+        if chunks + len(pieces) > limit:
+            pieces = pieces[: max(limit - chunks, 0)]
+            cut_off = True
+        if is_reasoning is not run_is_reasoning:
+            if run:
+                (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
+                run = []
+            run_is_reasoning = is_reasoning
+        chunks += len(pieces)
+        (reasoning if is_reasoning else text).extend(pieces)
+        run += pieces
+        if cut_off:
+            break
     reply.chunks = chunks
     if run:
         (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
