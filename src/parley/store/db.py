@@ -1,9 +1,10 @@
 """Engine, units of work, and migrations.
 
-`Database.transaction(tenant)` is the only way to touch tables: one transaction, committed on
-success and rolled back on error, with the tenant's settings applied first on PostgreSQL
-(`set_config(..., true)`, transaction-local, so a pooled connection never leaks them).
-Repositories never commit.
+Tables are touched only inside a unit of work: `Database.transaction(tenant)` (the ORM) or
+`Database.turn_transaction(tenant)` (the turn path's plain SQL; on a SQLite file, group-committed
+in bursts, `commit_group.py`). Each is committed on success and rolled back on error, with the
+tenant's settings applied first on PostgreSQL (`set_config(..., true)`, transaction-local, so a
+pooled connection never leaks them). Repositories never commit.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from parley.errors import ServiceUnavailableError
+from parley.store.commit_group import CommitGroup
 from parley.store.sqlite_inline import DriverPool, inline_creator
 from parley.store.tenancy import Tenant
 from parley.store.turn_store import DriverTx, EngineTx, TurnTx
@@ -41,6 +43,7 @@ class Database:
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         self._driver_pool: DriverPool | None = None
+        self._commit_group: CommitGroup | None = None
         if self.dialect == "sqlite":
             db_path = parsed.database
             if db_path and db_path != ":memory:":
@@ -48,19 +51,31 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30}
             if db_path and db_path != ":memory:":
                 kwargs["async_creator"] = inline_creator(db_path, timeout=30)
-                self._driver_pool = DriverPool(db_path, timeout=30, prepare=lambda conn: _sqlite_pragmas(conn, None))
+                pool = DriverPool(db_path, timeout=30, prepare=lambda conn: _sqlite_pragmas(conn, None))
+                self._driver_pool = pool
+                self._commit_group = CommitGroup(pool.take, pool.give_back)
         else:
             # pre_ping: a connection broken by a database restart is replaced, not handed out.
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
+            event.listen(self.engine.sync_engine, "begin", self._sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
+
+    def _sqlite_begin(self, conn: Connection) -> None:
+        if conn.get_execution_options().get("parley_readonly", False):
+            conn.exec_driver_sql("BEGIN DEFERRED")
+            return
+        if self._commit_group is not None:
+            # This process's turn writes may hold the write lock until the loop's next round;
+            # commit them first rather than wait for the lock on the loop thread.
+            self._commit_group.flush()
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     @asynccontextmanager
     async def transaction(self, tenant: Tenant, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
@@ -82,23 +97,15 @@ class Database:
     async def turn_transaction(self, tenant: Tenant) -> AsyncIterator[TurnTx]:
         """A writing unit of work of the turn path (`store/turn_store.py`) for `tenant`.
 
-        On a SQLite file it runs on a plain `sqlite3` connection: BEGIN IMMEDIATE, the statements,
-        COMMIT, all inline, so nothing else on the loop runs in between. Elsewhere it runs on an
-        engine connection with the tenant's settings, like `transaction`.
+        On a SQLite file it runs on a plain `sqlite3` connection, inline, as one unit of the loop
+        round's group transaction (`store/commit_group.py`): the statements run at once, nothing
+        else on the loop runs in between, and this returns once the group has committed.
+        Elsewhere it runs on an engine connection with the tenant's settings, like `transaction`.
         """
-        pool = self._driver_pool
-        if pool is not None:
-            conn = pool.take()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield DriverTx(conn)
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            finally:
-                pool.give_back(conn)
+        group = self._commit_group
+        if group is not None:
+            async with group.unit() as conn:
+                yield DriverTx(conn)
             return
         with _unavailable_as_503():
             async with self.engine.connect() as engine_conn, engine_conn.begin():
@@ -152,6 +159,8 @@ class Database:
                 delay = min(delay * 2, max_delay)
 
     async def dispose(self) -> None:
+        if self._commit_group is not None:
+            self._commit_group.flush()
         if self._driver_pool is not None:
             self._driver_pool.close()
         await self.engine.dispose()
@@ -201,11 +210,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def _unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
-
-
-def _sqlite_begin(conn: Connection) -> None:
-    readonly = conn.get_execution_options().get("parley_readonly", False)
-    conn.exec_driver_sql("BEGIN DEFERRED" if readonly else "BEGIN IMMEDIATE")
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:
