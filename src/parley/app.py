@@ -122,7 +122,6 @@ def create_app(
             pool_size=settings.db_pool_size,
             max_overflow=0 if settings.db_pool_size < 10 else settings.db_pool_size // 2,
             pool_timeout=settings.db_pool_timeout_seconds,
-            background_checkpoints=True,
         )
         await prepare_database(db, settings)
         upstream = provider or build_provider(settings)

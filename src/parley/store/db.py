@@ -13,7 +13,6 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ from parley.store.commit_group import CommitGroup
 from parley.store.sqlite_inline import DriverPool, inline_creator
 from parley.store.tenancy import Tenant
 from parley.store.turn_store import DriverTx, EngineTx, TurnTx
-from parley.store.wal_checkpoint import WalCheckpointer
 
 log = logging.getLogger("parley.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -38,25 +36,14 @@ class Database:
     """One engine and its session factory."""
 
     def __init__(
-        self,
-        url: str,
-        *,
-        echo: bool = False,
-        pool_size: int = 20,
-        max_overflow: int = 10,
-        pool_timeout: float = 5.0,
-        background_checkpoints: bool = False,
+        self, url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10, pool_timeout: float = 5.0
     ) -> None:
-        """`background_checkpoints`: on a SQLite file, WAL checkpoints run on a thread of their
-        own rather than in a COMMIT on the event loop (the server; `wal_checkpoint.py`)."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         kwargs: dict[str, Any] = {"echo": echo}
         self._driver_pool: DriverPool | None = None
         self._commit_group: CommitGroup | None = None
-        self._checkpointer: WalCheckpointer | None = None
-        pragmas = partial(_sqlite_pragmas, autocheckpoint=True)
         if self.dialect == "sqlite":
             db_path = parsed.database
             if db_path and db_path != ":memory:":
@@ -64,10 +51,7 @@ class Database:
             kwargs["connect_args"] = {"timeout": 30}
             if db_path and db_path != ":memory:":
                 kwargs["async_creator"] = inline_creator(db_path, timeout=30)
-                if background_checkpoints:
-                    pragmas = partial(_sqlite_pragmas, autocheckpoint=False)
-                    self._checkpointer = WalCheckpointer(db_path)
-                pool = DriverPool(db_path, timeout=30, prepare=partial(pragmas, _record=None))
+                pool = DriverPool(db_path, timeout=30, prepare=lambda conn: _sqlite_pragmas(conn, None))
                 self._driver_pool = pool
                 self._commit_group = CommitGroup(pool.take, pool.give_back)
         else:
@@ -75,11 +59,9 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", pragmas)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", self._sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        if self._checkpointer is not None:
-            self._checkpointer.start()
 
     @property
     def is_postgres(self) -> bool:
@@ -179,8 +161,6 @@ class Database:
     async def dispose(self) -> None:
         if self._commit_group is not None:
             self._commit_group.flush()
-        if self._checkpointer is not None:
-            self._checkpointer.stop()
         if self._driver_pool is not None:
             self._driver_pool.close()
         await self.engine.dispose()
@@ -216,7 +196,7 @@ async def _apply_tenant(session: AsyncSession | AsyncConnection, tenant: Tenant)
     )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, autocheckpoint: bool) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
     # SQLite's own lower() folds ASCII only; search must match "Übersicht" with "übersicht".
     dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
@@ -225,8 +205,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, autocheckpoint: bool) -> N
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
-    if not autocheckpoint:
-        cur.execute("PRAGMA wal_autocheckpoint=0")
     cur.close()
 
 
