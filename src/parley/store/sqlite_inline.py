@@ -10,7 +10,9 @@ and runs each call on the event loop thread (`create_async_engine(..., async_cre
 Consequences, all deliberate:
 - A unit of work that awaits only the database never yields to the loop between BEGIN and COMMIT,
   so write transactions of one process never wait on each other (SQLite's busy handler, which
-  sleeps in steps of up to 100 ms, is not reached in-process).
+  sleeps in steps of up to 100 ms, is not reached in-process). The one transaction that outlives
+  a round of the loop, the turn path's group (`commit_group.py`), is committed by `Database`'s
+  BEGIN hook before any other write begins.
 - A statement blocks the loop while it runs: fine for parley's queries (microseconds; a
   10,000-message history is tens of milliseconds, which aiosqlite also spent holding the GIL).
 - Another process holding the write lock (the CLI, a second server) makes BEGIN IMMEDIATE wait in
