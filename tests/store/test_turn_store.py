@@ -123,6 +123,7 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
         messages = await repo.list_messages(s, orm.id)
         session = await repo.get_session(s, Tenant.for_org(tenants.org_a), orm.id)
         daily = (await s.execute(select(AiCostUsage).where(AiCostUsage.period == "daily"))).scalars().one()
+        monthly = (await s.execute(select(AiCostUsage).where(AiCostUsage.period == "monthly"))).scalars().one()
     assert [(m.role, m.content, m.position) for m in messages] == [("user", "Hi", 1), ("assistant", "Hello", 2)]
     reply = messages[1]
     assert isinstance(reply, AiMessage)
@@ -144,6 +145,9 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
     assert (session.lease_token, session.lease_expires_at) == (None, None)
     assert (daily.period_key, daily.input_tokens, daily.message_count) == ("2026-03-04", 30, 3)
     assert daily.total_cost_cents == Decimal("0.000003")
+    assert (monthly.period_key, monthly.input_tokens, monthly.message_count) == ("2026-03", 30, 3)
+    assert monthly.total_cost_cents == Decimal("0.000003")
+    assert monthly.id != daily.id
 
     async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
         assert [r[:2] for r in await tx.history_rows(orm.id)] == [("user", "Hi"), ("assistant", "Hello")]

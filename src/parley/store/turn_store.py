@@ -224,9 +224,12 @@ class TurnSql:
                 "WHERE id = :session_id"
             ),
             add_cost_usage=(
+                # The day's row and the month's, in one statement (two rows, never the same one).
                 "INSERT INTO ai_cost_usage (id, org_id, period, period_key, input_tokens, output_tokens, "
                 "cache_read_tokens, cache_write_tokens, total_cost_cents, session_count, message_count, updated_at) "
-                "VALUES (:id, :org_id, :period, :period_key, :input_tokens, :output_tokens, :cache_read_tokens, "
+                "VALUES (:daily_id, :org_id, 'daily', :daily, :input_tokens, :output_tokens, :cache_read_tokens, "
+                ":cache_write_tokens, :cost_cents, 0, :messages, :now), "
+                "(:monthly_id, :org_id, 'monthly', :monthly, :input_tokens, :output_tokens, :cache_read_tokens, "
                 ":cache_write_tokens, :cost_cents, 0, :messages, :now) "
                 "ON CONFLICT (org_id, period, period_key) DO UPDATE SET "
                 "input_tokens = ai_cost_usage.input_tokens + excluded.input_tokens, "
@@ -470,6 +473,10 @@ class TurnTx(ABC):
         """Add to the organization's daily and monthly rows (upsert, so concurrent turns add up)."""
         daily, monthly = period_keys(now)
         params = {
+            "daily_id": new_id(),
+            "daily": daily,
+            "monthly_id": new_id(),
+            "monthly": monthly,
             "org_id": org_id,
             "input_tokens": totals.input_tokens,
             "output_tokens": totals.output_tokens,
@@ -479,8 +486,7 @@ class TurnTx(ABC):
             "messages": messages,
             "now": self.codec.when(now),
         }
-        for period, key in (("daily", daily), ("monthly", monthly)):
-            await self.execute(self.sql.add_cost_usage, {**params, "id": new_id(), "period": period, "period_key": key})
+        await self.execute(self.sql.add_cost_usage, params)
 
 
 def period_keys(now: datetime) -> tuple[str, str]:
