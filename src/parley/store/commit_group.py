@@ -123,7 +123,7 @@ class CommitGroup:
         return group
 
     def _finish_due(self, group: _Group) -> None:
-        if self._in_unit and self._current is group:  # a unit broke the rule and suspended: not mid-unit
+        if self._in_unit and self._current is group:  # a unit broke the rule and suspended: never commit mid-unit
             asyncio.get_running_loop().call_soon(self._finish_due, group)
             return
         self._finish(group)
