@@ -196,6 +196,22 @@ async def test_a_unit_may_not_suspend_inside(path: Path, recorder: Recorder) -> 
     assert rows(path) == []
 
 
+async def test_a_group_cannot_be_committed_from_inside_one_of_its_units(path: Path, recorder: Recorder) -> None:
+    """As when a unit's body starts another write of the process: a bug, refused, not a half commit."""
+    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+
+    async def flushes_inside() -> None:
+        async with group.unit() as conn:
+            conn.execute("INSERT INTO child VALUES ('b', 'p')")
+            group.flush()
+
+    results = await asyncio.gather(insert(group, "a"), flushes_inside(), return_exceptions=True)
+    assert results[0] is None
+    assert isinstance(results[1], RuntimeError)
+    assert "flush() inside a group-commit unit" in str(results[1])
+    assert rows(path) == ["a"]  # the refused unit was rolled back
+
+
 # --- through Database ----------------------------------------------------------------------------
 
 
