@@ -29,6 +29,7 @@ from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.providers.base import Provider
+from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
 from parley.web import CommonSecurityHeaders, mount_web
@@ -117,6 +118,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
+        # On Python 3.11, model requests would otherwise leave one loop round late.
+        restore_task_factory = use_eager_body_writes(asyncio.get_running_loop())
         db = Database(
             settings.effective_database_url,
             pool_size=settings.db_pool_size,
@@ -170,6 +173,7 @@ def create_app(
             if provider is None:
                 await upstream.aclose()
             await db.dispose()
+            restore_task_factory()
 
     app = ParleyAPI(
         title="parley",
