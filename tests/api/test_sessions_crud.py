@@ -310,6 +310,17 @@ def test_rename_sets_the_title(shared: Shared) -> None:
         assert c.patch(f"{API}/sessions/{sid}", json={"title": long}).json()["title"] == long
 
 
+def test_renaming_is_not_activity_the_list_order_and_idle_deadline_stay(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        older = create_session(c)
+        newer = create_session(c)
+        before = detail(c, older)["session"]["lastActivityAt"]
+        assert c.patch(f"{API}/sessions/{older}", json={"title": "Renamed"}).status_code == 200
+        assert detail(c, older)["session"]["lastActivityAt"] == before
+        listed = [row["id"] for row in c.get(f"{API}/sessions").json()["sessions"] if row["id"] in (older, newer)]
+        assert listed == [newer, older]
+
+
 def test_rename_refuses_empty_and_bad_titles(shared: Shared) -> None:
     with shared.client(shared.tenants.a1) as c:
         sid = create_session(c, title="keep me")

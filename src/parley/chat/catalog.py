@@ -146,5 +146,5 @@ class SessionCatalog:
         async with self.db.transaction(caller.tenant) as s:
             if await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id) is None:
                 raise SessionNotFoundError()
-            await repo.touch_session(s, session_id, now=self.clock(), title=clean[:255])
+            await repo.rename_session(s, session_id, now=self.clock(), title=clean[:255])
         return clean[:255]

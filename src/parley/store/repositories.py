@@ -149,12 +149,12 @@ async def set_status(
     return _rowcount(result) == 1
 
 
-async def touch_session(s: AsyncSession, session_id: str, *, now: datetime, title: str) -> None:
-    """Rename (the turn path touches sessions through `turn_store`)."""
+async def rename_session(s: AsyncSession, session_id: str, *, now: datetime, title: str) -> None:
+    """A new title. Not activity: the chat keeps its place in the list and its idle deadline."""
     await s.execute(
         update(AiSession)
         .where(AiSession.id == session_id)
-        .values(title=title, last_activity_at=now, updated_at=now)
+        .values(title=title, updated_at=now)
         .execution_options(synchronize_session=False)
     )
 
