@@ -317,7 +317,7 @@ def test_renaming_is_not_activity_the_list_order_and_idle_deadline_stay(shared: 
         before = detail(c, older)["session"]["lastActivityAt"]
         assert c.patch(f"{API}/sessions/{older}", json={"title": "Renamed"}).status_code == 200
         assert detail(c, older)["session"]["lastActivityAt"] == before
-        listed = [row["id"] for row in c.get(f"{API}/sessions").json()["sessions"] if row["id"] in (older, newer)]
+        listed = [row["id"] for row in c.get(f"{API}/sessions").json()["data"] if row["id"] in (older, newer)]
         assert listed == [newer, older]
 
 
