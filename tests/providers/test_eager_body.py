@@ -11,6 +11,7 @@ import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -166,25 +167,32 @@ class HeldBody:
         yield self.parts[1]
 
 
-async def test_a_body_writer_that_must_wait_finishes_in_a_task_with_every_byte(server: RawServer) -> None:
+@asynccontextmanager
+async def held_post(server: RawServer, body: HeldBody) -> AsyncIterator[tuple[asyncio.Task[Any], Recorded]]:
+    """A POST of `body` under the recorded factory, started and given time to send its first half."""
     loop = asyncio.get_running_loop()
     recorded = Recorded()
     loop.set_task_factory(recorded)
-    body = HeldBody(b"first half, ", b"second half")
     try:
         async with aiohttp.ClientSession() as session:
             request = asyncio.create_task(
                 session.post(server.url, data=body.__aiter__(), headers={"Content-Length": body.length})
             )
             await asyncio.sleep(0.2)
-            assert not request.done()
-            assert server.bodies == []
-            body.released.set()
-            response = await asyncio.wait_for(request, timeout=10)
-            assert response.status == 204
-            response.release()
+            yield request, recorded
     finally:
         loop.set_task_factory(None)
+
+
+async def test_a_body_writer_that_must_wait_finishes_in_a_task_with_every_byte(server: RawServer) -> None:
+    body = HeldBody(b"first half, ", b"second half")
+    async with held_post(server, body) as (request, recorded):
+        assert not request.done()
+        assert server.bodies == []
+        body.released.set()
+        response = await asyncio.wait_for(request, timeout=10)
+        assert response.status == 204
+        response.release()
     assert server.bodies == [b"first half, second half"]
     (writer, done_when_made), *_ = recorded.body_writers
     assert not done_when_made  # it waited, so the rest ran in a task
@@ -196,26 +204,15 @@ async def test_a_body_writer_that_must_wait_finishes_in_a_task_with_every_byte(s
 async def test_cancelling_a_request_whose_body_waits_cancels_its_writer_and_closes_the_connection(
     server: RawServer,
 ) -> None:
-    loop = asyncio.get_running_loop()
-    recorded = Recorded()
-    loop.set_task_factory(recorded)
-    body = HeldBody(b"first half, ", b"never sent")
-    try:
-        async with aiohttp.ClientSession() as session:
-            request = asyncio.create_task(
-                session.post(server.url, data=body.__aiter__(), headers={"Content-Length": body.length})
-            )
-            await asyncio.sleep(0.2)
-            (writer, done_when_made), *_ = recorded.body_writers
-            assert not done_when_made
-            assert not writer.done()
-            request.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await request
-            with pytest.raises(asyncio.CancelledError):
-                await asyncio.wait_for(writer, timeout=5)
-    finally:
-        loop.set_task_factory(None)
+    async with held_post(server, HeldBody(b"first half, ", b"never sent")) as (request, recorded):
+        (writer, done_when_made), *_ = recorded.body_writers
+        assert not done_when_made
+        assert not writer.done()
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(writer, timeout=5)
     assert await asyncio.to_thread(server.closed.wait, 5), "the half-sent request's connection was not closed"
     assert server.bodies == []
 
