@@ -7,6 +7,7 @@ the event loop's help: a test can block the loop and still learn whether the req
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import sys
 import threading
@@ -214,6 +215,36 @@ async def test_cancelling_a_request_whose_body_waits_cancels_its_writer_and_clos
         with pytest.raises(asyncio.CancelledError):
             await asyncio.wait_for(writer, timeout=5)
     assert await asyncio.to_thread(server.closed.wait, 5), "the half-sent request's connection was not closed"
+    assert server.bodies == []
+
+
+async def test_a_writer_cancelled_before_its_task_first_ran_still_closes_the_connection(server: RawServer) -> None:
+    loop = asyncio.get_running_loop()
+    factory = eager_body_factory(None)
+    writers: list[asyncio.Future[Any]] = []
+
+    def cancel_at_once(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Future[Any]:
+        made = factory(loop, coro, **kwargs)
+        if getattr(coro, "__qualname__", "") == "ClientRequest.write_bytes":
+            writers.append(made)
+            made.cancel()  # before the loop ever runs its first step
+        return made
+
+    body = HeldBody(b"first half, ", b"never sent")
+    loop.set_task_factory(cancel_at_once)
+    try:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(
+                session.post(server.url, data=body.__aiter__(), headers={"Content-Length": body.length})
+            )
+            assert await asyncio.to_thread(server.closed.wait, 5), "the connection was left open"
+            request.cancel()
+            with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+                await request
+    finally:
+        loop.set_task_factory(None)
+    (writer,) = writers
+    assert writer.cancelled()
     assert server.bodies == []
 
 

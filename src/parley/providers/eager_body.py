@@ -75,12 +75,21 @@ def _start_eagerly(
         else:
             failed.set_exception(exc)
         return failed
-    return asyncio.Task(_resume(coro, waiting_on), loop=loop, context=context)
+    rest = _resume(coro, waiting_on)
+    rest.send(None)  # to its first pause, so that a cancellation before the task's first step reaches `coro`
+    return asyncio.Task(rest, loop=loop, context=context)
 
 
 @types.coroutine
 def _resume(coro: Coroutine[Any, Any, Any], waiting_on: Any) -> Generator[Any, Any, Any]:
     """The rest of `coro`, in a task: hands its task what it waits on, and passes back what comes."""
+    try:
+        yield  # where the task's first step starts
+    except BaseException as exc:  # cancelled before that step
+        try:
+            waiting_on = coro.throw(exc)
+        except StopIteration as stop:
+            return stop.value
     while True:
         try:
             sent = yield waiting_on
