@@ -74,6 +74,8 @@ def _start_eagerly(
             failed.cancel()
         else:
             failed.set_exception(exc)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise  # as a task's step does
         return failed
     rest = _resume(coro, waiting_on)
     rest.send(None)  # to its first pause, so that a cancellation before the task's first step reaches `coro`
