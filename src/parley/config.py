@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, ge=1, le=1000, validation_alias="PARLEY_DB_POOL_SIZE")
     # A revoked token may still be accepted this long by a running server (0: look up every time).
     auth_cache_seconds: float = Field(5.0, ge=0, le=300, validation_alias="PARLEY_AUTH_CACHE_SECONDS")
+    # How long a request waits for the database before 503: a pooled connection (PostgreSQL), or
+    # the write lock another process holds (SQLite).
     db_pool_timeout_seconds: float = Field(5.0, gt=0, validation_alias="PARLEY_DB_POOL_TIMEOUT_SECONDS")
     turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
     idle_chunk_timeout_seconds: float = Field(120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS")

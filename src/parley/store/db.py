@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ class Database:
     def __init__(
         self, url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10, pool_timeout: float = 5.0
     ) -> None:
+        """`pool_timeout`: how long a unit of work waits for the database before it answers 503: for a
+        pooled connection on PostgreSQL; on SQLite, for the write lock another process holds."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
@@ -48,10 +52,11 @@ class Database:
             db_path = parsed.database
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
+            prepare = partial(_sqlite_pragmas, busy_timeout=pool_timeout)
+            kwargs["connect_args"] = {"timeout": pool_timeout}
             if db_path and db_path != ":memory:":
-                kwargs["async_creator"] = inline_creator(db_path, timeout=30)
-                pool = DriverPool(db_path, timeout=30, prepare=lambda conn: _sqlite_pragmas(conn, None))
+                kwargs["async_creator"] = inline_creator(db_path, timeout=pool_timeout)
+                pool = DriverPool(db_path, timeout=pool_timeout, prepare=lambda conn: prepare(conn, None))
                 self._driver_pool = pool
                 self._commit_group = CommitGroup(pool.take, pool.give_back)
         else:
@@ -59,7 +64,7 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect", prepare)
             event.listen(self.engine.sync_engine, "begin", self._sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
@@ -104,8 +109,9 @@ class Database:
         """
         group = self._commit_group
         if group is not None:
-            async with group.unit() as conn:
-                yield DriverTx(conn)
+            with _unavailable_as_503():
+                async with group.unit() as conn:
+                    yield DriverTx(conn)
             return
         with _unavailable_as_503():
             async with self.engine.connect() as engine_conn, engine_conn.begin():
@@ -171,8 +177,11 @@ def _unavailable_as_503() -> Iterator[None]:
     """A database that is down, restarting or out of connections answers 503, never a hang."""
     try:
         yield
-    except (OperationalError, InterfaceError) as exc:
-        if _is_unavailable(exc):
+    except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
+        if _is_locked(exc):  # another process held SQLite's write lock past the wait
+            log.warning("database busy: the write lock was not free in time")
+            raise ServiceUnavailableError("The database is busy. Please try again.") from exc
+        if not isinstance(exc, sqlite3.OperationalError) and _is_unavailable(exc):
             log.warning("database unavailable: %s", exc.__class__.__name__)
             raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
         raise
@@ -196,7 +205,7 @@ async def _apply_tenant(session: AsyncSession | AsyncConnection, tenant: Tenant)
     )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, busy_timeout: float) -> None:
     dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
     # SQLite's own lower() folds ASCII only; search must match "Übersicht" with "übersicht".
     dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
@@ -204,12 +213,17 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cur.close()
 
 
 def _unicode_lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
+
+
+def _is_locked(exc: BaseException) -> bool:
+    original = exc.orig if isinstance(exc, DBAPIError) else exc
+    return isinstance(original, sqlite3.OperationalError) and "database is locked" in str(original)
 
 
 def _is_unavailable(exc: DBAPIError) -> bool:

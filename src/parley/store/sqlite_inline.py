@@ -16,7 +16,8 @@ Consequences, all deliberate:
 - A statement blocks the loop while it runs: fine for parley's queries (microseconds; a
   10,000-message history is tens of milliseconds, which aiosqlite also spent holding the GIL).
 - Another process holding the write lock (the CLI, a second server) makes BEGIN IMMEDIATE wait in
-  SQLite's busy handler on the loop thread, up to `busy_timeout`: SQLite is a single-server
+  SQLite's busy handler on the loop thread, up to `busy_timeout` (the database's wait,
+  `PARLEY_DB_POOL_TIMEOUT_SECONDS`; then the request answers 503): SQLite is a single-server
   database; PostgreSQL is the multi-process one.
 
 Imports: standard library only.
