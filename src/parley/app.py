@@ -118,8 +118,6 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for warning in startup_warnings(settings):
             log.warning("%s", warning)
-        # On Python 3.11, model requests would otherwise leave one loop round late.
-        restore_task_factory = use_eager_body_writes(asyncio.get_running_loop())
         db = Database(
             settings.effective_database_url,
             pool_size=settings.db_pool_size,
@@ -163,6 +161,8 @@ def create_app(
         )
         background = asyncio.create_task(manager.run_background(settings.sweep_interval_seconds))
         log.info("parley %s ready: provider=%s model=%s", __version__, settings.llm_provider, settings.model)
+        # On Python 3.11, model requests would otherwise leave one loop round late.
+        restore_task_factory = use_eager_body_writes(asyncio.get_running_loop())
         try:
             yield
         finally:
