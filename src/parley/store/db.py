@@ -14,7 +14,6 @@ import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +51,11 @@ class Database:
             db_path = parsed.database
             if db_path and db_path != ":memory:":
                 Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            prepare = partial(_sqlite_pragmas, busy_timeout=pool_timeout)
+            # sqlite3's connect timeout is SQLite's busy timeout: the wait for another process's lock.
             kwargs["connect_args"] = {"timeout": pool_timeout}
             if db_path and db_path != ":memory:":
                 kwargs["async_creator"] = inline_creator(db_path, timeout=pool_timeout)
-                pool = DriverPool(db_path, timeout=pool_timeout, prepare=lambda conn: prepare(conn, None))
+                pool = DriverPool(db_path, timeout=pool_timeout, prepare=lambda conn: _sqlite_pragmas(conn, None))
                 self._driver_pool = pool
                 self._commit_group = CommitGroup(pool.take, pool.give_back)
         else:
@@ -64,7 +63,7 @@ class Database:
             kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", prepare)
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
             event.listen(self.engine.sync_engine, "begin", self._sqlite_begin)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
@@ -205,7 +204,7 @@ async def _apply_tenant(session: AsyncSession | AsyncConnection, tenant: Tenant)
     )
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, busy_timeout: float) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
     # SQLite's own lower() folds ASCII only; search must match "Übersicht" with "übersicht".
     dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
@@ -213,7 +212,6 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any, *, busy_timeout: float) -> No
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
     cur.close()
 
 
