@@ -2,7 +2,7 @@
 
 Seeds a fresh SQLite database with SQL (one session, alternating user/assistant rows of realistic
 length, inserted in one executemany per session), then times parley's path: the history query
-(`TurnTx.history_rows` in the turn path's transaction, as admission runs it) and
+(`repositories.history_rows` in a writing unit of work, as admission runs it) and
 `chat.history.build_history`. The baseline, measured in the same run, is the floor for the same
 rows: the standard library's sqlite3 fetching the same columns in the same order with no decoding.
 Median of several runs after one warm-up.
@@ -31,6 +31,7 @@ from parley.chat.history import build_history
 from parley.store import admin
 from parley.store import repositories as repo
 from parley.store.db import Database
+from parley.store.ids import new_id
 from parley.store.models import AiMessage, AiSession
 from parley.store.tenancy import Tenant
 
@@ -65,7 +66,7 @@ def _message_rows(session_id: str, count: int, start: datetime) -> list[dict[str
         user = i % 2 == 0
         text = USER_TEXT if user else REPLY_TEXT
         row: dict[str, Any] = {
-            "id": repo.new_id(),
+            "id": new_id(),
             "session_id": session_id,
             "role": "user" if user else "assistant",
             "content": text,
@@ -85,7 +86,7 @@ async def _seed(url: str, sizes: list[int]) -> tuple[str, dict[int, str]]:
     db = await admin.open_database(url)
     try:
         org = await admin.create_organization(db, "context-bench")
-        user = await admin.create_user(db, org_id=org.id, email="context@example.test", name="Context")
+        user = await admin.create_user(db, org_id=org, email="context@example.test", name="Context")
     finally:
         await db.dispose()
     sync_url = url.replace("sqlite+aiosqlite", "sqlite", 1)
@@ -94,18 +95,18 @@ async def _seed(url: str, sizes: list[int]) -> tuple[str, dict[int, str]]:
     sessions: dict[int, str] = {}
     with engine.begin() as conn:
         for size in sizes:
-            sid = repo.new_id()
+            sid = new_id()
             sessions[size] = sid
-            conn.execute(insert(AiSession), [_session_row(sid, org.id, user.id, now, size)])
+            conn.execute(insert(AiSession), [_session_row(sid, org, user, now, size)])
             conn.execute(insert(AiMessage), _message_rows(sid, size, now - timedelta(days=1)))
     engine.dispose()
-    return org.id, sessions
+    return org, sessions
 
 
 async def _parley_path(db: Database, org_id: str, session_id: str) -> float:
     start = time.perf_counter()
-    async with db.turn_transaction(Tenant.for_org(org_id)) as tx:
-        rows = await tx.history_rows(session_id)
+    async with db.unit(Tenant.for_org(org_id)) as tx:  # a writing unit, as admission reads it
+        rows = await repo.history_rows(tx, session_id)
     history = build_history(session_id, rows)
     elapsed = time.perf_counter() - start
     assert len(history) == len(rows)

@@ -73,8 +73,8 @@ class Bench:
             db = await admin.open_database(self.database_url)
             try:
                 org = await admin.create_organization(db, "bench")
-                user = await admin.create_user(db, org_id=org.id, email="bench@example.test", name="Bench")
-                return (await admin.create_token(db, user_id=user.id, org_id=org.id)).token
+                user = await admin.create_user(db, org_id=org, email="bench@example.test", name="Bench")
+                return (await admin.create_token(db, user_id=user, org_id=org)).token
             finally:
                 await db.dispose()
 

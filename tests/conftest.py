@@ -68,22 +68,22 @@ async def _seed(admin_url: str, app_url: str) -> Tenants:
     try:
         org_a = await admin.create_organization(db, "org-a")
         org_b = await admin.create_organization(db, "org-b")
-        u_a1 = await admin.create_user(db, org_id=org_a.id, email="a1@example.test", name="A1")
-        u_a2 = await admin.create_user(db, org_id=org_a.id, email="a2@example.test", name="A2")
-        u_b1 = await admin.create_user(db, org_id=org_b.id, email="b1@example.test", name="B1")
+        u_a1 = await admin.create_user(db, org_id=org_a, email="a1@example.test", name="A1")
+        u_a2 = await admin.create_user(db, org_id=org_a, email="a2@example.test", name="A2")
+        u_b1 = await admin.create_user(db, org_id=org_b, email="b1@example.test", name="B1")
         tok = admin.create_token
-        revoked = await tok(db, user_id=u_a1.id, org_id=org_a.id, name="old")
+        revoked = await tok(db, user_id=u_a1, org_id=org_a, name="old")
         await admin.revoke_token(db, revoked.id)
         return Tenants(
             database_url=app_url,
-            org_a=org_a.id,
-            org_b=org_b.id,
-            a1=(await tok(db, user_id=u_a1.id, org_id=org_a.id)).token,
-            a2=(await tok(db, user_id=u_a2.id, org_id=org_a.id)).token,
-            b1=(await tok(db, user_id=u_b1.id, org_id=org_b.id)).token,
-            a1_read_only=(await tok(db, user_id=u_a1.id, org_id=org_a.id, can_write=False)).token,
+            org_a=org_a,
+            org_b=org_b,
+            a1=(await tok(db, user_id=u_a1, org_id=org_a)).token,
+            a2=(await tok(db, user_id=u_a2, org_id=org_a)).token,
+            b1=(await tok(db, user_id=u_b1, org_id=org_b)).token,
+            a1_read_only=(await tok(db, user_id=u_a1, org_id=org_a, can_write=False)).token,
             a1_revoked=revoked.token,
-            system=(await tok(db, user_id=u_a1.id, org_id=None, scope="system")).token,
+            system=(await tok(db, user_id=u_a1, org_id=None, scope="system")).token,
         )
     finally:
         await db.dispose()

@@ -32,6 +32,7 @@ from parley.providers.base import Provider
 from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
+from parley.store.tenancy import Tenant
 from parley.web import CommonSecurityHeaders, mount_web
 
 log = logging.getLogger("parley")
@@ -99,8 +100,8 @@ async def prepare_database(db: Database, settings: Settings) -> None:
             f"the database schema is at revision {revision or 'none'}, parley needs {head_revision()}: "
             "run `parley migrate` (with DATABASE_ADMIN_URL set to the owner's URL)"
         )
-    async with db.engine.connect() as conn:
-        problems = await app_role_problems(conn)
+    async with db.unit(Tenant.system(), readonly=True) as tx:
+        problems = await app_role_problems(tx)
     for problem in problems:
         log.warning("row-level security: %s", problem)
     if problems and settings.production:
@@ -121,7 +122,6 @@ def create_app(
         db = Database(
             settings.effective_database_url,
             pool_size=settings.db_pool_size,
-            max_overflow=0 if settings.db_pool_size < 10 else settings.db_pool_size // 2,
             pool_timeout=settings.db_pool_timeout_seconds,
         )
         await prepare_database(db, settings)

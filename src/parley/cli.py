@@ -119,7 +119,7 @@ def orgs_create(name: str, partner: Annotated[str | None, typer.Option(help="Par
     async def go(db: Database) -> str:
         if await admin.find_organization(db, name) is not None:
             raise _fail(f"organization {name!r} already exists")
-        return (await admin.create_organization(db, name, partner_id=partner)).id
+        return await admin.create_organization(db, name, partner_id=partner)
 
     typer.echo(_run(go))
 
@@ -130,7 +130,7 @@ def orgs_list() -> None:
     from parley.store import admin
 
     for org in _run(admin.list_organizations):
-        typer.echo(f"{org.id}  {org.name}" + (f"  partner={org.partner_id}" if org.partner_id else ""))
+        typer.echo(f"{org['id']}  {org['name']}" + (f"  partner={org['partner_id']}" if org["partner_id"] else ""))
 
 
 @users.command("create")
@@ -148,7 +148,7 @@ def users_create(
             raise _fail(f"no organization named {org!r} (see `parley orgs list`)")
         if await admin.find_user(db, email) is not None:
             raise _fail(f"user {email!r} already exists")
-        return (await admin.create_user(db, org_id=organization.id, email=email, name=name or email)).id
+        return await admin.create_user(db, org_id=organization["id"], email=email, name=name or email)
 
     typer.echo(_run(go))
 
@@ -159,7 +159,7 @@ def users_list() -> None:
     from parley.store import admin
 
     for user in _run(admin.list_users):
-        typer.echo(f"{user.id}  {user.email}  org={user.org_id}")
+        typer.echo(f"{user['id']}  {user['email']}  org={user['org_id']}")
 
 
 @tokens.command("create")
@@ -182,8 +182,8 @@ def tokens_create(
             raise _fail(f"no user {user!r} (see `parley users list`)")
         return await admin.create_token(
             db,
-            user_id=found.id,
-            org_id=found.org_id,
+            user_id=found["id"],
+            org_id=found["org_id"],
             scope=cast(Scope, scope),
             can_write=not read_only,
             name=name,
@@ -211,11 +211,11 @@ def tokens_list(
             found = await admin.find_user(db, user)
             if found is None:
                 raise _fail(f"no user {user!r}")
-            user_id = found.id
+            user_id = found["id"]
         rows = await admin.list_tokens(db, user_id=user_id)
         return [
-            f"{t.id}  {t.prefix}…  {t.name}  scope={t.scope}  {'rw' if t.can_write else 'ro'}"
-            + ("  REVOKED" if t.revoked_at else "")
+            f"{t['id']}  {t['prefix']}…  {t['name']}  scope={t['scope']}  {'rw' if t['can_write'] else 'ro'}"
+            + ("  REVOKED" if t["revoked_at"] else "")
             for t in rows
         ]
 
@@ -261,7 +261,7 @@ async def _budget_service(db: Database, org_name: str) -> tuple[BudgetService, C
     if org is None:
         raise _fail(f"no organization named {org_name!r} (see `parley orgs list`)")
     catalog = SessionCatalog(db, NewSessionDefaults(model="", system_prompt="", max_turns=50))
-    return BudgetService(db, catalog), Caller(tenant=Tenant.system(), user_id="cli", home_org_id=org.id)
+    return BudgetService(db, catalog), Caller(tenant=Tenant.system(), user_id="cli", home_org_id=org["id"])
 
 
 def _print_budget(view: BudgetView) -> None:

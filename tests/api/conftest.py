@@ -25,9 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.app import create_app
 from parley.config import load_settings
-from parley.store.db import Database
 from parley.store.models import AiMessage, AiSession
-from parley.store.tenancy import Tenant
 from tests.conftest import (
     APP_PASSWORD,
     APP_ROLE,
@@ -39,6 +37,7 @@ from tests.conftest import (
     client,
     database_of_kind,
 )
+from tests.support.inspect_db import in_db
 from tests.support.live_server import LiveServer
 from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import ScriptedProvider
@@ -181,15 +180,7 @@ def wait_until(fn: Callable[[], T], *, timeout: float = 5.0, interval: float = 0
 
 
 def _in_db(tenants: Tenants, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    async def go() -> T:
-        db = Database(tenants.database_url)
-        try:
-            async with db.transaction(Tenant.system()) as s:
-                return await work(s)
-        finally:
-            await db.dispose()
-
-    return asyncio.run(go())
+    return in_db(tenants.database_url, work)
 
 
 def session_row(tenants: Tenants, sid: str) -> AiSession:

@@ -203,7 +203,7 @@ def test_a_token_revoked_while_the_server_runs_stops_working(make_server: Server
                 return revoke_id
             user = await admin.find_user(db, "a2@example.test")
             assert user is not None
-            issued = await admin.create_token(db, user_id=user.id, org_id=user.org_id)
+            issued = await admin.create_token(db, user_id=user["id"], org_id=user["org_id"])
             return f"{issued.id} {issued.token}"
         finally:
             await db.dispose()

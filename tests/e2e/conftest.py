@@ -314,8 +314,8 @@ async def _issue_token(database_url: str) -> str:
     db = await admin.open_database(database_url)
     try:
         org = await admin.create_organization(db, "e2e")
-        user = await admin.create_user(db, org_id=org.id, email="e2e@parley.local", name="e2e")
-        return (await admin.create_token(db, user_id=user.id, org_id=org.id, name="e2e")).token
+        user = await admin.create_user(db, org_id=org, email="e2e@parley.local", name="e2e")
+        return (await admin.create_token(db, user_id=user, org_id=org, name="e2e")).token
     finally:
         await db.dispose()
 

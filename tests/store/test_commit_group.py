@@ -19,9 +19,9 @@ import pytest
 from parley.store import repositories as repo
 from parley.store.commit_group import CommitGroup
 from parley.store.db import Database
-from parley.store.sqlite_inline import DriverPool
+from parley.store.repositories import TurnTotals, period_keys
+from parley.store.sqlite_pool import DriverPool
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import TurnTotals, period_keys
 from tests.conftest import Tenants
 
 TOTALS = TurnTotals(
@@ -39,12 +39,12 @@ class Recorder:
 
     def __init__(self, path: Path) -> None:
         self.statements: list[str] = []
-        self.pool = DriverPool(str(path), timeout=5, prepare=self._prepare)
+        self.pool = DriverPool(str(path), timeout=5)
 
-    def _prepare(self, conn: sqlite3.Connection) -> None:
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
+    def take(self) -> sqlite3.Connection:
+        conn = self.pool.take()
         conn.set_trace_callback(self.statements.append)
+        return conn
 
     def control(self, kind: str) -> list[str]:
         return [s for s in self.statements if s.split()[0] == kind]
@@ -83,7 +83,7 @@ async def insert(group: CommitGroup, child: str, parent: str = "p", *, fail: boo
 async def test_the_rounds_first_unit_commits_at_once_and_the_others_share_one_commit(
     path: Path, recorder: Recorder
 ) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
     seen_on_return: dict[str, list[str]] = {}
 
     async def unit(child: str) -> None:
@@ -108,7 +108,7 @@ async def test_the_rounds_first_unit_commits_at_once_and_the_others_share_one_co
 
 
 async def test_a_failing_unit_is_rolled_back_alone(path: Path, recorder: Recorder) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
     results = await asyncio.gather(
         insert(group, "a", fail=True),  # alone
         insert(group, "b"),
@@ -122,7 +122,7 @@ async def test_a_failing_unit_is_rolled_back_alone(path: Path, recorder: Recorde
 
 
 async def test_a_failed_commit_fails_every_unit_of_its_group_and_keeps_none(path: Path, recorder: Recorder) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
     results = await asyncio.gather(
         insert(group, "a"),  # alone, committed
         insert(group, "b"),
@@ -140,7 +140,7 @@ async def test_a_failed_commit_fails_every_unit_of_its_group_and_keeps_none(path
 async def test_when_sqlite_ends_the_transaction_the_earlier_units_fail_and_later_ones_commit(
     path: Path, recorder: Recorder
 ) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
 
     async def interrupted() -> None:
         async with group.unit() as conn:
@@ -166,7 +166,7 @@ async def test_when_sqlite_ends_the_transaction_the_earlier_units_fail_and_later
 async def test_a_unit_whose_caller_is_cancelled_while_waiting_is_still_committed(
     path: Path, recorder: Recorder
 ) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
     first = asyncio.create_task(insert(group, "a"))
     waiting = asyncio.create_task(insert(group, "b"))
     await asyncio.sleep(0)  # "b" has written and waits for the COMMIT of the next round
@@ -180,7 +180,7 @@ async def test_a_unit_whose_caller_is_cancelled_while_waiting_is_still_committed
 
 
 async def test_a_unit_may_not_suspend_inside(path: Path, recorder: Recorder) -> None:
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
     release = asyncio.Event()
 
     async def suspends() -> None:
@@ -198,7 +198,7 @@ async def test_a_unit_may_not_suspend_inside(path: Path, recorder: Recorder) -> 
 
 async def test_a_group_cannot_be_committed_from_inside_one_of_its_units(path: Path, recorder: Recorder) -> None:
     """As when a unit's body starts another write of the process: a bug, refused, not a half commit."""
-    group = CommitGroup(recorder.pool.take, recorder.pool.give_back)
+    group = CommitGroup(recorder.take, recorder.pool.give_back)
 
     async def flushes_inside() -> None:
         async with group.unit() as conn:
@@ -215,32 +215,31 @@ async def test_a_group_cannot_be_committed_from_inside_one_of_its_units(path: Pa
 # --- through Database ----------------------------------------------------------------------------
 
 
-async def test_an_orm_write_in_the_same_round_commits_the_pending_group_first(tenants: Tenants) -> None:
-    """Without that, the ORM's BEGIN IMMEDIATE would wait for the group's lock on the loop thread
-    (for busy_timeout, 30 s), and the group's COMMIT, due on the loop's next round, could not run."""
+async def test_writes_of_every_kind_in_one_round_share_the_group(tenants: Tenants) -> None:
+    """A turn's writes and a budget change made in the same round commit together, at once."""
     db = Database(tenants.database_url)
     try:
         org = Tenant.for_org(tenants.org_a)
         now = datetime.now(UTC)
 
         async def turn_write() -> None:
-            async with db.turn_transaction(org) as tx:
-                await tx.add_cost_usage(tenants.org_a, totals=TOTALS, now=now)
+            async with db.unit(org) as tx:
+                await repo.add_cost_usage(tx, tenants.org_a, totals=TOTALS, now=now)
 
-        async def orm_write() -> None:
-            async with db.transaction(Tenant.system()) as s:
-                await repo.upsert_budget(s, tenants.org_a, {"messages_per_hour_per_org": 7}, now=now)
+        async def budget_write() -> None:
+            async with db.unit(Tenant.system()) as tx:
+                await repo.upsert_budget(tx, tenants.org_a, {"messages_per_hour_per_org": 7}, now=now)
 
         started = asyncio.get_running_loop().time()
-        await asyncio.gather(turn_write(), turn_write(), orm_write())  # the second is in a group
+        await asyncio.gather(turn_write(), turn_write(), budget_write())  # the last two are in a group
         assert asyncio.get_running_loop().time() - started < 5
-        async with db.transaction(org, readonly=True) as s:
-            budget = await repo.get_budget(s, tenants.org_a)
+        async with db.unit(org, readonly=True) as tx:
+            budget = await repo.get_budget(tx, tenants.org_a)
             assert budget is not None
-            assert budget.messages_per_hour_per_org == 7
-            usage = await repo.cost_usage(s, org, tenants.org_a, period="daily", key=period_keys(now)[0])
+            assert budget["messages_per_hour_per_org"] == 7
+            usage = await repo.cost_usage(tx, tenants.org_a, period="daily", key=period_keys(now)[0])
             assert usage is not None
-            assert usage.output_tokens == 2 * TOTALS.output_tokens
+            assert usage["output_tokens"] == 2 * TOTALS.output_tokens
     finally:
         await db.dispose()
 
@@ -251,8 +250,8 @@ async def test_dispose_commits_a_pending_group(tenants: Tenants) -> None:
     now = datetime.now(UTC)
 
     async def add_usage() -> None:
-        async with db.turn_transaction(org) as tx:
-            await tx.add_cost_usage(tenants.org_a, totals=TOTALS, now=now)
+        async with db.unit(org) as tx:
+            await repo.add_cost_usage(tx, tenants.org_a, totals=TOTALS, now=now)
 
     adding = [asyncio.create_task(add_usage()) for _ in range(2)]
     await asyncio.sleep(0)  # the second is written and waits for the COMMIT of the loop's next round
@@ -261,9 +260,9 @@ async def test_dispose_commits_a_pending_group(tenants: Tenants) -> None:
     await asyncio.gather(*adding)
     reopened = Database(tenants.database_url)
     try:
-        async with reopened.transaction(org, readonly=True) as s:
-            usage = await repo.cost_usage(s, org, tenants.org_a, period="monthly", key=period_keys(now)[1])
+        async with reopened.unit(org, readonly=True) as tx:
+            usage = await repo.cost_usage(tx, tenants.org_a, period="monthly", key=period_keys(now)[1])
             assert usage is not None
-            assert usage.input_tokens == 2 * TOTALS.input_tokens
+            assert usage["input_tokens"] == 2 * TOTALS.input_tokens
     finally:
         await reopened.dispose()

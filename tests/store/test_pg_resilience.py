@@ -74,12 +74,12 @@ def test_a_turn_survives_a_postgres_restart_mid_stream(
 async def test_an_exhausted_pool_answers_503_after_a_bounded_wait(
     own_cluster: PostgresCluster,
 ) -> None:
-    db = Database(own_cluster.url(APP_ROLE, "parley", APP_PASSWORD), pool_size=1, max_overflow=0, pool_timeout=0.5)
+    db = Database(own_cluster.url(APP_ROLE, "parley", APP_PASSWORD), pool_size=1, pool_timeout=0.5)
     try:
-        async with db.transaction(Tenant.system()):
+        async with db.unit(Tenant.system()):
             started = time.monotonic()
             with pytest.raises(ServiceUnavailableError, match="busy"):
-                async with db.transaction(Tenant.system()):
+                async with db.unit(Tenant.system()):
                     pass
             assert 0.4 < time.monotonic() - started < 3
     finally:

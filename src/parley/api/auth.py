@@ -113,30 +113,29 @@ async def authenticate(db: Database, authorization: str | None, *, cache: Princi
     digest = hash_token(raw)
     if cache is not None and (cached := cache.get(digest)) is not None:
         return cached
-    async with db.transaction(Tenant.system(), readonly=True) as s:
-        found = await repo.find_token(s, digest)
-        if found is None:
+    async with db.unit(Tenant.system(), readonly=True) as tx:
+        token = await repo.find_token(tx, digest)
+        if token is None:
             raise AuthenticationError("Invalid token.")
-        token, user = found
-        if token.revoked_at is not None:
+        if token["revoked_at"] is not None:
             raise AuthenticationError("This token was revoked.")
-        if token.expires_at is not None and token.expires_at <= datetime.now(UTC):
+        if token["expires_at"] is not None and token["expires_at"] <= datetime.now(UTC):
             raise AuthenticationError("This token has expired.")
-        if token.scope == "organization":
-            org_ids = frozenset({token.org_id}) if token.org_id else frozenset()
-        elif token.scope == "partner" and token.partner_id:
-            org_ids = frozenset(await repo.org_ids_of_partner(s, token.partner_id))
+        if token["scope"] == "organization":
+            org_ids = frozenset({token["org_id"]}) if token["org_id"] else frozenset()
+        elif token["scope"] == "partner" and token["partner_id"]:
+            org_ids = frozenset(await repo.org_ids_of_partner(tx, token["partner_id"]))
         else:
             org_ids = frozenset()
-    scope: Scope = token.scope  # type: ignore[assignment]
+    scope: Scope = token["scope"]
     principal = Principal(
-        token_id=token.id,
-        user_id=user.id,
+        token_id=token["id"],
+        user_id=token["user_id"],
         scope=scope,
         org_ids=org_ids,
-        home_org_id=token.org_id,
-        can_write=token.can_write,
+        home_org_id=token["org_id"],
+        can_write=token["can_write"],
     )
     if cache is not None:
-        cache.put(digest, principal, token.expires_at)
+        cache.put(digest, principal, token["expires_at"])
     return principal

@@ -117,8 +117,8 @@ async def search_sessions(
     return {
         "data": [
             {
-                "id": row.id,
-                "title": row.title,
+                "id": row["id"],
+                "title": row["title"],
                 "matchedContent": _snippet(content, q),
                 "createdAt": session_summary(row)["createdAt"],
             }

@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley.billing.cost import decimal_text
-from parley.store.models import AiCostUsage, AiMessage, AiSession
+from parley.store.sql import Record
 
 
 class CreateSessionBody(BaseModel):
@@ -73,66 +73,66 @@ def _cents(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
-def session_summary(row: AiSession) -> dict[str, Any]:
+def session_summary(row: Record) -> dict[str, Any]:
     return {
-        "id": row.id,
-        "orgId": row.org_id,
-        "title": row.title,
-        "status": row.status,
-        "model": row.model,
-        "turnCount": row.turn_count,
-        "totalCostCents": _cents(row.total_cost_cents),
-        "lastActivityAt": _iso(row.last_activity_at),
-        "createdAt": _iso(row.created_at),
+        "id": row["id"],
+        "orgId": row["org_id"],
+        "title": row["title"],
+        "status": row["status"],
+        "model": row["model"],
+        "turnCount": row["turn_count"],
+        "totalCostCents": _cents(row["total_cost_cents"]),
+        "lastActivityAt": _iso(row["last_activity_at"]),
+        "createdAt": _iso(row["created_at"]),
     }
 
 
-def session_detail(row: AiSession) -> dict[str, Any]:
+def session_detail(row: Record) -> dict[str, Any]:
     return session_summary(row) | {
-        "userId": row.user_id,
-        "type": row.type,
-        "maxTurns": row.max_turns,
-        "systemPrompt": row.system_prompt,
-        "contextSnapshot": row.context_snapshot,
-        "totalInputTokens": row.total_input_tokens,
-        "totalOutputTokens": row.total_output_tokens,
-        "totalCacheReadTokens": row.total_cache_read_tokens,
-        "totalCacheWriteTokens": row.total_cache_write_tokens,
-        "updatedAt": _iso(row.updated_at),
+        "userId": row["user_id"],
+        "type": row["type"],
+        "maxTurns": row["max_turns"],
+        "systemPrompt": row["system_prompt"],
+        "contextSnapshot": row["context_snapshot"],
+        "totalInputTokens": row["total_input_tokens"],
+        "totalOutputTokens": row["total_output_tokens"],
+        "totalCacheReadTokens": row["total_cache_read_tokens"],
+        "totalCacheWriteTokens": row["total_cache_write_tokens"],
+        "updatedAt": _iso(row["updated_at"]),
     }
 
 
-def message_view(row: AiMessage) -> dict[str, Any]:
+def message_view(row: Record) -> dict[str, Any]:
     reasoning = None
-    for part in row.content_parts or []:
+    for part in row["content_parts"] or []:
         if isinstance(part, dict) and part.get("type") == "reasoning":
             reasoning = part.get("text")
     return {
-        "id": row.id,
-        "role": row.role,
-        "content": row.content,
+        "id": row["id"],
+        "role": row["role"],
+        "content": row["content"],
         "reasoning": reasoning,
-        "inputTokens": row.input_tokens,
-        "outputTokens": row.output_tokens,
-        "cacheReadTokens": row.cache_read_tokens,
-        "cacheWriteTokens": row.cache_write_tokens,
-        "costCents": _cents(row.cost_cents),
-        "usageEstimated": row.usage_estimated,
-        "finishReason": row.finish_reason,
-        "createdAt": _iso(row.created_at),
+        "inputTokens": row["input_tokens"],
+        "outputTokens": row["output_tokens"],
+        "cacheReadTokens": row["cache_read_tokens"],
+        "cacheWriteTokens": row["cache_write_tokens"],
+        "costCents": _cents(row["cost_cents"]),
+        "usageEstimated": row["usage_estimated"],
+        "finishReason": row["finish_reason"],
+        "createdAt": _iso(row["created_at"]),
     }
 
 
-def usage_view(row: AiCostUsage | None) -> dict[str, Any]:
+def usage_view(row: Record | None) -> dict[str, Any]:
     return {
-        "inputTokens": row.input_tokens if row else 0,
-        "outputTokens": row.output_tokens if row else 0,
-        "cacheReadTokens": row.cache_read_tokens if row else 0,
-        "cacheWriteTokens": row.cache_write_tokens if row else 0,
-        "totalCostCents": _cents(row.total_cost_cents) if row else "0",
-        "messageCount": row.message_count if row else 0,
+        "inputTokens": row["input_tokens"] if row else 0,
+        "outputTokens": row["output_tokens"] if row else 0,
+        "cacheReadTokens": row["cache_read_tokens"] if row else 0,
+        "cacheWriteTokens": row["cache_write_tokens"] if row else 0,
+        "totalCostCents": _cents(row["total_cost_cents"]) if row else "0",
+        "messageCount": row["message_count"] if row else 0,
     }
 
 
-def messages_view(rows: Sequence[AiMessage]) -> list[dict[str, Any]]:
+def messages_view(rows: Sequence[Record]) -> list[dict[str, Any]]:
     return [message_view(r) for r in rows]

@@ -30,8 +30,9 @@ from parley.chat.history import build_history
 from parley.chat.prompt import render_system_prompt, title_from
 from parley.errors import MaxTurnsReachedError, TurnInProgressError
 from parley.providers.base import ChatMessage
-from parley.store.models import AiBudget
-from parley.store.turn_store import BudgetLimits, TurnSession, TurnTx
+from parley.store import repositories as repo
+from parley.store.repositories import BudgetLimits, TurnSession
+from parley.store.sql import Record, Tx
 
 MINUTE = timedelta(minutes=1)
 HOUR = timedelta(hours=1)
@@ -52,9 +53,12 @@ class Admission:
     user_position: int  # the user message's place in the session; the reply takes the next one
 
 
-def limits_of(budget: AiBudget | BudgetLimits | None) -> Limits:
+def limits_of(budget: BudgetLimits | Record | None) -> Limits:
+    """The limits of a budget row (admission's projection, or the whole row the API shows)."""
     if budget is None:
         return Limits()
+    if isinstance(budget, dict):
+        budget = BudgetLimits(**{name: budget[name] for name in BudgetLimits.__dataclass_fields__})
     return Limits(
         enabled=budget.enabled,
         daily_cents=budget.daily_budget_cents,
@@ -65,7 +69,7 @@ def limits_of(budget: AiBudget | BudgetLimits | None) -> Limits:
 
 
 async def admit(
-    tx: TurnTx,
+    tx: Tx,
     row: TurnSession,
     *,
     text: str,
@@ -80,7 +84,7 @@ async def admit(
 ) -> Admission:
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
-    limits = limits_of(await tx.budget_limits(row.org_id))
+    limits = limits_of(await repo.budget_limits(tx, row.org_id))
     check_enabled(limits)
     windows = (
         (limits.messages_per_minute_per_user, MINUTE, {"user_id": row.user_id}, "per user"),
@@ -89,23 +93,23 @@ async def admit(
     for limit, window, who, scope in windows:
         if limit is None or None in who.values():
             continue
-        used, oldest = await tx.accepted_messages(since=now - window, **who)
+        used, oldest = await repo.accepted_messages(tx, since=now - window, **who)
         check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
     title = title_from(text) if row.title is None else None
     # The lease, and the session's activity, message count, title and context for this message.
-    if not await tx.take_turn(
-        row.id, token=lease, now=now, expires_at=now + lease_ttl, title=title, context=page_context
+    if not await repo.take_turn(
+        tx, row.id, token=lease, now=now, expires_at=now + lease_ttl, title=title, context=page_context
     ):
         raise TurnInProgressError()
 
-    stored = await tx.history_rows(row.id)
+    stored = await repo.history_rows(tx, row.id)
     history = build_history(row.id, stored)
     context = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", context)
     allowance = Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0))
     reservation_id = None
     if limits.spends_are_limited:
-        daily, monthly, reserved = await tx.spend(row.org_id, now=now)
+        daily, monthly, reserved = await repo.spend(tx, row.org_id, now=now)
         texts = [system_prompt, *(m.plain_text for m in history), text]
         allowance = plan_turn(
             limits=limits,
@@ -116,15 +120,16 @@ async def admit(
             now=now,
         )
         if allowance.reserve_cents > 0:
-            reservation_id = await tx.add_reservation(
-                row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
+            reservation_id = await repo.add_reservation(
+                tx, row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
             )
 
     # Counted from the rows just read: a separate count query would pick the role index on
     # SQLite and scan every user message of every session.
     user_turns = sum(1 for role, _, _ in stored if role == "user") + 1 if count_turns else None
     position = row.message_count + 1
-    await tx.insert_message(
+    await repo.insert_message(
+        tx,
         session_id=row.id,
         position=position,
         role="user",

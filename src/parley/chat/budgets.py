@@ -19,7 +19,7 @@ from parley.chat.admission import limits_of
 from parley.chat.catalog import Caller, SessionCatalog
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiBudget, AiCostUsage
+from parley.store.sql import Record
 
 BUDGET_FIELDS = (
     "enabled",
@@ -36,19 +36,19 @@ BUDGET_FIELDS = (
 class BudgetView:
     """An organization's budget with today's and this month's usage rows (None: nothing spent)."""
 
-    budget: AiBudget | None
-    daily: AiCostUsage | None
-    monthly: AiCostUsage | None
+    budget: Record | None
+    daily: Record | None
+    monthly: Record | None
     reserved: Decimal
     now: datetime
 
     @property
     def daily_used(self) -> Decimal:
-        return self.daily.total_cost_cents if self.daily else Decimal(0)
+        return self.daily["total_cost_cents"] if self.daily else Decimal(0)
 
     @property
     def monthly_used(self) -> Decimal:
-        return self.monthly.total_cost_cents if self.monthly else Decimal(0)
+        return self.monthly["total_cost_cents"] if self.monthly else Decimal(0)
 
     def as_json(self) -> dict[str, Any] | None:
         b = self.budget
@@ -59,9 +59,9 @@ class BudgetView:
             limits, Spend(self.daily_used + self.reserved, self.monthly_used + self.reserved)
         )
         return {
-            "enabled": b.enabled,
-            "dailyBudgetCents": _dec(b.daily_budget_cents),
-            "monthlyBudgetCents": _dec(b.monthly_budget_cents),
+            "enabled": b["enabled"],
+            "dailyBudgetCents": _dec(b["daily_budget_cents"]),
+            "monthlyBudgetCents": _dec(b["monthly_budget_cents"]),
             "dailyUsedCents": _dec(self.daily_used),
             "monthlyUsedCents": _dec(self.monthly_used),
             "reservedCents": _dec(self.reserved),
@@ -69,10 +69,10 @@ class BudgetView:
             "monthlyRemainingCents": _dec(None if monthly_left is None else max(monthly_left, Decimal(0))),
             "dailyResetsAt": _iso(day_reset(self.now)),
             "monthlyResetsAt": _iso(month_reset(self.now)),
-            "maxTurnsPerSession": b.max_turns_per_session,
-            "messagesPerMinutePerUser": b.messages_per_minute_per_user,
-            "messagesPerHourPerOrg": b.messages_per_hour_per_org,
-            "allowedModels": b.allowed_models,
+            "maxTurnsPerSession": b["max_turns_per_session"],
+            "messagesPerMinutePerUser": b["messages_per_minute_per_user"],
+            "messagesPerHourPerOrg": b["messages_per_hour_per_org"],
+            "allowedModels": b["allowed_models"],
         }
 
 
@@ -100,12 +100,12 @@ class BudgetService:
         org = self.catalog.resolve_org(caller, org_id)
         now = self.clock()
         daily_key, monthly_key = repo.period_keys(now)
-        async with self.db.transaction(caller.tenant, readonly=True) as s:
+        async with self.db.unit(caller.tenant, readonly=True) as tx:
             return BudgetView(
-                budget=await repo.get_budget(s, org),
-                daily=await repo.cost_usage(s, caller.tenant, org, period="daily", key=daily_key),
-                monthly=await repo.cost_usage(s, caller.tenant, org, period="monthly", key=monthly_key),
-                reserved=await repo.reserved_cents(s, org, now=now),
+                budget=await repo.get_budget(tx, org),
+                daily=await repo.cost_usage(tx, org, period="daily", key=daily_key),
+                monthly=await repo.cost_usage(tx, org, period="monthly", key=monthly_key),
+                reserved=await repo.reserved_cents(tx, org, now=now),
                 now=now,
             )
 
@@ -115,6 +115,6 @@ class BudgetService:
         if unknown:
             raise ValueError(f"unknown budget fields: {sorted(unknown)}")
         org = self.catalog.resolve_org(caller, org_id)
-        async with self.db.transaction(caller.tenant) as s:
-            await repo.upsert_budget(s, org, values, now=self.clock())
+        async with self.db.unit(caller.tenant) as tx:
+            await repo.upsert_budget(tx, org, values, now=self.clock())
         return await self.view(caller, org)

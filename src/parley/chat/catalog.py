@@ -14,7 +14,8 @@ from typing import Any
 from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiMessage, AiSession
+from parley.store.ids import new_id
+from parley.store.sql import Record
 from parley.store.tenancy import Tenant
 
 
@@ -77,11 +78,11 @@ class SessionCatalog:
         title: str | None,
         page_context: dict[str, Any] | None,
         model: str | None = None,
-    ) -> AiSession:
+    ) -> Record:
         org = self.resolve_org(caller, org_id)
         now = self.clock()
-        row = AiSession(
-            id=repo.new_id(),
+        row: Record = dict(
+            id=new_id(),
             org_id=org,
             user_id=caller.user_id,
             status="active",
@@ -102,25 +103,25 @@ class SessionCatalog:
             created_at=now,
             updated_at=now,
         )
-        async with self.db.transaction(caller.tenant) as s:
-            if await repo.find_organization(s, org_id=org) is None:
+        async with self.db.unit(caller.tenant) as tx:
+            if await repo.find_organization(tx, org_id=org) is None:
                 raise ValidationFailedError("Unknown organization.")
-            budget = await repo.get_budget(s, org)
+            budget = await repo.get_budget(tx, org)
             if budget is not None:
-                if budget.max_turns_per_session is not None:
-                    row.max_turns = budget.max_turns_per_session
-                row.model = self.defaults.choose_model(model, tuple(budget.allowed_models or ()))
+                if budget["max_turns_per_session"] is not None:
+                    row["max_turns"] = budget["max_turns_per_session"]
+                row["model"] = self.defaults.choose_model(model, tuple(budget["allowed_models"] or ()))
             else:
-                row.model = self.defaults.choose_model(model)
-            s.add(row)
+                row["model"] = self.defaults.choose_model(model)
+            await repo.insert_session(tx, row)
         return row
 
     async def list_sessions(
         self, caller: Caller, *, status: str | None, page: int, limit: int
-    ) -> tuple[Sequence[AiSession], int]:
-        async with self.db.transaction(caller.tenant, readonly=True) as s:
+    ) -> tuple[Sequence[Record], int]:
+        async with self.db.unit(caller.tenant, readonly=True) as tx:
             return await repo.list_sessions(
-                s,
+                tx,
                 caller.tenant,
                 owner_id=caller.user_id,
                 status=status,
@@ -128,23 +129,23 @@ class SessionCatalog:
                 limit=limit,
             )
 
-    async def search(self, caller: Caller, q: str, limit: int) -> list[tuple[AiSession, str | None]]:
-        async with self.db.transaction(caller.tenant, readonly=True) as s:
-            return await repo.search_sessions(s, caller.tenant, owner_id=caller.user_id, q=q, limit=limit)
+    async def search(self, caller: Caller, q: str, limit: int) -> list[tuple[Record, str | None]]:
+        async with self.db.unit(caller.tenant, readonly=True) as tx:
+            return await repo.search_sessions(tx, caller.tenant, owner_id=caller.user_id, q=q, limit=limit)
 
-    async def get(self, caller: Caller, session_id: str) -> tuple[AiSession, Sequence[AiMessage]]:
-        async with self.db.transaction(caller.tenant, readonly=True) as s:
-            row = await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id)
+    async def get(self, caller: Caller, session_id: str) -> tuple[Record, Sequence[Record]]:
+        async with self.db.unit(caller.tenant, readonly=True) as tx:
+            row = await repo.get_session(tx, caller.tenant, session_id, owner_id=caller.user_id)
             if row is None:
                 raise SessionNotFoundError()
-            return row, await repo.list_messages(s, session_id)
+            return row, await repo.list_messages(tx, session_id)
 
     async def rename(self, caller: Caller, session_id: str, title: str) -> str:
         clean = " ".join(title.split())
         if not clean:
             raise ValidationFailedError("title must not be empty.")
-        async with self.db.transaction(caller.tenant) as s:
-            if await repo.get_session(s, caller.tenant, session_id, owner_id=caller.user_id) is None:
+        async with self.db.unit(caller.tenant) as tx:
+            if await repo.get_session(tx, caller.tenant, session_id, owner_id=caller.user_id) is None:
                 raise SessionNotFoundError()
-            await repo.rename_session(s, session_id, now=self.clock(), title=clean[:255])
+            await repo.rename_session(tx, session_id, now=self.clock(), title=clean[:255])
         return clean[:255]

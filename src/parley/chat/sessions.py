@@ -48,8 +48,8 @@ from parley.providers.base import Provider
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
+from parley.store.repositories import TurnSession, TurnTotals
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import TurnSession, TurnTotals
 
 log = logging.getLogger("parley.sessions")
 
@@ -153,8 +153,8 @@ class SessionManager:
         lease = new_id()
         expired: str | None = None
         admission: Admission | None = None
-        async with self.db.turn_transaction(tenant) as tx:
-            row = await tx.session(session_id)
+        async with self.db.unit(tenant) as tx:
+            row = await repo.session_for_turn(tx, session_id)
             if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
                 raise SessionNotFoundError()
             if row.status == "closed":
@@ -163,7 +163,7 @@ class SessionManager:
                 raise SessionExpiredError()
             expired = self._expiry(row, now)
             if expired:
-                await tx.set_status(session_id, "expired", now=now, only_if="active")
+                await repo.set_status(tx, session_id, "expired", now=now, only_if="active")
             else:
                 admission = await admit(
                     tx,
@@ -265,11 +265,11 @@ class SessionManager:
         """One transaction: the reply, session totals, cost rows, lease and reservation settled."""
         now = record.now if record else self.clock()
         admission = turn.admission
-        async with self.db.turn_transaction(Tenant.for_org(org_id)) as tx:
+        async with self.db.unit(Tenant.for_org(org_id)) as tx:
             if admission is not None and admission.reservation_id is not None:
-                await tx.delete_reservation(admission.reservation_id)
+                await repo.delete_reservation(tx, admission.reservation_id)
             if record is None:
-                await tx.release_lease(session_id, token=turn.lease_token)
+                await repo.release_lease(tx, session_id, token=turn.lease_token)
                 return
             cost = record.cost_cents
             if admission is not None and admission.metered and cost > admission.reserved_cents:
@@ -292,7 +292,8 @@ class SessionManager:
             stored = bool(record.text or record.reasoning)
             if stored:
                 tokens = record.tokens
-                await tx.insert_message(
+                await repo.insert_message(
+                    tx,
                     message_id=record.message_id,
                     session_id=session_id,
                     position=admission.user_position + 1 if admission is not None else 0,
@@ -310,7 +311,8 @@ class SessionManager:
                     finish_reason=record.finish_reason,
                     created_at=now,
                 )
-            await tx.record_turn(
+            await repo.record_turn(
+                tx,
                 session_id,
                 totals=totals,
                 count_turn=record.count_turn,
@@ -319,15 +321,15 @@ class SessionManager:
                 messages_added=1 if stored else 0,
             )
             if not record.tokens.is_zero or record.text:
-                await tx.add_cost_usage(org_id, totals=totals, now=now)
+                await repo.add_cost_usage(tx, org_id, totals=totals, now=now)
         live.last_activity = now
 
     async def _release(self, org_id: str, session_id: str, lease: str, reservation_id: str | None) -> None:
         try:
-            async with self.db.turn_transaction(Tenant.for_org(org_id)) as tx:
-                await tx.release_lease(session_id, token=lease)
+            async with self.db.unit(Tenant.for_org(org_id)) as tx:
+                await repo.release_lease(tx, session_id, token=lease)
                 if reservation_id is not None:
-                    await tx.delete_reservation(reservation_id)
+                    await repo.delete_reservation(tx, reservation_id)
         except Exception:
             log.exception("could not release the lease of session %s", session_id)
 
@@ -385,8 +387,8 @@ class SessionManager:
 
     async def _check_visible(self, tenant: Tenant, user_id: str, session_id: str) -> None:
         """404 unless the caller owns this session in one of its organizations."""
-        async with self.db.transaction(tenant, readonly=True) as s:
-            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
+        async with self.db.unit(tenant, readonly=True) as tx:
+            if await repo.get_session(tx, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
 
     async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
@@ -409,10 +411,10 @@ class SessionManager:
 
     async def close(self, tenant: Tenant, user_id: str, session_id: str) -> None:
         now = self.clock()
-        async with self.db.transaction(tenant) as s:
-            if await repo.get_session(s, tenant, session_id, owner_id=user_id) is None:
+        async with self.db.unit(tenant) as tx:
+            if await repo.get_session(tx, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
-            await repo.set_status(s, session_id, "closed", now=now)
+            await repo.set_status(tx, session_id, "closed", now=now)
         await self._drop(session_id, reason="close", close_channel=True)
 
     async def _drop(self, session_id: str, *, reason: str, close_channel: bool) -> None:
@@ -442,8 +444,8 @@ class SessionManager:
             else:
                 continue
             await self._expire_live(live, reason, now)
-        async with self.db.transaction(Tenant.system()) as s:
-            await repo.expire_stale_sessions(s, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age)
+        async with self.db.unit(Tenant.system()) as tx:
+            await repo.expire_stale_sessions(tx, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age)
 
     async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
         if live.turn is None:
@@ -451,8 +453,8 @@ class SessionManager:
             self._publish(live, TurnError(code=code, message=message))
             self._publish(live, Done())
         await self._drop(live.id, reason=reason, close_channel=True)
-        async with self.db.transaction(Tenant.for_org(live.org_id)) as s:
-            await repo.set_status(s, live.id, "expired", now=now, only_if="active")
+        async with self.db.unit(Tenant.for_org(live.org_id)) as tx:
+            await repo.set_status(tx, live.id, "expired", now=now, only_if="active")
 
     async def renew_leases(self) -> None:
         now = self.clock()
@@ -461,8 +463,8 @@ class SessionManager:
             if turn is None:
                 continue
             try:
-                async with self.db.transaction(Tenant.for_org(live.org_id)) as s:
-                    await repo.renew_lease(s, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl)
+                async with self.db.unit(Tenant.for_org(live.org_id)) as tx:
+                    await repo.renew_lease(tx, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl)
             except Exception:
                 log.warning("could not renew the lease of session %s", live.id, exc_info=True)
 

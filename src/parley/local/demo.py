@@ -69,15 +69,19 @@ async def ensure_demo_identity(database_url: str, demo_dir: Path) -> tuple[str, 
     """
     db = await admin.open_database(database_url)
     try:
-        org = await admin.find_organization(db, DEMO_ORG) or await admin.create_organization(db, DEMO_ORG)
-        user = await admin.find_user(db, DEMO_EMAIL) or await admin.create_user(
-            db, org_id=org.id, email=DEMO_EMAIL, name="Demo user"
+        org = await admin.find_organization(db, DEMO_ORG)
+        org_id = org["id"] if org is not None else await admin.create_organization(db, DEMO_ORG)
+        user = await admin.find_user(db, DEMO_EMAIL)
+        user_id = (
+            user["id"]
+            if user is not None
+            else await admin.create_user(db, org_id=org_id, email=DEMO_EMAIL, name="Demo user")
         )
         token_path = demo_dir / "token"
         raw = _read_secret(token_path)
         if raw is not None and await admin.token_is_active(db, raw):
             return raw, False
-        issued = await admin.create_token(db, user_id=user.id, org_id=user.org_id or org.id, name="demo")
+        issued = await admin.create_token(db, user_id=user_id, org_id=org_id, name="demo")
         _write_secret(token_path, issued.token)
         return issued.token, True
     finally:

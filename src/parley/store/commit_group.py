@@ -12,7 +12,7 @@ alone, and waits for the COMMIT before returning, so no caller acts on a write t
 durable yet.
 
 Rules, all relied upon:
-- A unit's body never suspends (its statements run inline, `sqlite_inline.py`): units of one
+- A unit's body never suspends (its statements run inline, `sqlite_pool.py`): units of one
   group run one after another on one connection and see each other's writes, as serial
   transactions would.
 - Another write transaction of this process must not start while a group holds the write lock

@@ -1,10 +1,16 @@
-"""Engine, units of work, and migrations.
+"""The database: connection pools, units of work, migrations.
 
-Tables are touched only inside a unit of work: `Database.transaction(tenant)` (the ORM) or
-`Database.turn_transaction(tenant)` (the turn path's plain SQL; on a SQLite file, group-committed
-in bursts, `commit_group.py`). Each is committed on success and rolled back on error, with the
-tenant's settings applied first on PostgreSQL (`set_config(..., true)`, transaction-local, so a
-pooled connection never leaks them). Repositories never commit.
+Tables are touched only inside a unit of work, `Database.unit(tenant)`, which yields a `Tx`
+(`sql.py`) and is committed on success and rolled back on error. Queries never commit.
+
+- SQLite file: writing units run on `sqlite3` connections inline on the loop, group-committed in
+  bursts (`commit_group.py`); reading units run beside them (WAL).
+- PostgreSQL: asyncpg's pool. Each unit first sets the tenant as transaction-local settings
+  (`set_config(..., true)`), which row-level security reads; a pooled connection never leaks them.
+
+A database that is down, restarting, out of connections or locked by another process answers 503
+(`ServiceUnavailableError`) after a bounded wait, never a hang. SQLAlchemy is used here only to
+run Alembic migrations.
 """
 
 from __future__ import annotations
@@ -15,108 +21,109 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-from sqlalchemy import event, text
+import orjson
+from sqlalchemy import String, column, select, table
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from parley.errors import ServiceUnavailableError
 from parley.store.commit_group import CommitGroup
-from parley.store.sqlite_inline import DriverPool, inline_creator
+from parley.store.sql import PostgresTx, SqliteTx, Tx
+from parley.store.sqlite_pool import DriverPool
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import DriverTx, EngineTx, TurnTx
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger("parley.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_REVISION = select(table("alembic_version", column("version_num", String)).c.version_num)
+_SET_TENANT = (
+    "SELECT set_config('parley.scope', $1, true), set_config('parley.org_ids', $2, true), "
+    "set_config('parley.user_id', $3, true)"
+)
 
 
 class Database:
-    """One engine and its session factory."""
+    """One database: its pools and units of work (see the module docstring)."""
 
-    def __init__(
-        self, url: str, *, echo: bool = False, pool_size: int = 20, max_overflow: int = 10, pool_timeout: float = 5.0
-    ) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, pool_timeout: float = 5.0) -> None:
         """`pool_timeout`: how long a unit of work waits for the database before it answers 503: for a
         pooled connection on PostgreSQL; on SQLite, for the write lock another process holds."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, Any] = {"echo": echo}
-        self._driver_pool: DriverPool | None = None
-        self._commit_group: CommitGroup | None = None
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self._pg_pool: asyncpg.Pool | None = None
+        self._pg_opening: asyncio.Lock | None = None
         if self.dialect == "sqlite":
-            db_path = parsed.database
-            if db_path and db_path != ":memory:":
-                Path(db_path).parent.mkdir(parents=True, exist_ok=True)
-            # sqlite3's connect timeout is SQLite's busy timeout: the wait for another process's lock.
-            kwargs["connect_args"] = {"timeout": pool_timeout}
-            if db_path and db_path != ":memory:":
-                kwargs["async_creator"] = inline_creator(db_path, timeout=pool_timeout)
-                pool = DriverPool(db_path, timeout=pool_timeout, prepare=lambda conn: _sqlite_pragmas(conn, None))
-                self._driver_pool = pool
-                self._commit_group = CommitGroup(pool.take, pool.give_back)
-        else:
-            # pre_ping: a connection broken by a database restart is replaced, not handed out.
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_timeout=pool_timeout, pool_pre_ping=True)
-        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
-        if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", self._sqlite_begin)
-        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+            path = parsed.database
+            if not path or path == ":memory:" or path.startswith("file:"):
+                raise ValueError("parley needs a SQLite file (an in-memory database is not shared between connections)")
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.sqlite_path = path
+            self._sqlite_pool = DriverPool(path, timeout=pool_timeout)
+            self._commit_group = CommitGroup(self._sqlite_pool.take, self._sqlite_pool.give_back)
+        elif self.dialect != "postgresql":
+            raise ValueError(f"unsupported database: {self.dialect}")
 
     @property
     def is_postgres(self) -> bool:
         return self.dialect == "postgresql"
 
-    def _sqlite_begin(self, conn: Connection) -> None:
-        if conn.get_execution_options().get("parley_readonly", False):
-            conn.exec_driver_sql("BEGIN DEFERRED")
-            return
-        if self._commit_group is not None:
-            # This process's turn writes may hold the write lock until the loop's next round;
-            # commit them first rather than wait for the lock on the loop thread.
-            self._commit_group.flush()
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
     @asynccontextmanager
-    async def transaction(self, tenant: Tenant, *, readonly: bool = False) -> AsyncIterator[AsyncSession]:
-        """One unit of work for `tenant`, committed on success.
+    async def unit(self, tenant: Tenant, *, readonly: bool = False) -> AsyncIterator[Tx]:
+        """One unit of work for `tenant`, committed when the block ends without an error.
 
-        On SQLite a writing transaction starts with BEGIN IMMEDIATE: it takes the write lock up
-        front, so two read-then-write transactions queue instead of failing with a stale
-        snapshot. `readonly` ones start deferred and run beside writers (WAL).
+        On SQLite a writing unit is committed (with its loop round's group) before this returns, so
+        no caller acts on a write that is not durable; `readonly` units start deferred and run
+        beside writers.
         """
-        with _unavailable_as_503():
-            async with self.sessions() as session, session.begin():
-                if readonly:
-                    await session.connection(execution_options={"parley_readonly": True})
-                if self.is_postgres:
-                    await _apply_tenant(session, tenant)
-                yield session
-
-    @asynccontextmanager
-    async def turn_transaction(self, tenant: Tenant) -> AsyncIterator[TurnTx]:
-        """A writing unit of work of the turn path (`store/turn_store.py`) for `tenant`.
-
-        On a SQLite file it runs on a plain `sqlite3` connection, inline, as one unit of the loop
-        round's group transaction (`store/commit_group.py`): the statements run at once, nothing
-        else on the loop runs in between, and this returns once the group has committed.
-        Elsewhere it runs on an engine connection with the tenant's settings, like `transaction`.
-        """
-        group = self._commit_group
-        if group is not None:
+        if self.dialect == "sqlite":
             with _unavailable_as_503():
-                async with group.unit() as conn:
-                    yield DriverTx(conn)
+                if readonly:
+                    conn = self._sqlite_pool.take()
+                    try:
+                        conn.execute("BEGIN")
+                        try:
+                            yield SqliteTx(conn)
+                        finally:
+                            conn.execute("ROLLBACK")
+                    finally:
+                        self._sqlite_pool.give_back(conn)
+                else:
+                    async with self._commit_group.unit() as conn:
+                        yield SqliteTx(conn)
             return
+        pool = await self._postgres_pool()
         with _unavailable_as_503():
-            async with self.engine.connect() as engine_conn, engine_conn.begin():
-                if self.is_postgres:
-                    await _apply_tenant(engine_conn, tenant)
-                yield EngineTx(engine_conn)
+            async with pool.acquire(timeout=self.pool_timeout) as conn, conn.transaction(readonly=readonly):
+                await conn.execute(_SET_TENANT, tenant.scope, tenant.org_list, tenant.user_id or "")
+                yield PostgresTx(conn)
+
+    async def _postgres_pool(self) -> asyncpg.Pool:
+        if self._pg_pool is not None:
+            return self._pg_pool
+        if self._pg_opening is None:
+            self._pg_opening = asyncio.Lock()
+        async with self._pg_opening:
+            if self._pg_pool is None:
+                import asyncpg
+
+                with _unavailable_as_503():
+                    self._pg_pool = await asyncpg.create_pool(
+                        _asyncpg_dsn(self.url),
+                        min_size=0,
+                        max_size=self.pool_size,
+                        init=_init_postgres_connection,
+                        server_settings={"application_name": "parley"},
+                        timeout=self.pool_timeout,
+                    )
+        assert self._pg_pool is not None
+        return self._pg_pool
 
     async def migrate(self, admin_url: str | None = None) -> list[str]:
         """Bring the schema to the newest revision (Alembic), in one transaction.
@@ -124,121 +131,116 @@ class Database:
         On PostgreSQL, `admin_url` (the tables' owner) runs the migration and then creates or
         grants the application role of `self.url`, which must not own the tables.
         """
-        if admin_url is None or admin_url == self.url:
-            async with self.engine.begin() as conn:
-                await conn.run_sync(_upgrade)
-            return ["schema is at the newest revision"]
-        from parley.store.postgres import ensure_app_role
-
-        admin = create_async_engine(admin_url)
+        engine = create_async_engine(_alembic_url(admin_url or self.url))
         try:
-            async with admin.begin() as conn:
+            async with engine.begin() as conn:
                 await conn.run_sync(_upgrade)
-                app = make_url(self.url)
-                done = await ensure_app_role(conn, app.username or "", app.password)
+                done = ["schema is at the newest revision"]
+                if admin_url is not None and admin_url != self.url and self.is_postgres:
+                    from parley.store.postgres import ensure_app_role
+
+                    app = make_url(self.url)
+                    done += await ensure_app_role(conn, app.username or "", app.password)
         finally:
-            await admin.dispose()
-        return ["schema is at the newest revision", *done]
+            await engine.dispose()
+        return done
 
     async def schema_revision(self) -> str | None:
-        async with self.engine.connect() as conn:
-            try:
-                return (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one_or_none()
-            except DBAPIError:
-                return None
+        try:
+            async with self.unit(Tenant.system(), readonly=True) as tx:
+                return await tx.value(_REVISION)
+        except (sqlite3.OperationalError, _postgres_error()):
+            return None  # no alembic_version table yet
 
     async def wait_until_reachable(self, *, attempts: int = 0, delay: float = 1.0, max_delay: float = 15.0) -> None:
-        """Block until a connection succeeds (forever when `attempts` is 0), logging each retry."""
+        """Block until a unit of work succeeds (forever when `attempts` is 0), logging each retry."""
         tried = 0
         while True:
             try:
-                async with self.engine.connect() as conn:
-                    await conn.execute(text("SELECT 1"))
-                return
-            except (DBAPIError, OSError) as exc:
+                async with self.unit(Tenant.system(), readonly=True):
+                    return
+            except ServiceUnavailableError as exc:
                 tried += 1
                 if attempts and tried >= attempts:
                     raise ServiceUnavailableError("The database is unreachable.") from exc
-                log.warning("database not reachable (%s); retrying in %.0f s", exc.__class__.__name__, delay)
+                log.warning("database not reachable (%s); retrying in %.0f s", exc.__cause__.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, max_delay)
 
     async def dispose(self) -> None:
-        if self._commit_group is not None:
+        if self.dialect == "sqlite":
             self._commit_group.flush()
-        if self._driver_pool is not None:
-            self._driver_pool.close()
-        await self.engine.dispose()
+            self._sqlite_pool.close()
+        elif self._pg_pool is not None:
+            pool, self._pg_pool = self._pg_pool, None
+            await pool.close()
+
+
+async def _init_postgres_connection(conn: asyncpg.Connection) -> None:
+    # JSON crosses as text: SQLAlchemy's JSON type serialises binds; rows are decoded here.
+    await conn.set_type_codec("json", encoder=lambda value: value, decoder=orjson.loads, schema="pg_catalog")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _alembic_url(url: str) -> str:
+    parsed = make_url(url)
+    return (
+        parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        if parsed.get_backend_name() == "sqlite"
+        else url
+    )
+
+
+def _postgres_error() -> type[Exception]:
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover - PostgreSQL is an extra
+        return sqlite3.OperationalError
+    error: type[Exception] = asyncpg.PostgresError
+    return error
 
 
 @contextmanager
 def _unavailable_as_503() -> Iterator[None]:
-    """A database that is down, restarting or out of connections answers 503, never a hang."""
+    """A database that is down, restarting, out of connections or locked answers 503, never a hang."""
     try:
         yield
-    except (OperationalError, InterfaceError, sqlite3.OperationalError) as exc:
-        if _is_locked(exc):  # another process held SQLite's write lock past the wait
+    except sqlite3.OperationalError as exc:
+        if "database is locked" in str(exc):  # another process held SQLite's write lock past the wait
             log.warning("database busy: the write lock was not free in time")
             raise ServiceUnavailableError("The database is busy. Please try again.") from exc
-        if not isinstance(exc, sqlite3.OperationalError) and _is_unavailable(exc):
-            log.warning("database unavailable: %s", exc.__class__.__name__)
-            raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
         raise
-    except PoolTimeoutError as exc:  # every pooled connection is busy: a bounded wait, then 503
-        log.warning("database pool exhausted")
+    except TimeoutError as exc:  # every pooled connection is busy: a bounded wait, then 503
+        log.warning("database pool exhausted or not answering")
         raise ServiceUnavailableError("The server is busy. Please try again.") from exc
     except OSError as exc:  # refused or reset while connecting
         log.warning("database unreachable: %s", exc)
         raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+    except Exception as exc:
+        if _is_unavailable(exc):
+            log.warning("database unavailable: %s", exc.__class__.__name__)
+            raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
+        raise
 
 
-async def _apply_tenant(session: AsyncSession | AsyncConnection, tenant: Tenant) -> None:
-    orgs = "*" if tenant.sees_all else ",".join(sorted(tenant.org_ids))
-    await session.execute(
-        text(
-            "SELECT set_config('parley.scope', :scope, true), "
-            "set_config('parley.org_ids', :orgs, true), "
-            "set_config('parley.user_id', :user, true)"
-        ),
-        {"scope": tenant.scope, "orgs": orgs, "user": tenant.user_id or ""},
-    )
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    dbapi_conn.isolation_level = None  # parley issues BEGIN itself (see _sqlite_begin)
-    # SQLite's own lower() folds ASCII only; search must match "Übersicht" with "übersicht".
-    dbapi_conn.create_function("lower", 1, _unicode_lower, deterministic=True)
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=NORMAL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.close()
-
-
-def _unicode_lower(value: object) -> object:
-    return value.lower() if isinstance(value, str) else value
-
-
-def _is_locked(exc: BaseException) -> bool:
-    original = exc.orig if isinstance(exc, DBAPIError) else exc
-    return isinstance(original, sqlite3.OperationalError) and "database is locked" in str(original)
-
-
-def _is_unavailable(exc: DBAPIError) -> bool:
-    if exc.connection_invalidated:
-        return True
-    text_ = str(exc.orig).lower()
-    return any(
-        s in text_
-        for s in (
-            "connection refused",
-            "connection was closed",
-            "terminating connection",
-            "could not connect",
-            "cannot connect",
-            "connection is closed",
-            "server closed the connection",
-        )
+def _is_unavailable(exc: Exception) -> bool:
+    """asyncpg's errors that mean the server or the connection is gone (not a bad statement)."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(
+        exc,
+        asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.CannotConnectNowError
+        | asyncpg.exceptions.ConnectionFailureError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.TooManyConnectionsError
+        | asyncpg.exceptions.InternalClientError
+        | asyncpg.InterfaceError,
     )
 
 

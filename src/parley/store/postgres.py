@@ -8,10 +8,11 @@ runs at server start on the app connection and says what is unsafe about the rol
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from sqlalchemy import Boolean, String, column, func, select, table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.store.models import Base
+from parley.store.sql import Tx
 
 
 def _ident(name: str) -> str:
@@ -38,24 +39,25 @@ async def ensure_app_role(conn: AsyncConnection, role: str, password: str | None
     return done
 
 
-async def app_role_problems(conn: AsyncConnection) -> list[str]:
+_ROLES = table("pg_roles", column("rolname", String), column("rolsuper", Boolean), column("rolbypassrls", Boolean))
+_TABLES = table("pg_tables", column("schemaname", String), column("tableowner", String))
+_ROLE = select(func.current_user(), _ROLES.c.rolsuper, _ROLES.c.rolbypassrls).where(
+    _ROLES.c.rolname == func.current_user()
+)
+_OWNED = select(func.count()).where(_TABLES.c.schemaname == "public", _TABLES.c.tableowner == func.current_user())
+
+
+async def app_role_problems(tx: Tx) -> list[str]:
     """Why the connected role would weaken row-level security (empty when it would not)."""
     problems: list[str] = []
-    row = (
-        await conn.execute(
-            text("SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-        )
-    ).one()
+    row = await tx.row(_ROLE)
+    assert row is not None, "the connected role is in pg_roles"
     user, superuser, bypass = row
     if superuser:
         problems.append(f"role {user} is a superuser: row-level security does not apply to it")
     if bypass:
         problems.append(f"role {user} has BYPASSRLS: row-level security does not apply to it")
-    owned = (
-        await conn.execute(
-            text("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = current_user")
-        )
-    ).scalar_one()
+    owned = await tx.value(_OWNED)
     if owned:
         problems.append(f"role {user} owns {owned} tables: connect as a separate application role")
     return problems

@@ -1,21 +1,41 @@
-"""Queries, one function each; they run inside a unit of work and never commit.
+"""Every query parley runs, one function each, as SQLAlchemy Core statements over the models' tables.
 
-Every read of tenant data takes the `Tenant` and filters by its organizations (system scope sees
-all): the application's own guard, which PostgreSQL's row-level security doubles. Rows come back
-detached-safe (`expire_on_commit=False`), so callers may use them after the transaction.
-A turn's own reads and writes (admission, persistence) are plain SQL in `turn_store`.
+Functions take a `Tx` (`sql.py`) from `Database.unit(tenant)` and never commit. Statements are
+module constants (or built once per shape), so each is compiled once per dialect. Reads of tenant
+data filter by the `Tenant` (`in_orgs`), the application's own guard, which PostgreSQL's
+row-level security doubles. Projections that the domain reads by attribute are dataclasses whose
+fields are column names (`_columns`): the schema stays declared once, in `models.py`.
+
+Imports: standard library, SQLAlchemy (statement building), parley.store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import (
+    JSON,
+    Column,
+    Select,
+    String,
+    Table,
+    Text,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as insert_or_update
 
 from parley.store.ids import new_id
 from parley.store.models import (
@@ -28,61 +48,278 @@ from parley.store.models import (
     Organization,
     User,
 )
-from parley.store.tenancy import Tenant
-from parley.store.turn_store import period_keys
+from parley.store.sql import Record, Tx
+from parley.store.tenancy import Tenant, in_orgs
 
-__all__ = ["new_id", "period_keys"]  # re-exported: ids and period keys are the same everywhere
+sessions: Table = AiSession.__table__  # type: ignore[assignment]
+messages: Table = AiMessage.__table__  # type: ignore[assignment]
+cost_rows: Table = AiCostUsage.__table__  # type: ignore[assignment]
+budgets: Table = AiBudget.__table__  # type: ignore[assignment]
+reservations: Table = AiBudgetReservation.__table__  # type: ignore[assignment]
+tokens: Table = ApiToken.__table__  # type: ignore[assignment]
+users: Table = User.__table__  # type: ignore[assignment]
+organizations: Table = Organization.__table__  # type: ignore[assignment]
 
 
-def _scoped(stmt: Select[Any], tenant: Tenant, org_column: Any) -> Select[Any]:
-    if tenant.sees_all:
-        return stmt
-    return stmt.where(org_column.in_(sorted(tenant.org_ids)))
+def _columns(record: type[Any], table: Table) -> list[Column[Any]]:
+    """The columns a projection dataclass names, in its field order."""
+    return [table.c[field.name] for field in dataclasses.fields(record)]
 
 
-# --- sessions ------------------------------------------------------------------------------------
+def period_keys(now: datetime) -> tuple[str, str]:
+    """(daily, monthly) keys of the cost rows, in UTC."""
+    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+
+
+# --- projections ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TurnSession:
+    """The columns of a session that admitting a message needs."""
+
+    id: str
+    org_id: str
+    user_id: str | None
+    status: str
+    title: str | None
+    model: str
+    system_prompt: str | None
+    context_snapshot: dict[str, Any] | None
+    turn_count: int
+    max_turns: int
+    message_count: int
+    created_at: datetime
+    last_activity_at: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BudgetLimits:
+    """The columns of an organization's budget that admission checks."""
+
+    enabled: bool
+    daily_budget_cents: Decimal | None
+    monthly_budget_cents: Decimal | None
+    messages_per_minute_per_user: int | None
+    messages_per_hour_per_org: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TurnTotals:
+    """A turn's usage, added to its session and its organization's cost rows."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_cents: Decimal
+
+
+HistoryRow = tuple[str, str | None, Any]  # (role, content, content_parts when they may hold a tool part)
+
+
+# --- sessions -------------------------------------------------------------------------------------
+
+# Locks the row on PostgreSQL: admissions of one session queue here, before anything is read that
+# they write back (SQLite's writers are serialized by BEGIN IMMEDIATE already).
+_SESSION_FOR_TURN = (
+    select(*_columns(TurnSession, sessions)).where(sessions.c.id == bindparam("session_id")).with_for_update()
+)
+
+
+async def session_for_turn(tx: Tx, session_id: str) -> TurnSession | None:
+    row = await tx.row(_SESSION_FOR_TURN, {"session_id": session_id})
+    return None if row is None else TurnSession(*row)
+
+
+_TAKE_TURN = (
+    update(sessions)
+    .where(
+        sessions.c.id == bindparam("session_id"),
+        or_(sessions.c.lease_token.is_(None), sessions.c.lease_expires_at < bindparam("now")),
+    )
+    .values(
+        lease_token=bindparam("token"),
+        lease_expires_at=bindparam("expires_at"),
+        last_activity_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        message_count=sessions.c.message_count + 1,
+        title=func.coalesce(bindparam("title", type_=String), sessions.c.title),
+        context_snapshot=func.coalesce(bindparam("context", type_=JSON), sessions.c.context_snapshot),
+    )
+)
+
+
+async def take_turn(
+    tx: Tx,
+    session_id: str,
+    *,
+    token: str,
+    now: datetime,
+    expires_at: datetime,
+    title: str | None = None,
+    context: dict[str, Any] | None = None,
+) -> bool:
+    """Take the turn lease if free or expired, and record the message being admitted (activity,
+    message count, title, context): one conditional UPDATE, atomic across processes."""
+    params = {
+        "session_id": session_id,
+        "token": token,
+        "expires_at": expires_at,
+        "now": now,
+        "title": title,
+        "context": context,
+    }
+    return await tx.run(_TAKE_TURN, params) == 1
+
+
+_RELEASE_LEASE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token == bindparam("token"))
+    .values(lease_token=None, lease_expires_at=None)
+)
+
+
+async def release_lease(tx: Tx, session_id: str, *, token: str) -> None:
+    await tx.run(_RELEASE_LEASE, {"session_id": session_id, "token": token})
+
+
+_RENEW_LEASE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token == bindparam("token"))
+    .values(lease_expires_at=bindparam("expires_at"))
+)
+
+
+async def renew_lease(tx: Tx, session_id: str, *, token: str, expires_at: datetime) -> bool:
+    return await tx.run(_RENEW_LEASE, {"session_id": session_id, "token": token, "expires_at": expires_at}) == 1
+
+
+_SET_STATUS = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(status=bindparam("status"), updated_at=bindparam("now"))
+)
+_SET_STATUS_IF = _SET_STATUS.where(sessions.c.status == bindparam("only_if"))
+
+
+async def set_status(tx: Tx, session_id: str, status: str, *, now: datetime, only_if: str | None = None) -> bool:
+    params = {"session_id": session_id, "status": status, "now": now, "only_if": only_if}
+    return await tx.run(_SET_STATUS if only_if is None else _SET_STATUS_IF, params) == 1
+
+
+_LEASE_IS_THIS_TURNS = sessions.c.lease_token == bindparam("token")
+_RECORD_TURN = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(
+        total_input_tokens=sessions.c.total_input_tokens + bindparam("input_tokens"),
+        total_output_tokens=sessions.c.total_output_tokens + bindparam("output_tokens"),
+        total_cache_read_tokens=sessions.c.total_cache_read_tokens + bindparam("cache_read_tokens"),
+        total_cache_write_tokens=sessions.c.total_cache_write_tokens + bindparam("cache_write_tokens"),
+        total_cost_cents=sessions.c.total_cost_cents + bindparam("cost_cents", type_=sessions.c.total_cost_cents.type),
+        turn_count=sessions.c.turn_count + bindparam("turns"),
+        message_count=sessions.c.message_count + bindparam("messages"),
+        last_activity_at=bindparam("now"),
+        updated_at=bindparam("now"),
+        # The lease goes with it, if it is still this turn's (the right-hand sides all read the
+        # row as it was, so the second CASE sees the old lease_token too).
+        lease_expires_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_expires_at),
+        lease_token=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_token),
+    )
+)
+
+
+async def record_turn(
+    tx: Tx,
+    session_id: str,
+    *,
+    totals: TurnTotals,
+    count_turn: bool,
+    now: datetime,
+    lease_token: str,
+    messages_added: int = 0,
+) -> None:
+    """Add a turn's usage to its session, count the turn, and release the lease."""
+    params = {
+        "session_id": session_id,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cache_read_tokens": totals.cache_read_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
+        "cost_cents": totals.cost_cents,
+        "turns": 1 if count_turn else 0,
+        "messages": messages_added,
+        "now": now,
+        "token": lease_token,
+    }
+    await tx.run(_RECORD_TURN, params)
+
+
+_EXPIRE_STALE = (
+    update(sessions)
+    .where(
+        sessions.c.status == "active",
+        or_(sessions.c.last_activity_at < bindparam("idle_before"), sessions.c.created_at < bindparam("born_before")),
+        or_(sessions.c.lease_token.is_(None), sessions.c.lease_expires_at < bindparam("now")),
+    )
+    .values(status="expired", updated_at=bindparam("now"))
+)
+
+
+async def expire_stale_sessions(tx: Tx, *, now: datetime, idle_ttl: timedelta, max_age: timedelta) -> int:
+    """Mark active sessions past their idle or age limit expired (not those mid-turn)."""
+    return await tx.run(_EXPIRE_STALE, {"now": now, "idle_before": now - idle_ttl, "born_before": now - max_age})
 
 
 @cache
-def _get_session_statement(scoped: bool, owned: bool) -> Any:
-    stmt = select(AiSession).where(AiSession.id == bindparam("p_session_id"))
+def _session_statement(scoped: bool, owned: bool) -> Select[Any]:
+    stmt = select(sessions).where(sessions.c.id == bindparam("session_id"))
     if scoped:
-        stmt = stmt.where(AiSession.org_id.in_(bindparam("p_org_ids", expanding=True)))
+        stmt = stmt.where(in_orgs(sessions.c.org_id))
     if owned:
-        stmt = stmt.where(AiSession.user_id == bindparam("p_owner_id"))
+        stmt = stmt.where(sessions.c.user_id == bindparam("owner_id"))
     return stmt
 
 
-async def get_session(
-    s: AsyncSession, tenant: Tenant, session_id: str, *, owner_id: str | None = None
-) -> AiSession | None:
-    stmt = _get_session_statement(not tenant.sees_all, owner_id is not None)
-    params: dict[str, Any] = {"p_session_id": session_id}
-    if not tenant.sees_all:
-        params["p_org_ids"] = sorted(tenant.org_ids)
-    if owner_id is not None:
-        params["p_owner_id"] = owner_id
-    row: AiSession | None = (await s.execute(stmt, params)).scalar_one_or_none()
-    return row
+async def get_session(tx: Tx, tenant: Tenant, session_id: str, *, owner_id: str | None = None) -> Record | None:
+    """The whole session row, if the tenant sees it (and `owner_id` owns it)."""
+    stmt = _session_statement(not tenant.sees_all, owner_id is not None)
+    found = await tx.records(stmt, {"session_id": session_id, "owner_id": owner_id, **tenant.filter_params()})
+    return found[0] if found else None
+
+
+_INSERT_SESSION = insert(sessions)
+
+
+async def insert_session(tx: Tx, values: Record) -> None:
+    await tx.run(_INSERT_SESSION, values)
+
+
+@cache
+def _list_statements(scoped: bool, by_status: bool) -> tuple[Select[Any], Select[Any]]:
+    where = [sessions.c.user_id == bindparam("owner_id")]
+    if scoped:
+        where.append(in_orgs(sessions.c.org_id))
+    if by_status:
+        where.append(sessions.c.status == bindparam("status"))
+    rows = (
+        select(sessions)
+        .where(*where)
+        .order_by(sessions.c.last_activity_at.desc(), sessions.c.id)
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+    count = select(func.count()).select_from(sessions).where(*where)
+    return rows, count
 
 
 async def list_sessions(
-    s: AsyncSession,
-    tenant: Tenant,
-    *,
-    owner_id: str,
-    status: str | None,
-    offset: int,
-    limit: int,
-) -> tuple[Sequence[AiSession], int]:
-    base = _scoped(select(AiSession).where(AiSession.user_id == owner_id), tenant, AiSession.org_id)
-    if status is not None:
-        base = base.where(AiSession.status == status)
-    total = (await s.execute(select(func.count()).select_from(base.subquery()))).scalar_one()
-    rows = (
-        await s.execute(base.order_by(AiSession.last_activity_at.desc(), AiSession.id).offset(offset).limit(limit))
-    ).scalars()
-    return list(rows), int(total)
+    tx: Tx, tenant: Tenant, *, owner_id: str, status: str | None, offset: int, limit: int
+) -> tuple[list[Record], int]:
+    rows, count = _list_statements(not tenant.sees_all, status is not None)
+    params = {"owner_id": owner_id, "status": status, "offset": offset, "limit": limit, **tenant.filter_params()}
+    return await tx.records(rows, params), int(await tx.value(count, params) or 0)
 
 
 def _like_pattern(q: str) -> str:
@@ -90,180 +327,416 @@ def _like_pattern(q: str) -> str:
     return f"%{escaped}%"
 
 
+@cache
+def _search_statements(scoped: bool) -> tuple[Select[str], Select[str, str | None]]:
+    owned = [sessions.c.user_id == bindparam("owner_id")]
+    if scoped:
+        owned.append(in_orgs(sessions.c.org_id))
+    pattern = bindparam("pattern", type_=String)
+    by_title = (
+        select(sessions.c.id)
+        .where(*owned, func.lower(sessions.c.title).like(pattern, escape="\\"))
+        .order_by(sessions.c.last_activity_at.desc())
+        .limit(bindparam("limit"))
+    )
+    by_message = (
+        select(messages.c.session_id, messages.c.content)
+        .where(messages.c.session_id.in_(select(sessions.c.id).where(*owned).scalar_subquery()))
+        .where(or_(messages.c.role == "user", messages.c.role == "assistant"))
+        .where(func.lower(messages.c.content).like(pattern, escape="\\"))
+        .order_by(messages.c.created_at.desc())
+        .limit(bindparam("message_limit"))
+    )
+    return by_title, by_message
+
+
 async def search_sessions(
-    s: AsyncSession, tenant: Tenant, *, owner_id: str, q: str, limit: int
-) -> list[tuple[AiSession, str | None]]:
+    tx: Tx, tenant: Tenant, *, owner_id: str, q: str, limit: int
+) -> list[tuple[Record, str | None]]:
     """Sessions whose title or user/assistant text matches `q` (case-insensitive), newest first."""
-    pattern = _like_pattern(q)
-    owned = _scoped(select(AiSession.id).where(AiSession.user_id == owner_id), tenant, AiSession.org_id)
-    title_hits = (
-        await s.execute(
-            owned.add_columns(AiSession.last_activity_at)
-            .where(func.lower(AiSession.title).like(pattern, escape="\\"))
-            .order_by(AiSession.last_activity_at.desc())
-            .limit(limit)
-        )
-    ).all()
-    results: dict[str, str | None] = {row[0]: None for row in title_hits}
+    by_title, by_message = _search_statements(not tenant.sees_all)
+    params = {
+        "owner_id": owner_id,
+        "pattern": _like_pattern(q),
+        "limit": limit,
+        "message_limit": limit * 5,
+        **tenant.filter_params(),
+    }
+    results: dict[str, str | None] = {sid: None for (sid,) in await tx.rows(by_title, params)}
     if len(results) < limit:
-        msg_hits = (
-            await s.execute(
-                select(AiMessage.session_id, AiMessage.content)
-                .where(AiMessage.session_id.in_(owned.scalar_subquery()))
-                .where(AiMessage.role.in_(("user", "assistant")))
-                .where(func.lower(AiMessage.content).like(pattern, escape="\\"))
-                .order_by(AiMessage.created_at.desc())
-                .limit(limit * 5)
-            )
-        ).all()
-        for sid, content in msg_hits:
+        for sid, content in await tx.rows(by_message, params):
             if sid not in results and len(results) < limit:
                 results[sid] = content
-    if not results:
-        return []
-    rows = (
-        await s.execute(
-            select(AiSession).where(AiSession.id.in_(list(results))).order_by(AiSession.last_activity_at.desc())
-        )
-    ).scalars()
-    return [(row, results[row.id]) for row in rows]
+    found = []
+    for sid, content in results.items():
+        row = await get_session(tx, tenant, sid, owner_id=owner_id)
+        if row is not None:
+            found.append((row, content))
+    found.sort(key=lambda hit: hit[0]["last_activity_at"], reverse=True)
+    return found
 
 
-async def renew_lease(s: AsyncSession, session_id: str, *, token: str, expires_at: datetime) -> bool:
-    result = await s.execute(
-        update(AiSession)
-        .where(AiSession.id == session_id, AiSession.lease_token == token)
-        .values(lease_expires_at=expires_at)
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(result) == 1
+_RENAME = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(title=bindparam("title"), updated_at=bindparam("now"))
+)
 
 
-async def set_status(
-    s: AsyncSession, session_id: str, status: str, *, now: datetime, only_if: str | None = None
-) -> bool:
-    stmt = update(AiSession).where(AiSession.id == session_id)
-    if only_if is not None:
-        stmt = stmt.where(AiSession.status == only_if)
-    result = await s.execute(stmt.values(status=status, updated_at=now).execution_options(synchronize_session=False))
-    return _rowcount(result) == 1
-
-
-async def rename_session(s: AsyncSession, session_id: str, *, now: datetime, title: str) -> None:
+async def rename_session(tx: Tx, session_id: str, *, now: datetime, title: str) -> None:
     """A new title. Not activity: the chat keeps its place in the list and its idle deadline."""
-    await s.execute(
-        update(AiSession)
-        .where(AiSession.id == session_id)
-        .values(title=title, updated_at=now)
-        .execution_options(synchronize_session=False)
+    await tx.run(_RENAME, {"session_id": session_id, "title": title, "now": now})
+
+
+# --- messages -------------------------------------------------------------------------------------
+
+_ORDER = (messages.c.position, messages.c.created_at, messages.c.id)
+_LIST_MESSAGES = select(messages).where(messages.c.session_id == bindparam("session_id")).order_by(*_ORDER)
+
+
+async def list_messages(tx: Tx, session_id: str) -> list[Record]:
+    return await tx.records(_LIST_MESSAGES, {"session_id": session_id})
+
+
+# The parts are decoded only where the stored JSON may hold a tool part: a long history of plain
+# text costs no JSON parsing.
+_MAY_HOLD_TOOL = cast(messages.c.content_parts, Text).contains('"tool_', autoescape=True)
+_HISTORY = (
+    select(messages.c.role, messages.c.content, case((_MAY_HOLD_TOOL, messages.c.content_parts), else_=None))
+    .where(messages.c.session_id == bindparam("session_id"))
+    .order_by(*_ORDER)
+)
+
+
+async def history_rows(tx: Tx, session_id: str) -> Sequence[HistoryRow]:
+    """(role, content, content_parts) of a session in order; `content_parts` is None unless it may
+    hold a tool part. Read at admission, before the current message is written, so it excludes it."""
+    return await tx.rows(_HISTORY, {"session_id": session_id})
+
+
+_INSERT_MESSAGE = insert(messages)
+
+
+async def insert_message(
+    tx: Tx,
+    *,
+    session_id: str,
+    position: int,
+    role: str,
+    content: str,
+    parts: list[dict[str, Any]],
+    created_at: datetime,
+    message_id: str | None = None,
+    tokens: tuple[int, int, int, int] | None = None,  # input, output, cache read, cache write
+    cost_cents: Decimal | None = None,
+    usage_estimated: bool = False,
+    finish_reason: str | None = None,
+) -> None:
+    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
+    params = {
+        "id": message_id or new_id(),
+        "session_id": session_id,
+        "position": position,
+        "role": role,
+        "content": content,
+        "content_parts": parts,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cost_cents": cost_cents,
+        "usage_estimated": usage_estimated,
+        "finish_reason": finish_reason,
+        "created_at": created_at,
+    }
+    await tx.run(_INSERT_MESSAGE, params)
+
+
+def _accepted_since(scope_column: Column[Any]) -> Select[int, datetime | None]:
+    return (
+        select(func.count(), func.min(messages.c.created_at))
+        .select_from(messages.join(sessions, sessions.c.id == messages.c.session_id))
+        .where(messages.c.role == "user", messages.c.created_at > bindparam("since"), scope_column == bindparam("who"))
     )
 
 
-async def expire_stale_sessions(s: AsyncSession, *, now: datetime, idle_ttl: timedelta, max_age: timedelta) -> int:
-    """Mark active sessions past their idle or age limit expired (not those mid-turn)."""
-    result = await s.execute(
-        update(AiSession)
-        .where(AiSession.status == "active")
-        .where((AiSession.last_activity_at < now - idle_ttl) | (AiSession.created_at < now - max_age))
-        .where(AiSession.lease_token.is_(None) | (AiSession.lease_expires_at < now))
-        .values(status="expired", updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return _rowcount(result)
+_ACCEPTED_BY_USER = _accepted_since(sessions.c.user_id)
+_ACCEPTED_IN_ORG = _accepted_since(sessions.c.org_id)
 
 
-# --- messages ------------------------------------------------------------------------------------
+async def accepted_messages(
+    tx: Tx, *, since: datetime, user_id: str | None = None, org_id: str | None = None
+) -> tuple[int, datetime | None]:
+    """How many user messages were accepted since `since` by a user (or in an organization), and
+    the oldest of them: a refused attempt stores no message, so it never counts."""
+    stmt, who = (_ACCEPTED_BY_USER, user_id) if user_id is not None else (_ACCEPTED_IN_ORG, org_id)
+    row = await tx.row(stmt, {"since": since, "who": who})
+    return (0, None) if row is None else (int(row[0]), row[1])
 
 
-async def list_messages(s: AsyncSession, session_id: str) -> Sequence[AiMessage]:
-    rows = await s.execute(
-        select(AiMessage)
-        .where(AiMessage.session_id == session_id)
-        .order_by(AiMessage.position, AiMessage.created_at, AiMessage.id)
-    )
-    return list(rows.scalars())
+# --- budgets, reservations, cost --------------------------------------------------------------------
+
+# Locks the budget row on PostgreSQL: admissions of one organization queue here, so parallel turns
+# cannot pass the budget together.
+_BUDGET_FOR_ADMISSION = (
+    select(*_columns(BudgetLimits, budgets)).where(budgets.c.org_id == bindparam("org_id")).with_for_update()
+)
 
 
-# --- cost usage ----------------------------------------------------------------------------------
+async def budget_limits(tx: Tx, org_id: str) -> BudgetLimits | None:
+    row = await tx.row(_BUDGET_FOR_ADMISSION, {"org_id": org_id})
+    return None if row is None else BudgetLimits(*row)
 
 
-async def cost_usage(s: AsyncSession, tenant: Tenant, org_id: str, *, period: str, key: str) -> AiCostUsage | None:
-    stmt = _scoped(
-        select(AiCostUsage).where(
-            AiCostUsage.org_id == org_id, AiCostUsage.period == period, AiCostUsage.period_key == key
-        ),
-        tenant,
-        AiCostUsage.org_id,
-    )
-    row: AiCostUsage | None = (await s.execute(stmt)).scalar_one_or_none()
-    return row
+_GET_BUDGET = select(budgets).where(budgets.c.org_id == bindparam("org_id"))
 
 
-# --- tenants and tokens --------------------------------------------------------------------------
+async def get_budget(tx: Tx, org_id: str) -> Record | None:
+    found = await tx.records(_GET_BUDGET, {"org_id": org_id})
+    return found[0] if found else None
 
 
-async def find_token(s: AsyncSession, token_hash: str) -> tuple[ApiToken, User] | None:
-    row = (
-        await s.execute(
-            select(ApiToken, User).join(User, User.id == ApiToken.user_id).where(ApiToken.token_hash == token_hash)
-        )
-    ).first()
-    return (row[0], row[1]) if row else None
-
-
-async def org_ids_of_partner(s: AsyncSession, partner_id: str) -> list[str]:
-    rows = await s.execute(select(Organization.id).where(Organization.partner_id == partner_id))
-    return [r[0] for r in rows]
-
-
-async def find_organization(
-    s: AsyncSession, *, name: str | None = None, org_id: str | None = None
-) -> Organization | None:
-    stmt = select(Organization)
-    stmt = stmt.where(Organization.name == name) if name is not None else stmt.where(Organization.id == org_id)
-    return (await s.execute(stmt)).scalar_one_or_none()
-
-
-def _rowcount(result: Any) -> int:
-    return int(getattr(result, "rowcount", 0) or 0)
-
-
-# --- budgets, reservations, rate windows ---------------------------------------------------------
-
-
-async def get_budget(s: AsyncSession, org_id: str, *, lock: bool = False) -> AiBudget | None:
-    """The organization's budget row; `lock` serializes admissions of one organization (PostgreSQL
-    row lock; SQLite writers are serialized by BEGIN IMMEDIATE already)."""
-    stmt = _get_budget_statement(lock and s.get_bind().dialect.name == "postgresql")
-    row: AiBudget | None = (await s.execute(stmt, {"p_org_id": org_id})).scalar_one_or_none()
-    return row
+_UPSERT_BUDGET_KEYS = ("id", "org_id", "enabled", "created_at", "updated_at")
 
 
 @cache
-def _get_budget_statement(for_update: bool) -> Any:
-    stmt = select(AiBudget).where(AiBudget.org_id == bindparam("p_org_id"))
-    return stmt.with_for_update() if for_update else stmt
+def _upsert_budget_statement(fields: tuple[str, ...]) -> Any:
+    stmt = insert_or_update(budgets).values({key: bindparam(key) for key in (*_UPSERT_BUDGET_KEYS, *fields)})
+    changes = {field: stmt.excluded[field] for field in fields if field != "enabled"}
+    if "enabled" in fields:
+        changes["enabled"] = stmt.excluded.enabled
+    return stmt.on_conflict_do_update(
+        index_elements=[budgets.c.org_id], set_={**changes, "updated_at": stmt.excluded.updated_at}
+    )
 
 
-async def upsert_budget(s: AsyncSession, org_id: str, values: dict[str, Any], *, now: datetime) -> AiBudget:
-    row = await get_budget(s, org_id, lock=True)
-    if row is None:
-        row = AiBudget(id=new_id(), org_id=org_id, enabled=True, created_at=now, updated_at=now)
-        s.add(row)
-    for key, value in values.items():
-        setattr(row, key, value)
-    row.updated_at = now
-    await s.flush()
-    return row
+async def upsert_budget(tx: Tx, org_id: str, values: dict[str, Any], *, now: datetime) -> None:
+    """Set the given fields of an organization's budget (a new row gets defaults for the others)."""
+    fields = tuple(sorted(values))
+    params = {"id": new_id(), "org_id": org_id, "enabled": True, "created_at": now, "updated_at": now, **values}
+    await tx.run(_upsert_budget_statement(fields), params)
 
 
-async def reserved_cents(s: AsyncSession, org_id: str, *, now: datetime) -> Decimal:
+_COMMITTED = select(cost_rows.c.period, cost_rows.c.total_cost_cents).where(
+    cost_rows.c.org_id == bindparam("org_id"),
+    or_(
+        (cost_rows.c.period == "daily") & (cost_rows.c.period_key == bindparam("daily")),
+        (cost_rows.c.period == "monthly") & (cost_rows.c.period_key == bindparam("monthly")),
+    ),
+)
+_RESERVED = select(func.coalesce(func.sum(reservations.c.amount_cents), 0)).where(
+    reservations.c.org_id == bindparam("org_id"), reservations.c.expires_at > bindparam("now")
+)
+
+
+async def reserved_cents(tx: Tx, org_id: str, *, now: datetime) -> Decimal:
     """The organization's outstanding (unexpired) reservations."""
-    reserved = (
-        await s.execute(
-            select(func.coalesce(func.sum(AiBudgetReservation.amount_cents), 0)).where(
-                AiBudgetReservation.org_id == org_id, AiBudgetReservation.expires_at > now
-            )
-        )
-    ).scalar_one()
-    return Decimal(reserved or 0)  # coalesce(sum()) keeps the Money type: already cents
+    value = await tx.value(_RESERVED, {"org_id": org_id, "now": now})
+    return Decimal(value or 0)  # coalesce(sum()) keeps the Money type: already cents
+
+
+async def spend(tx: Tx, org_id: str, *, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
+    """(today's committed cents, this month's committed cents, outstanding reservations)."""
+    daily_key, monthly_key = period_keys(now)
+    rows = await tx.rows(_COMMITTED, {"org_id": org_id, "daily": daily_key, "monthly": monthly_key})
+    committed = {period: cents for period, cents in rows}
+    reserved = await reserved_cents(tx, org_id, now=now)
+    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved
+
+
+_INSERT_RESERVATION = insert(reservations)
+_DELETE_RESERVATION = delete(reservations).where(reservations.c.id == bindparam("reservation_id"))
+
+
+async def add_reservation(
+    tx: Tx, org_id: str, session_id: str, amount: Decimal, *, now: datetime, expires_at: datetime
+) -> str:
+    reservation_id = new_id()
+    params = {
+        "id": reservation_id,
+        "org_id": org_id,
+        "session_id": session_id,
+        "amount_cents": amount,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    await tx.run(_INSERT_RESERVATION, params)
+    return reservation_id
+
+
+async def delete_reservation(tx: Tx, reservation_id: str) -> None:
+    await tx.run(_DELETE_RESERVATION, {"reservation_id": reservation_id})
+
+
+def _cost_row(period: str) -> dict[str, Any]:
+    # Multi-row VALUES give their parameters no type: each is typed from its column here.
+    names = {
+        "id": f"{period}_id",
+        "org_id": "org_id",
+        "period_key": period,
+        "input_tokens": "input_tokens",
+        "output_tokens": "output_tokens",
+        "cache_read_tokens": "cache_read_tokens",
+        "cache_write_tokens": "cache_write_tokens",
+        "total_cost_cents": "cost_cents",
+        "message_count": "messages",
+        "updated_at": "now",
+    }
+    row: dict[str, Any] = {column: bindparam(name, type_=cost_rows.c[column].type) for column, name in names.items()}
+    return {**row, "period": period, "session_count": 0}
+
+
+def _add_cost_statement() -> Any:
+    # The day's row and the month's, in one statement (two rows, never the same one).
+    stmt = insert_or_update(cost_rows).values([_cost_row("daily"), _cost_row("monthly")])
+    added = (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "total_cost_cents",
+        "message_count",
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[cost_rows.c.org_id, cost_rows.c.period, cost_rows.c.period_key],
+        set_={**{c: cost_rows.c[c] + stmt.excluded[c] for c in added}, "updated_at": stmt.excluded.updated_at},
+    )
+
+
+_ADD_COST = _add_cost_statement()
+
+
+async def add_cost_usage(tx: Tx, org_id: str, *, totals: TurnTotals, now: datetime, messages: int = 1) -> None:
+    """Add to the organization's daily and monthly rows (upsert, so concurrent turns add up)."""
+    daily, monthly = period_keys(now)
+    params = {
+        "daily_id": new_id(),
+        "daily": daily,
+        "monthly_id": new_id(),
+        "monthly": monthly,
+        "org_id": org_id,
+        "input_tokens": totals.input_tokens,
+        "output_tokens": totals.output_tokens,
+        "cache_read_tokens": totals.cache_read_tokens,
+        "cache_write_tokens": totals.cache_write_tokens,
+        "cost_cents": totals.cost_cents,
+        "messages": messages,
+        "now": now,
+    }
+    await tx.run(_ADD_COST, params)
+
+
+_COST_ROW = select(cost_rows).where(
+    cost_rows.c.org_id == bindparam("org_id"),
+    cost_rows.c.period == bindparam("period"),
+    cost_rows.c.period_key == bindparam("key"),
+)
+
+
+async def cost_usage(tx: Tx, org_id: str, *, period: str, key: str) -> Record | None:
+    found = await tx.records(_COST_ROW, {"org_id": org_id, "period": period, "key": key})
+    return found[0] if found else None
+
+
+# --- tenants and tokens -----------------------------------------------------------------------------
+
+_FIND_TOKEN = (
+    select(
+        tokens.c.id,
+        tokens.c.user_id,
+        tokens.c.org_id,
+        tokens.c.partner_id,
+        tokens.c.scope,
+        tokens.c.can_write,
+        tokens.c.expires_at,
+        tokens.c.revoked_at,
+    )
+    .join_from(tokens, users, users.c.id == tokens.c.user_id)
+    .where(tokens.c.token_hash == bindparam("token_hash"))
+)
+
+
+async def find_token(tx: Tx, token_hash: str) -> Record | None:
+    """The token with this digest (only if its user exists)."""
+    found = await tx.records(_FIND_TOKEN, {"token_hash": token_hash})
+    return found[0] if found else None
+
+
+_ORGS_OF_PARTNER = select(organizations.c.id).where(organizations.c.partner_id == bindparam("partner_id"))
+
+
+async def org_ids_of_partner(tx: Tx, partner_id: str) -> list[str]:
+    return [org_id for (org_id,) in await tx.rows(_ORGS_OF_PARTNER, {"partner_id": partner_id})]
+
+
+_ORG_BY_NAME = select(organizations).where(organizations.c.name == bindparam("name"))
+_ORG_BY_ID = select(organizations).where(organizations.c.id == bindparam("org_id"))
+
+
+async def find_organization(tx: Tx, *, name: str | None = None, org_id: str | None = None) -> Record | None:
+    stmt = _ORG_BY_NAME if name is not None else _ORG_BY_ID
+    found = await tx.records(stmt, {"name": name, "org_id": org_id})
+    return found[0] if found else None
+
+
+_LIST_ORGS = select(organizations).order_by(organizations.c.created_at)
+_INSERT_ORG = insert(organizations)
+
+
+async def list_organizations(tx: Tx) -> list[Record]:
+    return await tx.records(_LIST_ORGS)
+
+
+async def insert_organization(tx: Tx, values: Record) -> None:
+    await tx.run(_INSERT_ORG, values)
+
+
+_USER_BY_EMAIL = select(users).where(users.c.email == bindparam("email"))
+_LIST_USERS = select(users).order_by(users.c.created_at)
+_LIST_USERS_OF_ORG = _LIST_USERS.where(users.c.org_id == bindparam("org_id"))
+_INSERT_USER = insert(users)
+
+
+async def find_user(tx: Tx, email: str) -> Record | None:
+    found = await tx.records(_USER_BY_EMAIL, {"email": email})
+    return found[0] if found else None
+
+
+async def list_users(tx: Tx, *, org_id: str | None = None) -> list[Record]:
+    if org_id is None:
+        return await tx.records(_LIST_USERS)
+    return await tx.records(_LIST_USERS_OF_ORG, {"org_id": org_id})
+
+
+async def insert_user(tx: Tx, values: Record) -> None:
+    await tx.run(_INSERT_USER, values)
+
+
+_INSERT_TOKEN = insert(tokens)
+_TOKEN_BY_HASH = select(tokens).where(tokens.c.token_hash == bindparam("token_hash"))
+_LIST_TOKENS = select(tokens).order_by(tokens.c.created_at)
+_LIST_TOKENS_OF_USER = _LIST_TOKENS.where(tokens.c.user_id == bindparam("user_id"))
+_REVOKE_TOKEN = (
+    update(tokens)
+    .where(tokens.c.id == bindparam("token_id"), tokens.c.revoked_at.is_(None))
+    .values(revoked_at=bindparam("now"))
+)
+
+
+async def insert_token(tx: Tx, values: Record) -> None:
+    await tx.run(_INSERT_TOKEN, values)
+
+
+async def token_by_hash(tx: Tx, token_hash: str) -> Record | None:
+    found = await tx.records(_TOKEN_BY_HASH, {"token_hash": token_hash})
+    return found[0] if found else None
+
+
+async def list_tokens(tx: Tx, *, user_id: str | None = None) -> list[Record]:
+    if user_id is None:
+        return await tx.records(_LIST_TOKENS)
+    return await tx.records(_LIST_TOKENS_OF_USER, {"user_id": user_id})
+
+
+async def revoke_token(tx: Tx, token_id: str, *, now: datetime) -> bool:
+    return await tx.run(_REVOKE_TOKEN, {"token_id": token_id, "now": now}) == 1

@@ -1,6 +1,7 @@
-"""The turn path's plain SQL (store/turn_store.py) against the ORM, on SQLite and PostgreSQL.
+"""parley's data layer (store/repositories.py on store/sql.py) on every database it supports.
 
-Rows written by one must read back exactly through the other: the same stored forms of
+Rows written by parley must read back exactly through an independent reader (SQLAlchemy's ORM
+over the same models), and rows written by that reader through parley: the same stored forms of
 datetimes (with microseconds), money (a millionth of a cent), JSON; and the same tenancy.
 """
 
@@ -14,13 +15,15 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.models import AiCostUsage, AiMessage, AiSession, User
+from parley.store.repositories import TurnTotals
 from parley.store.tenancy import Tenant
-from parley.store.turn_store import TurnTotals
 from tests.conftest import DatabaseUrls, Tenants, database_of_kind
+from tests.support.inspect_db import in_db_async
 
 NOW = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 
@@ -38,7 +41,7 @@ async def db(tenants: Tenants) -> AsyncIterator[Database]:
 
 
 async def _orm_session(db: Database, org_id: str, *, context: dict[str, object] | None) -> AiSession:
-    async with db.transaction(Tenant.for_org(org_id)) as s:
+    async def work(s: AsyncSession) -> AiSession:
         user = (await s.execute(select(User).where(User.org_id == org_id))).scalars().first()
         assert user is not None
         row = AiSession(
@@ -64,13 +67,15 @@ async def _orm_session(db: Database, org_id: str, *, context: dict[str, object] 
             updated_at=NOW,
         )
         s.add(row)
-    return row
+        return row
+
+    return await in_db_async(db.url, work)
 
 
 async def test_a_session_written_by_the_orm_reads_back_the_same(db: Database, tenants: Tenants) -> None:
     orm = await _orm_session(db, tenants.org_a, context={"page": "Übersicht", "n": 1})
-    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        row = await tx.session(orm.id)
+    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+        row = await repo.session_for_turn(tx, orm.id)
     assert row is not None
     assert (row.id, row.org_id, row.user_id, row.status, row.model) == (
         orm.id,
@@ -85,16 +90,19 @@ async def test_a_session_written_by_the_orm_reads_back_the_same(db: Database, te
     assert row.last_activity_at == NOW  # microseconds and UTC kept
 
 
-async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(db: Database, tenants: Tenants) -> None:
+async def test_messages_usage_and_totals_written_by_parley_read_back_through_the_orm(
+    db: Database, tenants: Tenants
+) -> None:
     orm = await _orm_session(db, tenants.org_a, context=None)
     totals = TurnTotals(
         input_tokens=10, output_tokens=3, cache_read_tokens=2, cache_write_tokens=1, cost_cents=Decimal("0.000001")
     )
-    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert await tx.take_turn(
-            orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60), title="Hi", context={"k": "v"}
+    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+        assert await repo.take_turn(
+            tx, orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60), title="Hi", context={"k": "v"}
         )
-        await tx.insert_message(
+        await repo.insert_message(
+            tx,
             session_id=orm.id,
             position=1,
             role="user",
@@ -102,7 +110,8 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
             parts=[{"type": "text", "text": "Hi"}],
             created_at=NOW,
         )
-        await tx.insert_message(
+        await repo.insert_message(
+            tx,
             message_id="reply-1",
             session_id=orm.id,
             position=2,
@@ -116,14 +125,19 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
             created_at=NOW + timedelta(microseconds=1),
         )
         for _ in range(3):  # three turns add up exactly, with no float drift
-            await tx.add_cost_usage(tenants.org_a, totals=totals, now=NOW)
-        await tx.record_turn(orm.id, totals=totals, count_turn=True, now=NOW, lease_token="lease-1", messages_added=1)
+            await repo.add_cost_usage(tx, tenants.org_a, totals=totals, now=NOW)
+        await repo.record_turn(
+            tx, orm.id, totals=totals, count_turn=True, now=NOW, lease_token="lease-1", messages_added=1
+        )
 
-    async with db.transaction(Tenant.for_org(tenants.org_a), readonly=True) as s:
-        messages = await repo.list_messages(s, orm.id)
-        session = await repo.get_session(s, Tenant.for_org(tenants.org_a), orm.id)
+    async def read(s: AsyncSession) -> tuple[list[AiMessage], AiSession | None, AiCostUsage, AiCostUsage]:
+        messages = list((await s.execute(select(AiMessage).order_by(AiMessage.position))).scalars())
+        session = await s.get(AiSession, orm.id)
         daily = (await s.execute(select(AiCostUsage).where(AiCostUsage.period == "daily"))).scalars().one()
         monthly = (await s.execute(select(AiCostUsage).where(AiCostUsage.period == "monthly"))).scalars().one()
+        return messages, session, daily, monthly
+
+    messages, session, daily, monthly = await in_db_async(db.url, read)
     assert [(m.role, m.content, m.position) for m in messages] == [("user", "Hi", 1), ("assistant", "Hello", 2)]
     reply = messages[1]
     assert isinstance(reply, AiMessage)
@@ -149,11 +163,12 @@ async def test_messages_usage_and_totals_written_here_read_back_through_the_orm(
     assert monthly.total_cost_cents == Decimal("0.000003")
     assert monthly.id != daily.id
 
-    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert [r[:2] for r in await tx.history_rows(orm.id)] == [("user", "Hi"), ("assistant", "Hello")]
-        assert await tx.accepted_messages(since=NOW - timedelta(seconds=1), org_id=tenants.org_a) == (1, NOW)
-        assert await tx.accepted_messages(since=NOW, org_id=tenants.org_a) == (0, None)
-        daily_cents, monthly_cents, reserved = await tx.spend(tenants.org_a, now=NOW)
+    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+        assert [r[:2] for r in await repo.history_rows(tx, orm.id)] == [("user", "Hi"), ("assistant", "Hello")]
+        assert await repo.accepted_messages(tx, since=NOW - timedelta(seconds=1), org_id=tenants.org_a) == (1, NOW)
+        assert await repo.accepted_messages(tx, since=NOW, org_id=tenants.org_a) == (0, None)
+        assert await repo.accepted_messages(tx, since=NOW - timedelta(seconds=1), user_id=orm.user_id) == (1, NOW)
+        daily_cents, monthly_cents, reserved = await repo.spend(tx, tenants.org_a, now=NOW)
     assert (daily_cents, monthly_cents, reserved) == (Decimal("0.000003"), Decimal("0.000003"), Decimal(0))
 
 
@@ -163,52 +178,71 @@ async def test_the_lease_is_exclusive_until_it_expires_and_only_its_holder_relea
     orm = await _orm_session(db, tenants.org_a, context=None)
     later = NOW + timedelta(seconds=61)
     zero = TurnTotals(input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost_cents=Decimal(0))
-    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert await tx.take_turn(orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert not await tx.take_turn(orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert await tx.take_turn(orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
+    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+        assert await repo.take_turn(tx, orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert not await repo.take_turn(tx, orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
+        assert await repo.take_turn(tx, orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
         # The first turn ends late: its totals count, but the lease it lost is not taken from the second.
-        await tx.record_turn(orm.id, totals=zero, count_turn=True, now=later, lease_token="first")
-        await tx.release_lease(orm.id, token="first")
-    async with db.transaction(Tenant.for_org(tenants.org_a), readonly=True) as s:
-        row = await repo.get_session(s, Tenant.for_org(tenants.org_a), orm.id)
+        await repo.record_turn(tx, orm.id, totals=zero, count_turn=True, now=later, lease_token="first")
+        await repo.release_lease(tx, orm.id, token="first")
+    async with db.unit(Tenant.for_org(tenants.org_a), readonly=True) as tx:
+        row = await repo.get_session(tx, Tenant.for_org(tenants.org_a), orm.id)
     assert row is not None
-    assert row.lease_token == "second"
-    assert row.turn_count == 1
+    assert row["lease_token"] == "second"
+    assert row["turn_count"] == 1
 
 
 async def test_a_failed_unit_of_work_leaves_nothing_and_the_next_one_works(db: Database, tenants: Tenants) -> None:
     orm = await _orm_session(db, tenants.org_a, context=None)
 
     async def write_then_fail() -> None:
-        async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-            await tx.insert_message(session_id=orm.id, position=1, role="user", content="x", parts=[], created_at=NOW)
+        async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+            await repo.insert_message(
+                tx, session_id=orm.id, position=1, role="user", content="x", parts=[], created_at=NOW
+            )
             raise RuntimeError("refused")
 
     with pytest.raises(RuntimeError, match="refused"):
         await write_then_fail()
-    async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-        assert await tx.history_rows(orm.id) == []
-        reservation = await tx.add_reservation(
-            tenants.org_a, orm.id, Decimal("2.5"), now=NOW, expires_at=NOW + timedelta(minutes=5)
+    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+        assert await repo.history_rows(tx, orm.id) == []
+        reservation = await repo.add_reservation(
+            tx, tenants.org_a, orm.id, Decimal("2.5"), now=NOW, expires_at=NOW + timedelta(minutes=5)
         )
-        assert (await tx.spend(tenants.org_a, now=NOW))[2] == Decimal("2.500000")
-        await tx.delete_reservation(reservation)
-        assert (await tx.spend(tenants.org_a, now=NOW))[2] == Decimal(0)
+        assert (await repo.spend(tx, tenants.org_a, now=NOW))[2] == Decimal("2.500000")
+        await repo.delete_reservation(tx, reservation)
+        assert (await repo.spend(tx, tenants.org_a, now=NOW))[2] == Decimal(0)
 
 
 async def test_another_organizations_session_stays_out_of_reach(
     db: Database, tenants: Tenants, database: DatabaseUrls
 ) -> None:
     orm = await _orm_session(db, tenants.org_a, context=None)
-    async with db.turn_transaction(Tenant.for_org(tenants.org_b)) as tx:
-        row = await tx.session(orm.id)
-        changed = await tx.set_status(orm.id, "closed", now=NOW)
+    async with db.unit(Tenant.for_org(tenants.org_b)) as tx:
+        row = await repo.session_for_turn(tx, orm.id)
+        changed = await repo.set_status(tx, orm.id, "closed", now=NOW)
+        listed, total = await repo.list_sessions(
+            tx, Tenant.for_org(tenants.org_b), owner_id=orm.user_id or "", status=None, offset=0, limit=10
+        )
+    assert (listed, total) == ([], 0)  # the query's own filter, on both databases
     if database.kind == "postgres":  # row-level security hides it from org B's transaction
         assert row is None
         assert changed is False
     else:  # SQLite has no RLS: the caller's own org check is the guard (see SessionManager.send_message)
         assert row is not None
         assert row.org_id == tenants.org_a
-        async with db.turn_transaction(Tenant.for_org(tenants.org_a)) as tx:
-            await tx.set_status(orm.id, "active", now=NOW)
+        async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
+            await repo.set_status(tx, orm.id, "active", now=NOW)
+
+
+async def test_a_tenant_of_several_organizations_lists_sessions_in_any_of_them(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    owner = orm.user_id or ""
+    for orgs, expected in (({tenants.org_a, tenants.org_b}, [orm.id]), ({tenants.org_b}, [])):
+        tenant = Tenant(scope="partner", org_ids=frozenset(orgs))
+        async with db.unit(tenant, readonly=True) as tx:
+            listed, total = await repo.list_sessions(tx, tenant, owner_id=owner, status=None, offset=0, limit=10)
+            found = await repo.get_session(tx, tenant, orm.id, owner_id=owner)
+        assert [row["id"] for row in listed] == expected
+        assert total == len(expected)
+        assert (found is not None) == bool(expected)

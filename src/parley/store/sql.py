@@ -1,0 +1,198 @@
+"""Statements built with SQLAlchemy Core from the models' tables, run straight on the database driver.
+
+The schema is written once, in `models.py`. Queries are Core statements over those tables (module
+constants, built once), and each is compiled once per dialect into a `Prepared`: the SQL text, the
+order of its parameters, and the value conversions of its columns' types (`types.py` and
+SQLAlchemy's own: UTC datetimes, exact money, JSON), taken from the types themselves, so there is
+no second codec. A `Tx` runs them on the driver: `sqlite3` inline on the event loop, or asyncpg.
+
+Why not an ORM session or an engine connection: a turn runs about ten statements that each take
+microseconds in the database, and through those layers each costs a hundred times that in Python
+(`docs/performance.md`).
+
+Imports: standard library and SQLAlchemy (statement building and compiling only).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
+
+from sqlalchemy import ClauseElement, ColumnDefault, Float, Insert, Numeric
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.selectable import TypedReturnsRows
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+if TYPE_CHECKING:
+    import asyncpg
+
+Ts = TypeVarTuple("Ts")
+T = TypeVar("T")
+Params = Mapping[str, Any]
+Processor = Callable[[Any], Any]
+Record = dict[str, Any]
+
+DIALECTS: dict[str, Dialect] = {
+    "sqlite": sqlite_dialect.dialect(paramstyle="qmark"),
+    "postgresql": asyncpg_dialect.dialect(),  # type: ignore[no-untyped-call]
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One statement compiled for one dialect."""
+
+    statement: ClauseElement  # held so the cache key (its id) is never reused
+    sql: str
+    names: tuple[str, ...]  # parameter names in positional order
+    defaults: dict[str, Any]  # literal values bound in the statement, and column defaults of inserts
+    binds: tuple[tuple[int, Processor], ...]  # (position, conversion to the stored form)
+    results: tuple[tuple[int, Processor], ...]  # (column, conversion from the stored form)
+    keys: tuple[str, ...]  # the result columns' names
+
+    def arguments(self, params: Params | None) -> list[Any]:
+        values = [params[name] if params and name in params else self.defaults.get(name) for name in self.names]
+        for i, convert in self.binds:
+            if values[i] is not None:
+                values[i] = convert(values[i])
+        return values
+
+    def convert(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        if not self.results:
+            return tuple(row)
+        out = list(row)
+        for i, convert in self.results:
+            out[i] = convert(out[i])
+        return tuple(out)
+
+
+_prepared: dict[tuple[int, str], Prepared] = {}
+
+
+def prepare(statement: ClauseElement, dialect: str) -> Prepared:
+    """The statement compiled for `dialect` (once; cached by statement identity)."""
+    found = _prepared.get((id(statement), dialect))
+    if found is None:
+        found = _prepared[(id(statement), dialect)] = _compile(statement, DIALECTS[dialect])
+    return found
+
+
+def _compile(statement: ClauseElement, dialect: Dialect) -> Prepared:
+    compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
+    if "POSTCOMPILE" in compiled.string:  # `IN` over a list: rendered per call, which a prepared statement is not
+        raise ValueError(f"a statement with an expanding IN cannot be prepared once: {compiled.string}")
+    names = tuple(compiled.positiontup or ())
+    defaults = {
+        name: bind.value for name, bind in compiled.binds.items() if not bind.required and bind.value is not None
+    }
+    if isinstance(statement, Insert):
+        for column in statement.table.columns:
+            default = column.default
+            if isinstance(default, ColumnDefault) and default.is_scalar and column.key not in defaults:
+                defaults[column.key] = default.arg
+    binds = []
+    for i, name in enumerate(names):
+        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            binds.append((i, processor))
+    results = []
+    columns = list(getattr(statement, "exported_columns", ()))
+    for i, column in enumerate(columns):
+        processor = column.type.dialect_impl(dialect).result_processor(dialect, _type_code(column.type, dialect))
+        if processor is not None:
+            results.append((i, processor))
+    keys = tuple(str(column.key) for column in columns)
+    return Prepared(statement, compiled.string, names, defaults, tuple(binds), tuple(results), keys)
+
+
+def _type_code(type_: TypeEngine[Any], dialect: Dialect) -> int | None:
+    """The driver's code for a result column, where a processor needs it: asyncpg's numeric
+    processor picks Decimal or float by the PostgreSQL type it was given (numeric is 1700)."""
+    if dialect.name == "postgresql" and isinstance(type_, Numeric | TypeDecorator):
+        impl = type_.impl_instance if isinstance(type_, TypeDecorator) else type_
+        if isinstance(impl, Numeric):
+            return 701 if isinstance(impl, Float) else 1700
+    return None
+
+
+class Tx(ABC):
+    """One transaction on the driver. Never commits: the unit of work that made it does."""
+
+    __slots__ = ()
+    dialect: str
+
+    async def rows(self, statement: TypedReturnsRows[*Ts], params: Params | None = None) -> list[tuple[*Ts]]:
+        prepared = prepare(statement, self.dialect)
+        convert = prepared.convert
+        return [convert(row) for row in await self._fetch(prepared, params)]
+
+    async def row(self, statement: TypedReturnsRows[*Ts], params: Params | None = None) -> tuple[*Ts] | None:
+        prepared = prepare(statement, self.dialect)
+        found = await self._fetch(prepared, params)
+        return prepared.convert(found[0]) if found else None
+
+    async def records(self, statement: TypedReturnsRows[*Ts], params: Params | None = None) -> list[Record]:
+        """Rows as column name -> value (for whole rows shown as they are stored)."""
+        prepared = prepare(statement, self.dialect)
+        keys, convert = prepared.keys, prepared.convert
+        return [dict(zip(keys, convert(row), strict=True)) for row in await self._fetch(prepared, params)]
+
+    async def value(self, statement: TypedReturnsRows[T], params: Params | None = None) -> T | None:
+        """The first column of the first row (None when there is no row)."""
+        found = await self.row(statement, params)
+        return found[0] if found is not None else None
+
+    async def run(self, statement: ClauseElement, params: Params | None = None) -> int:
+        """Run a write; the number of rows it touched."""
+        return await self._execute(prepare(statement, self.dialect), params)
+
+    async def run_many(self, statement: ClauseElement, params: Sequence[Params]) -> None:
+        prepared = prepare(statement, self.dialect)
+        for one in params:
+            await self._execute(prepared, one)
+
+    @abstractmethod
+    async def _fetch(self, prepared: Prepared, params: Params | None) -> Sequence[Sequence[Any]]: ...
+
+    @abstractmethod
+    async def _execute(self, prepared: Prepared, params: Params | None) -> int: ...
+
+
+class SqliteTx(Tx):
+    """On a `sqlite3` connection, inline: no await in here ever suspends."""
+
+    __slots__ = ("_conn",)
+    dialect = "sqlite"
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def _fetch(self, prepared: Prepared, params: Params | None) -> Sequence[Sequence[Any]]:
+        return self._conn.execute(prepared.sql, prepared.arguments(params)).fetchall()
+
+    async def _execute(self, prepared: Prepared, params: Params | None) -> int:
+        return self._conn.execute(prepared.sql, prepared.arguments(params)).rowcount
+
+
+class PostgresTx(Tx):
+    """On an asyncpg connection (its statement cache prepares each SQL text once per connection)."""
+
+    __slots__ = ("_conn",)
+    dialect = "postgresql"
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def _fetch(self, prepared: Prepared, params: Params | None) -> Sequence[Sequence[Any]]:
+        return await self._conn.fetch(prepared.sql, *prepared.arguments(params))  # type: ignore[no-any-return]
+
+    async def _execute(self, prepared: Prepared, params: Params | None) -> int:
+        status: str = await self._conn.execute(prepared.sql, *prepared.arguments(params))
+        count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "DELETE 0"
+        return int(count) if count.isdigit() else 0
