@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from fastapi import FastAPI
 
 from parley.app import create_app
 from parley.config import Settings, load_settings
@@ -172,11 +173,18 @@ def make_server(data_dir: Path, tenants: Tenants) -> Iterator[ServerFactory]:
     started: list[LiveServer] = []
 
     def factory(
-        provider: Provider | None = None, *, app_kwargs: dict[str, Any] | None = None, **env: str
+        provider: Provider | None = None,
+        *,
+        app_kwargs: dict[str, Any] | None = None,
+        app_hook: Callable[[FastAPI], object] | None = None,
+        **env: str,
     ) -> LiveServer:
         env.setdefault("DATABASE_URL", tenants.database_url)
         settings: Settings = load_settings(base_env(data_dir, **env))
-        server = LiveServer(create_app(settings, provider=provider, **(app_kwargs or {}))).start()
+        app = create_app(settings, provider=provider, **(app_kwargs or {}))
+        if app_hook is not None:
+            app_hook(app)  # before the server starts, as a deployment would change it
+        server = LiveServer(app).start()
         started.append(server)
         return server
 

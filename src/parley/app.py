@@ -11,7 +11,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -20,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from parley import __version__
 from parley.api.auth import PrincipalCache
 from parley.api.errors import envelope, install_error_handlers
-from parley.api.routes import Services, router
-from parley.api.turn_endpoint import TurnEndpoint, turn_route, turn_session_id
+from parley.api.openapi import install_openapi
+from parley.api.routes import Services, router, send_message_route
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
 from parley.chat.budgets import BudgetService
@@ -33,7 +32,7 @@ from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
 from parley.store.tenancy import Tenant
-from parley.web import CommonSecurityHeaders, mount_web
+from parley.web import mount_web
 
 log = logging.getLogger("parley")
 MAX_BODY_BYTES = 256 * 1024
@@ -175,18 +174,16 @@ def create_app(
             await db.dispose()
             restore_task_factory()
 
-    app = ParleyAPI(
+    app = FastAPI(
         title="parley",
         version=__version__,
         summary="Multi-tenant AI chat sessions streamed over server-sent events.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    # Turns come through `ParleyAPI.turn_lane`; the route is also first among the routes, so that
-    # a request the lane leaves to the stack (under a root path) is served the same. The router's
-    # declaration of the same route only documents it.
-    app.router.routes.insert(0, turn_route())
     app.include_router(router)
+    app.router.routes.insert(0, send_message_route)  # first: every turn matches it before the others
+    install_openapi(app)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -195,31 +192,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
     mount_web(app)
     return app
-
-
-class ParleyAPI(FastAPI):
-    """The FastAPI app, with one lane in front of its middleware stack: the turn route.
-
-    `POST .../sessions/{id}/messages` is the route of every turn and its stream writes once per
-    network read for minutes; each layer of the stack is a call on every request and, for the
-    layers that watch responses, on every write. The lane applies what the route needs of the
-    stack, in the same order: the security headers, the body limit, then the endpoint, which
-    answers every error itself (500s included). Everything else goes through FastAPI.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.turn_lane: ASGIApp = CommonSecurityHeaders(BodyLimitMiddleware(TurnEndpoint(), max_bytes=MAX_BODY_BYTES))
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            session_id = turn_session_id(scope["path"])
-            if session_id is not None:
-                scope["app"] = self
-                scope["path_params"] = {"session_id": session_id}
-                await self.turn_lane(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 class BodyLimitMiddleware:

@@ -1,27 +1,25 @@
 """POST .../messages at its edges: how the body is read, the order of refusals, headers, docs.
 
-The route is served by its own ASGI endpoint (api/turn_endpoint.py), not by FastAPI; these are the
-answers FastAPI gave, which it must keep giving.
+The route is a plain ASGI endpoint on an ordinary route inside the app's middleware stack
+(`api/routes.py`, `SendMessage`): its body is validated by the same schema, and its refusals go
+through the same error handlers, as every other route's.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import httpx2
 import pytest
-from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from parley.api.turn_endpoint import TurnEndpoint, turn_route, turn_session_id
-from parley.app import create_app
-from parley.config import load_settings
 from tests.api.conftest import API, Shared, assert_error, create_session, detail
-from tests.conftest import base_env
+from tests.conftest import ServerFactory, Tenants, client
+from tests.support.scripted_provider import ScriptedProvider
 from tests.support.sse_client import Stream, read_stream
 
 JSON = {"content-type": "application/json"}
-NOT_A_MODEL = "body: Input should be a valid dictionary or object to extract fields from"
+NOT_AN_OBJECT = "body: Input should be an object"
 
 
 def _post(c: httpx2.Client, sid: str, raw: bytes, headers: dict[str, str] | None = None) -> Stream:
@@ -49,36 +47,44 @@ def test_json_content_types_with_parameters_case_or_suffix_are_read(shared: Shar
         assert detail(c, sid)["messages"][0]["content"] == "typed"
 
 
-@pytest.mark.parametrize("content_type", [None, "", "text/plain", "application/x-www-form-urlencoded"])
-def test_a_body_not_declared_as_json_is_422(shared: Shared, content_type: str | None) -> None:
-    headers = {} if content_type is None else {"content-type": content_type}
-    with shared.client(shared.tenants.a1) as c:
-        sid = create_session(c)
-        assert _refused(_post(c, sid, b'{"content": "hi"}', headers), 422, "validation_error") == NOT_A_MODEL
-        assert detail(c, sid)["messages"] == []
-
-
 @pytest.mark.parametrize(
     ("raw", "message"),
-    [(b"", "body: Field required"), (b"null", NOT_A_MODEL), (b"[]", NOT_A_MODEL)],
+    [(b"", "body: Field required"), (b"null", NOT_AN_OBJECT), (b"[]", NOT_AN_OBJECT)],
     ids=["empty", "null", "array"],
 )
 def test_no_body_or_a_body_that_is_not_an_object_is_422(shared: Shared, raw: bytes, message: str) -> None:
     with shared.client(shared.tenants.a1) as c:
         sid = create_session(c)
         assert _refused(_post(c, sid, raw), 422, "validation_error") == message
+        assert detail(c, sid)["messages"] == []
 
 
-def test_json_the_standard_library_reads_is_read_the_same(shared: Shared) -> None:
-    """A byte order mark, UTF-16 and integers of 19 digits: what orjson alone would refuse or round."""
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"\xff\xff",
+        b'\xef\xbb\xbf{"content": "with a BOM"}',
+        '{"content": "in UTF-16"}'.encode("utf-16"),
+        b'{"content": "hi \\ud800 there"}',  # a lone surrogate is not Unicode text
+        b'{"content": "hi", "pageContext": {"k": "\\udfff"}}',
+        b'{"content": "hi", "pageContext": ' + b'{"a": ' * 300 + b"1" + b"}" * 301,  # nested past the parser's limit
+    ],
+    ids=["not-json", "not-text", "bom", "utf-16", "lone-surrogate", "surrogate-in-context", "too-deep"],
+)
+def test_bodies_that_are_not_json_text_are_400_and_store_nothing(shared: Shared, raw: bytes) -> None:
     with shared.client(shared.tenants.a1) as c:
         sid = create_session(c)
-        assert _post(c, sid, b'\xef\xbb\xbf{"content": "with a BOM"}').types[-1] == "done"
-        assert _post(c, sid, '{"content": "in UTF-16"}'.encode("utf-16")).types[-1] == "done"
+        _refused(_post(c, sid, raw), 400, "malformed_json")
+        assert detail(c, sid)["messages"] == []
+
+
+def test_integers_of_any_length_are_kept_exact(shared: Shared) -> None:
+    with shared.client(shared.tenants.a1) as c:
+        sid = create_session(c)
         raw = b'{"content": "long id", "pageContext": {"id": 1234567890123456789, "x": 0.1}}'
         assert _post(c, sid, raw).types[-1] == "done"
         body = detail(c, sid)
-    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["with a BOM", "in UTF-16", "long id"]
     assert body["session"]["contextSnapshot"] == {"id": 1234567890123456789, "x": 0.1}
 
 
@@ -97,24 +103,24 @@ def test_validation_messages_name_each_field(shared: Shared) -> None:
         sid = create_session(c)
         message = _refused(_post(c, sid, b'{"content": 1, "pageContext": [], "x": 0}'), 422, "validation_error")
     assert message == (
-        "content: Input should be a valid string; pageContext: Input should be a valid dictionary; "
+        "content: Input should be a valid string; pageContext: Input should be an object; "
         "x: Extra inputs are not permitted"
     )
 
 
 def test_order_of_refusals_for_unreadable_bodies(shared: Shared) -> None:
-    """The token first (401) whatever is wrong with the body; then bytes that are not text, or text
-    that is not JSON, are 400 even for a read-only token (403 needs a body that parses)."""
+    """The token first (401) whatever is wrong with the body; then a body that is not JSON is 400
+    even for a read-only token (403 needs a body that is a message), as on every route."""
     sid = "00000000-0000-4000-8000-000000000000"
     with shared.client(None) as anonymous:
         _refused(_post(anonymous, sid, b"\xff\xff"), 401, "unauthorized")
         _refused(_post(anonymous, sid, b"{not json"), 401, "unauthorized")
         _refused(_post(anonymous, sid, b'{"content": 5}'), 401, "unauthorized")
     with shared.client(shared.tenants.a1_read_only) as reader:
-        message = _refused(_post(reader, sid, b"\xff\xff"), 400, "http_error")
-        assert message == "There was an error parsing the body"
+        _refused(_post(reader, sid, b"\xff\xff"), 400, "malformed_json")
         _refused(_post(reader, sid, b"{not json"), 400, "malformed_json")
-        _refused(_post(reader, sid, b'{"content": 5}'), 403, "forbidden")
+        _refused(_post(reader, sid, b'{"content": 5}'), 422, "validation_error")
+        _refused(_post(reader, sid, b'{"content": "hi"}'), 403, "forbidden")
     with shared.client(shared.tenants.a1) as c:
         _refused(_post(c, sid, b'{"content": 5}'), 422, "validation_error")
         _refused(_post(c, sid, b'{"content": "hi"}'), 404, "session_not_found")
@@ -174,35 +180,43 @@ def test_openapi_documents_the_message_body(shared: Shared) -> None:
     assert body["required"] == ["content"]
 
 
-def test_turns_are_served_by_the_turn_endpoint(tmp_path: Path) -> None:
-    """The documented FastAPI route is shadowed: the first route to match a POST is the endpoint."""
-    app = create_app(load_settings(base_env(tmp_path, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'p.db'}")))
-    path = f"{API}/sessions/3f0c2a8e-1111-4222-8333-444455556666/messages"
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
-    for route in app.router.routes:
-        match, child = route.matches(scope)
-        if match is Match.FULL:
-            assert isinstance(child["endpoint"], TurnEndpoint)
-            assert child["path_params"] == {"session_id": path.split("/")[-2]}
-            return
-    raise AssertionError("no route matched")
+class _Stamp:
+    """A middleware a deployment might add: it stamps every response's head."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-stamp", b"1")]}
+            await send(message)
+
+        await self.app(scope, receive, stamped)
+
+
+def test_a_middleware_added_to_the_app_applies_to_the_turn_route_as_to_every_route(
+    make_server: ServerFactory, tenants: Tenants
+) -> None:
+    server = make_server(ScriptedProvider(), app_hook=lambda app: app.add_middleware(_Stamp))
+    with client(server, tenants.a1) as c:
+        sid = create_session(c)
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", json={"content": "hi"}) as turn:
+            assert read_stream(turn).types[-1] == "done"
+            assert turn.headers["x-stamp"] == "1"
+        refused = c.post(f"{API}/sessions/{sid}/messages", json={"content": 5})
+        listed = c.get(f"{API}/sessions")
+    assert_error(refused, 422, "validation_error")
+    assert refused.headers["x-stamp"] == "1"
+    assert listed.headers["x-stamp"] == "1"
 
 
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
-        (b'{"content": "hi \\ud800 there"}', "content is not valid text: it holds a lone surrogate ('\\ud800')."),
         (
             b'{"content": "hi", "pageContext": {"n": 123456789012345678901234567890}}',
             "pageContext cannot be stored: Integer exceeds 64-bit range.",
-        ),
-        (
-            b'{"content": "hi", "pageContext": ' + b'{"a": ' * 300 + b"1" + b"}" * 301,
-            "pageContext cannot be stored: Recursion limit reached.",
-        ),
-        (
-            b'{"content": "hi", "pageContext": {"k": "\\udfff"}}',
-            "pageContext cannot be stored: str is not valid UTF-8: surrogates not allowed.",
         ),
     ],
 )
@@ -226,8 +240,8 @@ def test_titles_with_a_lone_surrogate_are_422(shared: Shared) -> None:
         assert detail(c, sid)["session"]["title"] is None
 
 
-def test_the_turn_lane_answers_errors_as_the_stack_does(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Turns skip the middleware stack: its 413, its 500 and its headers must come from the lane."""
+def test_the_turn_route_answers_errors_as_every_route_does(shared: Shared, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its 413 comes from the stack's body limit, its 500 from the app's handler, with the usual headers."""
     with shared.client(shared.tenants.a1) as c:
         sid = create_session(c)
         too_large = c.post(f"{API}/sessions/{sid}/messages", content=b" " * (256 * 1024 + 1), headers=JSON)
@@ -242,23 +256,3 @@ def test_the_turn_lane_answers_errors_as_the_stack_does(shared: Shared, monkeypa
     assert_error(failed, 500, "internal_error")
     assert "boom" not in failed.text
     assert failed.headers["referrer-policy"] == "no-referrer"
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        f"{API}/sessions/abc/messages",
-        f"{API}/sessions/abc/messages/",
-        f"{API}/sessions//messages",
-        f"{API}/sessions/a/b/messages",
-        f"{API}/sessions/abc/messagesx",
-        f"{API}/sessions/abc/messages/extra",
-        f"/x{API}/sessions/abc/messages",
-        f"{API}/sessions/%20/messages",
-    ],
-)
-def test_the_turn_lane_takes_exactly_the_paths_the_route_matches(path: str) -> None:
-    scope = {"type": "http", "method": "POST", "path": path, "root_path": "", "headers": []}
-    match, child = turn_route().matches(scope)
-    expected = child["path_params"]["session_id"] if match is Match.FULL else None
-    assert turn_session_id(path) == expected

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from parley.errors import ParleyError, RateLimitedError
+from parley.web import COMMON_HEADERS
 
 log = logging.getLogger("parley.api")
 
@@ -91,5 +92,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Answered by the outermost middleware, outside the one that adds the common headers.
         log.exception("unhandled error", exc_info=exc)
-        return envelope(500, "internal_error", "Internal error. Please try again.")
+        return envelope(500, "internal_error", "Internal error. Please try again.", dict(COMMON_HEADERS))

@@ -68,7 +68,8 @@ def _columns(record: type[Any], table: Table) -> list[Column[Any]]:
 
 def period_keys(now: datetime) -> tuple[str, str]:
     """(daily, monthly) keys of the cost rows, in UTC."""
-    return now.strftime("%Y-%m-%d"), now.strftime("%Y-%m")
+    day = now.date().isoformat()
+    return day, day[:7]
 
 
 # --- projections ----------------------------------------------------------------------------------

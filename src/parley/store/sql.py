@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
 
+import orjson
 from sqlalchemy import ClauseElement, ColumnDefault, Float, Insert, Numeric
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
@@ -38,9 +39,17 @@ Params = Mapping[str, Any]
 Processor = Callable[[Any], Any]
 Record = dict[str, Any]
 
+
+def _json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# JSON columns cross as text, written and read with orjson (the standard library's json is several
+# times slower, and every turn stores its messages' parts).
 DIALECTS: dict[str, Dialect] = {
-    "sqlite": sqlite_dialect.dialect(paramstyle="qmark"),
-    "postgresql": asyncpg_dialect.dialect(),  # type: ignore[no-untyped-call]
+    # sqlite3 reads parameters by name: a call's mapping goes to the driver as it is.
+    "sqlite": sqlite_dialect.dialect(paramstyle="named", json_serializer=_json_text, json_deserializer=orjson.loads),
+    "postgresql": asyncpg_dialect.dialect(json_serializer=_json_text, json_deserializer=orjson.loads),  # type: ignore[no-untyped-call]
 }
 
 
@@ -50,17 +59,19 @@ class Prepared:
 
     statement: ClauseElement  # held so the cache key (its id) is never reused
     sql: str
-    names: tuple[str, ...]  # parameter names in positional order
+    names: tuple[str, ...]  # parameter names in positional order; empty where the driver takes names
     defaults: dict[str, Any]  # literal values bound in the statement, and column defaults of inserts
-    binds: tuple[tuple[int, Processor], ...]  # (position, conversion to the stored form)
+    binds: tuple[tuple[str, Processor], ...]  # (parameter, conversion to the stored form)
     results: tuple[tuple[int, Processor], ...]  # (column, conversion from the stored form)
     keys: tuple[str, ...]  # the result columns' names
 
-    def arguments(self, params: Params | None) -> list[Any]:
-        values = [params[name] if params and name in params else self.defaults.get(name) for name in self.names]
-        for i, convert in self.binds:
-            if values[i] is not None:
-                values[i] = convert(values[i])
+    def arguments(self, params: Params | None) -> dict[str, Any]:
+        """The parameters by name, defaults filled in and values in their stored forms."""
+        values: dict[str, Any] = {**self.defaults, **params} if params else dict(self.defaults)
+        for name, convert in self.binds:
+            value = values.get(name)
+            if value is not None:
+                values[name] = convert(value)
         return values
 
     def convert(self, row: Sequence[Any]) -> tuple[Any, ...]:
@@ -87,20 +98,25 @@ def _compile(statement: ClauseElement, dialect: Dialect) -> Prepared:
     compiled = cast(SQLCompiler, statement.compile(dialect=dialect))
     if "POSTCOMPILE" in compiled.string:  # `IN` over a list: rendered per call, which a prepared statement is not
         raise ValueError(f"a statement with an expanding IN cannot be prepared once: {compiled.string}")
-    names = tuple(compiled.positiontup or ())
-    defaults = {
-        name: bind.value for name, bind in compiled.binds.items() if not bind.required and bind.value is not None
-    }
+    names = tuple(compiled.positiontup or ()) if compiled.positional else ()
+    # Every parameter has a value: None unless the statement binds a literal (or an insert's
+    # column has a default, below); a call's own parameters override these.
+    defaults: dict[str, Any] = {}
+    for bind, name in compiled.bind_names.items():
+        if name.isidentifier():  # not an unrendered alias of a rendered parameter
+            value = None if bind.required else bind.value
+            if value is not None or name not in defaults:
+                defaults[name] = value
     if isinstance(statement, Insert):
         for column in statement.table.columns:
             default = column.default
-            if isinstance(default, ColumnDefault) and default.is_scalar and column.key not in defaults:
+            if isinstance(default, ColumnDefault) and default.is_scalar and defaults.get(column.key) is None:
                 defaults[column.key] = default.arg
-    binds = []
-    for i, name in enumerate(names):
-        processor = compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+    binds: dict[str, Processor] = {}  # one conversion per name, however often the name is used
+    for bind, name in compiled.bind_names.items():
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
         if processor is not None:
-            binds.append((i, processor))
+            binds.setdefault(name, processor)
     results = []
     columns = list(getattr(statement, "exported_columns", ()))
     for i, column in enumerate(columns):
@@ -108,7 +124,7 @@ def _compile(statement: ClauseElement, dialect: Dialect) -> Prepared:
         if processor is not None:
             results.append((i, processor))
     keys = tuple(str(column.key) for column in columns)
-    return Prepared(statement, compiled.string, names, defaults, tuple(binds), tuple(results), keys)
+    return Prepared(statement, compiled.string, names, defaults, tuple(binds.items()), tuple(results), keys)
 
 
 def _type_code(type_: TypeEngine[Any], dialect: Dialect) -> int | None:
@@ -190,9 +206,11 @@ class PostgresTx(Tx):
         self._conn = conn
 
     async def _fetch(self, prepared: Prepared, params: Params | None) -> Sequence[Sequence[Any]]:
-        return await self._conn.fetch(prepared.sql, *prepared.arguments(params))  # type: ignore[no-any-return]
+        values = prepared.arguments(params)
+        return await self._conn.fetch(prepared.sql, *[values[name] for name in prepared.names])  # type: ignore[no-any-return]
 
     async def _execute(self, prepared: Prepared, params: Params | None) -> int:
-        status: str = await self._conn.execute(prepared.sql, *prepared.arguments(params))
+        values = prepared.arguments(params)
+        status: str = await self._conn.execute(prepared.sql, *[values[name] for name in prepared.names])
         count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "DELETE 0"
         return int(count) if count.isdigit() else 0
