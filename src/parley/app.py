@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import __version__
 from parley.api.auth import PrincipalCache
-from parley.api.errors import envelope, install_error_handlers
+from parley.api.errors import error_response, install_error_handlers
 from parley.api.openapi import install_openapi
 from parley.api.routes import Services, router, send_message_route
 from parley.billing.cost import Prices
@@ -27,6 +27,7 @@ from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
+from parley.errors import PayloadTooLargeError
 from parley.providers.base import Provider
 from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
@@ -40,6 +41,13 @@ MAX_BODY_BYTES = 256 * 1024
 
 def build_provider(settings: Settings) -> Provider:
     """The provider MCP_LLM_PROVIDER names; each path has its own route test."""
+    from parley.providers.http import UpstreamOptions
+
+    options = UpstreamOptions(
+        connect_timeout=settings.connect_timeout_seconds,
+        idle_timeout=settings.idle_chunk_timeout_seconds,
+        max_retries=settings.upstream_retries,
+    )
     if settings.llm_provider == "anthropic":
         from parley.providers.anthropic import DEFAULT_ANTHROPIC_BASE_URL, AnthropicProvider
 
@@ -47,9 +55,7 @@ def build_provider(settings: Settings) -> Provider:
         return AnthropicProvider(
             api_key=settings.anthropic_api_key.get_secret_value(),
             base_url=settings.anthropic_base_url or DEFAULT_ANTHROPIC_BASE_URL,
-            connect_timeout=settings.connect_timeout_seconds,
-            idle_timeout=settings.idle_chunk_timeout_seconds,
-            max_retries=settings.upstream_retries,
+            options=options,
             cache_ttl=settings.anthropic_cache_ttl,
             thinking_budget=settings.anthropic_thinking_budget,
             default_max_tokens=settings.anthropic_max_tokens,
@@ -59,11 +65,7 @@ def build_provider(settings: Settings) -> Provider:
     assert settings.llm_base_url is not None, "validated by load_settings"
     assert settings.llm_api_key is not None, "validated by load_settings"
     return OpenAICompatibleProvider(
-        base_url=settings.llm_base_url,
-        api_key=settings.llm_api_key.get_secret_value(),
-        connect_timeout=settings.connect_timeout_seconds,
-        idle_timeout=settings.idle_chunk_timeout_seconds,
-        max_retries=settings.upstream_retries,
+        base_url=settings.llm_base_url, api_key=settings.llm_api_key.get_secret_value(), options=options
     )
 
 
@@ -203,7 +205,7 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     def _refusal(self) -> JSONResponse:
-        return envelope(413, "content_too_large", f"The request body is larger than {self.max_bytes} bytes.")
+        return error_response(PayloadTooLargeError(f"The request body is larger than {self.max_bytes} bytes."))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -1,9 +1,10 @@
 """Every error parley raises on purpose, in one tree.
 
 Leaf module: imports nothing from parley, so every layer may use it. Each class carries, as class
-attributes, a stable `code` clients can rely on, the HTTP `status_code` it maps to, and whether a
-retry may succeed (`retryable`). The API renders any of them as `{"error": message, "code": code}`;
-a turn that fails after its stream started publishes the same pair as an `error` event.
+attributes, a stable `code` clients can rely on and the HTTP `status_code` it maps to. The API
+renders any of them as `{"error": message, "code": code}`; a turn that fails after its stream
+started publishes the same pair as an `error` event. `ProviderError.retryable` is the one retry
+policy of both providers.
 
     ParleyError                          500 internal_error
     ├── BadRequestError                  400 bad_request
@@ -13,8 +14,10 @@ a turn that fails after its stream started publishes the same pair as an `error`
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
     ├── AuthenticationError              401 unauthorized
-    ├── BudgetExhaustedError             402 daily_budget_exhausted | monthly_budget_exhausted
-    │                                        | budget_insufficient
+    ├── BudgetExhaustedError             402 budget_exhausted (a reply cut at its reservation)
+    │   ├── DailyBudgetExhaustedError    402 daily_budget_exhausted
+    │   ├── MonthlyBudgetExhaustedError  402 monthly_budget_exhausted
+    │   └── BudgetInsufficientError      402 budget_insufficient
     ├── PermissionDeniedError            403 forbidden
     │   └── AiDisabledError              403 ai_disabled
     ├── NotFoundError                    404 not_found
@@ -26,7 +29,11 @@ a turn that fails after its stream started publishes the same pair as an `error`
     │   └── MaxTurnsReachedError         409 max_turns_reached
     ├── SessionExpiredError              410 session_expired
     ├── RateLimitedError                 429 rate_limited
+    ├── MethodNotAllowedError            405 method_not_allowed
+    ├── HttpError                        4xx/5xx http_error (any other HTTP-level refusal)
     ├── NotSupportedOnProviderError      501 NOT_SUPPORTED_ON_PROVIDER
+    ├── TurnTimeoutError                 504 turn_timeout
+    ├── ServerRestartingError            503 server_restarting
     ├── ServiceUnavailableError          503 service_unavailable
     ├── ProviderError                    502 <kind>  (upstream model server; see ProviderErrorKind)
     └── ConfigError                      (never rendered: refuses boot)
@@ -45,7 +52,6 @@ class ParleyError(Exception):
 
     code: ClassVar[str] = "internal_error"
     status_code: ClassVar[int] = 500
-    retryable: ClassVar[bool] = False
     default_message: ClassVar[str] = "Internal error. Please try again."
 
     def __init__(self, message: str | None = None) -> None:
@@ -136,21 +142,35 @@ class AiDisabledError(PermissionDeniedError):
 
 
 class BudgetExhaustedError(ParleyError):
-    """The organization's budget cannot pay for this turn (402); `resets_at` says when it can."""
+    """The organization's budget cannot pay for this turn (402); `resets_at` says when it can.
+
+    Also the end of a reply cut at what its reservation covers (a server that ignores max_tokens).
+    """
 
     status_code = 402
     code = "budget_exhausted"
+    default_message = "The reply was stopped: it reached what the organization's budget allows."
 
-    def __init__(self, message: str, *, code: str, resets_at: datetime) -> None:
+    def __init__(self, message: str | None = None, *, resets_at: datetime | None = None) -> None:
         super().__init__(message)
-        self._code = code
         self.resets_at = resets_at
 
-    def error_code(self) -> str:
-        return self._code
-
     def extra(self) -> dict[str, object]:
-        return {"resetsAt": self.resets_at.isoformat().replace("+00:00", "Z")}
+        return {} if self.resets_at is None else {"resetsAt": self.resets_at.isoformat().replace("+00:00", "Z")}
+
+
+class DailyBudgetExhaustedError(BudgetExhaustedError):
+    code = "daily_budget_exhausted"
+
+
+class MonthlyBudgetExhaustedError(BudgetExhaustedError):
+    code = "monthly_budget_exhausted"
+
+
+class BudgetInsufficientError(BudgetExhaustedError):
+    """What remains cannot pay for even a minimal reply to this conversation."""
+
+    code = "budget_insufficient"
 
 
 class NotFoundError(ParleyError):
@@ -219,7 +239,6 @@ class RateLimitedError(ParleyError):
 
     code = "rate_limited"
     status_code = 429
-    retryable = True
     default_message = "Too many requests."
 
     def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
@@ -230,6 +249,41 @@ class RateLimitedError(ParleyError):
         return {} if self.retry_after is None else {"retryAfter": math.ceil(self.retry_after)}
 
 
+class MethodNotAllowedError(ParleyError):
+    """The route exists but not for this HTTP method."""
+
+    code = "method_not_allowed"
+    status_code = 405
+    default_message = "Method Not Allowed"
+
+
+class HttpError(ParleyError):
+    """A refusal at the HTTP level with no more specific class; the status is the instance's."""
+
+    code = "http_error"
+
+    def __init__(self, status: int, message: str | None = None) -> None:
+        super().__init__(message or "Request failed.")
+        self.status = status
+
+    @property
+    def status_code(self) -> int:  # type: ignore[override]
+        return self.status
+
+
+def error_for_status(status: int, message: str | None = None) -> ParleyError:
+    """The error of the tree for an HTTP status the web framework refused a request with."""
+    known: dict[int, type[ParleyError]] = {
+        401: AuthenticationError,
+        404: NotFoundError,
+        405: MethodNotAllowedError,
+        413: PayloadTooLargeError,
+    }
+    if status in known:
+        return known[status](message)
+    return HttpError(status, message)
+
+
 class NotSupportedOnProviderError(ParleyError):
     """The route needs a capability the configured provider does not have."""
 
@@ -238,12 +292,27 @@ class NotSupportedOnProviderError(ParleyError):
     default_message = "This action is not supported on the configured provider."
 
 
+class TurnTimeoutError(ParleyError):
+    """The model took longer than the turn timeout."""
+
+    code = "turn_timeout"
+    status_code = 504
+    default_message = "The model took too long. Please try again."
+
+
+class ServerRestartingError(ParleyError):
+    """The server stopped the turn because it is shutting down."""
+
+    code = "server_restarting"
+    status_code = 503
+    default_message = "The server is restarting. Please send your message again."
+
+
 class ServiceUnavailableError(ParleyError):
     """A dependency (database, capacity) is unavailable for now."""
 
     code = "service_unavailable"
     status_code = 503
-    retryable = True
     default_message = "The service is temporarily unavailable. Please try again."
 
 
@@ -281,14 +350,16 @@ _PROVIDER_MESSAGES: dict[ProviderErrorKind, str] = {
     ProviderErrorKind.BAD_REQUEST: "The model server rejected the request.",
 }
 
-_RETRYABLE_KINDS = frozenset(
+# Which failures of a model server may succeed on a second try (only ever before anything of the
+# reply was passed on): by HTTP status when there is one, else by kind (a refused connection, an
+# overloaded, rate-limited or failing server reported inside the stream).
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 529})
+RETRY_KINDS = frozenset(
     {
         ProviderErrorKind.UNAVAILABLE,
-        ProviderErrorKind.TIMEOUT,
-        ProviderErrorKind.RATE_LIMITED,
         ProviderErrorKind.OVERLOADED,
-        ProviderErrorKind.STREAM,
-        ProviderErrorKind.TRUNCATED,
+        ProviderErrorKind.RATE_LIMITED,
+        ProviderErrorKind.HTTP,
     }
 )
 
@@ -315,8 +386,11 @@ class ProviderError(ParleyError):
         return self.kind.value
 
     @property
-    def is_retryable(self) -> bool:
-        return self.kind in _RETRYABLE_KINDS
+    def retryable(self) -> bool:
+        """Whether a second try may succeed (`RETRY_STATUSES`, `RETRY_KINDS`)."""
+        if self.status is not None:
+            return self.status in RETRY_STATUSES
+        return self.kind in RETRY_KINDS
 
     def __repr__(self) -> str:
         return f"ProviderError({self.kind.value!r}, status={self.status})"

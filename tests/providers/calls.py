@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 from parley.errors import ProviderError
-from parley.providers.base import ChatMessage, Provider, ProviderEvent, TextDelta, one_per_piece
+from parley.providers.base import ChatMessage, Provider, ProviderEvent, TextDelta
+from tests.support.events import spelled_out
 
 HELLO = [ChatMessage.text("user", "hello")]
 
@@ -25,8 +26,8 @@ class Sleeps:
 async def collect(
     provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str, **kwargs: Any
 ) -> list[ProviderEvent]:
-    # One event per piece: the OpenAI-compatible read path yields a read's pieces as one TextRun.
-    return one_per_piece([event async for batch in provider.stream(messages, model=model, **kwargs) for event in batch])
+    # One event per piece: a read's pieces come as one run, and how reads split them varies.
+    return spelled_out([event async for batch in provider.stream(messages, model=model, **kwargs) for event in batch])
 
 
 async def failing(
@@ -39,9 +40,9 @@ async def failing(
             assert batch, "a provider yields no empty batch"
             events.extend(batch)
     except ProviderError as exc:
-        return one_per_piece(events), exc
+        return spelled_out(events), exc
     raise AssertionError(f"the stream did not fail: {events}")
 
 
 def texts(events: list[ProviderEvent]) -> str:
-    return "".join(e.text for e in events if isinstance(e, TextDelta))
+    return "".join(text for e in events if isinstance(e, TextDelta) for text in e.texts)

@@ -28,7 +28,7 @@ from parley.providers.base import (
     ToolCallPart,
     Usage,
 )
-from parley.providers.http import AddressNotAllowedError, StreamFailedError
+from parley.providers.http import AddressNotAllowedError, StreamFailedError, UpstreamOptions
 from tests.providers import calls
 from tests.providers.calls import HELLO, Sleeps, texts
 from tests.support.scripted_anthropic import ScriptedAnthropic, error_body, message_stream
@@ -56,7 +56,9 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 async def provider(server: ScriptedAnthropic, sleeps: Sleeps) -> AsyncIterator[AnthropicProvider]:
     p = AnthropicProvider(
-        api_key="sk-ant-test", base_url=server.base_url + "/", idle_timeout=0.4, connect_timeout=1, sleep=sleeps
+        api_key="sk-ant-test",
+        base_url=server.base_url + "/",
+        options=UpstreamOptions(idle_timeout=0.4, connect_timeout=1, sleep=sleeps),
     )
     yield p
     await p.aclose()
@@ -82,9 +84,9 @@ def cache_marks(body: dict[str, Any]) -> list[str]:
 async def test_happy_path(provider: AnthropicProvider, server: ScriptedAnthropic) -> None:
     server.enqueue(message_stream(["Hel", "lo"], thinking=["hmm"], input_tokens=30, cache_read=200, cache_write=50))
     assert await collect(provider) == [
-        ReasoningDelta(text="hmm"),
-        TextDelta(text="Hel"),
-        TextDelta(text="lo"),
+        ReasoningDelta(["hmm"]),
+        TextDelta(["Hel"]),
+        TextDelta(["lo"]),
         Usage(input_tokens=30, output_tokens=3, cache_read_tokens=200, cache_write_tokens=50),
         Finished(reason="stop"),
     ]
@@ -179,7 +181,7 @@ async def test_keepalive_connection_is_reused_between_turns(server: ScriptedAnth
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(on_create)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        provider = AnthropicProvider(api_key="k", base_url=server.base_url, session=session)
+        provider = AnthropicProvider(api_key="k", base_url=server.base_url, options=UpstreamOptions(session=session))
         for _ in range(3):
             assert texts(await collect(provider)) == "Hello world"
         await provider.aclose()
@@ -242,7 +244,9 @@ async def test_server_closing_without_an_answer_is_retried(
 
 
 async def test_connection_refused_is_retried_then_unavailable(sleeps: Sleeps) -> None:
-    provider = AnthropicProvider(api_key="k", base_url=f"http://127.0.0.1:{free_port()}", max_retries=2, sleep=sleeps)
+    provider = AnthropicProvider(
+        api_key="k", base_url=f"http://127.0.0.1:{free_port()}", options=UpstreamOptions(max_retries=2, sleep=sleeps)
+    )
     try:
         _, error = await failing(provider)
     finally:
@@ -408,7 +412,7 @@ async def test_closing_the_generator_early_closes_the_upstream_connection(
 
 
 async def test_literal_metadata_address_is_refused(sleeps: Sleeps) -> None:
-    provider = AnthropicProvider(api_key="k", base_url="http://169.254.169.254", sleep=sleeps)
+    provider = AnthropicProvider(api_key="k", base_url="http://169.254.169.254", options=UpstreamOptions(sleep=sleeps))
     try:
         _, error = await failing(provider)
     finally:

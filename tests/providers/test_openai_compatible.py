@@ -31,7 +31,7 @@ from parley.providers.base import (
     ToolCallPart,
     Usage,
 )
-from parley.providers.http import AddressNotAllowedError, PolicyResolver, StreamFailedError
+from parley.providers.http import AddressNotAllowedError, PolicyResolver, StreamFailedError, UpstreamOptions
 from parley.providers.openai_compatible import OpenAICompatibleProvider
 from tests.providers import calls
 from tests.providers.calls import HELLO, Sleeps, texts
@@ -66,7 +66,9 @@ def sleeps() -> Sleeps:
 @pytest.fixture
 async def provider(upstream: ScriptedUpstream, sleeps: Sleeps) -> AsyncIterator[OpenAICompatibleProvider]:
     p = OpenAICompatibleProvider(
-        base_url=upstream.base_url + "/", api_key="sk-test", idle_timeout=0.5, connect_timeout=1, sleep=sleeps
+        base_url=upstream.base_url + "/",
+        api_key="sk-test",
+        options=UpstreamOptions(idle_timeout=0.5, connect_timeout=1, sleep=sleeps),
     )
     yield p
     await p.aclose()
@@ -87,9 +89,9 @@ async def test_happy_path_with_usage(provider: OpenAICompatibleProvider, upstrea
     upstream.enqueue(token_stream(3, prompt_tokens=12))
     events = await collect(provider)
     assert events == [
-        TextDelta(text="tok0 "),
-        TextDelta(text="tok1 "),
-        TextDelta(text="tok2 "),
+        TextDelta(["tok0 "]),
+        TextDelta(["tok1 "]),
+        TextDelta(["tok2 "]),
         Usage(input_tokens=12, output_tokens=3),
         Finished(reason="stop"),
     ]
@@ -100,7 +102,9 @@ async def test_cookies_set_by_the_server_are_never_sent_back(upstream: ScriptedU
     upstream.enqueue(Stream(chunks=[raw], headers={"Set-Cookie": "session=tenant-a; Path=/"}))
     # By name: a cookie jar would keep cookies of a named host (it drops those of IP addresses).
     named = upstream.base_url.replace("127.0.0.1", "localhost")
-    provider = OpenAICompatibleProvider(base_url=named, api_key="sk-test", idle_timeout=0.5, connect_timeout=1)
+    provider = OpenAICompatibleProvider(
+        base_url=named, api_key="sk-test", options=UpstreamOptions(idle_timeout=0.5, connect_timeout=1)
+    )
     try:
         await collect(provider)
         await collect(provider)  # another tenant's turn, say
@@ -194,8 +198,8 @@ async def test_retry_after_as_http_date(
     assert 3 < sleeps.delays[0] <= 5
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
-async def test_gateway_errors_are_retried_with_backoff(
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_server_and_gateway_errors_are_retried_with_backoff(
     provider: OpenAICompatibleProvider, upstream: ScriptedUpstream, sleeps: Sleeps, status: int
 ) -> None:
     upstream.enqueue(Reply(status, "bad gateway"), Reply(status, "bad gateway"), token_stream(1))
@@ -235,7 +239,7 @@ async def test_server_closing_without_an_answer_is_retried(
 
 async def test_connection_refused_is_retried_then_unavailable(sleeps: Sleeps) -> None:
     provider = OpenAICompatibleProvider(
-        base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", max_retries=2, sleep=sleeps
+        base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="k", options=UpstreamOptions(max_retries=2, sleep=sleeps)
     )
     try:
         _, error = await failing(provider)
@@ -249,7 +253,7 @@ async def test_connection_refused_is_retried_then_unavailable(sleeps: Sleeps) ->
 @pytest.mark.parametrize(
     ("reply", "kind"),
     [
-        (Reply(500, {"error": {"message": "boom", "type": "internal_server_error"}}), K.HTTP),
+        (Reply(501, {"error": {"message": "no", "type": "not_implemented"}}), K.HTTP),
         (Reply(401, {"error": {"message": "Invalid API Key", "type": "authentication_error"}}), K.AUTH),
         (Reply(404, {"error": {"message": "The model `m` does not exist."}}), K.MODEL_NOT_FOUND),
         (Reply(400, {"error": {"message": "bad", "type": "invalid_request_error"}}), K.BAD_REQUEST),
@@ -293,7 +297,8 @@ async def test_connection_reset_mid_stream_is_a_stream_error(
 async def test_error_body_is_logged_never_shown(
     provider: OpenAICompatibleProvider, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    upstream.enqueue(Reply(500, BAD_REQUEST_BODY, headers={"content-type": "application/json"}))
+    # (a 500 may be transient: it is retried, and fails the same way each time here)
+    upstream.set_default(Reply(500, BAD_REQUEST_BODY, headers={"content-type": "application/json"}))
     with caplog.at_level(logging.WARNING, logger="parley.providers"):
         _, error = await failing(provider)
     assert (error.kind, error.status) == (K.HTTP, 500)
@@ -429,7 +434,9 @@ async def test_empty_stream_with_a_successful_probe_is_truncated(
 
 
 async def test_literal_metadata_address_is_refused(sleeps: Sleeps) -> None:
-    provider = OpenAICompatibleProvider(base_url="http://169.254.169.254/v1", api_key="k", sleep=sleeps)
+    provider = OpenAICompatibleProvider(
+        base_url="http://169.254.169.254/v1", api_key="k", options=UpstreamOptions(sleep=sleeps)
+    )
     try:
         _, error = await failing(provider)
     finally:
@@ -463,7 +470,9 @@ async def test_name_resolving_to_metadata_is_refused_by_the_resolver(sleeps: Sle
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(FixedResolver("169.254.169.254")))
     async with aiohttp.ClientSession(connector=connector) as session:
         provider = OpenAICompatibleProvider(
-            base_url="http://metadata.example.test/v1", api_key="k", session=session, sleep=sleeps
+            base_url="http://metadata.example.test/v1",
+            api_key="k",
+            options=UpstreamOptions(session=session, sleep=sleeps),
         )
         _, error = await failing(provider)
         await provider.aclose()
@@ -476,7 +485,9 @@ async def test_resolver_drops_refused_addresses_and_keeps_the_rest(upstream: Scr
     connector = aiohttp.TCPConnector(resolver=PolicyResolver(FixedResolver("169.254.169.254", "127.0.0.1")))
     async with aiohttp.ClientSession(connector=connector) as session:
         provider = OpenAICompatibleProvider(
-            base_url=f"http://llm.example.test:{upstream.port}/v1", api_key="k", session=session
+            base_url=f"http://llm.example.test:{upstream.port}/v1",
+            api_key="k",
+            options=UpstreamOptions(session=session),
         )
         assert texts(await collect(provider)) == "tok0 tok1 tok2 "
         await provider.aclose()
@@ -494,11 +505,11 @@ async def test_satisfies_the_provider_protocol(provider: OpenAICompatibleProvide
 async def test_huge_error_body_is_read_only_up_to_64_kib(
     provider: OpenAICompatibleProvider, upstream: ScriptedUpstream, caplog: pytest.LogCaptureFixture
 ) -> None:
-    upstream.enqueue(Reply(500, "x" * 300_000))
+    upstream.enqueue(Reply(400, "x" * 300_000))  # (a client error: not retried)
     with caplog.at_level(logging.WARNING, logger="parley.providers"):
         _, error = await failing(provider)
-    assert error.status == 500
-    (record,) = [r for r in caplog.records if "HTTP 500" in r.getMessage()]
+    assert error.status == 400
+    (record,) = [r for r in caplog.records if "HTTP 400" in r.getMessage()]
     assert 64 * 1024 <= len(record.getMessage()) < 65 * 1024
 
 

@@ -54,12 +54,12 @@ class ScriptedProvider:
             if reply.first_delay:
                 await asyncio.sleep(reply.first_delay)
             for text in reply.reasoning:
-                yield (ReasoningDelta(text=text),)
+                yield (ReasoningDelta([text]),)
             tokens = list(reply.tokens if reply.fail_after is None else reply.tokens[: reply.fail_after])
             for i in range(0, len(tokens), reply.per_read):
                 if i and reply.delay:
                     await asyncio.sleep(reply.delay)
-                yield tuple(TextDelta(text=text) for text in tokens[i : i + reply.per_read])
+                yield (TextDelta(tokens[i : i + reply.per_read]),)  # a read's pieces travel as one run
             if reply.error is not None:
                 raise reply.error
             if reply.usage is not None:

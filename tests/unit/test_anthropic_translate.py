@@ -28,15 +28,14 @@ from parley.providers.base import (
     ChatMessage,
     Finished,
     ProviderEvent,
-    ReasoningDelta,
     ReasoningPart,
-    TextDelta,
     TextPart,
     ToolResultPart,
     Usage,
 )
 from parley.providers.http import StreamFailedError
 from parley.providers.sse import ServerSentEvent, SSEDecoder
+from tests.support.events import feed_one, from_fixture
 
 K = ProviderErrorKind
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "anthropic"
@@ -52,26 +51,14 @@ REQUIRED = {
     "tool-use",
 }
 
-_EVENT_TYPES: dict[str, type[ProviderEvent]] = {
-    "text_delta": TextDelta,
-    "reasoning_delta": ReasoningDelta,
-    "usage": Usage,
-    "finished": Finished,
-}
-
 Outcome = tuple[list[ProviderEvent], str | None, Usage | None]
-
-
-def _event(spec: dict[str, Any]) -> ProviderEvent:
-    spec = dict(spec)
-    return _EVENT_TYPES[spec.pop("type")](**spec)
 
 
 def load(name: str) -> tuple[bytes, Outcome]:
     spec = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
     partial = spec["partial_usage"]
     expected = (
-        [_event(e) for e in spec["events"]],
+        [from_fixture(e) for e in spec["events"]],
         spec["error"],
         Usage(**partial) if partial is not None else None,
     )
@@ -86,12 +73,12 @@ def run(chunks: list[bytes]) -> Outcome:
     try:
         for chunk in chunks:
             for sse in decoder.feed(chunk):
-                events.extend(translator.feed(sse))
+                events.extend(feed_one(translator, sse))
             if translator.done:
                 break
         else:
             for sse in decoder.finish():
-                events.extend(translator.feed(sse))
+                events.extend(feed_one(translator, sse))
         events.extend(translator.finish())
     except StreamFailedError as exc:
         return events, exc.kind.value, exc.partial_usage
@@ -158,13 +145,13 @@ STOP = sse({"type": "message_stop"}, "message_stop")
 
 def test_message_delta_usage_overwrites_and_never_adds() -> None:
     translator = AnthropicStreamTranslator()
-    translator.feed(
-        start(input_tokens=10, cache_read_input_tokens=100, cache_creation_input_tokens=50, output_tokens=1)
+    feed_one(
+        translator, start(input_tokens=10, cache_read_input_tokens=100, cache_creation_input_tokens=50, output_tokens=1)
     )
-    translator.feed(delta(output_tokens=5))
-    translator.feed(delta(output_tokens=9, cache_read_input_tokens=None))  # null: keep the value
-    translator.feed(delta("end_turn", output_tokens=12, input_tokens=10))
-    translator.feed(STOP)
+    feed_one(translator, delta(output_tokens=5))
+    feed_one(translator, delta(output_tokens=9, cache_read_input_tokens=None))  # null: keep the value
+    feed_one(translator, delta("end_turn", output_tokens=12, input_tokens=10))
+    feed_one(translator, STOP)
     usage, finished = translator.finish()
     assert usage == Usage(input_tokens=10, output_tokens=12, cache_read_tokens=100, cache_write_tokens=50)
     assert finished == Finished(reason="stop")
@@ -173,9 +160,9 @@ def test_message_delta_usage_overwrites_and_never_adds() -> None:
 def test_input_tokens_stay_uncached_only() -> None:
     # Anthropic's input buckets are disjoint: input_tokens must not be reduced by the cache.
     translator = AnthropicStreamTranslator()
-    translator.feed(start(input_tokens=3, cache_read_input_tokens=5000, output_tokens=1))
-    translator.feed(delta("end_turn", output_tokens=2))
-    translator.feed(STOP)
+    feed_one(translator, start(input_tokens=3, cache_read_input_tokens=5000, output_tokens=1))
+    feed_one(translator, delta("end_turn", output_tokens=2))
+    feed_one(translator, STOP)
     assert translator.finish()[0] == Usage(input_tokens=3, output_tokens=2, cache_read_tokens=5000)
 
 
@@ -193,46 +180,46 @@ def test_input_tokens_stay_uncached_only() -> None:
 )
 def test_stop_reasons(raw_reason: str | None, reason: str) -> None:
     translator = AnthropicStreamTranslator()
-    translator.feed(start(input_tokens=1, output_tokens=1))
-    translator.feed(delta(raw_reason, output_tokens=1))
-    translator.feed(STOP)
+    feed_one(translator, start(input_tokens=1, output_tokens=1))
+    feed_one(translator, delta(raw_reason, output_tokens=1))
+    feed_one(translator, STOP)
     assert translator.finish()[-1] == Finished(reason=reason)
 
 
 def test_partial_usage_estimates_output_until_the_final_delta() -> None:
     translator = AnthropicStreamTranslator()
     assert translator.partial_usage() is None
-    translator.feed(start(input_tokens=7, output_tokens=1))
+    feed_one(translator, start(input_tokens=7, output_tokens=1))
     assert translator.partial_usage() == Usage(input_tokens=7, output_tokens=1)
-    translator.feed(text("x" * 21))
+    feed_one(translator, text("x" * 21))
     assert translator.partial_usage() == Usage(input_tokens=7, output_tokens=6, estimated=True)
-    translator.feed(delta("end_turn", output_tokens=4))  # the server's count is final: trust it
+    feed_one(translator, delta("end_turn", output_tokens=4))  # the server's count is final: trust it
     assert translator.partial_usage() == Usage(input_tokens=7, output_tokens=4)
 
 
 def test_events_after_message_stop_are_ignored() -> None:
     translator = AnthropicStreamTranslator()
-    translator.feed(start(input_tokens=1, output_tokens=1))
-    translator.feed(STOP)
-    assert list(translator.feed(text("late"))) == []
-    assert list(translator.feed(sse("not json"))) == []
+    feed_one(translator, start(input_tokens=1, output_tokens=1))
+    feed_one(translator, STOP)
+    assert list(feed_one(translator, text("late"))) == []
+    assert list(feed_one(translator, sse("not json"))) == []
 
 
 def test_blank_data_is_a_keepalive() -> None:
-    assert list(AnthropicStreamTranslator().feed(sse(" "))) == []
+    assert list(feed_one(AnthropicStreamTranslator(), sse(" "))) == []
 
 
 @pytest.mark.parametrize("data", ["{not json", "[1, 2]", '"text"'])
 def test_garbage_is_a_stream_error(data: str) -> None:
     with pytest.raises(ProviderError) as caught:
-        AnthropicStreamTranslator().feed(sse(data))
+        feed_one(AnthropicStreamTranslator(), sse(data))
     assert caught.value.kind is K.STREAM
 
 
 def test_error_event_is_recognised_by_its_sse_name_too() -> None:
     translator = AnthropicStreamTranslator()
     with pytest.raises(ProviderError) as caught:
-        translator.feed(sse({"error": {"type": "rate_limit_error", "message": "slow down"}}, "error"))
+        feed_one(translator, sse({"error": {"type": "rate_limit_error", "message": "slow down"}}, "error"))
     assert caught.value.kind is K.RATE_LIMITED
     assert "slow down" not in caught.value.message
 
@@ -240,7 +227,7 @@ def test_error_event_is_recognised_by_its_sse_name_too() -> None:
 def test_tool_use_delta_alone_is_refused() -> None:
     event = sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})
     with pytest.raises(ProviderError) as caught:
-        AnthropicStreamTranslator().feed(event)
+        feed_one(AnthropicStreamTranslator(), event)
     assert caught.value.kind is K.TOOL_CALLS_UNSUPPORTED
 
 

@@ -5,17 +5,7 @@ from __future__ import annotations
 import json
 
 from parley.bus.memory import END, SessionChannel, parse_event_id
-from parley.chat.events import (
-    ContentDelta,
-    Done,
-    MessageEnd,
-    ReasoningDelta,
-    TitleUpdated,
-    TurnError,
-    encode_content_frames,
-    encode_frame,
-    encode_reasoning_frames,
-)
+from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, TitleUpdated, TurnError, encode
 
 
 def frame_fields(frame: bytes) -> dict[str, str]:
@@ -27,7 +17,8 @@ def frame_fields(frame: bytes) -> dict[str, str]:
 
 
 def test_frames_carry_id_event_and_whole_json_with_type() -> None:
-    fields = frame_fields(encode_frame(ContentDelta(delta='a "quoted"\nline'), "3.7"))
+    [frame] = encode(ContentDelta(['a "quoted"\nline']), 3, 7)
+    fields = frame_fields(frame)
     assert fields["id"] == "3.7"
     assert fields["event"] == "content_delta"
     assert json.loads(fields["data"]) == {"type": "content_delta", "delta": 'a "quoted"\nline'}
@@ -35,7 +26,7 @@ def test_frames_carry_id_event_and_whole_json_with_type() -> None:
 
 def test_message_end_uses_camel_case_and_decimal_strings() -> None:
     data = json.loads(
-        frame_fields(encode_frame(MessageEnd(input_tokens=5, output_tokens=7, cost_usd="0.0105"), "1.1"))["data"]
+        frame_fields(encode(MessageEnd(input_tokens=5, output_tokens=7, cost_usd="0.0105"), 1, 1)[0])["data"]
     )
     assert data == {
         "type": "message_end",
@@ -46,7 +37,7 @@ def test_message_end_uses_camel_case_and_decimal_strings() -> None:
         "costUsd": "0.0105",
         "usageEstimated": False,
     }
-    assert json.loads(frame_fields(encode_frame(TurnError(code="x", message="y"), "1.2"))["data"]) == {
+    assert json.loads(frame_fields(encode(TurnError(code="x", message="y"), 1, 2)[0])["data"]) == {
         "type": "error",
         "code": "x",
         "message": "y",
@@ -54,7 +45,7 @@ def test_message_end_uses_camel_case_and_decimal_strings() -> None:
 
 
 def publish(channel: SessionChannel, event: object, final: bool = False) -> None:
-    channel.publish(event, encode_frame, final=final)
+    channel.publish(event, encode, final=final)
 
 
 def test_subscribers_get_frames_then_end_after_done() -> None:
@@ -66,14 +57,15 @@ def test_subscribers_get_frames_then_end_after_done() -> None:
     frames = sub.drain()
     assert [frame_fields(f)["id"] for f in frames[:-1]] == ["1.1", "1.2"]
     assert frames[-1] == END
-    assert ch.subscriber_count == 0
+    publish(ch, TitleUpdated(title="after the end"))
+    assert sub.drain() == []  # the stream ended: nothing more reaches it
 
 
 def test_replay_after_an_id_and_of_a_finished_turn() -> None:
     ch = SessionChannel("s", turn=4)
     ch.begin_turn()
     for i in range(3):
-        publish(ch, ContentDelta(delta=str(i)))
+        publish(ch, ContentDelta([str(i)]))
     late = ch.subscribe(replay_after=(5, 1))
     assert [frame_fields(f)["id"] for f in late.drain()] == ["5.2", "5.3"]
     publish(ch, Done(), final=True)
@@ -105,17 +97,18 @@ def test_a_read_of_deltas_is_framed_and_numbered_as_one_by_one() -> None:
     texts = ["a", '"b"\n', "ü", ""]
     one_by_one = SessionChannel("s", turn=2)
     one_by_one.begin_turn()
-    publish(one_by_one, ContentDelta(delta="first"))
+    publish(one_by_one, ContentDelta(["first"]))
     for text in texts:
-        publish(one_by_one, ContentDelta(delta=text))
+        publish(one_by_one, ContentDelta([text]))
     batched = SessionChannel("s", turn=2)
     batched.begin_turn()
-    publish(batched, ContentDelta(delta="first"))
+    publish(batched, ContentDelta(["first"]))
     live = batched.subscribe()
-    batched.publish_many(texts, encode_content_frames)
+    publish(batched, ContentDelta(texts))
     expected = one_by_one.subscribe(replay_all=True).drain()
     assert batched.subscribe(replay_all=True).drain() == expected
     assert live.drain() == expected[1:]
-    assert encode_reasoning_frames(texts, 3, 2) == [
-        encode_frame(ReasoningDelta(delta=t), f"3.{i}") for i, t in enumerate(texts, 2)
+    fields = [frame_fields(f) for f in encode(ReasoningDelta(texts), 3, 2)]
+    assert [(f["id"], f["event"], json.loads(f["data"])) for f in fields] == [
+        (f"3.{i}", "reasoning_delta", {"type": "reasoning_delta", "delta": t}) for i, t in enumerate(texts, 2)
     ]

@@ -17,27 +17,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, TextRun, Usage, one_per_piece
+from parley.providers.base import ProviderEvent, ReasoningDelta, TextDelta, Usage
 from parley.providers.http import StreamFailedError, translate_read
-from parley.providers.openai_wire import OpenAIStreamTranslator, classify_error
+from parley.providers.openai_wire import _TEMPLATE_TRIES, OpenAIStreamTranslator, classify_error
 from parley.providers.sse import ServerSentEvent, SSEDecoder
+from tests.support.events import feed_one, from_fixture, spelled_out
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "openai"
 NAMES = sorted(p.stem for p in FIXTURES.glob("*.sse"))
 
 
-_EVENT_TYPES: dict[str, type[ProviderEvent]] = {
-    "text_delta": TextDelta,
-    "reasoning_delta": ReasoningDelta,
-    "usage": Usage,
-    "finished": Finished,
-}
-
-
 def load(name: str) -> tuple[bytes, int, tuple[list[ProviderEvent], str | None]]:
     """The body, the prompt length, and the expected (events, error code)."""
     spec = orjson.loads((FIXTURES / f"{name}.json").read_bytes())
-    events = [_EVENT_TYPES[e.pop("type")](**e) for e in spec["events"]]
+    events = [from_fixture(e) for e in spec["events"]]
     return (FIXTURES / f"{name}.sse").read_bytes(), spec["prompt_chars"], (events, spec["error"])
 
 
@@ -49,7 +42,7 @@ def run(chunks: list[bytes], prompt_chars: int) -> tuple[list[ProviderEvent], st
     try:
         for chunk in [*(c for c in chunks if c), b""]:  # b"": the end of the body, as readany says it
             batch, failure = translate_read(decoder, translator, chunk)
-            events += one_per_piece(batch)
+            events += spelled_out(batch)
             if failure is not None:
                 raise failure
             if translator.done:
@@ -101,8 +94,8 @@ def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extr
 
 def test_errors_after_output_carry_partial_usage() -> None:
     translator = OpenAIStreamTranslator(prompt_chars=9)
-    translator.feed(chunk({"content": "a"}))
-    translator.feed(chunk({"content": "b"}))
+    feed_one(translator, chunk({"content": "a"}))
+    feed_one(translator, chunk({"content": "b"}))
     with pytest.raises(StreamFailedError) as caught:
         translator.finish()
     assert caught.value.kind is ProviderErrorKind.TRUNCATED
@@ -112,8 +105,8 @@ def test_errors_after_output_carry_partial_usage() -> None:
 def test_partial_usage_prefers_the_servers_latest_counts() -> None:
     translator = OpenAIStreamTranslator(prompt_chars=9)
     usage = {"prompt_tokens": 50, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 20}}
-    translator.feed(chunk({"content": "a"}, usage=usage))  # vLLM continuous usage: on every chunk
-    translator.feed(chunk({"content": "b"}, usage={**usage, "completion_tokens": 2}))
+    feed_one(translator, chunk({"content": "a"}, usage=usage))  # vLLM continuous usage: on every chunk
+    feed_one(translator, chunk({"content": "b"}, usage={**usage, "completion_tokens": 2}))
     assert translator.partial_usage() == Usage(input_tokens=30, output_tokens=2, cache_read_tokens=20)
 
 
@@ -127,19 +120,19 @@ def test_no_partial_usage_before_any_chunk() -> None:
 
 def test_reasoning_field_wins_over_its_deprecated_copy() -> None:
     translator = OpenAIStreamTranslator()
-    events = translator.feed(chunk({"reasoning": "r", "reasoning_content": "r"}))
-    assert list(events) == [ReasoningDelta(text="r")]
+    events = feed_one(translator, chunk({"reasoning": "r", "reasoning_content": "r"}))
+    assert list(events) == [ReasoningDelta(["r"])]
 
 
 def test_reasoning_and_content_in_one_delta_keep_order() -> None:
-    events = OpenAIStreamTranslator().feed(chunk({"reasoning_content": "r", "content": "c"}))
-    assert list(events) == [ReasoningDelta(text="r"), TextDelta(text="c")]
+    events = feed_one(OpenAIStreamTranslator(), chunk({"reasoning_content": "r", "content": "c"}))
+    assert list(events) == [ReasoningDelta(["r"]), TextDelta(["c"])]
 
 
 def test_held_back_partial_tag_is_released_with_the_finish_reason() -> None:
     translator = OpenAIStreamTranslator()
-    assert list(translator.feed(chunk({"content": "<thi"}))) == []
-    assert list(translator.feed(chunk({}, "stop"))) == [TextDelta(text="<thi")]
+    assert list(feed_one(translator, chunk({"content": "<thi"}))) == []
+    assert list(feed_one(translator, chunk({}, "stop"))) == [TextDelta(["<thi"])]
 
 
 @pytest.mark.parametrize(
@@ -148,28 +141,28 @@ def test_held_back_partial_tag_is_released_with_the_finish_reason() -> None:
 )
 def test_finish_reasons(raw_reason: str, reason: str) -> None:
     translator = OpenAIStreamTranslator()
-    translator.feed(chunk({"content": "x"}, raw_reason))
+    feed_one(translator, chunk({"content": "x"}, raw_reason))
     assert translator.finish()[-1].reason == reason  # type: ignore[union-attr]
 
 
 def test_flat_in_stream_error_is_detected() -> None:
     translator = OpenAIStreamTranslator()
     with pytest.raises(ProviderError) as caught:
-        translator.feed(sse({"object": "error", "message": "boom", "type": "BadRequestError", "code": 400}))
+        feed_one(translator, sse({"object": "error", "message": "boom", "type": "BadRequestError", "code": 400}))
     assert caught.value.kind is ProviderErrorKind.STREAM
     assert "boom" not in caught.value.message
 
 
 def test_non_object_chunk_and_odd_content_are_stream_errors() -> None:
     with pytest.raises(ProviderError):
-        OpenAIStreamTranslator().feed(sse("[1, 2]"))
+        feed_one(OpenAIStreamTranslator(), sse("[1, 2]"))
     with pytest.raises(ProviderError):
-        OpenAIStreamTranslator().feed(chunk({"content": {"text": "?"}}))
+        feed_one(OpenAIStreamTranslator(), chunk({"content": {"text": "?"}}))
 
 
 def test_function_call_delta_is_a_tool_call() -> None:
     with pytest.raises(ProviderError) as caught:
-        OpenAIStreamTranslator().feed(chunk({"function_call": {"name": "f"}}))
+        feed_one(OpenAIStreamTranslator(), chunk({"function_call": {"name": "f"}}))
     assert caught.value.kind is ProviderErrorKind.TOOL_CALLS_UNSUPPORTED
 
 
@@ -235,26 +228,27 @@ def test_classify_in_stream_defaults_to_the_given_kind() -> None:
 # --- the per-token fast path ----------------------------------------------------------------------
 
 
-def translate_each(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
-    """`feed` on every payload read as text: what `feed_payloads` must match."""
+def translate_whole(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
+    """Every payload parsed whole (the envelope never learned): what the envelope shortcut must match."""
     translator = OpenAIStreamTranslator(prompt_chars=10)
-    events: list[ProviderEvent] = []
-    try:
-        for payload in payloads:
-            events += translator.feed(ServerSentEvent(data=payload.decode("utf-8", "replace")))
-    except ProviderError as exc:
-        return events, exc.kind.value, translator
-    return events, None, translator
+    translator._templates_tried = _TEMPLATE_TRIES
+    return _translate(translator, payloads)
 
 
 def translate_fast(payloads: list[bytes]) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
-    translator = OpenAIStreamTranslator(prompt_chars=10)
+    """The payloads as one read, as the provider translates them."""
+    return _translate(OpenAIStreamTranslator(prompt_chars=10), payloads)
+
+
+def _translate(
+    translator: OpenAIStreamTranslator, payloads: list[bytes]
+) -> tuple[list[ProviderEvent], str | None, OpenAIStreamTranslator]:
     events: list[ProviderEvent] = []
     try:
-        translator.feed_payloads(payloads, events)
+        translator.feed([ServerSentEvent(data=p.decode("utf-8", "replace")) for p in payloads], events)
     except ProviderError as exc:
-        return one_per_piece(events), exc.kind.value, translator
-    return one_per_piece(events), None, translator
+        return spelled_out(events), exc.kind.value, translator
+    return spelled_out(events), None, translator
 
 
 def _token(content: object, **choice: Any) -> bytes:
@@ -307,8 +301,8 @@ _PAYLOADS = [
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(_PAYLOADS), max_size=10))
-def test_property_feed_payloads_translates_as_feed_does(payloads: list[bytes]) -> None:
-    events, error, each = translate_each(payloads)
+def test_property_the_envelope_shortcut_translates_as_parsing_whole_does(payloads: list[bytes]) -> None:
+    events, error, each = translate_whole(payloads)
     fast_events, fast_error, fast = translate_fast(payloads)
     assert (fast_events, fast_error) == (events, error)
     assert (fast.done, fast.saw_chunk, fast.finish_reason) == (each.done, each.saw_chunk, each.finish_reason)
@@ -318,21 +312,21 @@ def test_property_feed_payloads_translates_as_feed_does(payloads: list[bytes]) -
 @pytest.mark.parametrize("payload", [b'{"choices":[1]}', b'{"choices":{"0":{}}}', b'{"choices":[{"delta":"text"}]}'])
 def test_chunks_of_an_unknown_shape_are_stream_errors(payload: bytes) -> None:
     events, error, _ = translate_fast([_token("kept"), payload, _token("never")])
-    assert events == [TextDelta(text="kept")]
+    assert events == [TextDelta(["kept"])]
     assert error == ProviderErrorKind.STREAM.value
 
 
 def test_the_envelope_of_a_token_chunk_is_learned_and_only_the_string_is_read_after() -> None:
     translator = OpenAIStreamTranslator()
     events: list[ProviderEvent] = []
-    translator.feed_payloads([_token("one"), _token("two")], events)  # the first decides on <think>
-    assert translator._template is not None
+    translator.feed([ServerSentEvent(data=p.decode()) for p in (_token("one"), _token("two"))], events)
+    assert translator._template is not None  # learned (the first decided on <think>)
     tricky = [_token(' "3"\n'), _around(b' "four" '), _around(b'"a","role":"x"'), _token("five")]
-    translator.feed_payloads(tricky, events)
-    assert events[-1] == TextRun(["five"])  # pieces read in place: one run per stretch of them
-    events = one_per_piece(events)
-    assert (events, None) == translate_each([_token("one"), _token("two"), *tricky])[:2]
-    assert [e.text for e in events[:4]] == ["one", "two", ' "3"\n', "four"]  # type: ignore[union-attr]
+    translator.feed([ServerSentEvent(data=p.decode()) for p in tricky], events)
+    assert len(events) == 1  # a read's answer pieces travel as one run, however each was parsed
+    events = spelled_out(events)
+    assert (events, None) == translate_whole([_token("one"), _token("two"), *tricky])[:2]
+    assert [e.texts for e in events[:4]] == [["one"], ["two"], [' "3"\n'], ["four"]]  # type: ignore[union-attr]
 
 
 def test_an_envelope_that_changes_every_token_is_read_whole() -> None:
@@ -341,5 +335,5 @@ def test_an_envelope_that_changes_every_token_is_read_whole() -> None:
         for i in range(20)
     ]
     events, error, translator = translate_fast(payloads)
-    assert (events, error) == ([TextDelta(text=f"t{i}") for i in range(20)], None)
+    assert (events, error) == ([TextDelta([f"t{i}"]) for i in range(20)], None)
     assert translator._templates_tried == 4  # it stopped trying

@@ -175,20 +175,6 @@ def test_property_any_split_gives_the_same_events(
     assert [(e.event, e.data) for e in decoded] == [(event or "message", "\n".join(lines)) for event, lines in events]
 
 
-def decode_like_the_provider(*chunks: bytes) -> list[tuple[str, str]]:
-    """(event, data) read by read, taking `feed_lone_data` whenever it applies, as the provider does."""
-    decoder = SSEDecoder()
-    out: list[tuple[str, str]] = []
-    for chunk in chunks:
-        payloads = decoder.feed_lone_data(chunk)
-        if payloads is None:
-            out += [(e.event, e.data) for e in decoder.feed(chunk)]
-        else:
-            out += [("message", p.decode("utf-8", "replace")) for p in payloads]
-    out += [(e.event, e.data) for e in decoder.finish()]
-    return out
-
-
 _lone_or_not = st.one_of(
     st.tuples(st.just(""), st.lists(_text, min_size=1, max_size=1)),  # the usual: one data line
     _event,
@@ -203,20 +189,28 @@ _lone_or_not = st.one_of(
     bom=st.booleans(),
     cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12),
 )
-def test_property_the_fast_path_decodes_as_feed_does(
+def test_property_streams_of_mostly_lone_data_lines_decode_alike_at_any_split(
     events: list[tuple[str, list[str]]], newline: bytes, comments: bool, bom: bool, cuts: list[int]
 ) -> None:
+    """Such chunks take the one-step path; mixed with other lines, the two paths must agree."""
     raw = (b"\xef\xbb\xbf" if bom else b"") + _serialise(events, newline, comments)
-    chunks = _chunks(raw, cuts)
-    assert decode_like_the_provider(*chunks) == [(e.event, e.data) for e in decode(*chunks)]
+    decoded = decode(*_chunks(raw, cuts))
+    assert [(e.event, e.data) for e in decoded] == [(event or "message", "\n".join(lines)) for event, lines in events]
 
 
-def test_fast_path_takes_lone_data_lines_and_leaves_the_rest() -> None:
+def test_lone_data_lines_then_the_rest_of_the_stream() -> None:
     decoder = SSEDecoder()
-    assert decoder.feed_lone_data(b'data: {"a":1}\n\ndata: [DONE]\n\ndata: par') == [b'{"a":1}', b"[DONE]"]
-    assert decoder.feed_lone_data(b"tial\n\n") == [b"partial"]
-    assert decoder.feed_lone_data(b"data: no end yet\n") is None  # no event completed: `feed` keeps it
+    assert decoder.feed(b'data: {"a":1}\n\ndata: [DONE]\n\ndata: par') == [
+        ServerSentEvent(data='{"a":1}'),
+        ServerSentEvent(data="[DONE]"),
+    ]
+    assert decoder.feed(b"tial\n\n") == [ServerSentEvent(data="partial")]
+    assert decoder.feed(b"data: no end yet\n") == []
+    assert decoder.feed(b"id: 7\nevent: x\n\ndata: y\n\n") == [
+        ServerSentEvent(event="x", data="no end yet", id="7"),
+        ServerSentEvent(data="y", id="7"),
+    ]
+    assert decoder.feed(b"data: z\n\n") == [ServerSentEvent(data="z", id="7")]  # the id persists
     for other in (b"event: x\ndata: y\n\n", b": ping\n\n", b"data: a\ndata: b\n\n", b"data: a\r\n\r\n", b"id: 1\n\n"):
         fresh = SSEDecoder()
-        assert fresh.feed_lone_data(other) is None, other
-        assert fresh.feed(other) + fresh.finish() == decode(other), other  # and nothing was consumed
+        assert fresh.feed(other) + fresh.finish() == decode(other[:1], other[1:]), other

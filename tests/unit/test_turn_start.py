@@ -11,7 +11,7 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, StreamEvent
 from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, start_turn
-from parley.providers.base import ProviderEvent, TextRun
+from parley.providers.base import ProviderEvent
 from parley.providers.base import ReasoningDelta as Thought
 from parley.providers.base import TextDelta as Text
 from tests.support.scripted_provider import Reply, ScriptedProvider
@@ -25,13 +25,13 @@ class Recorder:
         self.stop: str | None = None
         self.stream: asyncio.Task[TurnOutcome] | None = None
 
-    def text(self, pieces: list[str]) -> None:
-        self.events += [ContentDelta(delta=piece) for piece in pieces]
-        self.first_event.set()
-
-    def reasoning(self, pieces: list[str]) -> None:
-        self.events += [ReasoningDelta(delta=piece) for piece in pieces]
-        self.first_event.set()
+    def publish(self, event: StreamEvent) -> None:
+        # Deltas spelled out one piece each: how reads group the pieces varies.
+        if isinstance(event, ContentDelta | ReasoningDelta):
+            self.events += [type(event)([text]) for text in event.texts]
+            self.first_event.set()
+        else:
+            self.events.append(event)
 
     async def persist(self, record: TurnRecord | None) -> None:
         self.persisted.append(record)
@@ -52,9 +52,7 @@ class Recorder:
             turn_timeout=5,
             provider=provider,  # type: ignore[arg-type]
             prices=Prices(),
-            publish=self.events.append,
-            publish_text=self.text,
-            publish_reasoning=self.reasoning,
+            publish=self.publish,
             persist=self.persist,
             clock=lambda: datetime.now(UTC),
             stop_reason=lambda: self.stop,
@@ -69,7 +67,7 @@ def types(events: list[Any]) -> list[str]:
 async def test_a_turn_streams_and_is_stored() -> None:
     recorder, provider = Recorder(), ScriptedProvider(Reply(tokens=["a", "b"], per_read=2))
     await start_turn(recorder.spec(provider))
-    assert recorder.events[:2] == [ContentDelta(delta="a"), ContentDelta(delta="b")]
+    assert recorder.events[:2] == [ContentDelta(["a"]), ContentDelta(["b"])]
     assert isinstance(recorder.events[2], MessageEnd)
     assert recorder.events[3] == Done()
     (record,) = recorder.persisted
@@ -130,15 +128,14 @@ def stored(recorder: Recorder) -> tuple[str, str, str]:
 
 
 async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_holds() -> None:
-    recorder = await cut_at_five(
-        Thought(text="r1"), Text(text="a"), Text(text="b"), Thought(text="r2"), Text(text="c"), Text(text="d")
-    )
-    shown = [ReasoningDelta(delta="r1"), ContentDelta(delta="a"), ContentDelta(delta="b")]
-    assert recorder.events[:5] == [*shown, ReasoningDelta(delta="r2"), ContentDelta(delta="c")]
+    # Each piece its own event: as a translator that did not group them would hand them over.
+    recorder = await cut_at_five(Thought(["r1"]), Text(["a"]), Text(["b"]), Thought(["r2"]), Text(["c"]), Text(["d"]))
+    shown = [ReasoningDelta(["r1"]), ContentDelta(["a"]), ContentDelta(["b"])]
+    assert recorder.events[:5] == [*shown, ReasoningDelta(["r2"]), ContentDelta(["c"])]
     assert stored(recorder) == ("r1r2", "abc", "budget_exhausted")
 
 
 async def test_a_run_of_pieces_counts_each_piece_and_is_cut_at_the_limit() -> None:
-    recorder = await cut_at_five(Thought(text="r"), TextRun(["a", "b"]), Text(text="c"), TextRun(["d", "e", "f"]))
-    assert recorder.events[:5] == [ReasoningDelta(delta="r"), *(ContentDelta(delta=t) for t in "abcd")]
+    recorder = await cut_at_five(Thought(["r"]), Text(["a", "b"]), Text(["c"]), Text(["d", "e", "f"]))
+    assert recorder.events[:5] == [ReasoningDelta(["r"]), *(ContentDelta([t]) for t in "abcd")]
     assert stored(recorder) == ("r", "abcd", "budget_exhausted")

@@ -17,28 +17,27 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from parley.errors import ParleyError, RateLimitedError
+from parley.errors import (
+    MalformedJSONError,
+    ParleyError,
+    RateLimitedError,
+    ValidationFailedError,
+    error_for_status,
+)
 from parley.web import COMMON_HEADERS
 
 log = logging.getLogger("parley.api")
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "content_too_large", 401: "unauthorized"}
-
-
-def envelope(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None, extra: dict[str, object] | None = None
-) -> JSONResponse:
-    return JSONResponse({"error": message, "code": code, **(extra or {})}, status_code=status, headers=headers)
-
-
-def error_response(exc: ParleyError) -> JSONResponse:
-    headers: dict[str, str] = {}
+def error_response(exc: ParleyError, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    """The envelope of an error of the tree, with the headers its kind calls for."""
+    all_headers = dict(headers or {})
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, RateLimitedError) and retry_after is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+        all_headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     if exc.status_code == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    return envelope(exc.status_code, exc.error_code(), exc.message, headers or None, exc.extra())
+        all_headers["WWW-Authenticate"] = "Bearer"
+    body = {"error": exc.message, "code": exc.error_code(), **exc.extra()}
+    return JSONResponse(body, status_code=exc.status_code, headers=all_headers or None)
 
 
 def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -77,8 +76,8 @@ def install_error_handlers(app: FastAPI) -> None:
             return refusal
         errors = list(exc.errors())
         if any(e.get("type") == "json_invalid" for e in errors):
-            return envelope(400, "malformed_json", "The request body is not valid JSON.")
-        return envelope(422, "validation_error", describe_validation_errors(errors) or "Invalid request.")
+            return error_response(MalformedJSONError())
+        return error_response(ValidationFailedError(describe_validation_errors(errors) or "Invalid request."))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -86,12 +85,11 @@ def install_error_handlers(app: FastAPI) -> None:
             refusal = await _authentication_refusal(request)
             if refusal is not None:
                 return refusal
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        message = exc.detail if isinstance(exc.detail, str) else "Request failed."
-        return envelope(exc.status_code, code, message, dict(exc.headers) if exc.headers else None)
+        message = exc.detail if isinstance(exc.detail, str) else None
+        return error_response(error_for_status(exc.status_code, message), exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         # Answered by the outermost middleware, outside the one that adds the common headers.
         log.exception("unhandled error", exc_info=exc)
-        return envelope(500, "internal_error", "Internal error. Please try again.", dict(COMMON_HEADERS))
+        return error_response(ParleyError(), COMMON_HEADERS)

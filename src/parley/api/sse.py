@@ -55,7 +55,7 @@ class SSEResponse(Response):
             silent_until = last_write + heartbeat
             now = loop.time()
             if now >= silent_until:
-                sub.put(HEARTBEAT_FRAME)
+                sub.put([HEARTBEAT_FRAME])
                 silent_until = now + heartbeat
             timer = loop.call_at(silent_until, ping_if_silent)
 
@@ -63,7 +63,7 @@ class SSEResponse(Response):
             while True:
                 message = await receive()
                 if message["type"] == "http.disconnect":
-                    sub.put(END)
+                    sub.put([END])
                     return
 
         watcher = loop.create_task(watch_disconnect())

@@ -19,7 +19,14 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from parley.billing.cost import Prices
-from parley.errors import AiDisabledError, BudgetExhaustedError, RateLimitedError
+from parley.errors import (
+    AiDisabledError,
+    BudgetExhaustedError,
+    BudgetInsufficientError,
+    DailyBudgetExhaustedError,
+    MonthlyBudgetExhaustedError,
+    RateLimitedError,
+)
 
 MIN_REPLY_TOKENS = 16  # below this a reply is not worth starting: refuse with 402 instead
 _PER_MESSAGE_OVERHEAD = 16  # chat-template tokens around each message (role markers, separators)
@@ -119,10 +126,9 @@ def plan_turn(
         affordable = int(left / output_cents_per_token) if left > 0 else 0
         capped = affordable if max_tokens is None else min(max_tokens, affordable)
     if left < 0 or (capped is not None and capped < MIN_REPLY_TOKENS):
-        raise BudgetExhaustedError(
+        raise BudgetInsufficientError(
             f"The remaining {window} budget ({_usd(remaining)}) cannot pay for this turn: "
             "the conversation is too long or the budget too low.",
-            code="budget_insufficient",
             resets_at=day_reset(now) if window == "daily" else month_reset(now),
         )
     reserve = input_cents + (output_cents_per_token * capped if capped is not None else 0)
@@ -143,11 +149,8 @@ def _tightest(limits: Limits, spend: Spend) -> tuple[Decimal, str]:
 
 def _exhausted(window: str, now: datetime) -> BudgetExhaustedError:
     resets = day_reset(now) if window == "daily" else month_reset(now)
-    return BudgetExhaustedError(
-        f"The organization's {window} AI budget is spent. It resets at {resets.isoformat()}.",
-        code=f"{window}_budget_exhausted",
-        resets_at=resets,
-    )
+    kind = DailyBudgetExhaustedError if window == "daily" else MonthlyBudgetExhaustedError
+    return kind(f"The organization's {window} AI budget is spent. It resets at {resets.isoformat()}.", resets_at=resets)
 
 
 def _cents(usd_per_million: Decimal) -> Decimal:

@@ -11,7 +11,7 @@ frame for the id the channel assigns. Imports only the standard library.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 END = b""  # sentinel: this subscriber's stream ends (after `done`, or without it when closed)
@@ -30,11 +30,7 @@ class Subscription:
         self._frames: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
 
-    def put(self, frame: bytes) -> None:
-        self._frames.append(frame)
-        self._wake()
-
-    def put_many(self, frames: list[bytes]) -> None:
+    def put(self, frames: list[bytes]) -> None:
         self._frames += frames
         self._wake()
 
@@ -85,30 +81,19 @@ class SessionChannel:
         self.turn_open = True
         return self.turn
 
-    def publish(self, event: Any, encode: Callable[[Any, str], bytes], *, final: bool = False) -> None:
-        """Assign the next id and fan out `encode(event, id)`; `final` ends the turn's streams after it.
-
-        (Two arguments rather than one closure: this runs once per token.)
-        """
-        frames = self._frames
-        frame = encode(event, f"{self.turn}.{len(frames) + 1}")
-        frames.append(frame)
+    def publish(self, event: Any, encode: Callable[[Any, int, int], list[bytes]], *, final: bool = False) -> None:
+        """Fan out `encode(event, turn, seq)`, the event's frames numbered from the next id; `final`
+        ends the turn's streams after them. (Two arguments rather than one closure: this runs once
+        per network read of a reply.)"""
+        frames = encode(event, self.turn, len(self._frames) + 1)
+        self._frames += frames
         for sub in self._subscribers:
-            sub.put(frame)
+            sub.put(frames)
         if final:
             self.turn_open = False
             for sub in self._subscribers:
-                sub.put(END)
+                sub.put([END])
             self._subscribers.clear()
-
-    def publish_many(self, events: Sequence[Any], encode: Callable[[Sequence[Any], int, int], list[bytes]]) -> None:
-        """`publish` for several events at once (never the final one): `encode(events, turn, seq)`
-        returns one frame per event, numbered from `seq`. One fan-out for the lot.
-        """
-        frames = encode(events, self.turn, len(self._frames) + 1)
-        self._frames += frames
-        for sub in self._subscribers:
-            sub.put_many(frames)
 
     def subscribe(self, *, replay_after: tuple[int, int] | None = None, replay_all: bool = False) -> Subscription:
         """Subscribe to what comes next; optionally replay buffered frames first.
@@ -126,7 +111,7 @@ class SessionChannel:
             elif turn == self.turn:
                 sub._frames.extend(self._frames[max(seq, 0) :])
         if self.closed or not self.turn_open:
-            sub.put(END)
+            sub.put([END])
         else:
             self._subscribers.add(sub)
         return sub
@@ -143,12 +128,8 @@ class SessionChannel:
         """End every subscriber's stream (no `done`): the session was closed or dropped."""
         self.closed = True
         for sub in self._subscribers:
-            sub.put(END)
+            sub.put([END])
         self._subscribers.clear()
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:

@@ -6,13 +6,13 @@ Wire contract (camelCase payloads; `data` is the whole event object including `t
     message_end{inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens, costUsd, usageEstimated}
     title_updated{title}  error{code, message}  done{}
 
-Each frame carries `id: <turn>.<seq>`: the session's turn number and the event's position in that
-turn, so `Last-Event-ID` can resume a running turn. Imports only the standard library and orjson.
+Each frame carries `id: <turn>.<seq>`: the session's turn number and the frame's position in that
+turn, so `Last-Event-ID` can resume a running turn. A delta event carries the pieces of one network
+read and goes out as one frame per piece. Imports only the standard library and orjson.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal, assert_never
 
@@ -27,22 +27,20 @@ class MessageStart:
     message_id: str
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class ContentDelta:
-    """A piece of the answer."""
+    """Pieces of the answer, one frame (`content_delta{delta}`) each: a network read's run of them."""
 
-    # Created once per token: not frozen and `type` on the class, because a frozen dataclass's
-    # __init__ sets each field through object.__setattr__ (about 3x the cost of a plain one).
     type: ClassVar[Literal["content_delta"]] = "content_delta"
-    delta: str
+    texts: list[str]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class ReasoningDelta:
-    """A piece of the model's reasoning, shown apart from the answer (once per token, like ContentDelta)."""
+    """Pieces of the model's reasoning, shown apart from the answer (as ContentDelta)."""
 
     type: ClassVar[Literal["reasoning_delta"]] = "reasoning_delta"
-    delta: str
+    texts: list[str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,11 +83,26 @@ class Done:
 StreamEvent = MessageStart | ContentDelta | ReasoningDelta | MessageEnd | TitleUpdated | TurnError | Done
 
 
-def payload(event: StreamEvent) -> dict[str, object]:
-    """The JSON object sent as `data:` (and returned by the replay API)."""
+def encode(event: StreamEvent, turn: int, seq: int) -> list[bytes]:
+    """The SSE frames of `event`, with ids `<turn>.<seq>`, `<turn>.<seq + 1>`, ...: one per piece of
+    a delta, one for any other event. Payload JSON never holds a raw newline, so one `data:` line
+    suffices. Deltas run once per token: their frames are made from the encoded text alone."""
+    if type(event) is ContentDelta or type(event) is ReasoningDelta:
+        head = _DELTA_HEADS[event.type]
+        dumps = orjson.dumps
+        return [b"id: %d.%d%b%b}\n\n" % (turn, i, head, dumps(text)) for i, text in enumerate(event.texts, seq)]
+    return [b"id: %d.%d\nevent: %b\ndata: %b\n\n" % (turn, seq, event.type.encode(), orjson.dumps(_payload(event)))]
+
+
+_DELTA_HEADS = {
+    kind: b'\nevent: %b\ndata: {"type":"%b","delta":' % (kind.encode(), kind.encode())
+    for kind in ("content_delta", "reasoning_delta")
+}
+
+
+def _payload(event: StreamEvent) -> dict[str, object]:
+    """The JSON object sent as `data:` of an event that is not a delta."""
     match event:
-        case ContentDelta(delta=d) | ReasoningDelta(delta=d):
-            return {"type": event.type, "delta": d}
         case MessageStart(message_id=mid):
             return {"type": event.type, "messageId": mid}
         case MessageEnd():
@@ -108,56 +121,10 @@ def payload(event: StreamEvent) -> dict[str, object]:
             return {"type": event.type, "code": c, "message": m}
         case Done():
             return {"type": event.type}
+        case ContentDelta() | ReasoningDelta():
+            raise ValueError("deltas are encoded piece by piece")
         case _:
             assert_never(event)
-
-
-_DELTA_HEADS = {
-    ContentDelta: b'\nevent: content_delta\ndata: {"type":"content_delta","delta":',
-    ReasoningDelta: b'\nevent: reasoning_delta\ndata: {"type":"reasoning_delta","delta":',
-}
-
-
-def encode_frame(event: StreamEvent, event_id: str) -> bytes:
-    """One SSE frame. Payload JSON never contains a raw newline, so one `data:` line suffices.
-
-    Deltas (one per token) skip the payload dict: the same bytes orjson would make of it, from
-    the encoded delta string alone.
-    """
-    head = _DELTA_HEADS.get(type(event))
-    if head is not None:
-        delta: str = event.delta  # type: ignore[union-attr]
-        return b"".join((b"id: ", event_id.encode(), head, orjson.dumps(delta), b"}\n\n"))
-    return b"".join(
-        (
-            b"id: ",
-            event_id.encode(),
-            b"\nevent: ",
-            event.type.encode(),
-            b"\ndata: ",
-            orjson.dumps(payload(event)),
-            b"\n\n",
-        )
-    )
-
-
-def encode_content_frames(texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
-    """The frames of `ContentDelta`s with these texts, ids `<turn>.<seq>`, `<turn>.<seq + 1>`, ...
-
-    The same bytes as `encode_frame` one by one; runs once per network read with its tokens, so
-    it starts from the text alone (no event object per token).
-    """
-    return _delta_frames(_DELTA_HEADS[ContentDelta], texts, turn, seq)
-
-
-def encode_reasoning_frames(texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
-    """As `encode_content_frames`, for `ReasoningDelta`s."""
-    return _delta_frames(_DELTA_HEADS[ReasoningDelta], texts, turn, seq)
-
-
-def _delta_frames(head: bytes, texts: Sequence[str], turn: int, seq: int) -> list[bytes]:
-    dumps = orjson.dumps
-    return [b"id: %d.%d%b%b}\n\n" % (turn, i, head, dumps(text)) for i, text in enumerate(texts, seq)]
 
 
 HEARTBEAT_FRAME = b": ping\n\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -23,18 +23,9 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.chat.admission import Admission, admit
-from parley.chat.events import (
-    Done,
-    MessageStart,
-    StreamEvent,
-    TitleUpdated,
-    TurnError,
-    encode_content_frames,
-    encode_frame,
-    encode_reasoning_frames,
-)
+from parley.chat.events import Done, MessageStart, StreamEvent, TitleUpdated, TurnError, encode
 from parley.chat.prompt import require_text, sanitize_content
-from parley.chat.turns import STOP_MESSAGES, TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn
+from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn, stop_error
 from parley.errors import (
     NoTurnRunningError,
     PayloadTooLargeError,
@@ -232,8 +223,6 @@ class SessionManager:
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
-            publish_text=partial(self._publish_pieces, live, encode_content_frames),
-            publish_reasoning=partial(self._publish_pieces, live, encode_reasoning_frames),
             persist=partial(self._persist, live, org_id, session_id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
@@ -246,18 +235,9 @@ class SessionManager:
             return
         if type(event) is Done:
             live.turn = None
-            channel.publish(event, encode_frame, final=True)
+            channel.publish(event, encode, final=True)
         else:
-            channel.publish(event, encode_frame)
-
-    @staticmethod
-    def _publish_pieces(
-        live: LiveSession, encode: Callable[[Sequence[str], int, int], list[bytes]], texts: list[str]
-    ) -> None:
-        """A run of answer or reasoning pieces, one frame each (`encode` says which)."""
-        channel = live.channel
-        if not channel.closed:
-            channel.publish_many(texts, encode)
+            channel.publish(event, encode)
 
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None
@@ -449,8 +429,8 @@ class SessionManager:
 
     async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
         if live.turn is None:
-            code, message = STOP_MESSAGES[reason] or ("session_expired", "Session expired.")
-            self._publish(live, TurnError(code=code, message=message))
+            error = stop_error(reason) or SessionExpiredError()
+            self._publish(live, TurnError(code=error.error_code(), message=error.message))
             self._publish(live, Done())
         await self._drop(live.id, reason=reason, close_channel=True)
         async with self.db.unit(Tenant.for_org(live.org_id)) as tx:

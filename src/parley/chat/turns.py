@@ -23,30 +23,29 @@ from decimal import Decimal
 from typing import Any
 
 from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
-from parley.chat.events import Done, MessageEnd, StreamEvent, TurnError
-from parley.errors import ProviderError
-from parley.providers.base import (
-    ChatMessage,
-    Finished,
-    Provider,
-    ProviderEvent,
-    ReasoningDelta,
-    TextDelta,
-    TextRun,
-    Usage,
-    estimate_tokens,
+from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, StreamEvent, TurnError
+from parley.errors import (
+    BudgetExhaustedError,
+    ParleyError,
+    ProviderError,
+    ServerRestartingError,
+    SessionExpiredError,
+    TurnTimeoutError,
 )
+from parley.providers import base as provider
+from parley.providers.base import ChatMessage, Finished, Provider, ProviderEvent, Usage, estimate_tokens
 
 log = logging.getLogger("parley.turns")
 
-# Why a turn's stream was cancelled from outside, and what the client is told.
-STOP_MESSAGES: dict[str, tuple[str, str] | None] = {
-    "interrupt": None,  # a user Stop is not an error
-    "close": None,  # the stream ends without events
-    "expired": ("session_expired", "Session expired (24h limit). Start a new session."),
-    "idle": ("session_expired", "Session expired due to inactivity. Start a new session."),
-    "shutdown": ("server_restarting", "The server is restarting. Please send your message again."),
-}
+def stop_error(reason: str) -> ParleyError | None:
+    """What the client is told when a turn's stream is cancelled from outside, for this reason."""
+    if reason == "expired":
+        return SessionExpiredError("Session expired (24h limit). Start a new session.")
+    if reason == "idle":
+        return SessionExpiredError("Session expired due to inactivity. Start a new session.")
+    if reason == "shutdown":
+        return ServerRestartingError()
+    return None  # a user Stop is not an error; a closed session's stream ends without events
 
 
 @dataclass(slots=True)
@@ -66,17 +65,13 @@ class TurnOutcome:
     """How the turn ended, and what to store."""
 
     finish_reason: str  # stop | length | interrupted | <error code>
-    error: tuple[str, str] | None  # (code, message) published before done
+    error: ParleyError | None  # published as an `error` event before done
     completed: bool
     reached_provider: bool = True
 
 
 # A server that ignores max_tokens is cut off where the budget reservation ends.
-BUDGET_CUT_OFF = TurnOutcome(
-    finish_reason="budget_exhausted",
-    error=("budget_exhausted", "The reply was stopped: it reached what the organization's budget allows."),
-    completed=False,
-)
+BUDGET_CUT_OFF = TurnOutcome(finish_reason=BudgetExhaustedError.code, error=BudgetExhaustedError(), completed=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -109,9 +104,6 @@ class TurnSpec:
     provider: Provider
     prices: Prices
     publish: Callable[[StreamEvent], None]
-    # A read's deltas, one fan-out per run of answer or reasoning (one frame per piece):
-    publish_text: Callable[[list[str]], None]
-    publish_reasoning: Callable[[list[str]], None]
     persist: Callable[[TurnRecord | None], Awaitable[None]]
     clock: Callable[[], datetime]
     stop_reason: Callable[[], str | None]
@@ -149,8 +141,7 @@ async def _run_turn(
         if not reply.started:  # stopped before the provider was called
             await _end_without_provider(spec, None)
             return
-        stop = STOP_MESSAGES.get(reason)
-        outcome = TurnOutcome(finish_reason="interrupted", error=stop, completed=False)
+        outcome = TurnOutcome(finish_reason="interrupted", error=stop_error(reason), completed=False)
     await _finish(spec, messages, reply, outcome)
 
 
@@ -167,58 +158,42 @@ async def _consume(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply
     except TimeoutError:
         minutes = spec.turn_timeout / 60
         shown = f"{minutes:g} minutes" if spec.turn_timeout >= 60 else f"{spec.turn_timeout:g} seconds"
-        return TurnOutcome(
-            finish_reason="turn_timeout",
-            error=("turn_timeout", f"The model took longer than {shown}. Please try again."),
-            completed=False,
-        )
+        error = TurnTimeoutError(f"The model took longer than {shown}. Please try again.")
+        return TurnOutcome(finish_reason=error.code, error=error, completed=False)
     except ProviderError as exc:
         partial = getattr(exc, "partial_usage", None)
         if isinstance(partial, Usage) and reply.usage is None:
             reply.usage = partial
         log.info("turn failed on session %s: %r", spec.session_id, exc)
-        return TurnOutcome(finish_reason=exc.error_code(), error=(exc.error_code(), exc.message), completed=False)
+        return TurnOutcome(finish_reason=exc.error_code(), error=exc, completed=False)
     return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
 
 
 def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: int) -> bool:
     """Keep and publish one read's events; True when the output limit cut the reply short.
 
-    Runs once per read and loops once per token: the pieces of a run of answer (or reasoning) are
-    published together, and no event object is made per piece.
+    Runs once per read: a run of answer (or reasoning) pieces is kept and published as one event.
     """
-    text, reasoning = reply.text, reply.reasoning
-    chunks = reply.chunks
-    run: list[str] = []
-    run_is_reasoning = False
     cut_off = False
     for event in batch:
-        if type(event) is TextRun:  # the usual: a read's answer pieces
-            pieces, is_reasoning = event.texts, False
-        elif type(event) is TextDelta or type(event) is ReasoningDelta:
-            pieces, is_reasoning = [event.text], type(event) is ReasoningDelta
-        else:
-            if type(event) is Usage:
-                reply.usage = event
-            elif type(event) is Finished:
-                reply.finish_reason = event.reason
-            continue
-        if chunks + len(pieces) > limit:
-            pieces = pieces[: max(limit - chunks, 0)]
-            cut_off = True
-        if is_reasoning is not run_is_reasoning:
-            if run:
-                (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
-                run = []
-            run_is_reasoning = is_reasoning
-        chunks += len(pieces)
-        (reasoning if is_reasoning else text).extend(pieces)
-        run += pieces
-        if cut_off:
-            break
-    reply.chunks = chunks
-    if run:
-        (spec.publish_reasoning if run_is_reasoning else spec.publish_text)(run)
+        if isinstance(event, provider.TextDelta | provider.ReasoningDelta):
+            pieces = event.texts
+            if reply.chunks + len(pieces) > limit:
+                pieces = pieces[: max(limit - reply.chunks, 0)]
+                cut_off = True
+            reply.chunks += len(pieces)
+            if type(event) is provider.TextDelta:
+                reply.text += pieces
+                spec.publish(ContentDelta(pieces))
+            else:
+                reply.reasoning += pieces
+                spec.publish(ReasoningDelta(pieces))
+            if cut_off:
+                break
+        elif type(event) is Usage:
+            reply.usage = event
+        elif type(event) is Finished:
+            reply.finish_reason = event.reason
     return cut_off
 
 
@@ -261,7 +236,7 @@ async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply,
         raise
     except Exception:
         log.exception("persisting turn failed for session %s", spec.session_id)
-        error = error or ("internal_error", "The reply could not be saved. Please try again.")
+        error = error or ParleyError("The reply could not be saved. Please try again.")
     # The end of the turn is published after it is stored: message_end, error and done then reach
     # the client together, in one write.
     if outcome.completed:
@@ -276,18 +251,18 @@ async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply,
             )
         )
     if error is not None:
-        publish(TurnError(code=error[0], message=error[1]))
+        publish(TurnError(code=error.error_code(), message=error.message))
     publish(Done())
 
 
-async def _end_without_provider(spec: TurnSpec, error: tuple[str, str] | None) -> None:
+async def _end_without_provider(spec: TurnSpec, error: ParleyError | None) -> None:
     """The provider was never called (history refused, or stopped first): the turn does not count."""
     try:
         await asyncio.shield(spec.persist(None))
     except Exception:
         log.exception("releasing the lease failed for session %s", spec.session_id)
     if error is not None:
-        spec.publish(TurnError(code=error[0], message=error[1]))
+        spec.publish(TurnError(code=error.error_code(), message=error.message))
     spec.publish(Done())
 
 

@@ -13,14 +13,13 @@ Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import aiohttp
 import orjson
 
-from parley.errors import ProviderError, ProviderErrorKind
+from parley.errors import ProviderErrorKind
 from parley.providers.anthropic_wire import (
     DEFAULT_MAX_TOKENS,
     AnthropicStreamTranslator,
@@ -29,13 +28,7 @@ from parley.providers.anthropic_wire import (
     classify_error,
 )
 from parley.providers.base import ChatMessage, ProviderEvent
-from parley.providers.http import (
-    NETWORK_ERRORS,
-    AddressNotAllowedError,
-    UpstreamClient,
-    literal_refusal,
-    read_event_batches,
-)
+from parley.providers.http import NETWORK_ERRORS, UpstreamClient, UpstreamOptions
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "DEFAULT_ANTHROPIC_VERSION", "AnthropicProvider"]
 
@@ -45,9 +38,6 @@ Kind = ProviderErrorKind
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
 MIN_THINKING_BUDGET = 1024  # the API refuses smaller budgets
-# Before anything was yielded these in-stream errors are as retryable as their HTTP twins
-# (529, 429, 500): the SDK does not retry them, which is one reason this client is raw.
-_IN_STREAM_RETRY_KINDS = frozenset({Kind.UNAVAILABLE, Kind.OVERLOADED, Kind.RATE_LIMITED, Kind.HTTP})
 # After message_stop only the chunked-body terminator should follow; waiting briefly for it lets
 # the keep-alive connection go back to the pool (no new TLS handshake next turn).
 _DRAIN_SECONDS = 0.25
@@ -65,13 +55,7 @@ class AnthropicProvider:
         api_key: str,
         base_url: str = DEFAULT_ANTHROPIC_BASE_URL,
         version: str = DEFAULT_ANTHROPIC_VERSION,
-        connect_timeout: float = 10,
-        idle_timeout: float = 120,
-        max_retries: int = 3,
-        retry_base_delay: float = 0.5,
-        max_retry_delay: float = 10.0,
-        session: aiohttp.ClientSession | None = None,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        options: UpstreamOptions | None = None,
         cache_ttl: CacheTTL = "5m",
         thinking_budget: int | None = None,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
@@ -83,7 +67,6 @@ class AnthropicProvider:
         if default_max_tokens < 1:
             raise ValueError("default_max_tokens must be positive")
         base = base_url.rstrip("/")
-        self._refusal = literal_refusal(base_url)
         headers = {
             "x-api-key": api_key,
             "anthropic-version": version,
@@ -100,13 +83,7 @@ class AnthropicProvider:
             headers=headers,
             classify=_classify,
             label="Anthropic",
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-            max_retries=max_retries,
-            retry_base_delay=retry_base_delay,
-            max_retry_delay=max_retry_delay,
-            session=session,
-            sleep=sleep,
+            options=options or UpstreamOptions(),
             request_id_header="request-id",
         )
         self._cache_ttl: CacheTTL = cache_ttl
@@ -116,15 +93,13 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[ChatMessage],
         *,
         model: str,
         max_tokens: int | None = None,
     ) -> AsyncIterator[Sequence[ProviderEvent]]:
-        if self._refusal is not None:
-            raise AddressNotAllowedError(self._refusal)
         body = build_request(
             messages,
             model=model,
@@ -132,53 +107,21 @@ class AnthropicProvider:
             cache_ttl=self._cache_ttl,
             thinking_budget=self._thinking_budget,
         )
-        payload = orjson.dumps(body)
-        http = self._http
-        attempt = 0
-        while True:
-            yielded = False
-            try:
-                # aclosing: a consumer that stops early (or is cancelled) closes the attempt,
-                # which releases the response and so closes the upstream connection at once.
-                async with contextlib.aclosing(self._attempt(payload)) as batches:
-                    async for batch in batches:
-                        yielded = True
-                        yield batch
-                return
-            except ProviderError as exc:
-                delay = (
-                    None
-                    if yielded
-                    else http.retry_delay(exc, attempt, retry_status=_retry_status, retry_kinds=_IN_STREAM_RETRY_KINDS)
-                )
-                if delay is None:
-                    raise
-            attempt += 1
-            logger.info("retrying Anthropic in %.2fs (attempt %d)", delay, attempt)
-            await http.sleep(delay)
+        return self._http.stream(orjson.dumps(body), AnthropicStreamTranslator, self._end)
 
-    async def _attempt(self, payload: bytes) -> AsyncGenerator[Sequence[ProviderEvent], None]:
-        """One request: open, stream, translate. Raises ProviderError for every failure."""
-        response = await self._http.open(payload)
-        translator = AnthropicStreamTranslator()
-        async with response:
-            async for batch in read_event_batches(response.content, translator):
-                yield batch
-            if not translator.started:
-                # A gateway that ignored `stream: true` answers plain JSON: say so in the log.
-                logger.warning(
-                    "Anthropic %s sent no message_start (content-type %r)",
-                    self._http.url,
-                    response.headers.get("Content-Type"),
-                )
-            last = translator.finish()  # raises TRUNCATED when message_stop never came
-            if last:
-                yield last
-            await _drain(response.content)
-
-
-def _retry_status(status: int) -> bool:
-    return status == 429 or status >= 500
+    async def _end(
+        self, translator: AnthropicStreamTranslator, response: aiohttp.ClientResponse
+    ) -> list[ProviderEvent]:
+        if not translator.started:
+            # A gateway that ignored `stream: true` answers plain JSON: say so in the log.
+            logger.warning(
+                "Anthropic %s sent no message_start (content-type %r)",
+                self._http.url,
+                response.headers.get("Content-Type"),
+            )
+        last = translator.finish()  # raises TRUNCATED when message_stop never came
+        await _drain(response.content)
+        return last
 
 
 def _classify(status: int | None, body: object) -> ProviderErrorKind:

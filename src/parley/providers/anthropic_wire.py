@@ -22,12 +22,12 @@ from parley.providers.base import (
     ChatMessage,
     Finished,
     ProviderEvent,
-    ReasoningDelta,
-    TextDelta,
     TextPart,
     ToolCallPart,
     ToolResultPart,
     Usage,
+    add_reasoning,
+    add_text,
     estimate_tokens,
 )
 from parley.providers.http import StreamFailedError
@@ -52,7 +52,6 @@ DEFAULT_MAX_TOKENS = 4096  # the API requires max_tokens; this is what we send w
 # so it stays put (and is re-read, which refreshes it) across many turns. See build_request.
 ANCHOR_EVERY = 16
 
-_NO_EVENTS: tuple[ProviderEvent, ...] = ()
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "refusal": "refusal"}
 # Anthropic names the overflow "prompt is too long"; relays and Anthropic-dialect servers
 # (vLLM, gateways) pass on their own wording.
@@ -220,13 +219,18 @@ class AnthropicStreamTranslator:
         self.stop_reason: str | None = None
         self.message_id: str | None = None
 
-    def feed(self, sse: ServerSentEvent) -> Sequence[ProviderEvent]:
-        """Translate one SSE event; raises ProviderError for in-stream errors and tool use."""
-        if self.done:
-            return _NO_EVENTS
+    def feed(self, events: Sequence[ServerSentEvent], out: list[ProviderEvent]) -> None:
+        """Translate a read's SSE events into `out`; raises ProviderError for in-stream errors and
+        tool use, after the events that came before them."""
+        for sse in events:
+            if self.done:
+                return
+            self._event(sse, out)
+
+    def _event(self, sse: ServerSentEvent, out: list[ProviderEvent]) -> None:
         data = sse.data
         if not data or data.isspace():
-            return _NO_EVENTS
+            return
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -237,13 +241,13 @@ class AnthropicStreamTranslator:
             raise self.error(Kind.STREAM)
         kind = obj.get("type") or sse.event
         if kind == "content_block_delta":  # the hot path: nearly every event is one
-            return self._delta(obj.get("delta"))
-        if kind == "error" or sse.event == "error":
+            self._delta(obj.get("delta"), out)
+        elif kind == "error" or sse.event == "error":
             logger.warning("Anthropic reported an error mid-stream (message %s): %.2000s", self.message_id, data)
             raise self.error(classify_error(None, obj, default=Kind.STREAM))
-        if kind == "content_block_start":
-            return self._block_start(obj.get("content_block"))
-        if kind == "message_start":
+        elif kind == "content_block_start":
+            self._block_start(obj.get("content_block"), out)
+        elif kind == "message_start":
             message = obj.get("message")
             if type(message) is dict:
                 self.message_id = str(message.get("id") or "") or None
@@ -258,7 +262,6 @@ class AnthropicStreamTranslator:
         elif kind == "message_stop":
             self.done = True
         # ping, content_block_stop and event types added later carry nothing for us.
-        return _NO_EVENTS
 
     def finish(self) -> list[ProviderEvent]:
         """End of stream: `[Usage, Finished]`, or TRUNCATED when message_stop never came."""
@@ -313,34 +316,33 @@ class AnthropicStreamTranslator:
                 setattr(self, slot, value)
         return True
 
-    def _delta(self, delta: object) -> Sequence[ProviderEvent]:
+    def _delta(self, delta: object, out: list[ProviderEvent]) -> None:
         if type(delta) is not dict:
-            return _NO_EVENTS
+            return
         dtype = delta.get("type")
         if dtype == "text_delta":
             text = delta.get("text")
             if text and type(text) is str:
                 self._chars += len(text)
-                return (TextDelta(text=text),)
+                add_text(out, text)
         elif dtype == "thinking_delta":
             thinking = delta.get("thinking")
             if thinking and type(thinking) is str:
                 self._chars += len(thinking)
-                return (ReasoningDelta(text=thinking),)
+                add_reasoning(out, thinking)
         elif dtype == "input_json_delta":
             raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
         # signature_delta (verifies thinking we never send back), citations_delta, new types.
-        return _NO_EVENTS
 
-    def _block_start(self, block: object) -> Sequence[ProviderEvent]:
+    def _block_start(self, block: object, out: list[ProviderEvent]) -> None:
         if type(block) is not dict:
-            return _NO_EVENTS
+            return
         btype = block.get("type")
         if btype == "tool_use":
             raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
         # Blocks usually start empty and fill through deltas; keep any text they start with.
         if btype == "text":
-            return self._delta({"type": "text_delta", "text": block.get("text")})
-        if btype == "thinking":
-            return self._delta({"type": "thinking_delta", "thinking": block.get("thinking")})
-        return _NO_EVENTS  # redacted_thinking and block types added later
+            self._delta({"type": "text_delta", "text": block.get("text")}, out)
+        elif btype == "thinking":
+            self._delta({"type": "thinking_delta", "thinking": block.get("thinking")}, out)
+        # redacted_thinking and block types added later carry nothing to show.

@@ -10,7 +10,7 @@ closing the iterator) must close the upstream HTTP response so the server stops 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -82,34 +82,41 @@ def estimate_tokens(chars: int) -> int:
 # --- events a provider yields --------------------------------------------------------------------
 
 
-@dataclass(slots=True, kw_only=True)
-class TextDelta:
-    """A piece of the answer."""
-
-    # Created once per token: not frozen and `type` on the class, because a frozen dataclass's
-    # __init__ sets each field through object.__setattr__ (about 3x the cost of a plain one).
-    type: ClassVar[Literal["text_delta"]] = "text_delta"
-    text: str
-
-
 @dataclass(slots=True)
-class TextRun:
-    """Consecutive pieces of the answer from one network read, each as a `TextDelta` would carry it.
+class TextDelta:
+    """Pieces of the answer from one network read, one per upstream chunk (each counts as one).
 
-    Each piece is one upstream chunk and counts as one, like a `TextDelta`. The OpenAI-compatible
-    read path makes one of these per read instead of one object per token.
+    One event per run of pieces, not one per token: a read of the usual stream carries many.
     """
 
-    type: ClassVar[Literal["text_run"]] = "text_run"
+    type: ClassVar[Literal["text_delta"]] = "text_delta"
     texts: list[str]
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class ReasoningDelta:
-    """A piece of the model's reasoning (created once per token, like TextDelta)."""
+    """Pieces of the model's reasoning from one network read (as TextDelta)."""
 
     type: ClassVar[Literal["reasoning_delta"]] = "reasoning_delta"
-    text: str
+    texts: list[str]
+
+
+def add_text(out: list[ProviderEvent], text: str) -> None:
+    """Append a piece of the answer to `out`, in the run it continues if the last event is one."""
+    last = out[-1] if out else None
+    if type(last) is TextDelta:
+        last.texts.append(text)
+    else:
+        out.append(TextDelta([text]))
+
+
+def add_reasoning(out: list[ProviderEvent], text: str) -> None:
+    """Append a piece of reasoning to `out` (as `add_text`)."""
+    last = out[-1] if out else None
+    if type(last) is ReasoningDelta:
+        last.texts.append(text)
+    else:
+        out.append(ReasoningDelta([text]))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -135,18 +142,7 @@ class Finished:
     reason: str
 
 
-ProviderEvent = TextDelta | TextRun | ReasoningDelta | Usage | Finished
-
-
-def one_per_piece(events: Iterable[ProviderEvent]) -> list[ProviderEvent]:
-    """The events with every `TextRun` spelled out as its `TextDelta`s."""
-    out: list[ProviderEvent] = []
-    for event in events:
-        if type(event) is TextRun:
-            out += [TextDelta(text=text) for text in event.texts]
-        else:
-            out.append(event)
-    return out
+ProviderEvent = TextDelta | ReasoningDelta | Usage | Finished
 
 
 class Provider(Protocol):

@@ -18,8 +18,9 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -59,6 +60,10 @@ class AddressNotAllowedError(ProviderError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(Kind.UNAVAILABLE, f"The model server address is not allowed: {reason}.")
+
+    @property
+    def retryable(self) -> bool:
+        return False
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -151,62 +156,41 @@ class StreamTranslator(Protocol):
     @property
     def done(self) -> bool: ...
 
-    def feed(self, sse: ServerSentEvent) -> Sequence[ProviderEvent]: ...
-
-    # Optional, for the usual stream of `data:`-only events (see `SSEDecoder.feed_lone_data`):
-    # def feed_payloads(self, payloads: list[bytes], out: list[ProviderEvent]) -> None: ...
+    def feed(self, events: Sequence[ServerSentEvent], out: list[ProviderEvent]) -> None: ...
 
     def partial_usage(self) -> Usage | None: ...
 
 
-async def read_event_batches(
-    content: aiohttp.StreamReader, translator: StreamTranslator
-) -> AsyncIterator[Sequence[ProviderEvent]]:
-    """Provider events, one batch per network read, until the translator is done or the body ends.
-
-    Batching by read keeps the per-token cost to the consumer's own loop: however many upstream
-    events one read completes, they cost one generator hop here. Events that precede an in-stream
-    error in the same read are still yielded before the error is raised.
-    """
-    decoder = SSEDecoder()
-    while not translator.done:
-        try:
-            chunk = await content.readany()
-        except NETWORK_ERRORS as exc:
-            raise transport_error(exc, started=True, partial_usage=translator.partial_usage()) from exc
-        events, failure = translate_read(decoder, translator, chunk)
-        if events:
-            yield events
-        if failure is not None:
-            raise failure
-        if not chunk:
-            return
+T = TypeVar("T", bound=StreamTranslator)
+EndOfStream = Callable[[T, aiohttp.ClientResponse], Awaitable[list[ProviderEvent]]]
 
 
 def translate_read(
     decoder: SSEDecoder, translator: StreamTranslator, chunk: bytes
 ) -> tuple[list[ProviderEvent], ProviderError | None]:
-    """The events one read (`b""`: the end of the body) completes, and the error that cut them short.
-
-    A translator with `feed_payloads` gets the usual stream's events as raw `data:` payloads when
-    the decoder's fast path applies; everything else goes through `feed`.
-    """
+    """The events one read (`b""`: the end of the body) completes, and the error that cut them short."""
     events: list[ProviderEvent] = []
-    feed_payloads = getattr(translator, "feed_payloads", None)
     try:
-        payloads = decoder.feed_lone_data(chunk) if feed_payloads is not None else None
-        if payloads is not None and feed_payloads is not None:
-            feed_payloads(payloads, events)
-        else:
-            feed = translator.feed
-            for sse in decoder.feed(chunk) if chunk else decoder.finish():
-                events += feed(sse)
+        translator.feed(decoder.feed(chunk) if chunk else decoder.finish(), events)
     except ProviderError as exc:
         return events, exc
     return events, None
 
 
 # --- the client ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamOptions:
+    """How a provider talks to its server: timeouts, retries, and its seams (session, sleep)."""
+
+    connect_timeout: float = 10
+    idle_timeout: float = 120  # silence between two reads (and before the response head)
+    max_retries: int = 3
+    retry_base_delay: float = 0.5
+    max_retry_delay: float = 10.0
+    session: aiohttp.ClientSession | None = None
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
 
 
 class UpstreamClient:
@@ -219,27 +203,24 @@ class UpstreamClient:
         headers: dict[str, str],
         classify: Classify,
         label: str,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_retries: int,
-        retry_base_delay: float,
-        max_retry_delay: float,
-        session: aiohttp.ClientSession | None,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        options: UpstreamOptions,
         request_id_header: str | None = None,
     ) -> None:
         self.url = url
         self.headers = headers
         self.label = label
         self._classify = classify
+        self._refusal = literal_refusal(url)
         # sock_read bounds every wait for bytes, including the wait for the response headers.
-        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout, sock_read=idle_timeout)
-        self.max_retries = max_retries
-        self._retry_base_delay = retry_base_delay
-        self._max_retry_delay = max_retry_delay
-        self._session = session
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=options.connect_timeout, sock_read=options.idle_timeout
+        )
+        self.max_retries = options.max_retries
+        self._retry_base_delay = options.retry_base_delay
+        self._max_retry_delay = options.max_retry_delay
+        self._session = options.session
         self._owns_session = False
-        self.sleep = sleep
+        self.sleep = options.sleep
         self._request_id_header = request_id_header
 
     def session(self) -> aiohttp.ClientSession:
@@ -261,6 +242,8 @@ class UpstreamClient:
 
     async def open(self, payload: bytes, *, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         """POST and return a 2xx response (the caller closes it); ProviderError otherwise."""
+        if self._refusal is not None:
+            raise AddressNotAllowedError(self._refusal)
         try:
             response = await self.session().post(
                 self.url, data=payload, headers=headers or self.headers, allow_redirects=False, timeout=self.timeout
@@ -271,6 +254,53 @@ class UpstreamClient:
             return response
         async with response:
             raise await self.status_error(response)
+
+    async def stream(
+        self, payload: bytes, translator: Callable[[], T], end: EndOfStream[T]
+    ) -> AsyncIterator[Sequence[ProviderEvent]]:
+        """POST `payload` and yield its provider events, one batch per network read (never empty).
+
+        Batching by read keeps the per-token cost to the consumer's own loop: however many upstream
+        events one read completes, they cost one generator step. Events that precede an in-stream
+        error in the same read are yielded before the error is raised. `end` runs once the body
+        ends and returns the last events (or raises: a stream that never finished, say). A
+        failure before anything was yielded is retried as `ProviderError.retryable` says.
+        Leaving the generator early (the turn stopped, or failed) releases the response, which
+        closes the connection: the server stops generating.
+        """
+        attempt = 0
+        while True:
+            yielded = False
+            try:
+                response = await self.open(payload)
+                reader = translator()
+                decoder = SSEDecoder()
+                async with response:
+                    content = response.content
+                    while not reader.done:
+                        try:
+                            chunk = await content.readany()
+                        except NETWORK_ERRORS as exc:
+                            raise transport_error(exc, started=True, partial_usage=reader.partial_usage()) from exc
+                        events, failure = translate_read(decoder, reader, chunk)
+                        if events:
+                            yielded = True
+                            yield events
+                        if failure is not None:
+                            raise failure
+                        if not chunk:
+                            break
+                    last = await end(reader, response)
+                if last:
+                    yield last
+                return
+            except ProviderError as exc:
+                delay = None if yielded else self.retry_delay(exc, attempt)
+                if delay is None:
+                    raise
+            attempt += 1
+            logger.info("retrying %s in %.2fs (attempt %d)", self.label, delay, attempt)
+            await self.sleep(delay)
 
     async def status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
         status = response.status
@@ -312,21 +342,9 @@ class UpstreamClient:
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )
 
-    def retry_delay(
-        self,
-        exc: ProviderError,
-        attempt: int,
-        *,
-        retry_status: Callable[[int], bool],
-        retry_kinds: frozenset[ProviderErrorKind],
-    ) -> float | None:
+    def retry_delay(self, exc: ProviderError, attempt: int) -> float | None:
         """Seconds to wait before retrying, or None to give up."""
-        if attempt >= self.max_retries or isinstance(exc, AddressNotAllowedError):
-            return None
-        if exc.status is not None:
-            if not retry_status(exc.status):
-                return None
-        elif exc.kind not in retry_kinds:
+        if attempt >= self.max_retries or not exc.retryable:
             return None
         if exc.retry_after is not None:
             # Retrying sooner than asked would fail again; a longer wait is the user's call.

@@ -11,9 +11,8 @@ Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -21,14 +20,7 @@ import orjson
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import ChatMessage, ProviderEvent
-from parley.providers.http import (
-    NETWORK_ERRORS,
-    AddressNotAllowedError,
-    StreamFailedError,
-    UpstreamClient,
-    literal_refusal,
-    read_event_batches,
-)
+from parley.providers.http import NETWORK_ERRORS, StreamFailedError, UpstreamClient, UpstreamOptions
 from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error
 
 __all__ = ["OpenAICompatibleProvider"]
@@ -36,11 +28,6 @@ __all__ = ["OpenAICompatibleProvider"]
 logger = logging.getLogger("parley.providers")
 
 Kind = ProviderErrorKind
-_RETRY_KINDS = frozenset({Kind.UNAVAILABLE})
-
-
-def _retry_status(status: int) -> bool:
-    return status in (429, 502, 503, 504)
 
 
 def _classify(status: int | None, body: object) -> ProviderErrorKind:
@@ -52,20 +39,7 @@ class OpenAICompatibleProvider:
 
     name = "openai-compatible"
 
-    def __init__(
-        self,
-        *,
-        base_url: str,
-        api_key: str,
-        connect_timeout: float = 10,
-        idle_timeout: float = 120,
-        max_retries: int = 3,
-        retry_base_delay: float = 0.5,
-        max_retry_delay: float = 10.0,
-        session: aiohttp.ClientSession | None = None,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-    ) -> None:
-        self._refusal = literal_refusal(base_url)
+    def __init__(self, *, base_url: str, api_key: str, options: UpstreamOptions | None = None) -> None:
         headers = {
             "Authorization": f"Bearer {api_key}",
             "Accept": "text/event-stream",
@@ -77,54 +51,28 @@ class OpenAICompatibleProvider:
             headers=headers,
             classify=_classify,
             label="model server",
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-            max_retries=max_retries,
-            retry_base_delay=retry_base_delay,
-            max_retry_delay=max_retry_delay,
-            session=session,
-            sleep=sleep,
+            options=options or UpstreamOptions(),
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def stream(
+    def stream(
         self,
         messages: Sequence[ChatMessage],
         *,
         model: str,
         max_tokens: int | None = None,
     ) -> AsyncIterator[Sequence[ProviderEvent]]:
-        if self._refusal is not None:
-            raise AddressNotAllowedError(self._refusal)
         body = build_request(messages, model, max_tokens)
-        payload = orjson.dumps(body)
         prompt_chars = sum(len(m["content"]) for m in body["messages"])
-        response = await self._open_with_retries(payload)
-        translator = OpenAIStreamTranslator(prompt_chars=prompt_chars)
-        # Leaving this block any way (error, cancellation, the caller closing the generator)
-        # releases the unfinished response, which closes the connection: the server stops.
-        async with response:
-            async for batch in read_event_batches(response.content, translator):
-                yield batch
-        if not translator.saw_chunk:
-            raise await self._probe(body)
-        yield translator.finish()
 
-    async def _open_with_retries(self, payload: bytes) -> aiohttp.ClientResponse:
-        http = self._http
-        attempt = 0
-        while True:
-            try:
-                return await http.open(payload)
-            except ProviderError as exc:
-                delay = http.retry_delay(exc, attempt, retry_status=_retry_status, retry_kinds=_RETRY_KINDS)
-                if delay is None:
-                    raise
-            attempt += 1
-            logger.info("retrying the model server in %.2fs (attempt %d)", delay, attempt)
-            await http.sleep(delay)
+        async def end(translator: OpenAIStreamTranslator, _response: aiohttp.ClientResponse) -> list[ProviderEvent]:
+            if not translator.saw_chunk:
+                raise await self._probe(body)
+            return translator.finish()
+
+        return self._http.stream(orjson.dumps(body), lambda: OpenAIStreamTranslator(prompt_chars=prompt_chars), end)
 
     async def _probe(self, body: dict[str, Any]) -> ProviderError:
         """Re-ask without streaming (1 token) after an empty stream, to learn why it was empty."""

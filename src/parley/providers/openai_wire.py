@@ -22,12 +22,11 @@ from parley.providers.base import (
     ChatMessage,
     Finished,
     ProviderEvent,
-    ReasoningDelta,
-    TextDelta,
-    TextRun,
     ToolCallPart,
     ToolResultPart,
     Usage,
+    add_reasoning,
+    add_text,
     estimate_tokens,
 )
 from parley.providers.http import StreamFailedError
@@ -39,7 +38,6 @@ __all__ = ["OpenAIStreamTranslator", "build_request", "classify_error"]
 logger = logging.getLogger("parley.providers")
 
 Kind = ProviderErrorKind
-_NO_EVENTS: tuple[ProviderEvent, ...] = ()
 _CONTEXT_MARKERS = (
     "maximum context length",  # vLLM, llama-cpp-python, OpenAI
     "context_length_exceeded",  # llama-cpp-python / OpenAI code
@@ -109,25 +107,51 @@ class OpenAIStreamTranslator:
         self._think = think if think is not None else ThinkSplitter()
         self._usage: tuple[int, int, int] | None = None  # prompt, completion, cached
         self._chunks_with_text = 0
-        self._template: tuple[bytes, bytes] | None = None  # see feed_payloads
+        self._template: tuple[str, str] | None = None  # see feed
         self._templates_tried = 0
         self.done = False  # `[DONE]` was seen: stop reading
         self.saw_chunk = False  # at least one JSON chunk arrived
         self.finish_reason: str | None = None
 
-    def feed(self, sse: ServerSentEvent) -> Sequence[ProviderEvent]:
-        """Translate one SSE event; raises ProviderError for in-stream errors and tool calls."""
-        if self.done:
-            return _NO_EVENTS
+    def feed(self, events: Sequence[ServerSentEvent], out: list[ProviderEvent]) -> None:
+        """Translate a read's SSE events into `out`; raises ProviderError for in-stream errors and
+        tool calls, after the events that came before them.
+
+        A server sends every token of a reply in the same envelope: the chunks differ only in the
+        content string. Once one such chunk has been parsed, its text before and after that
+        string is kept (`_content_template`); a later chunk made of the same two pieces around a
+        JSON string is that same chunk with another content, so only the string is parsed. This
+        runs once per token.
+        """
+        loads = orjson.loads
+        for sse in events:
+            if self.done:
+                return
+            data = sse.data
+            template = self._template
+            if template is not None and data.startswith(template[0]) and data.endswith(template[1]):
+                try:
+                    content = loads(data[len(template[0]) : len(data) - len(template[1])])
+                except orjson.JSONDecodeError:
+                    content = None
+                if type(content) is str and sse.event == "message":
+                    if content:
+                        self._chunks_with_text += 1
+                        add_text(out, content)
+                    continue
+            self._chunk(sse, out)
+
+    def _chunk(self, sse: ServerSentEvent, out: list[ProviderEvent]) -> None:
+        """One event parsed whole."""
         data = sse.data
         if data[:1] != "{":
             stripped = data.strip()
             # Keep-alives sent as data (empty, `: ping`) must not reach the JSON parser.
             if not stripped or stripped[0] == ":":
-                return _NO_EVENTS
+                return
             if stripped.startswith("[DONE]"):
                 self.done = True
-                return _NO_EVENTS
+                return
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -145,87 +169,30 @@ class OpenAIStreamTranslator:
             self._take_usage(usage)
         choices = chunk.get("choices")
         if not choices:
-            return _NO_EVENTS
+            return
         choice = choices[0] if type(choices) is list else None
         delta = choice.get("delta") if type(choice) is dict else None
         if type(choice) is not dict or (delta and type(delta) is not dict):
             logger.warning("model server sent a stream event of an unknown shape: %.300r", data)
             raise self.error(Kind.STREAM)
-        events = self._delta(delta) if delta else _NO_EVENTS
+        if delta:
+            self._delta(delta, out)
         reason = choice.get("finish_reason")
         if reason:
             if reason in ("tool_calls", "function_call"):
                 raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
             self.finish_reason = str(reason)
-            answer, thought = self._think.finish()
-            if answer or thought:
-                events = [*events, *self._pieces(answer, thought)]
-        return events
-
-    def feed_payloads(self, payloads: list[bytes], out: list[ProviderEvent]) -> None:
-        """Translate the payloads of `data:`-only events (`SSEDecoder.feed_lone_data`) into `out`.
-
-        The same as `feed` on each, with the common token chunk (one choice, a delta of only
-        `content`, no finish reason, usage or error) translated in place: this runs once per
-        token. Events are appended as they come, so those before an error are kept; the pieces
-        read in place go out as one `TextRun` per run.
-
-        A server sends every token of a reply in the same envelope: the chunks differ only in the
-        content string. Once one such chunk has been parsed, its bytes before and after that
-        string are kept (`_content_template`); a later payload made of the same two pieces around
-        a JSON string is that same chunk with another content, so only the string is parsed.
-        """
-        loads = orjson.loads
-        texts: list[str] = []  # the current run of answer pieces, one per token chunk
-        try:
-            for data in payloads:
-                if self.done:
-                    return
-                template = self._template
-                if template is not None and data.startswith(template[0]) and data.endswith(template[1]):
-                    try:
-                        content = loads(data[len(template[0]) : len(data) - len(template[1])])
-                    except orjson.JSONDecodeError:
-                        content = None
-                    if type(content) is str:
-                        if content:
-                            texts.append(content)
-                        continue
-                if texts:
-                    self._end_run(texts, out)
-                    texts = []
-                self._feed_payload(data, out)
-        finally:  # the run so far goes out before whatever ended the loop (an error included)
-            if texts:
-                self._end_run(texts, out)
-
-    def _end_run(self, texts: list[str], out: list[ProviderEvent]) -> None:
-        out.append(TextRun(texts))
-        self._chunks_with_text += len(texts)
-
-    def _feed_payload(self, data: bytes, out: list[ProviderEvent]) -> None:
-        """One payload parsed whole: the common token chunk in place (and its envelope learned)."""
-        if data[:1] == b"{" and self._think.passthrough:
-            try:
-                chunk = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                chunk = None  # `feed` decides (it reads the payload as text first)
-            if type(chunk) is dict and not chunk.get("usage") and chunk.get("error") is None:
-                choices = chunk.get("choices")
-                choice = choices[0] if type(choices) is list and choices else None
-                if type(choice) is dict and not choice.get("finish_reason") and chunk.get("object") != "error":
-                    delta = choice.get("delta")
-                    content = delta.get("content") if type(delta) is dict and len(delta) == 1 else None
-                    if type(content) is str:
-                        self.saw_chunk = True
-                        if content:
-                            self._chunks_with_text += 1
-                            out.append(TextDelta(text=content))
-                        if self._templates_tried < _TEMPLATE_TRIES:
-                            self._templates_tried += 1
-                            self._template = _content_template(data, chunk) or self._template
-                        return
-        out.extend(self.feed(ServerSentEvent(data=data.decode("utf-8", "replace"))))
+            self._pieces(*self._think.finish(), out)
+        elif (
+            not usage
+            and self._templates_tried < _TEMPLATE_TRIES
+            and self._think.passthrough
+            and type(delta) is dict
+            and len(delta) == 1
+            and type(delta.get("content")) is str
+        ):  # the common token chunk: learn its envelope
+            self._templates_tried += 1
+            self._template = _content_template(data, chunk) or self._template
 
     def finish(self) -> list[ProviderEvent]:
         """End of stream: `[Usage, Finished]`, or a TRUNCATED error when no finish reason came."""
@@ -260,60 +227,47 @@ class OpenAIStreamTranslator:
         cached = _int(details.get("cached_tokens")) if type(details) is dict else 0
         self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), cached)
 
-    def _delta(self, delta: dict[str, Any]) -> Sequence[ProviderEvent]:
-        if len(delta) == 1 and self._think.passthrough:
-            # The common token chunk, `{"content": "..."}`: nothing else to look for.
-            content = delta.get("content")
-            if type(content) is str:
-                if not content:
-                    return _NO_EVENTS
-                self._chunks_with_text += 1
-                return (TextDelta(text=content),)
+    def _delta(self, delta: dict[str, Any], out: list[ProviderEvent]) -> None:
         if delta.get("tool_calls") or delta.get("function_call"):
             raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
         content = delta.get("content")
         if not reasoning and not content:
-            return _NO_EVENTS
+            return
         self._chunks_with_text += 1
-        events: list[ProviderEvent] = []
         if reasoning and type(reasoning) is str:
-            events.append(ReasoningDelta(text=reasoning))
+            add_reasoning(out, reasoning)
         if type(content) is str:
             if self._think.passthrough:
-                events.append(TextDelta(text=content))
+                add_text(out, content)
             else:
-                answer, thought = self._think.feed(content)
-                events.extend(self._pieces(answer, thought))
+                self._pieces(*self._think.feed(content), out)
         elif type(content) is list:
-            self._content_parts(content, events)
+            self._content_parts(content, out)
         elif content:
             logger.warning("model server sent content of type %s; dropped", type(content).__name__)
             raise self.error(Kind.STREAM)
-        return events
 
     @staticmethod
-    def _pieces(answer: str, thought: str) -> list[ProviderEvent]:
-        events: list[ProviderEvent] = []
+    def _pieces(answer: str, thought: str, out: list[ProviderEvent]) -> None:
         if thought:
-            events.append(ReasoningDelta(text=thought))
+            add_reasoning(out, thought)
         if answer:
-            events.append(TextDelta(text=answer))
-        return events
+            add_text(out, answer)
 
     @staticmethod
-    def _content_parts(parts: list[Any], events: list[ProviderEvent]) -> None:
+    def _content_parts(parts: list[Any], out: list[ProviderEvent]) -> None:
         # Mistral streams content as typed parts: text, thinking (nested or flat), references.
         for part in parts:
             kind = part.get("type") if type(part) is dict else None
             if kind == "text" and part.get("text"):
-                events.append(TextDelta(text=str(part["text"])))
+                add_text(out, str(part["text"]))
             elif kind == "thinking":
                 thinking = part.get("thinking")
                 if type(thinking) is list:
                     thinking = "".join(str(p.get("text") or "") for p in thinking if type(p) is dict and p.get("text"))
                 if thinking and type(thinking) is str:
-                    events.append(ReasoningDelta(text=thinking))
+                    add_reasoning(out, thinking)
             else:
                 logger.debug("dropped a content part of type %r", kind)
 
@@ -324,8 +278,8 @@ _TEMPLATE_TRIES = 4
 _PROBE = "\x01probe"
 
 
-def _content_template(data: bytes, chunk: dict[str, Any]) -> tuple[bytes, bytes] | None:
-    """The bytes before and after the content string of a common token chunk, or None.
+def _content_template(data: str, chunk: dict[str, Any]) -> tuple[str, str] | None:
+    """The text before and after the content string of a common token chunk, or None.
 
     `data` is the raw chunk and `chunk` its parse (`choices[0].delta` is `{"content": str}`). The
     string's place is guessed from the last `"content":`, then proven: the two pieces around
@@ -333,26 +287,26 @@ def _content_template(data: bytes, chunk: dict[str, Any]) -> tuple[bytes, bytes]
     context and a string token ends at its own closing quote, so the same then holds for any
     string: `prefix + <JSON string> + suffix` is always this chunk with another content.
     """
-    start = data.rfind(b'"content":')
+    start = data.rfind('"content":')
     if start < 0:
         return None
-    start += len(b'"content":')
-    while start < len(data) and data[start] in b" \t\r\n":
+    start += len('"content":')
+    while start < len(data) and data[start] in " \t\r\n":
         start += 1
-    if data[start : start + 1] != b'"':
+    if data[start : start + 1] != '"':
         return None
     end = start + 1
     while True:  # the closing quote: one not escaped by an odd run of backslashes
-        end = data.find(b'"', end)
+        end = data.find('"', end)
         if end < 0:
             return None
-        backslashes = len(data[start + 1 : end]) - len(data[start + 1 : end].rstrip(b"\\"))
+        backslashes = len(data[start + 1 : end]) - len(data[start + 1 : end].rstrip("\\"))
         end += 1
         if backslashes % 2 == 0:
             break
     prefix, suffix = data[:start], data[end:]
     try:
-        probed = orjson.loads(prefix + orjson.dumps(_PROBE) + suffix)
+        probed = orjson.loads(prefix + orjson.dumps(_PROBE).decode() + suffix)
     except orjson.JSONDecodeError:
         return None
     expected = {**chunk, "choices": [{**chunk["choices"][0], "delta": {"content": _PROBE}}, *chunk["choices"][1:]]}
