@@ -28,6 +28,7 @@ from parley.web import COMMON_HEADERS
 
 log = logging.getLogger("parley.api")
 
+
 def error_response(exc: ParleyError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     """The envelope of an error of the tree, with the headers its kind calls for."""
     all_headers = dict(headers or {})

@@ -37,6 +37,7 @@ from parley.providers.base import ChatMessage, Finished, Provider, ProviderEvent
 
 log = logging.getLogger("parley.turns")
 
+
 def stop_error(reason: str) -> ParleyError | None:
     """What the client is told when a turn's stream is cancelled from outside, for this reason."""
     if reason == "expired":
