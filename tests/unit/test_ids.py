@@ -1,4 +1,4 @@
-"""Row ids: version 4 UUIDs from buffered OS randomness, never repeated, not even across a fork."""
+"""Row ids: version 4 UUIDs, never repeated, not even across a fork."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from parley.store.ids import new_id
 
 
 def test_ids_are_version_4_uuids_in_text_form() -> None:
-    for _ in range(600):  # more than one buffer's worth
+    for _ in range(600):
         text = new_id()
         parsed = uuid.UUID(text)
         assert str(parsed) == text
@@ -17,13 +17,13 @@ def test_ids_are_version_4_uuids_in_text_form() -> None:
         assert parsed.variant == uuid.RFC_4122
 
 
-def test_ids_do_not_repeat_across_buffers() -> None:
+def test_ids_do_not_repeat() -> None:
     ids = [new_id() for _ in range(5_000)]
     assert len(set(ids)) == len(ids)
 
 
 def test_a_forked_child_does_not_hand_out_its_parents_next_ids() -> None:
-    new_id()  # the buffer now holds unused ids, which the child inherits
+    new_id()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report its next ids and leave at once

@@ -41,12 +41,12 @@ def test_page_and_files_carry_the_security_headers(web_server: WebServerFactory)
         _assert_page_headers(page)
         assert '<script type="module" src="/static/app.js"></script>' in page.text
 
-        expected_types = {
-            "app.js": "application/javascript; charset=utf-8",
-            "api.js": "application/javascript; charset=utf-8",
-            "sse.js": "application/javascript; charset=utf-8",
-            "markdown.js": "application/javascript; charset=utf-8",
-            "ui.js": "application/javascript; charset=utf-8",
+        expected_types = {  # text/javascript: RFC 9239
+            "app.js": "text/javascript; charset=utf-8",
+            "api.js": "text/javascript; charset=utf-8",
+            "sse.js": "text/javascript; charset=utf-8",
+            "markdown.js": "text/javascript; charset=utf-8",
+            "ui.js": "text/javascript; charset=utf-8",
             "style.css": "text/css; charset=utf-8",
             "favicon.svg": "image/svg+xml",
         }

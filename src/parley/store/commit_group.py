@@ -55,10 +55,6 @@ class CommitGroup:
         self._in_unit = False
         self._committed_this_round = False
 
-    @property
-    def is_open(self) -> bool:
-        return self._current is not None
-
     @asynccontextmanager
     async def unit(self) -> AsyncIterator[sqlite3.Connection]:
         """One unit of work, committed when this returns: the round's first alone and at once,
