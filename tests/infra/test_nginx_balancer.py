@@ -18,11 +18,12 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx2
 import pytest
 
-from tests.support.nginx import NginxBalancer
+from tests.support.nginx import PROXY_DIRECTIVES, NginxBalancer
 from tests.support.nginx import missing as nginx_missing
 
 FIRST_FRAME = b"event: content_delta\ndata: first\n\n"
@@ -214,3 +215,13 @@ def test_a_request_body_is_forwarded_as_it_arrives(balancer: NginxBalancer, back
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), head
     assert json.loads(body)["received"] == 2 * len(half)
+
+
+def test_the_deploy_guide_shows_the_tested_directives() -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    config = guide.split("```nginx\n", 1)[1].split("```", 1)[0]
+    location = config.split("location / {", 1)[1].split("}", 1)[0]
+    shown = [line.strip() for line in location.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+    assert shown == list(PROXY_DIRECTIVES)
+    assert "keepalive 16;" in config

@@ -2,8 +2,9 @@
 backends, everything it writes (pid, logs, temporary files) inside a temporary directory.
 
 The proxy settings are those docs/deploy.md gives operators for several parley processes:
-HTTP/1.1 with keep-alive to the backends, no buffering in either direction (SSE must reach the
-client frame by frame), and read/send timeouts far above parley's 15 s heartbeat. As root, nginx
+HTTP/1.1 with keep-alive to the backends, no buffering in either direction (a response is read
+from the backend only as fast as the client takes it; a request body passes as it arrives), and
+read/send timeouts far above parley's 15 s heartbeat. As root, nginx
 switches its worker to `nobody`, which is then given the temporary directory; as anyone else the
 worker stays that user. `missing()` says what to install.
 
