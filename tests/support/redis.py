@@ -76,7 +76,7 @@ class RedisServer:
             "appendonly no",
             # Loopback only, no password: protected mode refuses nothing here but stays the default.
             "protected-mode yes",
-            # Our child process, so that stop(), kill() and the test run's end reach it.
+            # No fork into the background: stop() and kill() act on the very process we started.
             "daemonize no",
             "supervised no",
             'logfile ""',
