@@ -4,6 +4,8 @@
 #   postgresql: the suite runs on PostgreSQL too (a throwaway cluster, started by the tests).
 #   g++: builds llama-cpp-python once when its wheel is not cached yet.
 #   chromium: the browser tests of the chat page (tests/web), driven by Playwright.
+#   redis-server: a throwaway Redis per test (tests/support/redis.py) carries live streams between processes.
+#   nginx: the load balancer in front of several parley processes (tests/support/nginx.py).
 set -euo pipefail
 
 need=()
@@ -11,6 +13,8 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/sbin/nginx ] || need+=(nginx)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

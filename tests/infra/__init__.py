@@ -1,0 +1,1 @@
+"""Tests of the infrastructure fixtures (Redis, nginx) on the real servers."""
