@@ -1,11 +1,11 @@
 """The errors a demo tool reports to its caller, as an MCP tool error rather than a crash.
 
-    ToolInputError          the arguments cannot be acted on; the message says why
+    DemoToolError           a call the tool cannot carry out; the message says why
      └── CalculationError   an expression that does not parse or evaluate; carries the position
 
-The server turns any `ToolInputError` into a tool result with `isError` set and the message as
+The server turns any `DemoToolError` into a tool result with `isError` set and the message as
 its text, so a person or a model reading it can correct the call. Anything else that escapes a
-tool is a bug in the tool and is reported as such, without its details.
+tool is a bug in the tool: it is reported as an internal error, its details only in the log.
 
 May import: the standard library only.
 """
@@ -13,15 +13,15 @@ May import: the standard library only.
 from __future__ import annotations
 
 
-class ToolInputError(Exception):
-    """A call whose arguments the tool cannot act on; `message` is shown to the caller as is."""
+class DemoToolError(Exception):
+    """A call the tool cannot carry out (bad arguments, a full disk); `message` is shown as is."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
 
 
-class CalculationError(ToolInputError):
+class CalculationError(DemoToolError):
     """An expression that does not parse or evaluate; `position` counts characters from 1."""
 
     def __init__(self, what: str, position: int | None = None) -> None:
