@@ -14,6 +14,7 @@ May import: the standard library, mcp.types and parley.local.demo_tools.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from mcp import types
@@ -197,10 +198,10 @@ class DemoTools:
         match name:
             case "now":
                 time = now_in(_text(arguments, "timezone", default="UTC"))
-                return _output(time.as_text(), {**_fields(time)})
+                return _output(time.as_text(), asdict(time))
             case "calculate":
                 calculation = calculate(_text(arguments, "expression"))
-                return _output(calculation.as_text(), {**_fields(calculation)})
+                return _output(calculation.as_text(), asdict(calculation))
             case "add_note":
                 note = self.notebook.add(_text(arguments, "text"), _optional_text(arguments, "title"))
                 titled = f" titled {note.title!r}" if note.title else ""
@@ -222,10 +223,6 @@ class DemoTools:
 
 def _output(text: str, structured: dict[str, Any]) -> ToolOutput:
     return [types.TextContent(type="text", text=text)], structured
-
-
-def _fields(value: Any) -> dict[str, Any]:
-    return {name: getattr(value, name) for name in value.__slots__}
 
 
 def _notes(count: int) -> str:
