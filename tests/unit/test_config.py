@@ -98,6 +98,8 @@ def test_unknown_provider_is_refused() -> None:
         ("http://metadata.google.internal/v1", "metadata"),
         ("http://127.0.0.1\\@1.1.1.1/v1", "backslashes"),
         ("http://user:pw@example.com/v1", "credentials"),
+        ("http://127.0.0.1:8080/v1?key=1", "query string"),
+        ("http://127.0.0.1:8080/v1#chat", "fragment"),
     ],
 )
 def test_unsafe_base_urls_are_refused(url: str, fragment: str) -> None:

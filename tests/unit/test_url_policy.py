@@ -90,3 +90,23 @@ def test_plain_http_is_refused_in_production_unless_allow_listed() -> None:
 def test_allow_list_never_admits_metadata() -> None:
     url = "http://169.254.169.254/v1"
     assert check_base_url(url, production=True, allowed_hosts=["169.254.169.254"]) != []
+
+
+@pytest.mark.parametrize(
+    ("url", "fragments"),
+    [
+        ("http://127.0.0.1:8000/v1?api-version=2024", ["query string"]),
+        ("http://127.0.0.1:8000/v1?", ["query string"]),
+        ("http://127.0.0.1:8000/v1#models", ["fragment"]),
+        ("http://127.0.0.1:8000/v1#", ["fragment"]),
+        ("http://127.0.0.1:8000/v1?a=1#b", ["query string", "fragment"]),
+        ("http://127.0.0.1:8000/v1#b?a=1", ["fragment"]),
+    ],
+)
+def test_query_and_fragment_are_refused_one_problem_each(url: str, fragments: list[str]) -> None:
+    # Parley appends the endpoint path to the base URL: after a "?" or "#" it would land in the
+    # query or the fragment, never in the path.
+    problems = check_base_url(url, production=False, allowed_hosts=())
+    assert len(problems) == len(fragments)
+    for problem, fragment in zip(problems, fragments, strict=True):
+        assert fragment in problem

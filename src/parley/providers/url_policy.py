@@ -1,8 +1,8 @@
 """Which upstream base URLs and addresses parley may talk to (SSRF guard).
 
 Two checks, one policy:
-- `check_base_url` at configuration time: scheme, parser-confusing characters, userinfo,
-  literal addresses, and plain http in production unless the host is allow-listed.
+- `check_base_url` at configuration time: scheme, parser-confusing characters, userinfo, query
+  and fragment, literal addresses, and plain http in production unless the host is allow-listed.
 - `address_refusal` at connect time, applied by the provider's resolver to every address a host
   name resolves to, so a name that points at link-local or metadata space is refused too and the
   connection is pinned to the address that was checked (no DNS rebinding window).
@@ -64,6 +64,14 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
     except ValueError:
         return ["has an invalid port"]
     problems: list[str] = []
+    # The providers append the endpoint path (`/chat/completions`) to the base URL; after a "?"
+    # or "#" it would land in the query or the fragment and the request would go to another path.
+    # Checked on the text: `urlsplit` drops an empty query or fragment, the append does not.
+    before_fragment, hash_sign, _ = url.partition("#")
+    if "?" in before_fragment:
+        problems.append("must not carry a query string ('?...'): the endpoint path is appended to the base URL")
+    if hash_sign:
+        problems.append("must not carry a fragment ('#...'): the endpoint path is appended to the base URL")
     if host in _METADATA_HOSTNAMES:
         problems.append(f"host {host!r} is a cloud-metadata endpoint")
     elif _is_ip_literal(host):
