@@ -1,13 +1,22 @@
 """Which upstream base URLs and addresses parley may talk to (SSRF guard).
 
-Two checks, one policy:
+Three checks, one policy:
 - `check_base_url` at configuration time: scheme, parser-confusing characters, userinfo, query
-  and fragment, literal addresses, and plain http in production unless the host is allow-listed.
+  and fragment, the host, and plain http in production unless the host is allow-listed.
+- `host_refusals`, the host part of that check, also applied at connect time by the HTTP seam:
+  aiohttp connects to a host written as an address without asking the resolver.
 - `address_refusal` at connect time, applied by the provider's resolver to every address a host
   name resolves to, so a name that points at link-local or metadata space is refused too and the
   connection is pinned to the address that was checked (no DNS rebinding window).
 
+A host is read the way the WHATWG URL standard reads it: one that ends in a number is an IPv4
+address in any numeric spelling (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`; C's `inet_aton`
+and so `getaddrinfo` read them alike), or no valid host at all. Only the canonical dotted-decimal
+spelling is accepted, so whoever reads the configuration sees the address parley connects to.
+
 Link-local and cloud-metadata addresses are refused always, allow-list or not.
+
+Imports: the standard library only.
 """
 
 from __future__ import annotations
@@ -74,10 +83,7 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
         problems.append("must not carry a fragment ('#...'): the endpoint path is appended to the base URL")
     if host in _METADATA_HOSTNAMES:
         problems.append(f"host {host!r} is a cloud-metadata endpoint")
-    elif _is_ip_literal(host):
-        refusal = address_refusal(host)
-        if refusal:
-            problems.append(refusal)
+    problems += host_refusals(host)
     if production and parts.scheme == "http" and not _host_allowed(parts, allowed_hosts):
         problems.append(
             f"plain http to {host!r} is refused in production; use https or add the host to MCP_LLM_ALLOWED_HOSTS"
@@ -85,12 +91,91 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
     return problems
 
 
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def host_refusals(host: str) -> list[str]:
+    """Every reason the URL host `host`, written as an address, is refused (empty for a name).
+
+    `host` is as `urlsplit(...).hostname` gives it: lowercase, an IPv6 address without brackets.
+    """
+    if ":" in host:
+        refusal = address_refusal(host)
+        return [refusal] if refusal else []
+    address = parse_ipv4_host(host)
+    if address is None:
+        if _ends_in_a_number(host):
+            return [f"host {host!r} ends in a number but is not an IPv4 address"]
+        return []
+    canonical = str(address)
+    refusal = address_refusal(canonical)
+    if host == canonical:
+        return [refusal] if refusal else []
+    if refusal:
+        return [f"{refusal} (host {host!r} is a numeric form of {canonical})"]
+    return [f"host {host!r} is a numeric form of {canonical}; write it as {canonical}"]
+
+
+def parse_ipv4_host(host: str) -> ipaddress.IPv4Address | None:
+    """The IPv4 address `host` spells, per the WHATWG URL standard's IPv4 parser; None if none.
+
+    One to four numbers separated by dots, each decimal, hex (`0x`) or octal (leading `0`); each
+    but the last is one byte and the last fills the bytes left (`127.1`, `169.254.43518`,
+    `2852039166`); one trailing dot is dropped. A number too large for its place (`256.0.0.1`,
+    `4294967296`) leaves no address.
+    """
+    parts = host.split(".")
+    if len(parts) > 1 and parts[-1] == "":
+        parts.pop()
+    if len(parts) > 4:
+        return None
+    numbers: list[int] = []
+    for part in parts:
+        number = _ipv4_number(part)
+        if number is None:
+            return None
+        numbers.append(number)
+    *leading, last = numbers
+    if any(number > 0xFF for number in leading) or last >= 1 << (8 * (5 - len(numbers))):
+        return None
+    value = last
+    for index, number in enumerate(leading):
+        value |= number << (8 * (3 - index))
+    return ipaddress.IPv4Address(value)
+
+
+# Spelled out: `int()` would also take signs, underscores, spaces and non-ASCII digits.
+_DIGITS_OF_RADIX = {
+    8: frozenset("01234567"),
+    10: frozenset("0123456789"),
+    16: frozenset("0123456789abcdefABCDEF"),
+}
+
+
+def _ipv4_number(part: str) -> int | None:
+    """One dot-separated part of a numeric IPv4 host (the standard's IPv4 number parser)."""
+    if not part:
+        return None
+    radix = 10
+    if len(part) >= 2 and part[0] == "0" and part[1] in "xX":
+        part, radix = part[2:], 16
+    elif len(part) >= 2 and part[0] == "0":
+        part, radix = part[1:], 8
+    if not part:
+        return 0  # a bare "0x" is zero
+    if not set(part) <= _DIGITS_OF_RADIX[radix]:
+        return None
+    return int(part, radix)
+
+
+def _ends_in_a_number(host: str) -> bool:
+    """Whether the URL standard reads `host` as an IPv4 address (and rejects it if it is none)."""
+    parts = host.split(".")
+    if parts[-1] == "":
+        if len(parts) == 1:
+            return False
+        parts.pop()
+    last = parts[-1]
+    if last and set(last) <= _DIGITS_OF_RADIX[10]:
+        return True
+    return _ipv4_number(last) is not None
 
 
 def _host_allowed(parts: SplitResult, allowed_hosts: Collection[str]) -> bool:
