@@ -21,6 +21,12 @@ from parley.providers.url_policy import address_refusal, check_base_url, parse_i
         "fe80::1%eth0",  # scoped link-local
         "fd00:ec2::254",  # AWS IMDS over IPv6
         "::ffff:169.254.169.254",  # v4-mapped metadata
+        "::ffff:a9fe:a9fe",
+        "::ffff:0:169.254.169.254",  # v4-translated
+        "64:ff9b::169.254.169.254",  # through a NAT64 gateway
+        "64:ff9b::a9fe:a9fe",
+        "::169.254.169.254",  # v4-compatible (deprecated)
+        "64:ff9b::e000:1",  # 224.0.0.1 through NAT64
         "168.63.129.16",  # Azure wire server
         "100.100.100.200",  # Alibaba metadata
         "0.0.0.0",
@@ -34,7 +40,19 @@ def test_refused_addresses(address: str) -> None:
     assert address_refusal(address) is not None
 
 
-@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "10.0.0.5", "192.168.1.20", "8.8.8.8", "2606:4700::1"])
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1",
+        "::1",
+        "10.0.0.5",
+        "192.168.1.20",
+        "8.8.8.8",
+        "2606:4700::1",
+        "::ffff:127.0.0.1",  # an embedded IPv4 address is judged as that address
+        "64:ff9b::10.0.0.5",
+    ],
+)
 def test_allowed_addresses(address: str) -> None:
     # Loopback and private space are allowed: local model servers live there.
     assert address_refusal(address) is None
@@ -68,6 +86,9 @@ def test_https_is_fine_in_production() -> None:
         ("http://169.254.169.254/latest/meta-data", "link-local"),
         ("http://[fd00:ec2::254]/", "metadata"),
         ("http://[::ffff:169.254.169.254]/", "link-local"),
+        ("http://[::ffff:a9fe:a9fe]/", "link-local"),
+        ("http://[64:ff9b::a9fe:a9fe]/v1", "link-local"),
+        ("http://[::ffff:0:a9fe:a9fe]/v1", "link-local"),
         ("http://metadata.google.internal/computeMetadata/v1", "metadata"),
         ("http://METADATA.google.internal/", "metadata"),
         ("http://127.0.0.1\\@1.1.1.1/v1", "backslashes"),

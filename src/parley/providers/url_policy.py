@@ -46,13 +46,29 @@ def address_refusal(address: str) -> str | None:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _carried_ipv4(ip) or ip
     for net in _METADATA_NETWORKS:
         if ip.version == net.version and ip in net:
             return f"{ip} is a link-local or cloud-metadata address"
     if ip.is_multicast or ip.is_unspecified:
         return f"{ip} is not a unicast address"
+    return None
+
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address the packets go to (RFC 4291, 6052, 6145).
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # a dual-stack socket connects over IPv4
+_IPV4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # stateless IP/ICMP translation
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # a NAT64 gateway connects over IPv4
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated; :: and ::1 live here too
+
+
+def _carried_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a connection to `ip` reaches, when `ip` embeds one."""
+    if any(ip in net for net in (_IPV4_MAPPED, _IPV4_TRANSLATED, _NAT64_WELL_KNOWN)) or (
+        ip in _IPV4_COMPATIBLE and int(ip) > 1
+    ):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
 
