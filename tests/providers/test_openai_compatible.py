@@ -448,6 +448,8 @@ async def test_literal_metadata_address_is_refused(sleeps: Sleeps) -> None:
         ("127.1", "host '127.1' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
         ("0x7f.1", "host '0x7f.1' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
         ("0xa9fea9fe", "169.254.169.254 is a link-local or cloud-metadata address (host '0xa9fea9fe'"),
+        # aiohttp maps the fullwidth digits to 127.0.0.1 and connects without asking the resolver.
+        ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "is not ASCII"),
     ],
 )
 async def test_numeric_host_is_refused_before_connecting_as_at_start_up(

@@ -70,6 +70,7 @@ def test_allowed_addresses(address: str) -> None:
         "http://1password.example/v1",
         "http://llm-0x7f.internal/v1",
         "http://v1.0x7g/v1",
+        "http://xn--bcher-kva.example/v1",  # an international name in its ASCII form
     ],
 )
 def test_good_urls_in_development(url: str) -> None:
@@ -297,3 +298,22 @@ def test_every_numeric_spelling_parses_back_to_its_address(
     else:
         assert len(problems) == 1
         assert f"numeric form of {expected}" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://\uff11\uff16\uff19.\uff12\uff15\uff14.\uff11\uff16\uff19.\uff12\uff15\uff14/v1",  # fullwidth digits
+        "http://169\u3002254\u3002169\u3002254/v1",  # ideographic full stops
+        "http://\U0001d7cf\U0001d7d0\U0001d7d5.0.0.1:8080/v1",  # mathematical bold digits
+        "http://metadata\uff0egoogle\uff0einternal/v1",
+        "http://b\u00fccher.example/v1",
+    ],
+)
+def test_hosts_that_are_not_ascii_are_refused(url: str) -> None:
+    # The HTTP client maps such a host to ASCII after this check has looked (the first three
+    # become IPv4 addresses it connects to without asking the resolver), so the check refuses
+    # them instead of predicting the mapping.
+    (problem,) = check_base_url(url, production=False, allowed_hosts=())
+    assert "is not ASCII" in problem
+    assert "xn--" in problem

@@ -4,7 +4,8 @@ Three checks, one policy:
 - `check_base_url` at configuration time: scheme, parser-confusing characters, userinfo, query
   and fragment, the host, and plain http in production unless the host is allow-listed.
 - `host_refusals`, the host part of that check, also applied at connect time by the HTTP seam:
-  aiohttp connects to a host written as an address without asking the resolver.
+  aiohttp connects to a host written as an address without asking the resolver, and maps a host
+  that is not ASCII before it decides whether it is one.
 - `address_refusal` at connect time, applied by the provider's resolver to every address a host
   name resolves to, so a name that points at link-local or metadata space is refused too and the
   connection is pinned to the address that was checked (no DNS rebinding window).
@@ -14,7 +15,8 @@ address in any numeric spelling (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`; 
 and so `getaddrinfo` read them alike), or no valid host at all. Only the canonical dotted-decimal
 spelling is accepted, so whoever reads the configuration sees the address parley connects to.
 
-Link-local and cloud-metadata addresses are refused always, allow-list or not.
+Link-local and cloud-metadata addresses are refused always, allow-list or not. An IPv6 address
+that carries an IPv4 one (v4-mapped, NAT64) is judged as the IPv4 address it reaches.
 
 Imports: the standard library only.
 """
@@ -108,10 +110,16 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
 
 
 def host_refusals(host: str) -> list[str]:
-    """Every reason the URL host `host`, written as an address, is refused (empty for a name).
+    """Every reason the URL host `host` is refused before any resolver sees it (empty for a name).
 
+    A host must be ASCII; one written as an address must be allowed and, for IPv4, canonical.
     `host` is as `urlsplit(...).hostname` gives it: lowercase, an IPv6 address without brackets.
     """
+    if not host.isascii():
+        # aiohttp maps such a host to ASCII after this check (fullwidth digits and ideographic
+        # full stops make `169.254.169.254`) and connects to the literal without asking the
+        # resolver; refusing is safer than predicting its mapping.
+        return [f"host {host!r} is not ASCII; write an international domain name in its xn-- form"]
     if ":" in host:
         refusal = address_refusal(host)
         return [refusal] if refusal else []
