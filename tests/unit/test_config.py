@@ -100,6 +100,7 @@ def test_unknown_provider_is_refused() -> None:
         ("http://user:pw@example.com/v1", "credentials"),
         ("http://127.0.0.1:8080/v1?key=1", "query string"),
         ("http://127.0.0.1:8080/v1#chat", "fragment"),
+        ("http://[127.0.0.1]:8080/v1", "not a valid URL"),
     ],
 )
 def test_unsafe_base_urls_are_refused(url: str, fragment: str) -> None:

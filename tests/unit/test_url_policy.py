@@ -101,6 +101,8 @@ def test_https_is_fine_in_production() -> None:
         ("//example.com/v1", "no scheme"),
         ("http:///v1", "no host"),
         ("http://example.com:99999/v1", "invalid port"),
+        ("http://[169.254.169.254]/v1", "not a valid URL"),
+        ("http://[::1/v1", "not a valid URL"),
         ("", "empty"),
     ],
 )

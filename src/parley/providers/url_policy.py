@@ -80,7 +80,10 @@ def check_base_url(url: str, *, production: bool, allowed_hosts: Collection[str]
         return ["must not be empty"]
     if any(ch in _FORBIDDEN_CHARS for ch in url) or any(ord(ch) < 32 for ch in url):
         return ["must not contain spaces, backslashes, control characters or user credentials"]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed or misused "[" around the host
+        return [f"is not a valid URL ({exc})"]
     if parts.scheme not in ("http", "https"):
         return [f"must use http or https, not {parts.scheme or 'no scheme'!r}"]
     host = (parts.hostname or "").lower()
