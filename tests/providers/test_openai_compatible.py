@@ -448,6 +448,33 @@ async def test_literal_metadata_address_is_refused(sleeps: Sleeps) -> None:
     assert sleeps.delays == []
 
 
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("2130706433", "host '2130706433' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
+        ("127.1", "host '127.1' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
+        ("0x7f.1", "host '0x7f.1' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
+        ("0xa9fea9fe", "169.254.169.254 is a link-local or cloud-metadata address (host '0xa9fea9fe'"),
+        # aiohttp maps the fullwidth digits to 127.0.0.1 and connects without asking the resolver.
+        ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "is not ASCII"),
+    ],
+)
+async def test_numeric_host_is_refused_before_connecting_as_at_start_up(
+    host: str, message: str, upstream: ScriptedUpstream, sleeps: Sleeps
+) -> None:
+    # aiohttp refuses some of these spellings as invalid URLs and hands others to the resolver; the
+    # provider applies the start-up check first, so each gets the same clear reason.
+    provider = OpenAICompatibleProvider(base_url=f"http://{host}:{upstream.port}/v1", api_key="k", sleep=sleeps)
+    try:
+        _, error = await failing(provider)
+    finally:
+        await provider.aclose()
+    assert isinstance(error, AddressNotAllowedError)
+    assert message in error.message
+    assert upstream.requests == []
+    assert sleeps.delays == []
+
+
 class FixedResolver(AbstractResolver):
     """Resolves every name to the given addresses (stands in for DNS)."""
 

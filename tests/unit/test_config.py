@@ -98,12 +98,41 @@ def test_unknown_provider_is_refused() -> None:
         ("http://metadata.google.internal/v1", "metadata"),
         ("http://127.0.0.1\\@1.1.1.1/v1", "backslashes"),
         ("http://user:pw@example.com/v1", "credentials"),
+        ("http://127.0.0.1:8080/v1?key=1", "query string"),
+        ("http://127.0.0.1:8080/v1#chat", "fragment"),
+        ("http://[127.0.0.1]:8080/v1", "not a valid URL"),
     ],
 )
 def test_unsafe_base_urls_are_refused(url: str, fragment: str) -> None:
     (problem,) = problems(GOOD | {"MCP_LLM_BASE_URL": url})
     assert problem.startswith("MCP_LLM_BASE_URL:")
     assert fragment in problem
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://2852039166/v1", "169.254.169.254 is a link-local or cloud-metadata address"),
+        ("http://0xa9fea9fe/v1", "169.254.169.254 is a link-local or cloud-metadata address"),
+        ("http://0251.0376.0251.0376/v1", "169.254.169.254 is a link-local or cloud-metadata address"),
+        ("http://2130706433:8080/v1", "host '2130706433' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
+        ("http://0x7f.1:8080/v1", "host '0x7f.1' is a numeric form of 127.0.0.1; write it as 127.0.0.1"),
+        ("http://4294967296:8080/v1", "host '4294967296' ends in a number but is not an IPv4 address"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("variable", "env"),
+    [
+        ("MCP_LLM_BASE_URL", GOOD),
+        ("ANTHROPIC_BASE_URL", {"ANTHROPIC_API_KEY": "sk-ant-0123456789"}),
+    ],
+)
+def test_numeric_ipv4_hosts_are_refused_for_either_provider(
+    variable: str, env: dict[str, str], url: str, message: str
+) -> None:
+    (problem,) = problems(env | {variable: url})
+    assert problem.startswith(f"{variable}: ")
+    assert message in problem
 
 
 def test_production_refuses_plain_http_unless_allow_listed() -> None:

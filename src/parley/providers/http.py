@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import ipaddress
 import logging
 import random
 import socket
@@ -30,7 +29,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import ProviderEvent, Usage
 from parley.providers.sse import ServerSentEvent, SSEDecoder
-from parley.providers.url_policy import address_refusal
+from parley.providers.url_policy import address_refusal, host_refusals
 
 logger = logging.getLogger("parley.providers")
 
@@ -118,13 +117,13 @@ class PolicyResolver(AbstractResolver):
 
 
 def literal_refusal(base_url: str) -> str | None:
-    """aiohttp skips the resolver for IP literals, so those are checked here, once."""
-    host = urlsplit(base_url).hostname or ""
-    try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None  # a name: the resolver checks what it resolves to
-    return address_refusal(host)
+    """Why the host of `base_url`, written as an address, is refused; None for a name.
+
+    aiohttp connects to an IP literal without asking the resolver, so literals are checked here,
+    once, by the start-up check's own `host_refusals`: a numeric spelling such as `2130706433` or
+    `0x7f.1` gets the reason `parley check-config` gives. Names are left to the resolver.
+    """
+    return "; ".join(host_refusals(urlsplit(base_url).hostname or "")) or None
 
 
 def transport_error(exc: BaseException, *, started: bool, partial_usage: Usage | None = None) -> ProviderError:
