@@ -464,7 +464,9 @@ async def test_numeric_host_is_refused_before_connecting_as_at_start_up(
 ) -> None:
     # aiohttp refuses some of these spellings as invalid URLs and hands others to the resolver; the
     # provider applies the start-up check first, so each gets the same clear reason.
-    provider = OpenAICompatibleProvider(base_url=f"http://{host}:{upstream.port}/v1", api_key="k", sleep=sleeps)
+    provider = OpenAICompatibleProvider(
+        base_url=f"http://{host}:{upstream.port}/v1", api_key="k", options=UpstreamOptions(sleep=sleeps)
+    )
     try:
         _, error = await failing(provider)
     finally:
