@@ -46,7 +46,7 @@ function isSpace(ch) {
 }
 
 /** Length of the run of `ch` starting at `at`. */
-function runLength(text, at, ch) {
+export function runLength(text, at, ch) {
   let n = 0;
   while (text[at + n] === ch) n++;
   return n;

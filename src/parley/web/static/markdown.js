@@ -13,16 +13,20 @@
 //
 // This module reads the block structure; markdown-inline.js renders the text inside blocks.
 
-import { MAX_DEPTH, el, inline, safeHref } from './markdown-inline.js';
+import { MAX_DEPTH, el, inline, runLength, safeHref } from './markdown-inline.js';
 
 export { safeHref };
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$/;
-const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
+// Each pattern runs in linear time: no two of its quantifiers can take the same characters, so
+// a line that does not match is never re-split every possible way before failing (a heading
+// pattern ending `(.*?)(?:[ \t]+#+)?[ \t]*$` spent seconds on `# a`, 40,000 spaces and `x!`).
+// Fences and headings, whose optional parts would need such overlaps, are read by hand below.
 const RULE = /^ {0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$/;
 const QUOTE = /^ {0,3}> ?/;
 const ITEM = /^( {0,3})([-*+]|\d{1,9}[.)])(?:[ \t]+|$)/;
-const TABLE_DELIMITER = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
+// `| --- | :-: |`: each run of spaces is followed by something fixed (a `|`, a colon or dash,
+// the end of the line), never by another run of spaces.
+const TABLE_DELIMITER = /^(?: {0,3}\|)?[ \t]*:?-+:?(?:[ \t]*\|[ \t]*:?-+:?)*(?:[ \t]*\|)?[ \t]*$/;
 
 /** Render Markdown source to a DocumentFragment. */
 export function renderMarkdown(source) {
@@ -35,7 +39,6 @@ export function renderMarkdown(source) {
   return fragment;
 }
 
-
 function expandLeadingTabs(line) {
   const match = /^[ \t]+/.exec(line);
   if (!match || !match[0].includes('\t')) return line;
@@ -46,6 +49,57 @@ function expandLeadingTabs(line) {
 
 const isBlank = (line) => line.trim() === '';
 const indentOf = (line) => line.length - line.trimStart().length;
+const isSpaceOrTab = (ch) => ch === ' ' || ch === '\t';
+
+/** The run of three or more backticks or tildes after up to three spaces: `{fence, end}`; or null. */
+function fenceRun(line) {
+  let start = 0;
+  while (start < 3 && line[start] === ' ') start++;
+  const ch = line[start];
+  if (ch !== '`' && ch !== '~') return null;
+  const length = runLength(line, start, ch);
+  return length >= 3 ? { fence: line.slice(start, start + length), end: start + length } : null;
+}
+
+/** The line opening a fenced code block: `{fence, language}`; or null. */
+function openingFence(line) {
+  const run = fenceRun(line);
+  if (!run) return null;
+  const info = line.slice(run.end);
+  if (info.includes('`')) return null; // ```a``` is inline code, not a fence
+  return { fence: run.fence, language: /^[ \t]*(\S*)/.exec(info)[1] };
+}
+
+function closesFence(line, fence) {
+  const run = fenceRun(line);
+  return (
+    run !== null &&
+    run.fence[0] === fence[0] &&
+    run.fence.length >= fence.length &&
+    /^[ \t]*$/.test(line.slice(run.end))
+  );
+}
+
+/** An ATX heading (`## Title ##`): `{level, text}`; or null. */
+function atxHeading(line) {
+  let start = 0;
+  while (start < 3 && line[start] === ' ') start++;
+  const level = runLength(line, start, '#');
+  if (level < 1 || level > 6) return null;
+  start += level;
+  if (start < line.length && !isSpaceOrTab(line[start])) return null; // #hashtag
+  while (isSpaceOrTab(line[start])) start++;
+  let end = line.length;
+  while (end > start && isSpaceOrTab(line[end - 1])) end--;
+  // A closing run of #s is dropped when a space sets it off: `## a ##` is "a", `## a#` is "a#".
+  let hashes = end;
+  while (hashes > start && line[hashes - 1] === '#') hashes--;
+  if (hashes < end && hashes > start && isSpaceOrTab(line[hashes - 1])) {
+    end = hashes;
+    while (end > start && isSpaceOrTab(line[end - 1])) end--;
+  }
+  return { level, text: line.slice(start, end) };
+}
 
 function itemInfo(match) {
   const marker = match[2];
@@ -55,7 +109,7 @@ function itemInfo(match) {
 
 /** Whether `line` starts a block that ends a paragraph. */
 function interruptsParagraph(line) {
-  if (FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line)) return true;
+  if (openingFence(line) || atxHeading(line) || RULE.test(line) || QUOTE.test(line)) return true;
   const item = ITEM.exec(line);
   if (!item || isBlank(line.slice(item[0].length))) return false;
   // As in CommonMark, only "1." may interrupt a paragraph, so "2024. was a year" stays text.
@@ -77,12 +131,11 @@ function renderBlocks(lines, parent, depth, tight) {
       continue;
     }
     let match;
-    if ((match = FENCE.exec(line))) {
+    if ((match = openingFence(line))) {
       i = codeBlock(lines, i, match, parent);
-    } else if ((match = HEADING.exec(line))) {
-      const level = Math.min(match[1].length + 2, 6); // the page owns h1 and h2
-      const heading = el(`h${level}`);
-      inline(match[2] || '', heading, depth);
+    } else if ((match = atxHeading(line))) {
+      const heading = el(`h${Math.min(match.level + 2, 6)}`); // the page owns h1 and h2
+      inline(match.text, heading, depth);
       parent.append(heading);
       i++;
     } else if (RULE.test(line)) {
@@ -113,16 +166,13 @@ function renderBlocks(lines, parent, depth, tight) {
   }
 }
 
-function codeBlock(lines, i, match, parent) {
-  const fence = match[1];
-  const language = match[2];
+function codeBlock(lines, i, { fence, language }, parent) {
   const indent = indentOf(lines[i]);
   const body = [];
   i++;
   while (i < lines.length) {
     const line = lines[i];
-    const close = /^ {0,3}(`{3,}|~{3,})[ \t]*$/.exec(line);
-    if (close && close[1][0] === fence[0] && close[1].length >= fence.length) {
+    if (closesFence(line, fence)) {
       i++;
       break;
     }
@@ -254,21 +304,29 @@ function table(lines, i, parent, depth) {
     const right = spec.endsWith(':');
     return left && right ? 'center' : right ? 'right' : left ? 'left' : '';
   });
-  const row = (cells, tag) => {
+  const row = (cells, tag, width) => {
     const tr = el('tr');
-    header.forEach((_, column) => {
+    for (let column = 0; column < width; column++) {
       const cell = el(tag);
       if (aligns[column]) cell.className = `align-${aligns[column]}`; // classes: no inline style under CSP
       inline(cells[column] ?? '', cell, depth + 1);
       tr.append(cell);
-    });
+    }
     return tr;
   };
-  const thead = el('thead', row(header, 'th'));
+  const thead = el('thead', row(header, 'th', header.length));
   const tbody = el('tbody');
+  // Short rows are padded with empty cells to the header's width, but never with more cells in
+  // all than the table has characters: a wide header over many one-character rows would
+  // otherwise cost rows × columns elements.
+  let padding = lines[i].length + lines[i + 1].length;
   i += 2;
   while (i < lines.length && !isBlank(lines[i]) && lines[i].includes('|')) {
-    tbody.append(row(splitRow(lines[i]), 'td'));
+    const cells = splitRow(lines[i]);
+    padding += lines[i].length;
+    const width = Math.min(header.length, cells.length + padding);
+    padding -= Math.max(0, width - cells.length);
+    tbody.append(row(cells, 'td', width));
     i++;
   }
   // Wide tables scroll inside their own box instead of widening the page on a phone.
