@@ -21,13 +21,20 @@ export function safeHref(raw) {
   if (typeof raw !== 'string') return null;
   const candidate = raw.trim();
   if (!candidate) return null;
-  let url;
+  const url = parseUrl(candidate); // relative URLs fail too: a reply has no business linking into this app
+  return url && SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
+}
+
+/** `candidate` parsed as an absolute URL, or null. */
+function parseUrl(candidate) {
+  // URL.parse answers null where the constructor throws, and a thrown exception costs more than
+  // the parsing: a reply holding thousands of URL-like strings that are not URLs adds up.
+  if (URL.parse) return URL.parse(candidate);
   try {
-    url = new URL(candidate);
+    return new URL(candidate);
   } catch {
-    return null; // relative URLs too: a reply has no business linking into this app
+    return null;
   }
-  return SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
 }
 
 /** An element with these children (strings become text nodes). */
@@ -52,101 +59,252 @@ export function runLength(text, at, ch) {
   return n;
 }
 
-/** End index (exclusive) of a code span starting at `at`, with its content; or null. */
-function codeSpan(text, at) {
-  const open = runLength(text, at, '`');
-  let k = at + open;
-  while (k < text.length) {
-    const next = text.indexOf('`', k);
-    if (next === -1) return null;
-    const run = runLength(text, next, '`');
-    if (run === open) {
-      let content = text.slice(at + open, next).replace(/\n/g, ' ');
-      if (content.length > 2 && content.startsWith(' ') && content.endsWith(' ') && content.trim()) {
-        content = content.slice(1, -1);
-      }
-      return { end: next + run, content };
-    }
-    k = next + run;
+const NEWLINE = /\n/g;
+const ANGLE_CLOSE = />/g;
+const DOUBLE_QUOTE = /"/g;
+const SINGLE_QUOTE = /'/g;
+const URL_END = /[\s<>]/g;
+const URL_TRAILING_PUNCTUATION = '.,:;!?\'"*_~';
+const MAX_BARE_URL = 2048;
+const UNKNOWN = -2; // in InlineText's tables: not worked out yet
+
+/** The first index of the sorted `list` whose value is at least `value` (list.length if none). */
+function lowerBound(list, value) {
+  let low = 0;
+  let high = list.length;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (list[middle] < value) low = middle + 1;
+    else high = middle;
   }
-  return null;
+  return low;
 }
 
-/** Index of the `]` matching the `[` at `at`, or -1. */
-function closingBracket(text, at) {
-  let depth = 0;
-  const limit = Math.min(text.length, at + MAX_LINK_TEXT);
-  for (let k = at; k < limit; k++) {
-    const ch = text[k];
-    if (ch === '\\') {
-      k++;
-    } else if (ch === '`') {
-      const span = codeSpan(text, k);
-      if (span) k = span.end - 1;
-    } else if (ch === '[') {
-      depth++;
-    } else if (ch === ']') {
-      depth--;
-      if (depth === 0) return k;
-    }
+/**
+ * One inline text with the indexes its searches use, each built in one pass on first use.
+ *
+ * The parser searches forward from every backtick, `[`, `(` and URL it meets. Searching the
+ * text itself would read the same stretch again from each of them (quadratic time on a reply
+ * of unclosed brackets or backticks); these answers are binary searches or remembered results.
+ */
+class InlineText {
+  constructor(text) {
+    this.text = text;
+    this.matches = new Map(); // global pattern → sorted indexes where it matches
+    this.backtickRuns = null; // run length → sorted starts of the backtick runs of that length
+    this.parenCounts = null; // [opening, closing] parentheses before each index
+    this.closingBrackets = null; // index of a `[` → index of its `]`, or -1
+    this.destinationEnds = null; // index where a link destination starts → where it ends
   }
-  return -1;
+
+  /** A table with an entry for each index of the text, all UNKNOWN at first. */
+  perIndex() {
+    return new Int32Array(this.text.length + 1).fill(UNKNOWN);
+  }
+
+  /** The first index at or after `from` where the global `pattern` matches, or -1. */
+  next(pattern, from) {
+    let found = this.matches.get(pattern);
+    if (!found) {
+      found = Array.from(this.text.matchAll(pattern), (match) => match.index);
+      this.matches.set(pattern, found);
+    }
+    const at = lowerBound(found, from);
+    return at < found.length ? found[at] : -1;
+  }
+
+  /** Start of the first run of exactly `length` backticks at or after `from`, or -1. */
+  backtickRun(length, from) {
+    if (!this.backtickRuns) {
+      this.backtickRuns = new Map();
+      for (const { index, 0: run } of this.text.matchAll(/`+/g)) {
+        if (!this.backtickRuns.has(run.length)) this.backtickRuns.set(run.length, []);
+        this.backtickRuns.get(run.length).push(index);
+      }
+    }
+    const starts = this.backtickRuns.get(length) ?? [];
+    const at = lowerBound(starts, from);
+    return at < starts.length ? starts[at] : -1;
+  }
+
+  /** How many `(` and `)` the text has in [start, end). */
+  parentheses(start, end) {
+    if (!this.parenCounts) {
+      const opening = new Int32Array(this.text.length + 1);
+      const closing = new Int32Array(this.text.length + 1);
+      for (let k = 0; k < this.text.length; k++) {
+        opening[k + 1] = opening[k] + (this.text[k] === '(' ? 1 : 0);
+        closing[k + 1] = closing[k] + (this.text[k] === ')' ? 1 : 0);
+      }
+      this.parenCounts = [opening, closing];
+    }
+    const [opening, closing] = this.parenCounts;
+    return [opening[end] - opening[start], closing[end] - closing[start]];
+  }
+}
+
+/** End index (exclusive) of a code span starting at `at`, or -1. */
+function codeSpanEnd(source, at) {
+  const open = runLength(source.text, at, '`');
+  // The closer is the next run of exactly as many backticks (runs of other lengths are text).
+  const close = source.backtickRun(open, at + open);
+  return close === -1 ? -1 : close + open;
+}
+
+/** End index (exclusive) of a code span starting at `at`, with its content; or null. */
+function codeSpan(source, at) {
+  const end = codeSpanEnd(source, at);
+  if (end === -1) return null;
+  const open = runLength(source.text, at, '`');
+  let content = source.text.slice(at + open, end - open).replace(/\n/g, ' ');
+  if (content.length > 2 && content.startsWith(' ') && content.endsWith(' ') && content.trim()) {
+    content = content.slice(1, -1);
+  }
+  return { end, content };
+}
+
+/**
+ * Index of the `]` matching the `[` at `at`, or -1.
+ *
+ * Each `[` is scanned once: a nested `[` is settled first, remembered, and skipped as a whole
+ * by the brackets around it. A stack stands in for recursion, so deep nesting costs no call stack.
+ */
+function closingBracket(source, at) {
+  const { text } = source;
+  source.closingBrackets ??= source.perIndex();
+  const known = source.closingBrackets;
+  if (known[at] !== UNKNOWN) return known[at];
+  const open = [at];
+  let k = at + 1;
+  while (open.length > 0) {
+    const start = open[open.length - 1];
+    let close;
+    if (k >= Math.min(text.length, start + MAX_LINK_TEXT)) {
+      close = -1;
+    } else if (text[k] === '\\') {
+      k += 2;
+    } else if (text[k] === '`') {
+      const end = codeSpanEnd(source, k);
+      k = end === -1 ? k + 1 : end;
+    } else if (text[k] === ']') {
+      close = k;
+    } else if (text[k] === '[') {
+      const inner = known[k];
+      if (inner === UNKNOWN) {
+        open.push(k);
+        k++;
+      } else if (inner === -1) {
+        close = -1; // the inner `[` never closes, so neither does this one
+      } else {
+        k = inner + 1;
+      }
+    } else {
+      k++;
+    }
+    if (close === undefined) continue;
+    known[start] = close;
+    open.pop();
+    k = start; // the enclosing scan resumes at this `[`, now known
+  }
+  return known[at];
+}
+
+/**
+ * Where a link destination starting at `from` ends: at whitespace, at a `)` that closes no `(`
+ * of its own, or at the end of the text. Nested parentheses are settled and remembered like
+ * brackets in closingBracket, so each is scanned once.
+ */
+function destinationEnd(source, from) {
+  const { text } = source;
+  source.destinationEnds ??= source.perIndex();
+  const known = source.destinationEnds;
+  if (known[from] !== UNKNOWN) return known[from];
+  const starts = [from];
+  let k = from;
+  while (starts.length > 0) {
+    const start = starts[starts.length - 1];
+    let end;
+    const ch = text[k];
+    if (k >= text.length || ch === ')' || /\s/.test(ch)) {
+      end = k;
+    } else if (ch === '\\' && k + 1 < text.length) {
+      k += 2;
+    } else if (ch === '(') {
+      const inner = known[k + 1];
+      if (inner === UNKNOWN) {
+        starts.push(k + 1);
+        k++;
+      } else if (text[inner] === ')') {
+        k = inner + 1;
+      } else {
+        end = inner; // whitespace or the end inside the parentheses ends this destination too
+      }
+    } else {
+      k++;
+    }
+    if (end === undefined) continue;
+    known[start] = end;
+    starts.pop();
+    k = start - 1; // the enclosing scan resumes at the `(`, now known
+  }
+  return known[from];
 }
 
 /** Parse `(destination "title")` at `at`; returns {href, end} or null. */
-function linkTarget(text, at) {
+function linkTarget(source, at) {
+  const { text } = source;
   if (text[at] !== '(') return null;
   let k = at + 1;
   while (text[k] === ' ' || text[k] === '\t') k++;
-  let href = '';
-  if (text[k] === '<') {
-    const close = text.indexOf('>', k + 1);
-    if (close === -1 || text.slice(k + 1, close).includes('\n')) return null;
-    href = text.slice(k + 1, close);
-    k = close + 1;
+  const angled = text[k] === '<';
+  const start = angled ? k + 1 : k;
+  let end;
+  if (angled) {
+    end = source.next(ANGLE_CLOSE, start);
+    const newline = source.next(NEWLINE, start);
+    if (end === -1 || (newline !== -1 && newline < end)) return null;
+    k = end + 1;
   } else {
-    let parens = 0;
-    const start = k;
-    for (; k < text.length; k++) {
-      const ch = text[k];
-      if (ch === '\\' && k + 1 < text.length) {
-        k++;
-      } else if (ch === '(') {
-        parens++;
-      } else if (ch === ')') {
-        if (parens === 0) break;
-        parens--;
-      } else if (/\s/.test(ch)) {
-        break;
-      }
-    }
-    href = text.slice(start, k).replace(/\\([!-/:-@[-`{-~])/g, '$1');
+    end = destinationEnd(source, start);
+    k = end;
   }
   while (text[k] === ' ' || text[k] === '\t' || text[k] === '\n') k++;
   const quote = text[k];
   if (quote === '"' || quote === "'") {
-    const close = text.indexOf(quote, k + 1);
+    const close = source.next(quote === '"' ? DOUBLE_QUOTE : SINGLE_QUOTE, k + 1);
     if (close === -1) return null;
     k = close + 1;
     while (text[k] === ' ' || text[k] === '\t') k++;
   }
   if (text[k] !== ')') return null;
-  return { href, end: k + 1 };
+  // Only now, for a link that is one, is the destination copied (once per link, not per attempt).
+  const href = text.slice(start, end);
+  return { href: angled ? href : href.replace(/\\([!-/:-@[-`{-~])/g, '$1'), end: k + 1 };
 }
 
-const TRAILING_URL_PUNCTUATION = /[.,:;!?'"*_~]+$/;
+/** `end` moved back over any trailing punctuation a sentence puts after a URL. */
+function withoutTrailingPunctuation(text, start, end) {
+  while (end > start && URL_TRAILING_PUNCTUATION.includes(text[end - 1])) end--;
+  return end;
+}
 
 /** A bare http(s) URL starting at `at`, trimmed of trailing punctuation; or null. */
-function bareUrl(text, at) {
+function bareUrl(source, at) {
+  const { text } = source;
   if (isWordChar(text[at - 1])) return null;
-  const match = /^https?:\/\/[^\s<>]+/.exec(text.slice(at, at + 2048));
-  if (!match) return null;
-  let url = match[0].replace(TRAILING_URL_PUNCTUATION, '');
+  const scheme = text.startsWith('https://', at) ? 8 : text.startsWith('http://', at) ? 7 : 0;
+  if (!scheme) return null;
+  const stop = source.next(URL_END, at + scheme);
+  let end = Math.min(stop === -1 ? text.length : stop, at + MAX_BARE_URL);
+  if (end === at + scheme) return null;
+  end = withoutTrailingPunctuation(text, at, end);
   // A closing parenthesis belongs to the URL only when it has an opening one, as in Wikipedia links.
-  while (url.endsWith(')') && (url.match(/\(/g) || []).length < (url.match(/\)/g) || []).length) {
-    url = url.slice(0, -1).replace(TRAILING_URL_PUNCTUATION, '');
+  let [opening, closing] = source.parentheses(at, end);
+  while (text[end - 1] === ')' && opening < closing) {
+    closing--;
+    end = withoutTrailingPunctuation(text, at, end - 1);
   }
-  return url.length > 'https://'.length ? url : null;
+  return end - at > 'https://'.length ? text.slice(at, end) : null;
 }
 
 function makeLink(href, title) {
@@ -190,6 +348,7 @@ export function inline(text, parent, depth, inLink = false) {
     if (buffer) parent.append(buffer); // a string argument becomes a text node
     buffer = '';
   };
+  const source = new InlineText(text);
   const failed = new Set(); // delimiters with no closer further on: skip re-searching (linear time)
   const lastBracket = text.lastIndexOf(']');
   let i = 0;
@@ -218,7 +377,7 @@ export function inline(text, parent, depth, inLink = false) {
     }
 
     if (ch === '`') {
-      const span = codeSpan(text, i);
+      const span = codeSpan(source, i);
       if (span) {
         flush();
         parent.append(el('code', span.content));
@@ -233,8 +392,8 @@ export function inline(text, parent, depth, inLink = false) {
 
     if ((ch === '[' || (ch === '!' && text[i + 1] === '[')) && !inLink) {
       const open = ch === '!' ? i + 1 : i;
-      const close = open < lastBracket ? closingBracket(text, open) : -1;
-      const target = close === -1 ? null : linkTarget(text, close + 1);
+      const close = open < lastBracket ? closingBracket(source, open) : -1;
+      const target = close === -1 ? null : linkTarget(source, close + 1);
       if (target) {
         const label = text.slice(open + 1, close);
         const href = safeHref(target.href);
@@ -272,7 +431,7 @@ export function inline(text, parent, depth, inLink = false) {
     }
 
     if (ch === 'h' && !inLink) {
-      const url = bareUrl(text, i);
+      const url = bareUrl(source, i);
       const href = url && safeHref(url);
       if (href) {
         flush();
