@@ -90,7 +90,7 @@ function lowerBound(list, value) {
 class InlineText {
   constructor(text) {
     this.text = text;
-    this.matches = new Map(); // global pattern → sorted indexes where it matches
+    this.matches = null; // global pattern → sorted indexes where it matches
     this.backtickRuns = null; // run length → sorted starts of the backtick runs of that length
     this.parenCounts = null; // [opening, closing] parentheses before each index
     this.closingBrackets = null; // index of a `[` → index of its `]`, or -1
@@ -104,6 +104,7 @@ class InlineText {
 
   /** The first index at or after `from` where the global `pattern` matches, or -1. */
   next(pattern, from) {
+    this.matches ??= new Map();
     let found = this.matches.get(pattern);
     if (!found) {
       found = Array.from(this.text.matchAll(pattern), (match) => match.index);
@@ -164,6 +165,22 @@ function codeSpan(source, at) {
 }
 
 /**
+ * Where a scan for `]` goes on after the backtick run at `at`: past the code span it opens; or,
+ * when it opens none, past the one opened by the rest of the run from the first later backtick
+ * before `limit` that opens one; or past the run.
+ */
+function afterBackticks(source, at, limit) {
+  const runEnd = at + runLength(source.text, at, '`');
+  // Each backtick is tried as it comes, but with the run's length known: recounting the rest of
+  // a long run from every one of its backticks would take quadratic time.
+  for (let k = at; k < Math.min(runEnd, limit); k++) {
+    const close = source.backtickRun(runEnd - k, runEnd);
+    if (close !== -1) return close + runEnd - k;
+  }
+  return runEnd;
+}
+
+/**
  * Index of the `]` matching the `[` at `at`, or -1.
  *
  * Each `[` is scanned once: a nested `[` is settled first, remembered, and skipped as a whole
@@ -178,14 +195,14 @@ function closingBracket(source, at) {
   let k = at + 1;
   while (open.length > 0) {
     const start = open[open.length - 1];
+    const limit = Math.min(text.length, start + MAX_LINK_TEXT);
     let close;
-    if (k >= Math.min(text.length, start + MAX_LINK_TEXT)) {
+    if (k >= limit) {
       close = -1;
     } else if (text[k] === '\\') {
       k += 2;
     } else if (text[k] === '`') {
-      const end = codeSpanEnd(source, k);
-      k = end === -1 ? k + 1 : end;
+      k = afterBackticks(source, k, limit);
     } else if (text[k] === ']') {
       close = k;
     } else if (text[k] === '[') {
@@ -336,9 +353,11 @@ function closingDelimiter(text, from, ch, size) {
 }
 
 const EMPHASIS_TAGS = { 1: 'em', 2: 'strong' };
+const SYNTAX_START = /[\\\n`[!<h*_~]/g; // the characters the loop below acts on
 
 /** Append the inline content of `text` to `parent`. */
 export function inline(text, parent, depth, inLink = false) {
+  if (!text) return; // empty table cells are common: no parser state for them
   if (depth > MAX_DEPTH) {
     parent.append(text);
     return;
@@ -469,8 +488,11 @@ export function inline(text, parent, depth, inLink = false) {
       continue;
     }
 
-    buffer += ch;
-    i++;
+    // Plain text runs to the next character that can start syntax: copy it in one step.
+    SYNTAX_START.lastIndex = i + 1;
+    const next = SYNTAX_START.test(text) ? SYNTAX_START.lastIndex - 1 : text.length;
+    buffer += text.slice(i, next);
+    i = next;
   }
   flush();
 }
