@@ -1,4 +1,5 @@
-"""The page's Markdown renderer run in Node.js: bounded time on hostile input.
+"""The page's Markdown renderer run in Node.js: bounded time on hostile input, and a streamed
+render that equals a full one while leaving finished blocks alone.
 
 Node runs the very files the page serves (ES modules, no build step) with a small fake DOM from
 tests/web/node/fake_dom.mjs; the browser tests run the same modules in Chromium.
@@ -50,3 +51,16 @@ def test_markdown_renders_hostile_input_in_bounded_time() -> None:
     assert all(r["length"] >= 20_000 for r in results)
     slow = [f"{r['name']} ({r['length']:,} characters): {r['ms']} ms" for r in results if r["ms"] >= BOUND_MS]
     assert not slow, "rendering took too long:\n" + "\n".join(slow)
+
+
+def test_streamed_markdown_equals_a_full_render_and_leaves_finished_blocks_alone() -> None:
+    same, open_text = run_node("streaming_check.mjs", str(STATIC / "markdown.js"))
+    assert same["check"] == "same as a full render"
+    assert same["mismatches"] == []
+    assert same["renders"] > 20_000
+    assert same["touched"] == 0, "nodes of finished blocks were replaced"
+    assert same["finishedBlocks"] > 1_000  # blocks were finished and left alone, not all re-rendered
+    # Each render of a long reply parses a short open end, not everything received so far.
+    assert open_text["check"] == "open text"
+    assert open_text["renders"] > 1_000
+    assert open_text["longestOpen"] < 300 < open_text["length"] / 100

@@ -2,7 +2,8 @@
 //
 // Enough for markdown.js and markdown-inline.js: createElement, createDocumentFragment, append
 // (strings become text nodes, a fragment gives up its children), remove, lastChild and
-// childNodes. `serialize` writes a tree out as HTML-like text, so two renders can be compared.
+// childNodes. `serializeChildren` writes a tree out as HTML-like text, so two renders can be
+// compared.
 // The discarding document keeps nothing: timing with it measures the renderer's own work, not
 // the garbage collector walking a tree of a few hundred thousand kept nodes.
 
@@ -78,10 +79,14 @@ class FakeElement extends FakeParent {
 const INTERNAL = new Set(['childNodes', 'parentNode', 'tagName']);
 const escape = (text) => String(text).replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 
-/** A tree as HTML-like text: tags, the properties and data attributes set on them, and text. */
-export function serialize(node) {
+/** A node's children as HTML-like text: tags, the properties and data attributes set on them, and text. */
+export function serializeChildren(node) {
+  return node.childNodes.map(serialize).join('');
+}
+
+function serialize(node) {
   if (node instanceof FakeText) return escape(node.data);
-  const inner = node.childNodes.map(serialize).join('');
+  const inner = serializeChildren(node);
   if (!(node instanceof FakeElement)) return inner;
   const tag = node.tagName.toLowerCase();
   const properties = Object.entries(node).filter(([name]) => !INTERNAL.has(name));

@@ -31,12 +31,58 @@ const TABLE_DELIMITER = /^(?: {0,3}\|)?[ \t]*:?-+:?(?:[ \t]*\|[ \t]*:?-+:?)*(?:[
 /** Render Markdown source to a DocumentFragment. */
 export function renderMarkdown(source) {
   const fragment = document.createDocumentFragment();
-  const lines = String(source ?? '')
-    .replace(/\r\n?/g, '\n')
-    .split('\n')
-    .map(expandLeadingTabs);
-  renderBlocks(lines, fragment, 0, false);
+  renderBlocks(splitLines(String(source ?? '')), fragment, 0, false);
   return fragment;
+}
+
+/**
+ * Renders a growing reply into `container`, parsing only its unfinished end each time.
+ *
+ * A block is finished once the block after it has begun on a complete line (one a line break
+ * follows). Text appended later only lengthens the last line or adds lines, and no block looks
+ * further ahead than the first non-blank line after its end (a list, to see whether another
+ * item follows): so how the text before that complete line parses can no longer change.
+ * Finished blocks are rendered once and left alone, and after every render the container holds
+ * exactly what renderMarkdown(source) makes.
+ */
+export class MarkdownStream {
+  constructor(container) {
+    this.container = container;
+    this.finished = ''; // the source of the finished blocks
+    this.finishedNodes = 0; // the container's children they rendered to
+  }
+
+  render(source) {
+    const text = String(source ?? '');
+    if (!text.startsWith(this.finished)) {
+      this.finished = ''; // not a continuation of the text rendered so far: start over
+      this.finishedNodes = 0;
+    }
+    const open = text.slice(this.finished.length);
+    const lines = splitLines(open);
+    const fragment = document.createDocumentFragment();
+    const blocks = [];
+    renderBlocks(lines, fragment, 0, false, blocks);
+    const { container } = this;
+    while (container.childNodes.length > this.finishedNodes) container.lastChild.remove();
+    container.append(fragment);
+    const last = blocks.findLast(({ line }) => line > 0 && line < lines.length - 1);
+    if (last) {
+      this.finished = text.slice(0, this.finished.length + lineStart(open, last.line));
+      this.finishedNodes += last.nodes;
+    }
+  }
+}
+
+function splitLines(source) {
+  return source.split(/\r\n?|\n/).map(expandLeadingTabs);
+}
+
+/** Where line number `line` of `text` starts, with the line breaks splitLines splits at. */
+function lineStart(text, line) {
+  const breaks = /\r\n?|\n/g;
+  for (let n = 0; n < line; n++) breaks.exec(text);
+  return breaks.lastIndex;
 }
 
 function expandLeadingTabs(line) {
@@ -117,7 +163,8 @@ function interruptsParagraph(line) {
   return !info.ordered || info.start === 1;
 }
 
-function renderBlocks(lines, parent, depth, tight) {
+/** Render `lines` as blocks into `parent`; `blocks` (if given) gets each one's first line and node. */
+function renderBlocks(lines, parent, depth, tight, blocks = null) {
   if (depth > MAX_DEPTH) {
     parent.append(lines.join('\n'));
     return;
@@ -130,6 +177,7 @@ function renderBlocks(lines, parent, depth, tight) {
       i++;
       continue;
     }
+    blocks?.push({ line: i, nodes: parent.childNodes.length });
     let match;
     if ((match = openingFence(line))) {
       i = codeBlock(lines, i, match, parent);
