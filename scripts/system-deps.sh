@@ -4,6 +4,7 @@
 #   postgresql: the suite runs on PostgreSQL too (a throwaway cluster, started by the tests).
 #   g++: builds llama-cpp-python once when its wheel is not cached yet.
 #   chromium: the browser tests of the chat page (tests/web), driven by Playwright.
+#   nodejs: runs the chat page's Markdown renderer in the timing tests (tests/web/node).
 set -euo pipefail
 
 need=()
@@ -11,6 +12,7 @@ command -v tmux >/dev/null 2>&1 || need+=(tmux)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
