@@ -95,6 +95,7 @@ class InlineText {
     this.parenCounts = null; // [opening, closing] parentheses before each index
     this.closingBrackets = null; // index of a `[` → index of its `]`, or -1
     this.destinationEnds = null; // index where a link destination starts → where it ends
+    this.linkEnds = null; // index where a link destination ends → where the link ends, or -1
   }
 
   /** A table with an entry for each index of the text, all UNKNOWN at first. */
@@ -280,23 +281,36 @@ function linkTarget(source, at) {
     end = source.next(ANGLE_CLOSE, start);
     const newline = source.next(NEWLINE, start);
     if (end === -1 || (newline !== -1 && newline < end)) return null;
-    k = end + 1;
   } else {
     end = destinationEnd(source, start);
-    k = end;
   }
+  const close = linkEnd(source, angled ? end + 1 : end);
+  if (close === -1) return null;
+  // Only now, for a link that is one, is the destination copied (once per link, not per attempt).
+  const href = text.slice(start, end);
+  return { href: angled ? href : href.replace(/\\([!-/:-@[-`{-~])/g, '$1'), end: close };
+}
+
+/**
+ * The index just past the `)` of a link whose destination is followed by `at`, after an
+ * optional title in quotes; or -1. Remembered: many destinations can end at the same place,
+ * and each would otherwise skip the same run of spaces again.
+ */
+function linkEnd(source, at) {
+  source.linkEnds ??= source.perIndex();
+  const known = source.linkEnds;
+  if (known[at] !== UNKNOWN) return known[at];
+  const { text } = source;
+  let k = at;
   while (text[k] === ' ' || text[k] === '\t' || text[k] === '\n') k++;
   const quote = text[k];
   if (quote === '"' || quote === "'") {
     const close = source.next(quote === '"' ? DOUBLE_QUOTE : SINGLE_QUOTE, k + 1);
-    if (close === -1) return null;
-    k = close + 1;
-    while (text[k] === ' ' || text[k] === '\t') k++;
+    k = close === -1 ? -1 : close + 1;
+    while (k !== -1 && (text[k] === ' ' || text[k] === '\t')) k++;
   }
-  if (text[k] !== ')') return null;
-  // Only now, for a link that is one, is the destination copied (once per link, not per attempt).
-  const href = text.slice(start, end);
-  return { href: angled ? href : href.replace(/\\([!-/:-@[-`{-~])/g, '$1'), end: k + 1 };
+  known[at] = k !== -1 && text[k] === ')' ? k + 1 : -1;
+  return known[at];
 }
 
 /** `end` moved back over any trailing punctuation a sentence puts after a URL. */
