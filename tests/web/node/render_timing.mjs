@@ -48,6 +48,7 @@ function probes() {
     'list: - nested without end': repeat('- '),
     'list: digits and dots': repeat('1234567890.'),
     'quote: > nested without end': repeat('> '),
+    'quote: nested, then many lazy lines': repeat('>', SIZE / 3) + repeat('a\n', (SIZE * 2) / 3),
     'brackets: [ without end, then ]': repeat('[') + ']',
     'brackets: [` repeated, then ]': repeat('[`') + ']',
     'brackets: ( without end': repeat('('),
