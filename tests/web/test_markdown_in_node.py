@@ -30,6 +30,8 @@ def run_node(script: str, *args: str) -> list[dict[str, Any]]:
             "`make system-deps` installs it). The Markdown renderer's timing tests run in it.",
             pytrace=False,
         )
+    # One thread, so the CPU time a script measures is the renderer's own (no background
+    # compiler or collector threads), and gc() exposed, so each timed render starts clean.
     command = [node, "--single-threaded", "--expose-gc", str(NODE_SCRIPTS / script), *args]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=NODE_TIMEOUT_S, check=False)
