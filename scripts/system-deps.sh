@@ -6,6 +6,7 @@
 #   chromium: the browser tests of the chat page (tests/web), driven by Playwright.
 #   redis-server: a throwaway Redis per test (tests/support/redis.py) carries live streams between processes.
 #   nginx: the load balancer in front of several parley processes (tests/support/nginx.py).
+#   nodejs: runs the chat page's Markdown renderer in the timing tests (tests/web/node).
 set -euo pipefail
 
 need=()
@@ -15,6 +16,7 @@ command -v g++ >/dev/null 2>&1 || need+=(g++)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -233,3 +233,106 @@ def test_sse_parser_and_retry_after(web_server: WebServerFactory, open_page: Ope
     retry = result["retry"]
     assert retry[:3] == [30, None, None]
     assert 85 <= retry[3] <= 91
+
+
+def _hostile_long_reply() -> list[str]:
+    """About 130 KB of Markdown built to be slow, between ordinary blocks, in 1 KB deltas."""
+    parts = [
+        "Some ordinary **text** first, with a [link](https://example.com/start).\n\n",
+        "# a" + " " * 40_000 + "x!\n\n",
+        "- a list\n- of items\n\n",
+        "[" * 20_000 + "]\n\n",
+        "(https://[" * 3_000 + "\n\n",
+        "*a " * 5_000 + "\n\n",
+        "```\n" + ("```" + " " * 500 + "x\n") * 40 + "```\n\n",
+        "`` a " + "`" * 5_000 + "\n\n",
+        "The end, with a [link](https://example.com/end).",
+    ]
+    text = "".join(parts)
+    return [text[at : at + 1000] for at in range(0, len(text), 1000)]
+
+
+def test_a_long_hostile_reply_streams_without_freezing_the_page(
+    web_server: WebServerFactory, tenants: Tenants, open_page: OpenPage
+) -> None:
+    tokens = _hostile_long_reply()
+    server = web_server(ScriptedProvider(Reply(tokens=tokens, delay=0.005)))
+    chat = open_page(server).sign_in(tenants.a1)
+    # A timer that should fire every 20 ms records how late it ever was: the page's main thread
+    # was busy for that long at a stretch. And the reply's first paragraph, once later blocks
+    # follow it, is kept: a finished block is not rendered again.
+    chat.page.evaluate(
+        """() => {
+            window.__longestStall = 0;
+            let last = performance.now();
+            window.__stallTimer = setInterval(() => {
+                const now = performance.now();
+                window.__longestStall = Math.max(window.__longestStall, now - last - 20);
+                last = now;
+            }, 20);
+            window.__firstBlock = null;
+            new MutationObserver(() => {
+                const replies = document.querySelectorAll('article.message.assistant .content');
+                const reply = replies[replies.length - 1];
+                if (window.__firstBlock || !reply || reply.children.length < 3) return;
+                window.__firstBlock = reply.firstElementChild;
+            }).observe(document.querySelector('#messages'), { childList: true, subtree: true });
+        }"""
+    )
+    chat.send("Say something long")
+    chat.wait_for_turn_end(timeout=60_000)
+    stall = chat.page.evaluate("() => { clearInterval(window.__stallTimer); return window.__longestStall; }")
+    assert stall < 500, f"the page stalled for {stall:.0f} ms while the reply streamed"
+    kept = chat.page.evaluate(
+        """() => window.__firstBlock !== null && window.__firstBlock.isConnected
+            && window.__firstBlock.textContent.startsWith('Some ordinary text first')"""
+    )
+    assert kept, "the reply's first paragraph was rendered again after later blocks followed it"
+
+    # What streamed is exactly what rendering the whole reply at once makes.
+    same = chat.page.evaluate(
+        """async (text) => {
+            const { renderMarkdown } = await import('/static/markdown.js');
+            const box = document.createElement('div');
+            box.append(renderMarkdown(text));
+            const shown = document.querySelectorAll('article.message.assistant .content');
+            return box.innerHTML === shown[shown.length - 1].innerHTML;  // comparing serialisations of two trees
+        }""",
+        "".join(tokens),
+    )
+    assert same, "the streamed reply differs from a full render of it"
+    found = chat.page.evaluate(INERT_CHECK)
+    assert found["risky"] == [], found
+    assert found["handlers"] == 0, found
+    assert found["images"] == 0, found
+    assert set(found["links"]) == {"https://example.com/start", "https://example.com/end"}, found
+
+
+def test_a_long_table_streams_while_the_page_stays_responsive(
+    web_server: WebServerFactory, tenants: Tenants, open_page: OpenPage
+) -> None:
+    # A table is one block, rendered again as each row arrives; a big one costs the browser
+    # hundreds of milliseconds of layout each time.
+    header = "| " + " | ".join(f"c{n}" for n in range(8)) + " |\n" + "|---" * 8 + "|\n"
+    rows = ["| " + " | ".join(f"r{row}c{n} *x*" for n in range(8)) + " |\n" for row in range(3000)]
+    server = web_server(ScriptedProvider(Reply(tokens=[header, *rows], delay=0.002, per_read=2)))
+    chat = open_page(server).sign_in(tenants.a1)
+    chat.page.evaluate(
+        """() => {
+            window.__ticks = 0;
+            window.__ticker = setInterval(() => { window.__ticks++; }, 10);
+            window.__started = performance.now();
+        }"""
+    )
+    chat.send("A long table please")
+    chat.wait_for_turn_end(timeout=60_000)
+    ticks, expected = chat.page.evaluate(
+        """() => {
+            clearInterval(window.__ticker);
+            return [window.__ticks, (performance.now() - window.__started) / 10];
+        }"""
+    )
+    # A 10 ms timer fires at least a fifth of the times it should: the main thread keeps time
+    # for the user while the table grows.
+    assert ticks >= 0.2 * expected, f"a 10 ms timer fired {ticks} times in {expected * 10:.0f} ms"
+    assert chat.page.locator("article.message.assistant tbody tr").count() == 3000

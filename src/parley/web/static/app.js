@@ -517,6 +517,8 @@ function beginTurn(sessionId, saved = {}) {
     error: saved.error ?? null,
     stopRequested: false,
     renderQueued: false,
+    renderedAt: 0, // performance.now() when the last render ended
+    renderCost: 0, // how long it took, in ms
   };
   state.turn = turn;
   setBusy(true);
@@ -536,19 +538,31 @@ function ensureView(turn) {
 function renderTurn(turn) {
   turn.renderQueued = false;
   if (!turn.view) return;
+  const started = performance.now();
   const stick = nearBottom();
   turn.view.render(turn.content, turn.reasoning);
   if (turn.content) turn.view.setStatus('');
   if (stick) scrollToBottom();
+  saveTurn(turn); // with the render, not after every delta: it writes the whole reply so far
+  turn.renderedAt = performance.now();
+  turn.renderCost = turn.renderedAt - started;
 }
 
-/** Re-render at most once per animation frame however many tokens arrive. */
+/**
+ * Re-render at most once per animation frame however many tokens arrive. After a slow render
+ * (a long block still open, such as a big table) wait four times as long as it took: rendering
+ * then keeps at most a fifth of the main thread, and input, timers and the stream go on.
+ */
 function queueRender(turn) {
   if (turn.renderQueued) return;
   turn.renderQueued = true;
-  requestAnimationFrame(() => {
-    if (turn.renderQueued) renderTurn(turn);
-  });
+  const render = () =>
+    requestAnimationFrame(() => {
+      if (turn.renderQueued) renderTurn(turn);
+    });
+  const wait = turn.renderedAt + 4 * turn.renderCost - performance.now();
+  if (wait > 0) setTimeout(render, wait);
+  else render();
 }
 
 function applyEvent(turn, type, data) {
@@ -604,7 +618,9 @@ async function consume(turn, response) {
         finishTurn(turn);
         return 'done';
       }
-      saveTurn(turn);
+      // A delta is saved by the render it queued: saving the whole reply after each one made a
+      // long reply quadratic.
+      if (frame.event !== 'content_delta' && frame.event !== 'reasoning_delta') saveTurn(turn);
     }
   } catch (err) {
     if (turn.controller.signal.aborted || isAbort(err)) return 'aborted';

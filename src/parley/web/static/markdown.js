@@ -10,52 +10,79 @@
 // fenced code blocks, bullet and ordered lists (nested by indentation), block quotes,
 // thematic breaks, pipe tables, and inline code, emphasis, strong, strikethrough, links,
 // autolinks and bare URLs. Unterminated constructs (common mid-stream) render as text.
+//
+// This module reads the block structure; markdown-inline.js renders the text inside blocks.
 
-const SAFE_PROTOCOLS = new Set(['http:', 'https:', 'mailto:']);
-const PUNCTUATION = '!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~';
-const MAX_DEPTH = 12; // nesting deeper than this renders as text: bounded work on any input
-const MAX_LINK_TEXT = 2000;
+import { MAX_DEPTH, el, inline, runLength, safeHref } from './markdown-inline.js';
 
-const FENCE = /^ {0,3}(`{3,}|~{3,})[ \t]*([^\s`]*)[^`]*$/;
-const HEADING = /^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$/;
+export { safeHref };
+
+// Each pattern runs in linear time: no two of its quantifiers can take the same characters, so
+// a line that does not match is never re-split every possible way before failing (a heading
+// pattern ending `(.*?)(?:[ \t]+#+)?[ \t]*$` spent seconds on `# a`, 40,000 spaces and `x!`).
+// Fences and headings, whose optional parts would need such overlaps, are read by hand below.
 const RULE = /^ {0,3}(?:(?:-[ \t]*){3,}|(?:\*[ \t]*){3,}|(?:_[ \t]*){3,})$/;
 const QUOTE = /^ {0,3}> ?/;
 const ITEM = /^( {0,3})([-*+]|\d{1,9}[.)])(?:[ \t]+|$)/;
-const TABLE_DELIMITER = /^ {0,3}\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$/;
-
-/**
- * The URL to use for a link, or null when it must not become a link.
- * Only absolute http, https and mailto URLs pass; the URL parser normalises the usual tricks
- * (case, embedded tabs and newlines, leading control characters) before the check.
- */
-export function safeHref(raw) {
-  if (typeof raw !== 'string') return null;
-  const candidate = raw.trim();
-  if (!candidate) return null;
-  let url;
-  try {
-    url = new URL(candidate);
-  } catch {
-    return null; // relative URLs too: a reply has no business linking into this app
-  }
-  return SAFE_PROTOCOLS.has(url.protocol) ? url.href : null;
-}
+// `| --- | :-: |`: each run of spaces is followed by something fixed (a `|`, a colon or dash,
+// the end of the line), never by another run of spaces.
+const TABLE_DELIMITER = /^(?: {0,3}\|)?[ \t]*:?-+:?(?:[ \t]*\|[ \t]*:?-+:?)*(?:[ \t]*\|)?[ \t]*$/;
 
 /** Render Markdown source to a DocumentFragment. */
 export function renderMarkdown(source) {
   const fragment = document.createDocumentFragment();
-  const lines = String(source ?? '')
-    .replace(/\r\n?/g, '\n')
-    .split('\n')
-    .map(expandLeadingTabs);
-  renderBlocks(lines, fragment, 0, false);
+  renderBlocks(splitLines(String(source ?? '')), fragment, 0, false);
   return fragment;
 }
 
-function el(tag, ...children) {
-  const node = document.createElement(tag);
-  for (const child of children) node.append(child); // strings become text nodes
-  return node;
+/**
+ * Renders a growing reply into `container`, parsing only its unfinished end each time.
+ *
+ * A block is finished once the block after it has begun on a complete line (one a line break
+ * follows). Text appended later only lengthens the last line or adds lines, and no block looks
+ * further ahead than the first non-blank line after its end (a list, to see whether another
+ * item follows): so how the text before that complete line parses can no longer change.
+ * Finished blocks are rendered once and left alone, and after every render the container holds
+ * exactly what renderMarkdown(source) makes.
+ */
+export class MarkdownStream {
+  constructor(container) {
+    this.container = container;
+    this.finished = ''; // the source of the finished blocks
+    this.finishedNodes = 0; // the container's children they rendered to
+  }
+
+  render(source) {
+    const text = String(source ?? '');
+    if (!text.startsWith(this.finished)) {
+      this.finished = ''; // not a continuation of the text rendered so far: start over
+      this.finishedNodes = 0;
+    }
+    const open = text.slice(this.finished.length);
+    const lines = splitLines(open);
+    const fragment = document.createDocumentFragment();
+    const blocks = [];
+    renderBlocks(lines, fragment, 0, false, blocks);
+    const { container } = this;
+    while (container.childNodes.length > this.finishedNodes) container.lastChild.remove();
+    container.append(fragment);
+    const last = blocks.findLast(({ line }) => line > 0 && line < lines.length - 1);
+    if (last) {
+      this.finished = text.slice(0, this.finished.length + lineStart(open, last.line));
+      this.finishedNodes += last.nodes;
+    }
+  }
+}
+
+function splitLines(source) {
+  return source.split(/\r\n?|\n/).map(expandLeadingTabs);
+}
+
+/** Where line number `line` of `text` starts, with the line breaks splitLines splits at. */
+function lineStart(text, line) {
+  const breaks = /\r\n?|\n/g;
+  for (let n = 0; n < line; n++) breaks.exec(text);
+  return breaks.lastIndex;
 }
 
 function expandLeadingTabs(line) {
@@ -68,6 +95,57 @@ function expandLeadingTabs(line) {
 
 const isBlank = (line) => line.trim() === '';
 const indentOf = (line) => line.length - line.trimStart().length;
+const isSpaceOrTab = (ch) => ch === ' ' || ch === '\t';
+
+/** The run of three or more backticks or tildes after up to three spaces: `{fence, end}`; or null. */
+function fenceRun(line) {
+  let start = 0;
+  while (start < 3 && line[start] === ' ') start++;
+  const ch = line[start];
+  if (ch !== '`' && ch !== '~') return null;
+  const length = runLength(line, start, ch);
+  return length >= 3 ? { fence: line.slice(start, start + length), end: start + length } : null;
+}
+
+/** The line opening a fenced code block: `{fence, language}`; or null. */
+function openingFence(line) {
+  const run = fenceRun(line);
+  if (!run) return null;
+  const info = line.slice(run.end);
+  if (info.includes('`')) return null; // ```a``` is inline code, not a fence
+  return { fence: run.fence, language: /^[ \t]*(\S*)/.exec(info)[1] };
+}
+
+function closesFence(line, fence) {
+  const run = fenceRun(line);
+  return (
+    run !== null &&
+    run.fence[0] === fence[0] &&
+    run.fence.length >= fence.length &&
+    /^[ \t]*$/.test(line.slice(run.end))
+  );
+}
+
+/** An ATX heading (`## Title ##`): `{level, text}`; or null. */
+function atxHeading(line) {
+  let start = 0;
+  while (start < 3 && line[start] === ' ') start++;
+  const level = runLength(line, start, '#');
+  if (level < 1 || level > 6) return null;
+  start += level;
+  if (start < line.length && !isSpaceOrTab(line[start])) return null; // #hashtag
+  while (isSpaceOrTab(line[start])) start++;
+  let end = line.length;
+  while (end > start && isSpaceOrTab(line[end - 1])) end--;
+  // A closing run of #s is dropped when a space sets it off: `## a ##` is "a", `## a#` is "a#".
+  let hashes = end;
+  while (hashes > start && line[hashes - 1] === '#') hashes--;
+  if (hashes < end && hashes > start && isSpaceOrTab(line[hashes - 1])) {
+    end = hashes;
+    while (end > start && isSpaceOrTab(line[end - 1])) end--;
+  }
+  return { level, text: line.slice(start, end) };
+}
 
 function itemInfo(match) {
   const marker = match[2];
@@ -77,7 +155,7 @@ function itemInfo(match) {
 
 /** Whether `line` starts a block that ends a paragraph. */
 function interruptsParagraph(line) {
-  if (FENCE.test(line) || HEADING.test(line) || RULE.test(line) || QUOTE.test(line)) return true;
+  if (openingFence(line) || atxHeading(line) || RULE.test(line) || QUOTE.test(line)) return true;
   const item = ITEM.exec(line);
   if (!item || isBlank(line.slice(item[0].length))) return false;
   // As in CommonMark, only "1." may interrupt a paragraph, so "2024. was a year" stays text.
@@ -85,7 +163,8 @@ function interruptsParagraph(line) {
   return !info.ordered || info.start === 1;
 }
 
-function renderBlocks(lines, parent, depth, tight) {
+/** Render `lines` as blocks into `parent`; `blocks` (if given) gets each one's first line and node. */
+function renderBlocks(lines, parent, depth, tight, blocks = null) {
   if (depth > MAX_DEPTH) {
     parent.append(lines.join('\n'));
     return;
@@ -98,13 +177,13 @@ function renderBlocks(lines, parent, depth, tight) {
       i++;
       continue;
     }
+    blocks?.push({ line: i, nodes: parent.childNodes.length });
     let match;
-    if ((match = FENCE.exec(line))) {
+    if ((match = openingFence(line))) {
       i = codeBlock(lines, i, match, parent);
-    } else if ((match = HEADING.exec(line))) {
-      const level = Math.min(match[1].length + 2, 6); // the page owns h1 and h2
-      const heading = el(`h${level}`);
-      inline(match[2] || '', heading, depth);
+    } else if ((match = atxHeading(line))) {
+      const heading = el(`h${Math.min(match.level + 2, 6)}`); // the page owns h1 and h2
+      inline(match.text, heading, depth);
       parent.append(heading);
       i++;
     } else if (RULE.test(line)) {
@@ -135,16 +214,13 @@ function renderBlocks(lines, parent, depth, tight) {
   }
 }
 
-function codeBlock(lines, i, match, parent) {
-  const fence = match[1];
-  const language = match[2];
+function codeBlock(lines, i, { fence, language }, parent) {
   const indent = indentOf(lines[i]);
   const body = [];
   i++;
   while (i < lines.length) {
     const line = lines[i];
-    const close = /^ {0,3}(`{3,}|~{3,})[ \t]*$/.exec(line);
-    if (close && close[1][0] === fence[0] && close[1].length >= fence.length) {
+    if (closesFence(line, fence)) {
       i++;
       break;
     }
@@ -276,21 +352,29 @@ function table(lines, i, parent, depth) {
     const right = spec.endsWith(':');
     return left && right ? 'center' : right ? 'right' : left ? 'left' : '';
   });
-  const row = (cells, tag) => {
+  const row = (cells, tag, width) => {
     const tr = el('tr');
-    header.forEach((_, column) => {
+    for (let column = 0; column < width; column++) {
       const cell = el(tag);
       if (aligns[column]) cell.className = `align-${aligns[column]}`; // classes: no inline style under CSP
       inline(cells[column] ?? '', cell, depth + 1);
       tr.append(cell);
-    });
+    }
     return tr;
   };
-  const thead = el('thead', row(header, 'th'));
+  const thead = el('thead', row(header, 'th', header.length));
   const tbody = el('tbody');
+  // Short rows are padded with empty cells to the header's width, but never with more cells in
+  // all than the table has characters: a wide header over many one-character rows would
+  // otherwise cost rows × columns elements.
+  let padding = lines[i].length + lines[i + 1].length;
   i += 2;
   while (i < lines.length && !isBlank(lines[i]) && lines[i].includes('|')) {
-    tbody.append(row(splitRow(lines[i]), 'td'));
+    const cells = splitRow(lines[i]);
+    padding += lines[i].length;
+    const width = Math.min(header.length, cells.length + padding);
+    padding -= Math.max(0, width - cells.length);
+    tbody.append(row(cells, 'td', width));
     i++;
   }
   // Wide tables scroll inside their own box instead of widening the page on a phone.
@@ -298,285 +382,4 @@ function table(lines, i, parent, depth) {
   wrapper.className = 'table-scroll';
   parent.append(wrapper);
   return i;
-}
-
-// ---- inline ---------------------------------------------------------------------------
-
-function isWordChar(ch) {
-  return ch !== undefined && /[\p{L}\p{N}]/u.test(ch);
-}
-
-function isSpace(ch) {
-  return ch === undefined || /\s/.test(ch);
-}
-
-/** Length of the run of `ch` starting at `at`. */
-function runLength(text, at, ch) {
-  let n = 0;
-  while (text[at + n] === ch) n++;
-  return n;
-}
-
-/** End index (exclusive) of a code span starting at `at`, with its content; or null. */
-function codeSpan(text, at) {
-  const open = runLength(text, at, '`');
-  let k = at + open;
-  while (k < text.length) {
-    const next = text.indexOf('`', k);
-    if (next === -1) return null;
-    const run = runLength(text, next, '`');
-    if (run === open) {
-      let content = text.slice(at + open, next).replace(/\n/g, ' ');
-      if (content.length > 2 && content.startsWith(' ') && content.endsWith(' ') && content.trim()) {
-        content = content.slice(1, -1);
-      }
-      return { end: next + run, content };
-    }
-    k = next + run;
-  }
-  return null;
-}
-
-/** Index of the `]` matching the `[` at `at`, or -1. */
-function closingBracket(text, at) {
-  let depth = 0;
-  const limit = Math.min(text.length, at + MAX_LINK_TEXT);
-  for (let k = at; k < limit; k++) {
-    const ch = text[k];
-    if (ch === '\\') {
-      k++;
-    } else if (ch === '`') {
-      const span = codeSpan(text, k);
-      if (span) k = span.end - 1;
-    } else if (ch === '[') {
-      depth++;
-    } else if (ch === ']') {
-      depth--;
-      if (depth === 0) return k;
-    }
-  }
-  return -1;
-}
-
-/** Parse `(destination "title")` at `at`; returns {href, end} or null. */
-function linkTarget(text, at) {
-  if (text[at] !== '(') return null;
-  let k = at + 1;
-  while (text[k] === ' ' || text[k] === '\t') k++;
-  let href = '';
-  if (text[k] === '<') {
-    const close = text.indexOf('>', k + 1);
-    if (close === -1 || text.slice(k + 1, close).includes('\n')) return null;
-    href = text.slice(k + 1, close);
-    k = close + 1;
-  } else {
-    let parens = 0;
-    const start = k;
-    for (; k < text.length; k++) {
-      const ch = text[k];
-      if (ch === '\\' && k + 1 < text.length) {
-        k++;
-      } else if (ch === '(') {
-        parens++;
-      } else if (ch === ')') {
-        if (parens === 0) break;
-        parens--;
-      } else if (/\s/.test(ch)) {
-        break;
-      }
-    }
-    href = text.slice(start, k).replace(/\\([!-/:-@[-`{-~])/g, '$1');
-  }
-  while (text[k] === ' ' || text[k] === '\t' || text[k] === '\n') k++;
-  const quote = text[k];
-  if (quote === '"' || quote === "'") {
-    const close = text.indexOf(quote, k + 1);
-    if (close === -1) return null;
-    k = close + 1;
-    while (text[k] === ' ' || text[k] === '\t') k++;
-  }
-  if (text[k] !== ')') return null;
-  return { href, end: k + 1 };
-}
-
-const TRAILING_URL_PUNCTUATION = /[.,:;!?'"*_~]+$/;
-
-/** A bare http(s) URL starting at `at`, trimmed of trailing punctuation; or null. */
-function bareUrl(text, at) {
-  if (isWordChar(text[at - 1])) return null;
-  const match = /^https?:\/\/[^\s<>]+/.exec(text.slice(at, at + 2048));
-  if (!match) return null;
-  let url = match[0].replace(TRAILING_URL_PUNCTUATION, '');
-  // A closing parenthesis belongs to the URL only when it has an opening one, as in Wikipedia links.
-  while (url.endsWith(')') && (url.match(/\(/g) || []).length < (url.match(/\)/g) || []).length) {
-    url = url.slice(0, -1).replace(TRAILING_URL_PUNCTUATION, '');
-  }
-  return url.length > 'https://'.length ? url : null;
-}
-
-function makeLink(href, title) {
-  const a = el('a');
-  a.href = href;
-  a.rel = 'noopener noreferrer nofollow';
-  a.target = '_blank';
-  if (title) a.title = title;
-  return a;
-}
-
-/** Find the closing delimiter for emphasis opened at `from`; returns its index or -1. */
-function closingDelimiter(text, from, ch, size) {
-  let k = from;
-  while (k < text.length) {
-    const next = text.indexOf(ch, k);
-    if (next === -1) return -1;
-    const run = runLength(text, next, ch);
-    // A closer is not preceded by whitespace; `_` additionally not followed by a word character.
-    const closes =
-      run >= size &&
-      !isSpace(text[next - 1]) &&
-      !(ch === '_' && isWordChar(text[next + run])) &&
-      (size === 1 ? run === 1 || run === 3 : true);
-    if (closes) return next + run - size;
-    k = next + run;
-  }
-  return -1;
-}
-
-const EMPHASIS_TAGS = { 1: 'em', 2: 'strong' };
-
-/** Append the inline content of `text` to `parent`. */
-function inline(text, parent, depth, inLink = false) {
-  if (depth > MAX_DEPTH) {
-    parent.append(text);
-    return;
-  }
-  let buffer = '';
-  const flush = () => {
-    if (buffer) parent.append(buffer); // a string argument becomes a text node
-    buffer = '';
-  };
-  const failed = new Set(); // delimiters with no closer further on: skip re-searching (linear time)
-  const lastBracket = text.lastIndexOf(']');
-  let i = 0;
-  while (i < text.length) {
-    const ch = text[i];
-
-    if (ch === '\\' && i + 1 < text.length) {
-      if (text[i + 1] === '\n') {
-        flush();
-        parent.append(el('br'));
-        i += 2;
-        continue;
-      }
-      if (PUNCTUATION.includes(text[i + 1])) {
-        buffer += text[i + 1];
-        i += 2;
-        continue;
-      }
-    }
-
-    if (ch === '\n') {
-      flush();
-      parent.append(el('br'));
-      i++;
-      continue;
-    }
-
-    if (ch === '`') {
-      const span = codeSpan(text, i);
-      if (span) {
-        flush();
-        parent.append(el('code', span.content));
-        i = span.end;
-      } else {
-        const run = runLength(text, i, '`');
-        buffer += text.slice(i, i + run);
-        i += run;
-      }
-      continue;
-    }
-
-    if ((ch === '[' || (ch === '!' && text[i + 1] === '[')) && !inLink) {
-      const open = ch === '!' ? i + 1 : i;
-      const close = open < lastBracket ? closingBracket(text, open) : -1;
-      const target = close === -1 ? null : linkTarget(text, close + 1);
-      if (target) {
-        const label = text.slice(open + 1, close);
-        const href = safeHref(target.href);
-        if (href) {
-          flush();
-          const a = makeLink(href);
-          if (ch === '!') {
-            // An image is never fetched: show a link to it with its description.
-            a.append(label.trim() ? `${label} (image)` : 'image');
-            a.className = 'image-link';
-          } else {
-            inline(label, a, depth + 1, true);
-          }
-          parent.append(a);
-        } else {
-          // Unsafe or relative target: the whole construct stays visible as plain text.
-          buffer += text.slice(i, target.end);
-        }
-        i = target.end;
-        continue;
-      }
-    }
-
-    if (ch === '<' && !inLink) {
-      const match = /^<([a-zA-Z][a-zA-Z0-9+.-]{1,31}:[^\s<>]*)>/.exec(text.slice(i, i + 2048));
-      const href = match && safeHref(match[1]);
-      if (href) {
-        flush();
-        const a = makeLink(href);
-        a.append(match[1].replace(/^mailto:/i, ''));
-        parent.append(a);
-        i += match[0].length;
-        continue;
-      }
-    }
-
-    if (ch === 'h' && !inLink) {
-      const url = bareUrl(text, i);
-      const href = url && safeHref(url);
-      if (href) {
-        flush();
-        const a = makeLink(href);
-        a.append(url);
-        parent.append(a);
-        i += url.length;
-        continue;
-      }
-    }
-
-    if (ch === '*' || ch === '_' || ch === '~') {
-      const run = runLength(text, i, ch);
-      const size = ch === '~' ? 2 : Math.min(run, 2);
-      const key = `${ch}${size}`;
-      const opens =
-        (ch !== '~' || run === 2) &&
-        !isSpace(text[i + run]) &&
-        !(ch === '_' && isWordChar(text[i - 1])) &&
-        !failed.has(key);
-      if (opens) {
-        const close = closingDelimiter(text, i + run, ch, size);
-        if (close !== -1 && close > i + size) {
-          flush();
-          const node = el(ch === '~' ? 'del' : EMPHASIS_TAGS[size]);
-          inline(text.slice(i + size, close), node, depth + 1, inLink);
-          parent.append(node);
-          i = close + size;
-          continue;
-        }
-        failed.add(key);
-      }
-      buffer += text.slice(i, i + run);
-      i += run;
-      continue;
-    }
-
-    buffer += ch;
-    i++;
-  }
-  flush();
 }

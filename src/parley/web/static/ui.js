@@ -2,7 +2,7 @@
 //
 // Everything here creates nodes with createElement and text nodes; no function takes markup.
 
-import { renderMarkdown } from './markdown.js';
+import { MarkdownStream } from './markdown.js';
 
 /** Create an element; `props` sets properties (className, id, …) and `attrs` attributes. */
 export function el(tag, { attrs = {}, ...props } = {}, ...children) {
@@ -115,6 +115,8 @@ export class MessageView {
       this.reasoningText,
     );
     this.body = el('div', { className: role === 'user' ? 'content plain' : 'content markdown' });
+    // A streaming reply grows: its finished blocks are rendered once, not again on every frame.
+    this.markdown = role === 'user' ? null : new MarkdownStream(this.body);
     this.meta = el('p', { className: 'meta', hidden: true });
     this.status = el('p', { className: 'status', hidden: true });
     this.el = el(
@@ -133,7 +135,7 @@ export class MessageView {
     if (content !== this.content || !this.body.hasChildNodes()) {
       this.content = content;
       if (this.role === 'user') this.body.textContent = content;
-      else this.body.replaceChildren(renderMarkdown(content));
+      else this.markdown.render(content);
     }
     if (reasoning !== this.reasoning) {
       this.reasoning = reasoning;
