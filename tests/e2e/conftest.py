@@ -14,7 +14,6 @@ install them (`python -m parley.local.install`).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -37,6 +36,7 @@ from parley.local.model_server import (
     log_tail,
 )
 from parley.store import admin
+from tests.support.sse_client import iter_frames
 from tests.support.tcp_proxy import TcpProxy
 
 MAX_TOKENS = 256  # long enough to interrupt a story, short enough to keep the suite fast
@@ -153,27 +153,15 @@ class Api:
         path = f"/api/v1/ai/sessions/{session_id}/messages"
         with self.http.stream("POST", path, json={"content": content}, timeout=timeout) as response:
             turn = Turn(status=response.status_code)
-            data: list[str]
             if response.status_code != 200:
                 turn.body = response.read()
                 return turn
-            event, data = "message", []
-            for line in response.iter_lines():
-                if line.startswith(":"):
-                    continue
-                if line == "":
-                    if data:
-                        payload = json.loads("\n".join(data))
-                        assert payload["type"] == event, (event, payload)
-                        turn.events.append((event, payload))
-                        turn.times.append(time.monotonic() - started)
-                        if on_event is not None:
-                            on_event(event, payload, turn)
-                    event, data = "message", []
-                elif line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:"):
-                    data.append(line.removeprefix("data:").removeprefix(" "))
+            for frame in iter_frames(response):
+                assert frame.data["type"] == frame.event, (frame.event, frame.data)
+                turn.events.append((frame.event, frame.data))
+                turn.times.append(time.monotonic() - started)
+                if on_event is not None:
+                    on_event(frame.event, frame.data, turn)
         return turn
 
 
