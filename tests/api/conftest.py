@@ -41,7 +41,7 @@ from tests.support.inspect_db import in_db
 from tests.support.live_server import LiveServer
 from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import ScriptedProvider
-from tests.support.sse_client import Frame, iter_frames, read_stream
+from tests.support.sse_client import FrameReader, read_stream
 
 API = "/api/v1/ai"
 T = TypeVar("T")
@@ -98,70 +98,19 @@ def assert_error(r: httpx2.Response, status: int, code: str) -> dict[str, Any]:
     return body
 
 
-class Reader:
-    """An SSE response read frame by frame: the test decides when to stop or leave."""
-
-    def __init__(self, response: httpx2.Response) -> None:
-        self.response = response
-        self.frames: list[Frame] = []
-        self._comments = [0]
-        self._it = iter_frames(response.iter_lines(), self._comments)
-        self.ended = False
-
-    @property
-    def comments(self) -> int:
-        return self._comments[0]
-
-    @property
-    def types(self) -> list[str]:
-        return [f.event for f in self.frames]
-
-    @property
-    def text(self) -> str:
-        return "".join(f.data["delta"] for f in self.frames if f.event == "content_delta")
-
-    def next(self) -> Frame | None:
-        frame = next(self._it, None)
-        if frame is None:
-            self.ended = True
-        else:
-            self.frames.append(frame)
-        return frame
-
-    def until(self, pred: Callable[[Frame], bool]) -> Frame:
-        while (frame := self.next()) is not None:
-            if pred(frame):
-                return frame
-        raise AssertionError(f"stream ended before the expected frame; got {self.types}")
-
-    def deltas(self, n: int) -> None:
-        """Read until `n` content_delta frames arrived in total."""
-        while sum(1 for f in self.frames if f.event == "content_delta") < n:
-            if self.next() is None:
-                raise AssertionError(f"stream ended early: {self.types}")
-
-    def rest(self) -> list[Frame]:
-        """Read to `done` or the end of the stream; returns the frames read by this call."""
-        start = len(self.frames)
-        while (frame := self.next()) is not None:
-            if frame.event == "done":
-                break
-        return self.frames[start:]
-
-
 @contextmanager
-def open_turn(c: httpx2.Client, sid: str, content: str = "Hi there", **body: Any) -> Iterator[Reader]:
+def open_turn(c: httpx2.Client, sid: str, content: str = "Hi there", **body: Any) -> Iterator[FrameReader]:
     with c.stream("POST", f"{API}/sessions/{sid}/messages", json={"content": content, **body}) as r:
         assert r.status_code == 200, r.read()
-        yield Reader(r)
+        yield FrameReader(r)
 
 
 @contextmanager
-def open_events(c: httpx2.Client, sid: str, last_event_id: str | None = None) -> Iterator[Reader]:
+def open_events(c: httpx2.Client, sid: str, last_event_id: str | None = None) -> Iterator[FrameReader]:
     headers = {"Last-Event-ID": last_event_id} if last_event_id is not None else {}
     with c.stream("GET", f"{API}/sessions/{sid}/events", headers=headers) as r:
         assert r.status_code == 200, r.read()
-        yield Reader(r)
+        yield FrameReader(r)
 
 
 def wait_until(fn: Callable[[], T], *, timeout: float = 5.0, interval: float = 0.02) -> T:

@@ -162,7 +162,7 @@ def test_a_crashed_server_does_not_hold_the_lease_for_long(
                 sid = create_session(c)
                 with c.stream("POST", f"{API}/sessions/{sid}/messages", json={"content": "hang"}) as r:
                     assert r.status_code == 200
-                    frames = iter_frames(r.iter_lines())
+                    frames = iter_frames(r)
                     assert next(frames).event == "title_updated"
                     assert next(frames).event == "message_start"
                     assert wait_until(lambda: len(upstream.requests) == 1, timeout=5)
@@ -186,7 +186,7 @@ def test_a_crashed_server_does_not_hold_the_lease_for_long(
                     r.read()
                     return False
                 assert r.status_code == 200, r.read()
-                return list(iter_frames(r.iter_lines()))[-1].event == "done"
+                return list(iter_frames(r))[-1].event == "done"
 
         assert wait_until(admitted, timeout=4, interval=0.1)
     assert time.monotonic() - started < 3

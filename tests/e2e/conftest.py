@@ -1,7 +1,7 @@
 """End-to-end fixtures: a real llama-cpp-python model server, a recording proxy, a real parley.
 
     test ──HTTP──▶ parley (subprocess, `python -m parley serve`, temp SQLite)
-                     └──▶ RecordingProxy (loopback, forwards bytes, keeps request bodies)
+                     └──▶ TcpProxy (loopback, forwards bytes, keeps what parley sent)
                             └──▶ llama_cpp.server (SmolLM2-135M, n_ctx 2048)
 
 The proxy exists because the model server keeps no request log: it is how a test proves that
@@ -14,14 +14,10 @@ install them (`python -m parley.local.install`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,115 +36,10 @@ from parley.local.model_server import (
     log_tail,
 )
 from parley.store import admin
+from tests.support.sse_client import iter_frames
+from tests.support.tcp_proxy import TcpProxy
 
 MAX_TOKENS = 256  # long enough to interrupt a story, short enough to keep the suite fast
-
-
-# -- recording proxy ------------------------------------------------------------------------------
-
-
-class RecordingProxy:
-    """A loopback TCP proxy to `upstream_port` that records the bytes clients send."""
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self._listener.getsockname()[1])
-        self._lock = threading.Lock()
-        self._streams: list[bytearray] = []
-        self._closed = False
-        threading.Thread(target=self._accept_loop, name="proxy-accept", daemon=True).start()
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def close(self) -> None:
-        self._closed = True
-        self._listener.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
-
-    def _serve(self, client: socket.socket) -> None:
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5)
-        except OSError:
-            # The model server is down: reset the client, the nearest a proxy gets to "refused".
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            client.close()
-            return
-        upstream.settimeout(None)
-        record = bytearray()
-        with self._lock:
-            self._streams.append(record)
-        threading.Thread(target=self._pump, args=(upstream, client, None), daemon=True).start()
-        self._pump(client, upstream, record)
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket, record: bytearray | None) -> None:
-        try:
-            while chunk := src.recv(65536):
-                if record is not None:
-                    record.extend(chunk)
-                dst.sendall(chunk)
-        except OSError:
-            pass  # either side went away: fall through and close both
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """JSON bodies of every POST …/chat/completions seen so far, in order of connection."""
-        with self._lock:
-            streams = [bytes(s) for s in self._streams]
-        bodies: list[dict[str, Any]] = []
-        for data in streams:
-            for head, body in _split_requests(data):
-                if head.startswith(b"POST ") and b"/chat/completions" in head.split(b"\r\n", 1)[0]:
-                    bodies.append(json.loads(body))
-        return bodies
-
-
-def _split_requests(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    """HTTP/1.1 requests in one connection's client bytes (Content-Length or chunked bodies)."""
-    pos = 0
-    while True:
-        end = data.find(b"\r\n\r\n", pos)
-        if end < 0:
-            return
-        head = data[pos:end]
-        headers = {
-            k.strip().lower(): v.strip() for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
-        }
-        pos = end + 4
-        if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-            body = bytearray()
-            while True:
-                line_end = data.find(b"\r\n", pos)
-                if line_end < 0:
-                    return
-                size = int(data[pos:line_end].split(b";")[0], 16)
-                pos = line_end + 2
-                if size == 0:
-                    pos = data.find(b"\r\n", pos) + 2
-                    break
-                body.extend(data[pos : pos + size])
-                pos += size + 2
-            yield head, bytes(body)
-        else:
-            length = int(headers.get(b"content-length", b"0"))
-            if pos + length > len(data):
-                return
-            yield head, data[pos : pos + length]
-            pos += length
 
 
 # -- parley as a subprocess -----------------------------------------------------------------------
@@ -262,27 +153,15 @@ class Api:
         path = f"/api/v1/ai/sessions/{session_id}/messages"
         with self.http.stream("POST", path, json={"content": content}, timeout=timeout) as response:
             turn = Turn(status=response.status_code)
-            data: list[str]
             if response.status_code != 200:
                 turn.body = response.read()
                 return turn
-            event, data = "message", []
-            for line in response.iter_lines():
-                if line.startswith(":"):
-                    continue
-                if line == "":
-                    if data:
-                        payload = json.loads("\n".join(data))
-                        assert payload["type"] == event, (event, payload)
-                        turn.events.append((event, payload))
-                        turn.times.append(time.monotonic() - started)
-                        if on_event is not None:
-                            on_event(event, payload, turn)
-                    event, data = "message", []
-                elif line.startswith("event:"):
-                    event = line.removeprefix("event:").strip()
-                elif line.startswith("data:"):
-                    data.append(line.removeprefix("data:").removeprefix(" "))
+            for frame in iter_frames(response):
+                assert frame.data["type"] == frame.event, (frame.event, frame.data)
+                turn.events.append((frame.event, frame.data))
+                turn.times.append(time.monotonic() - started)
+                if on_event is not None:
+                    on_event(frame.event, frame.data, turn)
         return turn
 
 
@@ -304,8 +183,8 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalMode
 
 
 @pytest.fixture(scope="session")
-def proxy(model_server: LocalModelServer) -> Iterator[RecordingProxy]:
-    recorder = RecordingProxy(model_server.port)
+def proxy(model_server: LocalModelServer) -> Iterator[TcpProxy]:
+    recorder = TcpProxy(model_server.port)
     yield recorder
     recorder.close()
 
@@ -325,16 +204,14 @@ class E2E:
     parley: ParleyProcess
     token: str
     model: LocalModelServer
-    proxy: RecordingProxy
+    proxy: TcpProxy
 
     def api(self) -> Api:
         return Api(self.parley.url, self.token)
 
 
 @pytest.fixture(scope="session")
-def e2e(
-    tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: RecordingProxy
-) -> Iterator[E2E]:
+def e2e(tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy) -> Iterator[E2E]:
     data_dir = tmp_path_factory.mktemp("parley")
     database_url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
     token = asyncio.run(_issue_token(database_url))
@@ -346,7 +223,7 @@ def e2e(
         "PARLEY_DATA_DIR": str(data_dir),
         "DATABASE_URL": database_url,
         "MCP_LLM_PROVIDER": "openai-compatible",
-        "MCP_LLM_BASE_URL": proxy.base_url,
+        "MCP_LLM_BASE_URL": f"{proxy.url}/v1",
         "MCP_LLM_MODEL": model_server.model,
         "MCP_LLM_API_KEY": model_server.api_key,
         "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),

@@ -8,11 +8,8 @@ Missing tools fail the tests with what to install; they never skip.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import socket
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from parley.providers.base import Provider
 from parley.web import mount_web
 from tests.conftest import Tenants, base_env
 from tests.support.live_server import LiveServer
+from tests.support.tcp_proxy import TcpProxy
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, ViewportSize
@@ -109,82 +107,13 @@ class PageProblems:
         assert not self.dialogs, f"the page opened dialogs: {self.dialogs}"
 
 
-class DroppingProxy:
-    """A loopback TCP proxy in front of a server whose open connections can be cut, as a flaky network does."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.listener.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._lock = threading.Lock()
-        self._open: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
-        self._closed = False
-        self._start(self._accept)
-
-    def _start(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name="dropping-proxy", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                downstream, _ = self.listener.accept()
-            except OSError:
-                return  # the listener was shut down
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                downstream.close()
-                continue
-            with self._lock:
-                if self._closed:
-                    downstream.close()
-                    upstream.close()
-                    return
-                self._open += [downstream, upstream]
-                self._start(self._pipe, downstream, upstream)
-                self._start(self._pipe, upstream, downstream)
-
-    @staticmethod
-    def _pipe(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        with contextlib.suppress(OSError):
-            sink.shutdown(socket.SHUT_WR)  # pass the end of the stream on
-
-    def cut(self) -> int:
-        """Reset every open connection; returns how many sockets there were."""
-        with self._lock:
-            cut, self._open = self._open, []
-        for sock in cut:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        return len(cut)
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        self.listener.close()
-        self.cut()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-
 @pytest.fixture
-def dropping_proxy() -> Iterator[Callable[[LiveServer], DroppingProxy]]:
-    proxies: list[DroppingProxy] = []
+def dropping_proxy() -> Iterator[Callable[[LiveServer], TcpProxy]]:
+    """A proxy in front of `server` whose open connections the test can cut."""
+    proxies: list[TcpProxy] = []
 
-    def factory(server: LiveServer) -> DroppingProxy:
-        proxies.append(DroppingProxy(server.port))
+    def factory(server: LiveServer) -> TcpProxy:
+        proxies.append(TcpProxy(server.port))
         return proxies[-1]
 
     yield factory

@@ -10,7 +10,8 @@ from tests.conftest import Tenants, client
 from tests.support.live_server import LiveServer
 from tests.support.scripted_provider import Reply, ScriptedProvider
 from tests.support.sse_client import read_stream
-from tests.web.conftest import ARTIFACTS, DESKTOP, PHONE, ChatPage, DroppingProxy, WebServerFactory
+from tests.support.tcp_proxy import TcpProxy
+from tests.web.conftest import ARTIFACTS, DESKTOP, PHONE, ChatPage, WebServerFactory
 
 OpenPage = Callable[..., ChatPage]
 
@@ -161,7 +162,7 @@ def test_a_dropped_connection_reattaches_and_the_reply_goes_on(
     web_server: WebServerFactory,
     tenants: Tenants,
     open_page: OpenPage,
-    dropping_proxy: Callable[[LiveServer], DroppingProxy],
+    dropping_proxy: Callable[[LiveServer], TcpProxy],
 ) -> None:
     tokens = words(30)
     provider = ScriptedProvider(Reply(tokens=tokens, delay=0.05))

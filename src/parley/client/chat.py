@@ -9,7 +9,8 @@ The stream is read on a helper thread that hands events to the main thread throu
 main thread only ever blocks in `queue.get`, where Ctrl-C lands cleanly, never half-way through
 an HTTP read.
 
-May import: the standard library and httpx2. Nothing from parley: this is any API client's view.
+May import: the standard library, httpx2 and parley's SSE decoder (`parley.providers.sse`, itself
+standard library only). Nothing else from parley: this is any API client's view.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ import os
 import queue
 import sys
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx2
+
+from parley.providers.sse import ServerSentEvent, SSEDecoder
 
 HELP = "commands: /new  /sessions  /open <id>  /history  /usage  /help  /quit   (Ctrl-C stops a reply)"
 DIM, RESET = "\x1b[2m", "\x1b[0m"
@@ -54,35 +57,6 @@ class Quit(Exception):
     """The user asked to leave (second Ctrl-C, Ctrl-D, /quit)."""
 
 
-@dataclass
-class SseParser:
-    """Incremental `text/event-stream` parser: feed lines, get (id, event, data) at blank lines."""
-
-    last_id: str | None = None
-    _event: str = "message"
-    _data: list[str] = field(default_factory=list)
-
-    def feed(self, line: str) -> tuple[str | None, str, str] | None:
-        if line == "":
-            if not self._data:
-                self._event = "message"
-                return None
-            frame = (self.last_id, self._event, "\n".join(self._data))
-            self._event, self._data = "message", []
-            return frame
-        if line.startswith(":"):
-            return None  # comment, e.g. the `: ping` heartbeat
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "id":
-            self.last_id = value
-        elif name == "event":
-            self._event = value
-        elif name == "data":
-            self._data.append(value)
-        return None
-
-
 class Api:
     """The handful of endpoints the client uses."""
 
@@ -103,7 +77,7 @@ class Api:
     def stream_turn(self, session_id: str, content: str, out: queue.Queue[tuple[str, Any]]) -> None:
         """Run on a helper thread: POST the message, put each event on `out`, re-attach if cut."""
         base = f"/api/v1/ai/sessions/{session_id}"
-        parser = SseParser()
+        last_id = ""  # of the last event read, for `Last-Event-ID` when re-attaching
         try:
             request = self.http.build_request(
                 "POST", f"{base}/messages", json={"content": content}, timeout=_STREAM_TIMEOUT
@@ -118,12 +92,13 @@ class Api:
                         else:  # the turn finished while we were away
                             out.put(("lost", "the reply ended while the connection was down"))
                         return
-                    if self._pump(response, parser, out):
+                    done, last_id = self._pump(response, out, last_id)
+                    if done:
                         return
                 finally:
                     response.close()
                 # Cut off before `done`: re-attach to the running turn after the last event seen.
-                headers = {"Last-Event-ID": parser.last_id} if parser.last_id else {}
+                headers = {"Last-Event-ID": last_id} if last_id else {}
                 request = self.http.build_request("GET", f"{base}/events", headers=headers, timeout=_STREAM_TIMEOUT)
             out.put(("lost", "the connection kept dropping"))
         except httpx2.HTTPError as exc:
@@ -132,21 +107,28 @@ class Api:
             out.put(("end", None))
 
     @staticmethod
-    def _pump(response: httpx2.Response, parser: SseParser, out: queue.Queue[tuple[str, Any]]) -> bool:
+    def _pump(response: httpx2.Response, out: queue.Queue[tuple[str, Any]], last_id: str) -> tuple[bool, str]:
+        """Put the events of `response` on `out`; returns (whether `done` came, the last event's id)."""
         with contextlib.suppress(httpx2.TransportError):  # a cut connection: caller re-attaches
-            for line in response.iter_lines():
-                frame = parser.feed(line)
-                if frame is None:
-                    continue
-                _, event, data = frame
+            for sse in _events(response):
+                last_id = sse.id or last_id
                 try:
-                    payload = json.loads(data)
+                    payload = json.loads(sse.data)
                 except ValueError:
                     continue
-                out.put(("event", (event, payload)))
-                if event == "done":
-                    return True
-        return False
+                out.put(("event", (sse.event, payload)))
+                if sse.event == "done":
+                    return True, last_id
+        return False, last_id
+
+
+def _events(response: httpx2.Response) -> Iterator[ServerSentEvent]:
+    """The events of one response as its bytes arrive. A decoder per response: a cut connection
+    leaves half an event behind, which must neither be dispatched nor run into the next stream."""
+    decoder = SSEDecoder()
+    for chunk in response.iter_bytes():
+        yield from decoder.feed(chunk)
+    yield from decoder.finish()
 
 
 class StateFile:
