@@ -23,8 +23,11 @@ from parley.api.openapi import install_openapi
 from parley.api.routes import Services, router, send_message_route
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
+from parley.bus.redis import open_relay
+from parley.chat import upkeep
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
+from parley.chat.ownership import ProcessName
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.errors import PayloadTooLargeError
@@ -114,7 +117,7 @@ def create_app(
     *,
     provider: Provider | None = None,
     clock: Callable[[], datetime] | None = None,
-    lease_ttl: timedelta = timedelta(seconds=60),
+    lease_ttl: timedelta | None = None,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,11 +138,16 @@ def create_app(
             idle_ttl=timedelta(seconds=settings.session_idle_ttl_seconds),
             max_age=timedelta(seconds=settings.session_max_age_seconds),
             max_live_sessions=settings.max_live_sessions,
-            lease_ttl=lease_ttl,
+            lease_ttl=lease_ttl or timedelta(seconds=settings.turn_lease_seconds),
             prices=price_lookup(settings),
         )
         now = clock or (lambda: datetime.now(UTC))
-        manager = SessionManager(db=db, provider=upstream, policy=policy, clock=now)
+        manager = SessionManager(
+            db=db, provider=upstream, policy=policy, clock=now, process=ProcessName.current(settings.node_name)
+        )
+        redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+        manager.relay = await open_relay(redis_url, process=manager.owner, on_control=manager.on_control)
+        await upkeep.recover_orphans(manager, at_start=True)  # a predecessor's turns, at once
         catalog = SessionCatalog(
             db,
             NewSessionDefaults(
@@ -160,7 +168,7 @@ def create_app(
             page_context_max_bytes=settings.page_context_max_bytes,
             provider_name=settings.llm_provider,
         )
-        background = asyncio.create_task(manager.run_background(settings.sweep_interval_seconds))
+        background = asyncio.create_task(upkeep.run(manager, settings.sweep_interval_seconds))
         log.info("parley %s ready: provider=%s model=%s", __version__, settings.llm_provider, settings.model)
         # On Python 3.11, model requests would otherwise leave one loop round late.
         restore_task_factory = use_eager_body_writes(asyncio.get_running_loop())
@@ -171,6 +179,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await background
             await manager.shutdown()
+            if manager.relay is not None:
+                await manager.relay.close()
             if provider is None:
                 await upstream.aclose()
             await db.dispose()

@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     session_max_age_seconds: float = Field(86400.0, gt=0, validation_alias="PARLEY_SESSION_MAX_AGE_SECONDS")
     max_live_sessions: int = Field(200, ge=1, validation_alias="PARLEY_MAX_LIVE_SESSIONS")
     sweep_interval_seconds: float = Field(60.0, gt=0, validation_alias="PARLEY_SWEEP_INTERVAL_SECONDS")
+    # How long a turn's lease outlives its last renewal (a running turn renews it every third of
+    # this): after a crash, how soon another process takes the turn over.
+    turn_lease_seconds: float = Field(20.0, ge=1, le=600, validation_alias="PARLEY_TURN_LEASE_SECONDS")
+    redis_url: SecretStr | None = Field(None, validation_alias="PARLEY_REDIS_URL")
+    # This machine's name on the leases its processes take (default: the host name).
+    node_name: str | None = Field(None, min_length=1, max_length=64, validation_alias="PARLEY_NODE_NAME")
     heartbeat_seconds: float = Field(15.0, gt=0, le=15.0, validation_alias="PARLEY_HEARTBEAT_SECONDS")
     default_max_turns: int = Field(50, ge=1, le=10_000, validation_alias="PARLEY_MAX_TURNS")
     system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
@@ -189,6 +195,9 @@ def _cross_field_problems(s: Settings) -> list[str]:
             )
     if s.system_prompt_file is not None and not s.system_prompt_file.is_file():
         problems.append(f"PARLEY_SYSTEM_PROMPT_FILE: {s.system_prompt_file} is not a readable file")
+    redis_url = s.redis_url.get_secret_value() if s.redis_url else ""
+    if redis_url and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        problems.append("PARLEY_REDIS_URL: must start with redis://, rediss:// or unix://")
     url = s.database_url
     if url and not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         problems.append("DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")

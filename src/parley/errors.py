@@ -34,6 +34,8 @@ policy of both providers.
     ├── NotSupportedOnProviderError      501 NOT_SUPPORTED_ON_PROVIDER
     ├── TurnTimeoutError                 504 turn_timeout
     ├── ServerRestartingError            503 server_restarting
+    ├── TurnLostError                    503 turn_lost
+    ├── ResumeUnavailableError           503 resume_unavailable
     ├── ServiceUnavailableError          503 service_unavailable
     ├── ProviderError                    502 <kind>  (upstream model server; see ProviderErrorKind)
     └── ConfigError                      (never rendered: refuses boot)
@@ -306,6 +308,22 @@ class ServerRestartingError(ParleyError):
     code = "server_restarting"
     status_code = 503
     default_message = "The server is restarting. Please send your message again."
+
+
+class TurnLostError(ParleyError):
+    """The process running the turn stopped without ending it; what it had streamed is stored."""
+
+    code = "turn_lost"
+    status_code = 503
+    default_message = "The server running this reply stopped. What arrived is saved; please send your message again."
+
+
+class ResumeUnavailableError(ParleyError):
+    """The turn runs on another server process and this one cannot relay it (no Redis)."""
+
+    code = "resume_unavailable"
+    status_code = 503
+    default_message = "This reply is being streamed by another server and cannot be resumed here. Try again shortly."
 
 
 class ServiceUnavailableError(ParleyError):

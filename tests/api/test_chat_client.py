@@ -96,4 +96,4 @@ def test_a_cut_connection_reattaches_after_the_last_event_read(make_server: Serv
     assert provider.opened == 1
     [resume] = [sent for sent in proxy.sent() if sent.startswith(b"GET ")]
     assert resume.split(b"\r\n", 1)[0].startswith(f"GET /api/v1/ai/sessions/{sid}/events ".encode())
-    assert b"\r\nlast-event-id: 1." in resume.lower()
+    assert b"\r\nlast-event-id: 1-" in resume.lower()

@@ -140,7 +140,7 @@ def test_capacity_drops_idle_sessions_from_memory_without_losing_anything(
         provider.enqueue(Reply(tokens=["again 0"]))
         again = send(c, sids[0], "follow-up 0")
         assert again.types[-1] == "done"
-        assert again.frames[0].id == "2.1"
+        assert again.frames[0].id == "2-1"
         assert [m.plain_text for m in provider.calls[-1][1:]] == ["question 0", "answer 0", "follow-up 0"]
         statuses = {s["id"]: s["status"] for s in c.get(f"{API}/sessions").json()["data"]}
     assert statuses == dict.fromkeys(sids, "active")

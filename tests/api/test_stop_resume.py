@@ -78,7 +78,11 @@ def test_interrupt_before_the_first_token(make_server: ServerFactory, tenants: T
         body = detail(c, sid)
     assert turn.types == ["title_updated", "message_start", "done"]
     assert provider.closed == 1
-    assert [m["role"] for m in body["messages"]] == ["user"]
+    # The reply is stored empty and interrupted: the conversation alternates.
+    assert [(m["role"], m["content"], m["finishReason"]) for m in body["messages"]] == [
+        ("user", "hello", None),
+        ("assistant", "", "interrupted"),
+    ]
     assert body["session"]["turnCount"] == 1
 
 
@@ -117,14 +121,14 @@ def test_resume_mid_turn_replays_after_the_last_id_and_continues(make_server: Se
     with client(server, tenants.a1) as c, client(server, tenants.a1_read_only) as reader:
         sid = create_session(c)
         with open_turn(c, sid, "hello") as turn:
-            turn.until(lambda f: f.id == "1.4")
-            with open_events(reader, sid, last_event_id="1.4") as resumed:
+            turn.until(lambda f: f.id == "1-4")
+            with open_events(reader, sid, last_event_id="1-4") as resumed:
                 resumed.rest()
             turn.rest()
     n = len(turn.frames)
     assert turn.types[-2:] == ["message_end", "done"]
-    assert [f.id for f in turn.frames] == [f"1.{i}" for i in range(1, n + 1)]
-    assert [f.id for f in resumed.frames] == [f"1.{i}" for i in range(5, n + 1)]
+    assert [f.id for f in turn.frames] == [f"1-{i}" for i in range(1, n + 1)]
+    assert [f.id for f in resumed.frames] == [f"1-{i}" for i in range(5, n + 1)]
     assert [(f.event, f.data) for f in resumed.frames] == [(f.event, f.data) for f in turn.frames[4:]]
 
 
@@ -150,20 +154,20 @@ def test_resume_after_the_turn_ended(make_server: ServerFactory, tenants: Tenant
     with client(server, tenants.a1) as c:
         sid = create_session(c)
         first = send(c, sid, "one")
-        assert [f.id for f in first.frames][-1] == "1.7"
+        assert [f.id for f in first.frames][-1] == "1-7"
         # A client that lost the connection after 1.3 gets the rest, up to done.
-        with open_events(c, sid, last_event_id="1.3") as rest:
+        with open_events(c, sid, last_event_id="1-3") as rest:
             rest.rest()
-        assert [f.id for f in rest.frames] == ["1.4", "1.5", "1.6", "1.7"]
+        assert [f.id for f in rest.frames] == ["1-4", "1-5", "1-6", "1-7"]
         assert rest.types == ["content_delta", "content_delta", "message_end", "done"]
         # It saw everything: nothing to resume.
-        r = c.get(f"{API}/sessions/{sid}/events", headers={"Last-Event-ID": "1.7"})
+        r = c.get(f"{API}/sessions/{sid}/events", headers={"Last-Event-ID": "1-7"})
         assert_error(r, 409, "no_turn_running")
         # An id from an older turn: the newest turn is replayed whole.
         send(c, sid, "two")
-        with open_events(c, sid, last_event_id="1.5") as newest:
+        with open_events(c, sid, last_event_id="1-5") as newest:
             newest.rest()
-        assert [f.id for f in newest.frames] == ["2.1", "2.2", "2.3", "2.4", "2.5"]
+        assert [f.id for f in newest.frames] == ["2-1", "2-2", "2-3", "2-4", "2-5"]
 
 
 def test_resume_without_any_turn_is_409(make_server: ServerFactory, tenants: Tenants) -> None:
@@ -171,7 +175,7 @@ def test_resume_without_any_turn_is_409(make_server: ServerFactory, tenants: Ten
     with client(server, tenants.a1) as c:
         sid = create_session(c)
         assert_error(c.get(f"{API}/sessions/{sid}/events"), 409, "no_turn_running")
-        assert_error(c.get(f"{API}/sessions/{sid}/events", headers={"Last-Event-ID": "1.1"}), 409, "no_turn_running")
+        assert_error(c.get(f"{API}/sessions/{sid}/events", headers={"Last-Event-ID": "1-1"}), 409, "no_turn_running")
 
 
 def test_resumed_stream_sees_stop_and_done(make_server: ServerFactory, tenants: Tenants) -> None:

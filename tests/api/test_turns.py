@@ -51,14 +51,14 @@ def test_event_order_and_ids_of_first_and_second_turn(make_server: ServerFactory
     assert first.types == [
         "title_updated", "message_start", "content_delta", "content_delta", "content_delta", "message_end", "done",
     ]  # fmt: skip
-    assert [f.id for f in first.frames] == [f"1.{i}" for i in range(1, 8)]
+    assert [f.id for f in first.frames] == [f"1-{i}" for i in range(1, 8)]
     assert all(f.data["type"] == f.event for f in first.frames)
     assert first.frames[0].data == {"type": "title_updated", "title": "What is DNS?"}
     assert first.text == "Hello world"
     assert first.frames[-1].data == {"type": "done"}
     # Title only on the first message; the turn number goes on.
     assert second.types == ["message_start", "content_delta", "message_end", "done"]
-    assert [f.id for f in second.frames] == ["2.1", "2.2", "2.3", "2.4"]
+    assert [f.id for f in second.frames] == ["2-1", "2-2", "2-3", "2-4"]
     # message_start names the id the reply is stored under.
     assert first.of("message_start")[0].data["messageId"] == messages[1]["id"]
     assert second.of("message_start")[0].data["messageId"] == messages[3]["id"]
@@ -309,7 +309,11 @@ def test_provider_error_before_any_token(make_server: ServerFactory, tenants: Te
     assert failed.of("error")[0].data["code"] == kind.value
     assert failed.of("error")[0].data["message"] == ProviderError(kind).message
     assert body["session"]["turnCount"] == 1
-    assert [m["role"] for m in body["messages"]] == ["user"]
+    # The reply is stored empty with the error as its finish reason: the conversation alternates.
+    assert [(m["role"], m["content"], m["finishReason"]) for m in body["messages"]] == [
+        ("user", "hello", None),
+        ("assistant", "", kind.value),
+    ]
     assert usage["daily"]["messageCount"] == 0
     assert usage["daily"]["totalCostCents"] == "0"
 

@@ -98,7 +98,10 @@ def test_refused_connection_is_upstream_unavailable(make_server: ServerFactory, 
     }
     assert stream.types == ["title_updated", "message_start", "error", "done"]
     assert body["session"]["turnCount"] == 1
-    assert [m["role"] for m in body["messages"]] == ["user"]
+    assert [(m["role"], m["finishReason"]) for m in body["messages"]] == [
+        ("user", None),
+        ("assistant", "upstream_unavailable"),
+    ]
 
 
 @pytest.mark.parametrize(

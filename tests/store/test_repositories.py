@@ -98,9 +98,17 @@ async def test_messages_usage_and_totals_written_by_parley_read_back_through_the
         input_tokens=10, output_tokens=3, cache_read_tokens=2, cache_write_tokens=1, cost_cents=Decimal("0.000001")
     )
     async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
-        assert await repo.take_turn(
-            tx, orm.id, token="lease-1", now=NOW, expires_at=NOW + timedelta(seconds=60), title="Hi", context={"k": "v"}
+        stream = await repo.take_turn(
+            tx,
+            orm.id,
+            token="lease-1",
+            owner="host/1/a",
+            now=NOW,
+            expires_at=NOW + timedelta(seconds=60),
+            title="Hi",
+            context={"k": "v"},
         )
+        assert stream == 1
         await repo.insert_message(
             tx,
             session_id=orm.id,
@@ -126,9 +134,7 @@ async def test_messages_usage_and_totals_written_by_parley_read_back_through_the
         )
         for _ in range(3):  # three turns add up exactly, with no float drift
             await repo.add_cost_usage(tx, tenants.org_a, totals=totals, now=NOW)
-        await repo.record_turn(
-            tx, orm.id, totals=totals, count_turn=True, now=NOW, lease_token="lease-1", messages_added=1
-        )
+        await repo.record_turn(tx, orm.id, totals=totals, count_turn=True, now=NOW, lease_token="lease-1")
 
     async def read(s: AsyncSession) -> tuple[list[AiMessage], AiSession | None, AiCostUsage, AiCostUsage]:
         messages = list((await s.execute(select(AiMessage).order_by(AiMessage.position))).scalars())
@@ -172,24 +178,71 @@ async def test_messages_usage_and_totals_written_by_parley_read_back_through_the
     assert (daily_cents, monthly_cents, reserved) == (Decimal("0.000003"), Decimal("0.000003"), Decimal(0))
 
 
-async def test_the_lease_is_exclusive_until_it_expires_and_only_its_holder_releases_it(
+async def test_the_lease_is_exclusive_until_its_orphaned_turn_is_ended_and_only_its_holder_releases_it(
     db: Database, tenants: Tenants
 ) -> None:
     orm = await _orm_session(db, tenants.org_a, context=None)
     later = NOW + timedelta(seconds=61)
     zero = TurnTotals(input_tokens=0, output_tokens=0, cache_read_tokens=0, cache_write_tokens=0, cost_cents=Decimal(0))
-    async with db.unit(Tenant.for_org(tenants.org_a)) as tx:
-        assert await repo.take_turn(tx, orm.id, token="first", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert not await repo.take_turn(tx, orm.id, token="second", now=NOW, expires_at=NOW + timedelta(seconds=60))
-        assert await repo.take_turn(tx, orm.id, token="second", now=later, expires_at=later + timedelta(seconds=60))
-        # The first turn ends late: its totals count, but the lease it lost is not taken from the second.
+    org = Tenant.for_org(tenants.org_a)
+    lease = {"now": NOW, "expires_at": NOW + timedelta(seconds=60)}
+    async with db.unit(org) as tx:
+        assert await repo.take_turn(tx, orm.id, token="first", owner="a/1/x", **lease) == 1
+        assert await repo.take_turn(tx, orm.id, token="second", owner="b/2/y", **lease) is None
+    async with db.unit(Tenant.system(), readonly=True) as tx:
+        assert await repo.expired_leases(tx, now=NOW) == []
+        (expired,) = await repo.expired_leases(tx, now=later)
+        assert (expired.id, expired.lease_token, expired.lease_owner, expired.message_count) == (
+            orm.id,
+            "first",
+            "a/1/x",
+            2,
+        )
+        assert [held.id for held in await repo.leases_of_host(tx, "a/")] == [orm.id]
+        assert await repo.leases_of_host(tx, "b/") == []
+    async with db.unit(org) as tx:
+        assert await repo.end_orphaned_turn(tx, expired, now=later)  # its reply is stored, empty, interrupted
+        assert not await repo.end_orphaned_turn(tx, expired, now=later)  # only once
+        assert await repo.take_turn(tx, orm.id, token="second", owner="b/2/y", now=later, expires_at=later) == 2
+        # The first turn ends late: its totals count, but it cannot release the second's lease.
         await repo.record_turn(tx, orm.id, totals=zero, count_turn=True, now=later, lease_token="first")
-        await repo.release_lease(tx, orm.id, token="first")
-    async with db.unit(Tenant.for_org(tenants.org_a), readonly=True) as tx:
-        row = await repo.get_session(tx, Tenant.for_org(tenants.org_a), orm.id)
+        assert not await repo.release_lease(tx, orm.id, token="first")
+    async with db.unit(org, readonly=True) as tx:
+        row = await repo.get_session(tx, org, orm.id, owner_id=orm.user_id)
+        replies = [m for m in await repo.list_messages(tx, orm.id) if m["id"] == "first"]
     assert row is not None
-    assert row["lease_token"] == "second"
-    assert row["turn_count"] == 1
+    assert (row["lease_token"], row["lease_owner"], row["stream_number"], row["turn_count"]) == (
+        "second",
+        "b/2/y",
+        2,
+        1,
+    )
+    assert [(m["role"], m["content"], m["position"], m["finish_reason"]) for m in replies] == [
+        ("assistant", "", 2, "interrupted")
+    ]
+
+
+async def test_a_checkpointed_reply_is_kept_when_its_turn_is_orphaned(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    org = Tenant.for_org(tenants.org_a)
+    reply = {"message_id": "r1", "session_id": orm.id, "position": 2, "role": "assistant", "created_at": NOW}
+    async with db.unit(org) as tx:
+        await repo.take_turn(tx, orm.id, token="r1", owner="a/1/x", now=NOW, expires_at=NOW + timedelta(seconds=5))
+        await repo.upsert_message(tx, content="Once upon", parts=[{"type": "text", "text": "Once upon"}], **reply)
+        await repo.upsert_message(tx, content="Once upon a time", parts=[], keep_finished=True, **reply)
+        state = await repo.keep_turn(tx, orm.id, token="r1", expires_at=NOW + timedelta(seconds=10))
+        assert state == ("active", None)
+        assert await repo.request_stop(tx, orm.id, now=NOW) == ("r1", "a/1/x", NOW + timedelta(seconds=10))
+        (held,) = await repo.turn_states(tx, [orm.id, "no-such-session"])
+        assert held == (orm.id, "r1", "active", NOW)
+        lease = await repo.held_lease(tx, orm.id)
+        assert lease is not None
+        assert await repo.end_orphaned_turn(tx, lease, now=NOW)
+        # A checkpoint that arrives late never reopens a finished reply.
+        await repo.upsert_message(tx, content="late", parts=[], keep_finished=True, **reply)
+        assert await repo.keep_turn(tx, orm.id, token="r1", expires_at=NOW) is None  # the lease is gone
+        (message,) = await repo.list_messages(tx, orm.id)
+    assert (message["content"], message["finish_reason"]) == ("Once upon a time", "interrupted")
 
 
 async def test_a_failed_unit_of_work_leaves_nothing_and_the_next_one_works(db: Database, tenants: Tenants) -> None:

@@ -21,7 +21,7 @@ class Recorder:
     def __init__(self) -> None:
         self.first_event = asyncio.Event()
         self.events: list[StreamEvent] = []
-        self.persisted: list[TurnRecord | None] = []
+        self.persisted: list[TurnRecord] = []
         self.stop: str | None = None
         self.stream: asyncio.Task[TurnOutcome] | None = None
 
@@ -33,7 +33,7 @@ class Recorder:
         else:
             self.events.append(event)
 
-    async def persist(self, record: TurnRecord | None) -> None:
+    async def persist(self, record: TurnRecord) -> None:
         self.persisted.append(record)
 
     def spec(self, provider: ScriptedProvider) -> TurnSpec:
@@ -83,7 +83,13 @@ async def test_a_stop_before_the_stream_ran_calls_no_model_and_does_not_count() 
     recorder.stream.cancel()  # before the loop ever ran it
     await turn
     assert provider.calls == []
-    assert recorder.persisted == [None]  # the lease is released; nothing is stored or counted
+    (record,) = recorder.persisted  # the lease is released; an empty reply is stored, not counted
+    assert (record.text, record.finish_reason, record.count_turn, record.tokens.is_zero) == (
+        "",
+        "interrupted",
+        False,
+        True,
+    )
     assert recorder.events == [Done()]
 
 

@@ -221,8 +221,8 @@ def test_sse_parser_and_retry_after(web_server: WebServerFactory, open_page: Ope
         }"""
     )
     assert result["reference"]["events"] == [
-        {"id": "1.0", "event": "message_start", "data": '{"a":1}'},
-        {"id": "1.1", "event": "content_delta", "data": "line1\nline2"},
+        {"id": "1-0", "event": "message_start", "data": '{"a":1}'},
+        {"id": "1-1", "event": "content_delta", "data": "line1\nline2"},
         {"id": "", "event": "message", "data": "no-space"},
         {"id": "", "event": "done", "data": "{}"},
     ]

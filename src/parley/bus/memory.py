@@ -24,11 +24,21 @@ class Subscription:
     writer sleeps), with no per-frame queue machinery.
     """
 
-    __slots__ = ("_frames", "_waiter")
+    __slots__ = ("_closers", "_frames", "_waiter")
 
     def __init__(self) -> None:
         self._frames: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
+        self._closers: list[Callable[[], object]] = []
+
+    def on_close(self, closer: Callable[[], object]) -> None:
+        """Run `closer` when the reader leaves (what feeds this subscription stops)."""
+        self._closers.append(closer)
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for closer in closers:
+            closer()
 
     def put(self, frames: list[bytes]) -> None:
         self._frames += frames
@@ -61,7 +71,7 @@ class SessionChannel:
     """Event stream of one session.
 
     The replay buffer holds the frames of the current (or last) turn only, so frame `i` has the
-    id `<turn>.<i + 1>`.
+    id `<turn>-<i + 1>`, where the turn's number is its stream number from the database.
     """
 
     __slots__ = ("_frames", "_subscribers", "closed", "session_id", "turn", "turn_open")
@@ -74,12 +84,13 @@ class SessionChannel:
         self.closed = False
         self.turn_open = False
 
-    def begin_turn(self) -> int:
-        """Start numbering a new turn; the previous turn's frames are dropped."""
-        self.turn += 1
+    def begin_turn(self, number: int) -> list[bytes]:
+        """Start turn `number` (its stream number); the previous turn's frames are dropped. Returns
+        the list its frames will be kept in."""
+        self.turn = number
         self._frames = []
         self.turn_open = True
-        return self.turn
+        return self._frames
 
     def publish(self, event: Any, encode: Callable[[Any, int, int], list[bytes]], *, final: bool = False) -> None:
         """Fan out `encode(event, turn, seq)`, the event's frames numbered from the next id; `final`
@@ -133,10 +144,12 @@ class SessionChannel:
 
 
 def parse_event_id(value: str | None) -> tuple[int, int] | None:
-    """`"<turn>.<seq>"` -> (turn, seq); None for absent or malformed ids."""
+    """`"<stream>-<seq>"` -> (stream, seq); None for absent or malformed ids. (`.` between the two
+    numbers is read too: the form earlier versions sent.)"""
     if not value:
         return None
-    turn, _, seq = value.strip().partition(".")
+    value = value.strip()
+    turn, _, seq = value.partition("-") if "-" in value else value.partition(".")
     if not (turn.isdigit() and seq.isdigit()):
         return None
     return int(turn), int(seq)

@@ -49,7 +49,7 @@ class Admission:
     reservation_id: str | None
     reserved_cents: Decimal
     title: str | None
-    user_turns: int | None  # number of this turn among the session's messages (when rehydrating)
+    stream: int  # the number of the turn's event stream
     user_position: int  # the user message's place in the session; the reply takes the next one
 
 
@@ -74,13 +74,13 @@ async def admit(
     *,
     text: str,
     lease: str,
+    owner: str,
     lease_ttl: timedelta,
     reservation_ttl: timedelta,
     now: datetime,
     max_tokens: int | None,
     prices: Prices,
     page_context: dict[str, Any] | None,
-    count_turns: bool,
 ) -> Admission:
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
@@ -97,9 +97,10 @@ async def admit(
         check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
     title = title_from(text) if row.title is None else None
     # The lease, and the session's activity, message count, title and context for this message.
-    if not await repo.take_turn(
-        tx, row.id, token=lease, now=now, expires_at=now + lease_ttl, title=title, context=page_context
-    ):
+    stream = await repo.take_turn(
+        tx, row.id, token=lease, owner=owner, now=now, expires_at=now + lease_ttl, title=title, context=page_context
+    )
+    if stream is None:
         raise TurnInProgressError()
 
     stored = await repo.history_rows(tx, row.id)
@@ -124,9 +125,6 @@ async def admit(
                 tx, row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
             )
 
-    # Counted from the rows just read: a separate count query would pick the role index on
-    # SQLite and scan every user message of every session.
-    user_turns = sum(1 for role, _, _ in stored if role == "user") + 1 if count_turns else None
     position = row.message_count + 1
     await repo.insert_message(
         tx,
@@ -145,6 +143,6 @@ async def admit(
         reservation_id=reservation_id,
         reserved_cents=allowance.reserve_cents,
         title=title,
-        user_turns=user_turns,
+        stream=stream,
         user_position=position,
     )

@@ -5,10 +5,13 @@ Wire contract (camelCase payloads; `data` is the whole event object including `t
     message_start{messageId}  content_delta{delta}  reasoning_delta{delta}
     message_end{inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens, costUsd, usageEstimated}
     title_updated{title}  error{code, message}  done{}
+    stream_gap{afterId, nextId}: frames between the two ids were lost in transit (they are stored)
 
-Each frame carries `id: <turn>.<seq>`: the session's turn number and the frame's position in that
-turn, so `Last-Event-ID` can resume a running turn. A delta event carries the pieces of one network
-read and goes out as one frame per piece. Imports only the standard library and orjson.
+Each frame carries `id: <stream>-<seq>`: the number of the session's event stream (a turn, or its
+continuation; numbered by the database) and the frame's position in it, so `Last-Event-ID` can
+resume a running turn on any process. It is also the frame's entry id in Redis. A delta event
+carries the pieces of one network read and goes out as one frame per piece. Imports only the
+standard library and orjson.
 """
 
 from __future__ import annotations
@@ -80,7 +83,16 @@ class Done:
     type: Literal["done"] = "done"
 
 
-StreamEvent = MessageStart | ContentDelta | ReasoningDelta | MessageEnd | TitleUpdated | TurnError | Done
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamGap:
+    """Frames between two ids never reached this reader (a relay failed); the reply is stored whole."""
+
+    type: Literal["stream_gap"] = "stream_gap"
+    after_id: str
+    next_id: str
+
+
+StreamEvent = MessageStart | ContentDelta | ReasoningDelta | MessageEnd | TitleUpdated | TurnError | Done | StreamGap
 
 
 def encode(event: StreamEvent, turn: int, seq: int) -> list[bytes]:
@@ -90,8 +102,8 @@ def encode(event: StreamEvent, turn: int, seq: int) -> list[bytes]:
     if type(event) is ContentDelta or type(event) is ReasoningDelta:
         head = _DELTA_HEADS[event.type]
         dumps = orjson.dumps
-        return [b"id: %d.%d%b%b}\n\n" % (turn, i, head, dumps(text)) for i, text in enumerate(event.texts, seq)]
-    return [b"id: %d.%d\nevent: %b\ndata: %b\n\n" % (turn, seq, event.type.encode(), orjson.dumps(_payload(event)))]
+        return [b"id: %d-%d%b%b}\n\n" % (turn, i, head, dumps(text)) for i, text in enumerate(event.texts, seq)]
+    return [b"id: %d-%d\nevent: %b\ndata: %b\n\n" % (turn, seq, event.type.encode(), orjson.dumps(_payload(event)))]
 
 
 _DELTA_HEADS = {
@@ -121,6 +133,8 @@ def _payload(event: StreamEvent) -> dict[str, object]:
             return {"type": event.type, "code": c, "message": m}
         case Done():
             return {"type": event.type}
+        case StreamGap(after_id=a, next_id=n):
+            return {"type": event.type, "afterId": a, "nextId": n}
         case ContentDelta() | ReasoningDelta():
             raise ValueError("deltas are encoded piece by piece")
         case _:
@@ -128,3 +142,8 @@ def _payload(event: StreamEvent) -> dict[str, object]:
 
 
 HEARTBEAT_FRAME = b": ping\n\n"
+
+
+def is_done_frame(frame: bytes) -> bool:
+    """Whether an encoded frame is the `done` that ends its stream."""
+    return b"\nevent: done\n" in frame

@@ -1,10 +1,15 @@
-"""SessionManager: admission, live sessions, turns, Stop, close, expiry and eviction.
+"""SessionManager: admission, live sessions, turns, Stop, close and re-attach, on any process.
 
-The database is the truth (status, history, the turn lease); memory holds only a cache of live
-sessions: their event channel and running turn. Past `max_live_sessions`, idle entries are
-dropped from memory (never one with a running turn) and rehydrate from the database on their next
-message: nothing is lost and nothing expires because of it. Expiry (2 h idle, 24 h age) is
-written to the database, whether noticed by the sweeper or at admission.
+The database is the truth of a turn: who runs it (the lease, with its owner), the number of its
+event stream, its Stop flag, the session's status and the reply checkpointed while it streams
+(`upkeep.py`). Memory holds only a cache of live sessions (their event channel and the turn this
+process runs); past `max_live_sessions` idle entries are dropped and rehydrate on their next
+message. With Redis (`bus/redis.py`) another process can follow a turn and wake the process that
+runs it; without it, Stop and close still reach the turn through the database.
+
+A turn's lease token is the id its reply is stored under: a process that recovers the lease of a
+dead one knows which reply to end, and a turn that finishes after losing its lease writes over
+that same reply, never beside it.
 
 Imports chat, providers, billing, bus and store; never the web layer.
 """
@@ -22,24 +27,38 @@ from typing import Any
 
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
+from parley.bus.redis import RedisRelay
 from parley.chat.admission import Admission, admit
-from parley.chat.events import Done, MessageStart, StreamEvent, TitleUpdated, TurnError, encode
+from parley.chat.events import (
+    Done,
+    MessageStart,
+    StreamEvent,
+    StreamGap,
+    TitleUpdated,
+    TurnError,
+    encode,
+    is_done_frame,
+)
+from parley.chat.ownership import ProcessName
 from parley.chat.prompt import require_text, sanitize_content
-from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn, stop_error
+from parley.chat.turns import Reply, TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn
 from parley.errors import (
     NoTurnRunningError,
     PayloadTooLargeError,
+    ResumeUnavailableError,
     SessionClosedError,
     SessionExpiredError,
     SessionNotFoundError,
     TurnInProgressError,
+    TurnLostError,
     ValidationFailedError,
 )
 from parley.providers.base import Provider
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
-from parley.store.repositories import TurnSession, TurnTotals
+from parley.store.repositories import HeldLease, TurnSession, TurnTotals
+from parley.store.sql import Tx
 from parley.store.tenancy import Tenant
 
 log = logging.getLogger("parley.sessions")
@@ -56,17 +75,25 @@ class SessionPolicy:
     idle_ttl: timedelta = timedelta(hours=2)
     max_age: timedelta = timedelta(hours=24)
     max_live_sessions: int = 200
-    lease_ttl: timedelta = timedelta(seconds=60)
+    lease_ttl: timedelta = timedelta(seconds=20)
     prices: Callable[[str], Prices] = field(default=lambda _model: Prices())  # by model id
 
 
 @dataclass(slots=True, eq=False)
 class RunningTurn:
+    """A turn this process runs."""
+
+    lease_token: str  # also the id its reply is stored under
+    stream: int  # its event stream's number
+    started: float  # on the loop's clock
+    reply: Reply = field(default_factory=Reply)
     task: asyncio.Task[None] | None = None
     stream_task: asyncio.Task[TurnOutcome] | None = None
     stop_reason: str | None = None
-    lease_token: str = ""
     admission: Admission | None = None
+    checkpointed_chars: int = 0  # how much of the reply the database has
+    checkpointed_at: float = 0.0  # on the loop's clock
+    renewed: float = 0.0  # when the lease was last renewed, on the loop's clock
 
 
 @dataclass(slots=True, eq=False)
@@ -74,7 +101,6 @@ class LiveSession:
     id: str
     org_id: str
     user_id: str | None
-    created_at: datetime
     last_activity: datetime
     channel: SessionChannel
     turn: RunningTurn | None = None
@@ -85,7 +111,7 @@ def _now() -> datetime:
 
 
 class SessionManager:
-    """Owns every live session and running turn of this process."""
+    """Owns the live sessions and running turns of this process."""
 
     def __init__(
         self,
@@ -94,11 +120,16 @@ class SessionManager:
         provider: Provider,
         policy: SessionPolicy,
         clock: Callable[[], datetime] = _now,
+        process: ProcessName | None = None,
+        relay: RedisRelay | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
         self.policy = policy
         self.clock = clock
+        self.process = process or ProcessName.current()
+        self.owner = str(self.process)
+        self.relay = relay
         self.live: OrderedDict[str, LiveSession] = OrderedDict()
         self._turn_tasks: set[asyncio.Task[None]] = set()
 
@@ -121,6 +152,17 @@ class SessionManager:
             return "Session expired due to inactivity. Start a new session."
         return None
 
+    def is_orphaned(self, lease: HeldLease | TurnSession, now: datetime) -> bool:
+        """Whether a held lease belongs to a turn nobody runs any more: expired, or held by a process
+        of this host that is gone (never one of this process's own running turns)."""
+        if lease.lease_owner == self.owner:
+            live = self.live.get(lease.id)
+            return live is None or live.turn is None or live.turn.lease_token != lease.lease_token
+        if lease.lease_expires_at is not None and lease.lease_expires_at < now:
+            return True
+        holder = ProcessName.parse(lease.lease_owner)
+        return holder is not None and self.process.outlived(holder)
+
     async def send_message(
         self,
         tenant: Tenant,
@@ -136,22 +178,26 @@ class SessionManager:
         text = self.check_content(content)
         live_now = self.live.get(session_id)
         if live_now is not None and live_now.turn is not None:
-            # Running here: refuse before touching the database (the lease would say the same,
-            # unless it expired under the turn because renewals failed).
+            # Running here: refuse before touching the database (the lease says the same).
             await self._check_visible(tenant, user_id, session_id)
             raise TurnInProgressError()
-        now = self.clock()
         lease = new_id()
         expired: str | None = None
         admission: Admission | None = None
+        orphan: HeldLease | None = None
         async with self.db.unit(tenant) as tx:
-            row = await repo.session_for_turn(tx, session_id)
+            row = await repo.session_for_turn(tx, session_id)  # locks the row: admissions queue here
+            now = self.clock()  # after the lock: the message's time is its place in the queue
             if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
                 raise SessionNotFoundError()
             if row.status == "closed":
                 raise SessionClosedError()
             if row.status == "expired":
                 raise SessionExpiredError()
+            if row.lease_token is not None:
+                if not self.is_orphaned(row, now):
+                    raise TurnInProgressError()
+                orphan = await self._end_orphan_in(tx, row.id, now)
             expired = self._expiry(row, now)
             if expired:
                 await repo.set_status(tx, session_id, "expired", now=now, only_if="active")
@@ -161,6 +207,7 @@ class SessionManager:
                     row,
                     text=text,
                     lease=lease,
+                    owner=self.owner,
                     lease_ttl=self.policy.lease_ttl,
                     # A reservation outlives any turn: the turn timeout plus the lease's grace.
                     reservation_ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
@@ -168,20 +215,26 @@ class SessionManager:
                     max_tokens=self.policy.max_tokens,
                     prices=self.policy.prices(row.model),
                     page_context=page_context,
-                    count_turns=session_id not in self.live,
                 )
+        if orphan is not None:
+            self._announce_recovery(orphan)
         if admission is None:
-            await self._drop(session_id, reason="idle", close_channel=True)
+            await self._drop(session_id, reason="idle")
             raise SessionExpiredError(expired)
 
-        live = self._live_session(row, now, admission.user_turns)
-        if live.turn is not None:  # only possible if the lease expired under a live turn
-            await self._release(row.org_id, session_id, lease, admission.reservation_id)
-            raise TurnInProgressError()
+        live = self._live_session(row, now)
+        turn = RunningTurn(
+            lease_token=lease,
+            stream=admission.stream,
+            started=asyncio.get_running_loop().time(),
+            admission=admission,
+        )
+        turn.renewed = turn.checkpointed_at = turn.started
         try:
-            live.channel.begin_turn()
+            frames = live.channel.begin_turn(admission.stream)
+            if self.relay is not None:
+                self.relay.track(session_id, admission.stream, frames)
             subscription = live.channel.subscribe()  # before anything is published
-            turn = RunningTurn(lease_token=lease, admission=admission)
             live.turn = turn
             if admission.title is not None:
                 self._publish(live, TitleUpdated(title=admission.title))
@@ -205,14 +258,12 @@ class SessionManager:
     def _turn_spec(
         self, live: LiveSession, row: TurnSession, text: str, turn: RunningTurn, admission: Admission
     ) -> TurnSpec:
-        org_id, session_id = row.org_id, row.id
-
         def set_stream_task(task: asyncio.Task[TurnOutcome]) -> None:
             turn.stream_task = task
 
         return TurnSpec(
-            session_id=session_id,
-            message_id=new_id(),
+            session_id=row.id,
+            message_id=turn.lease_token,
             system_prompt=admission.system_prompt,
             history=admission.history,
             user_text=text,
@@ -223,34 +274,33 @@ class SessionManager:
             provider=self.provider,
             prices=self.policy.prices(row.model),
             publish=partial(self._publish, live),
-            persist=partial(self._persist, live, org_id, session_id, turn),
+            persist=partial(self._persist, live, row.org_id, row.id, turn),
             clock=self.clock,
             stop_reason=lambda: turn.stop_reason,
             on_stream_task=set_stream_task,
+            reply=turn.reply,
         )
 
     def _publish(self, live: LiveSession, event: StreamEvent) -> None:
         channel = live.channel
         if channel.closed:
             return
-        if type(event) is Done:
+        final = type(event) is Done
+        if final:
             live.turn = None
-            channel.publish(event, encode, final=True)
-        else:
-            channel.publish(event, encode)
+        channel.publish(event, encode, final=final)
+        if self.relay is not None:
+            self.relay.dirty(live.id, channel.turn, final=final)
 
     async def _persist(
-        self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord | None
+        self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord
     ) -> None:
         """One transaction: the reply, session totals, cost rows, lease and reservation settled."""
-        now = record.now if record else self.clock()
+        now = record.now
         admission = turn.admission
         async with self.db.unit(Tenant.for_org(org_id)) as tx:
             if admission is not None and admission.reservation_id is not None:
                 await repo.delete_reservation(tx, admission.reservation_id)
-            if record is None:
-                await repo.release_lease(tx, session_id, token=turn.lease_token)
-                return
             cost = record.cost_cents
             if admission is not None and admission.metered and cost > admission.reserved_cents:
                 # Only a server that ignores max_tokens and packs several tokens per chunk gets
@@ -269,38 +319,25 @@ class SessionManager:
                 cache_write_tokens=record.tokens.cache_write_tokens,
                 cost_cents=cost,
             )
-            stored = bool(record.text or record.reasoning)
-            if stored:
-                tokens = record.tokens
-                await repo.insert_message(
-                    tx,
-                    message_id=record.message_id,
-                    session_id=session_id,
-                    position=admission.user_position + 1 if admission is not None else 0,
-                    role="assistant",
-                    content=record.text,
-                    parts=describe_parts(record.text, record.reasoning),
-                    tokens=(
-                        tokens.input_tokens,
-                        tokens.output_tokens,
-                        tokens.cache_read_tokens,
-                        tokens.cache_write_tokens,
-                    ),
-                    cost_cents=cost,
-                    usage_estimated=record.tokens.estimated,
-                    finish_reason=record.finish_reason,
-                    created_at=now,
-                )
-            await repo.record_turn(
+            tokens = record.tokens
+            await repo.upsert_message(
                 tx,
-                session_id,
-                totals=totals,
-                count_turn=record.count_turn,
-                now=now,
-                lease_token=turn.lease_token,
-                messages_added=1 if stored else 0,
+                message_id=record.message_id,
+                session_id=session_id,
+                position=admission.user_position + 1 if admission is not None else 0,
+                role="assistant",
+                content=record.text,
+                parts=describe_parts(record.text, record.reasoning),
+                tokens=(tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens),
+                cost_cents=cost,
+                usage_estimated=tokens.estimated,
+                finish_reason=record.finish_reason,
+                created_at=now,
             )
-            if not record.tokens.is_zero or record.text:
+            await repo.record_turn(
+                tx, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
+            )
+            if not tokens.is_zero or record.text:
                 await repo.add_cost_usage(tx, org_id, totals=totals, now=now)
         live.last_activity = now
 
@@ -313,20 +350,54 @@ class SessionManager:
         except Exception:
             log.exception("could not release the lease of session %s", session_id)
 
+    # -- orphaned turns ------------------------------------------------------------------------------
+
+    async def _end_orphan_in(self, tx: Tx, session_id: str, now: datetime) -> HeldLease | None:
+        """End the orphaned turn of a session in the caller's unit of work (its row is locked)."""
+        lease = await repo.held_lease(tx, session_id)
+        if lease is None or not await repo.end_orphaned_turn(tx, lease, now=now):
+            return None
+        return lease
+
+    async def end_orphan(self, lease: HeldLease) -> bool:
+        """End a turn whose process is gone (see `upkeep.py`); False when its lease moved on."""
+        now = self.clock()
+        async with self.db.unit(Tenant.for_org(lease.org_id)) as tx:
+            ended = await repo.end_orphaned_turn(tx, lease, now=now)
+        if ended:
+            self._announce_recovery(lease)
+        return ended
+
+    def _announce_recovery(self, lease: HeldLease) -> None:
+        """Log a recovered lease, and end its stream for readers on other processes."""
+        log.warning(
+            "took over the turn lease of session %s from %s (expired at %s); its reply is kept as interrupted",
+            lease.id,
+            lease.lease_owner,
+            lease.lease_expires_at.isoformat() if lease.lease_expires_at else "unknown",
+        )
+        live = self.live.pop(lease.id, None)
+        if live is not None:
+            live.channel.close()
+
+    def lost_frames(self, last: tuple[int, int]) -> list[bytes]:
+        """The frames that end a stream whose producer is gone, numbered after `last`."""
+        error = TurnLostError()
+        lost = TurnError(code=error.error_code(), message=error.message)
+        return [*encode(lost, last[0], last[1] + 1), *encode(Done(), last[0], last[1] + 2)]
+
     # -- live sessions -----------------------------------------------------------------------------
 
-    def _live_session(self, row: TurnSession, now: datetime, user_turns: int | None) -> LiveSession:
+    def _live_session(self, row: TurnSession, now: datetime) -> LiveSession:
         live = self.live.get(row.id)
         if live is None:
             self._make_room()
-            # Event ids continue across restarts: turn numbers count the session's user messages.
             live = LiveSession(
                 id=row.id,
                 org_id=row.org_id,
                 user_id=row.user_id,
-                created_at=row.created_at,
                 last_activity=now,
-                channel=SessionChannel(row.id, turn=max((user_turns or 1) - 1, 0)),
+                channel=SessionChannel(row.id),
             )
             self.live[row.id] = live
         else:
@@ -350,32 +421,75 @@ class SessionManager:
             log.debug("dropped idle session %s from memory (capacity)", sid)
 
     async def attach(self, tenant: Tenant, user_id: str, session_id: str, last_event_id: str | None) -> Subscription:
-        """Re-attach to the running (or just finished) turn, replaying after `last_event_id`."""
-        await self._check_visible(tenant, user_id, session_id)
-        live = self.live.get(session_id)
+        """Re-attach to the running (or just finished) turn, replaying after `last_event_id`: from
+        this process's memory, or through Redis from the process that runs it."""
+        row = await self._check_visible(tenant, user_id, session_id)
         after = parse_event_id(last_event_id)
-        if live is None or (live.turn is None and not live.channel.has_frames_after(after)):
+        live = self.live.get(session_id)
+        if live is not None and (live.turn is not None or live.channel.has_frames_after(after)):
+            if after is None or after[0] < live.channel.turn:
+                return live.channel.subscribe(replay_all=True)
+            return live.channel.subscribe(replay_after=after)
+        running = row["lease_token"] is not None
+        stream = int(row["stream_number"])
+        if self.relay is None or not self.relay.available:
+            if running:
+                raise ResumeUnavailableError()
             raise NoTurnRunningError()
-        if after is None or after[0] < live.channel.turn:
-            return live.channel.subscribe(replay_all=True)
-        return live.channel.subscribe(replay_after=after)
+        if not running and after is not None and after[0] >= stream:
+            raise NoTurnRunningError()  # the last stream ended and the reader saw it
+        return self.relay.follow(
+            session_id,
+            stream=stream,
+            after=after,
+            owner=row["lease_owner"] if running else None,
+            is_last=is_done_frame,
+            lost=self.lost_frames,
+            gap=_gap_frame,
+        )
 
     def detach(self, session_id: str, subscription: Subscription) -> None:
+        subscription.close()
         live = self.live.get(session_id)
         if live is not None:
             live.channel.unsubscribe(subscription)
 
-    async def _check_visible(self, tenant: Tenant, user_id: str, session_id: str) -> None:
-        """404 unless the caller owns this session in one of its organizations."""
+    async def _check_visible(self, tenant: Tenant, user_id: str, session_id: str) -> dict[str, Any]:
+        """The session's row; 404 unless the caller owns it in one of its organizations."""
         async with self.db.unit(tenant, readonly=True) as tx:
-            if await repo.get_session(tx, tenant, session_id, owner_id=user_id) is None:
-                raise SessionNotFoundError()
+            row = await repo.get_session(tx, tenant, session_id, owner_id=user_id)
+        if row is None:
+            raise SessionNotFoundError()
+        return row
+
+    # -- Stop and close ------------------------------------------------------------------------------
 
     async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
+        """Stop the session's running turn, wherever it runs: its partial reply is kept."""
         await self._check_visible(tenant, user_id, session_id)
         live = self.live.get(session_id)
-        if live is None or live.turn is None or not self._stop(live.turn, "interrupt"):
+        if live is not None and live.turn is not None:
+            self._stop(live.turn, "interrupt")
+            return
+        async with self.db.unit(tenant) as tx:
+            held = await repo.request_stop(tx, session_id, now=self.clock())
+            lease = await repo.held_lease(tx, session_id) if held is not None else None
+        if lease is None:
             raise NoTurnRunningError()
+        if self.is_orphaned(lease, self.clock()):
+            await self.end_orphan(lease)  # nobody runs it: ending it is the Stop
+        elif self.relay is not None:
+            await self.relay.send_control("stop", session_id)  # else the owner sees the flag within a second
+
+    def on_control(self, operation: str, session_id: str) -> None:
+        """Stop or close asked on another process (through Redis), for a turn that may run here."""
+        live = self.live.get(session_id)
+        if live is None or live.turn is None:
+            return
+        if operation == "stop":
+            self._stop(live.turn, "interrupt")
+        elif operation == "close":
+            asyncio.get_running_loop().create_task(self._drop(session_id, reason="close"))
 
     def _stop(self, turn: RunningTurn, reason: str) -> bool:
         """Cancel the streaming part of a turn; False when it is not streaming any more."""
@@ -395,9 +509,17 @@ class SessionManager:
             if await repo.get_session(tx, tenant, session_id, owner_id=user_id) is None:
                 raise SessionNotFoundError()
             await repo.set_status(tx, session_id, "closed", now=now)
-        await self._drop(session_id, reason="close", close_channel=True)
+            lease = await repo.held_lease(tx, session_id)
+        if session_id in self.live:
+            await self._drop(session_id, reason="close")
+        elif lease is not None:
+            if self.is_orphaned(lease, now):
+                await self.end_orphan(lease)
+            elif self.relay is not None:
+                await self.relay.send_control("close", session_id)
 
-    async def _drop(self, session_id: str, *, reason: str, close_channel: bool) -> None:
+    async def _drop(self, session_id: str, *, reason: str) -> None:
+        """Forget a live session: its running turn stops (for `reason`) and its streams end."""
         live = self.live.pop(session_id, None)
         if live is None:
             return
@@ -408,72 +530,39 @@ class SessionManager:
             self._stop(turn, reason)
             if turn.task is not None:
                 await asyncio.wait({turn.task}, timeout=10)
-        if close_channel:
-            live.channel.close()
+        live.channel.close()
 
-    # -- background ---------------------------------------------------------------------------------
-
-    async def sweep(self) -> None:
-        """Expire sessions past their idle or age limit, in memory and in the database."""
-        now = self.clock()
-        for live in list(self.live.values()):
-            if now - live.created_at > self.policy.max_age:
-                reason = "expired"
-            elif live.turn is None and now - live.last_activity > self.policy.idle_ttl:
-                reason = "idle"
-            else:
-                continue
-            await self._expire_live(live, reason, now)
-        async with self.db.unit(Tenant.system()) as tx:
-            await repo.expire_stale_sessions(tx, now=now, idle_ttl=self.policy.idle_ttl, max_age=self.policy.max_age)
-
-    async def _expire_live(self, live: LiveSession, reason: str, now: datetime) -> None:
+    async def end_live(self, session_id: str, reason: str) -> None:
+        """A session the database expired: its readers are told, its running turn stops."""
+        live = self.live.get(session_id)
+        if live is None:
+            return
         if live.turn is None:
-            error = stop_error(reason) or SessionExpiredError()
+            error = SessionExpiredError()
             self._publish(live, TurnError(code=error.error_code(), message=error.message))
             self._publish(live, Done())
-        await self._drop(live.id, reason=reason, close_channel=True)
-        async with self.db.unit(Tenant.for_org(live.org_id)) as tx:
-            await repo.set_status(tx, live.id, "expired", now=now, only_if="active")
+        await self._drop(session_id, reason=reason)
 
-    async def renew_leases(self) -> None:
-        now = self.clock()
-        for live in list(self.live.values()):
-            turn = live.turn
-            if turn is None:
-                continue
-            try:
-                async with self.db.unit(Tenant.for_org(live.org_id)) as tx:
-                    await repo.renew_lease(tx, live.id, token=turn.lease_token, expires_at=now + self.policy.lease_ttl)
-            except Exception:
-                log.warning("could not renew the lease of session %s", live.id, exc_info=True)
+    # -- shutdown ------------------------------------------------------------------------------------
 
-    async def run_background(self, sweep_interval: float) -> None:
-        """Lease renewal and expiry sweeps until cancelled."""
-        lease_every = max(self.policy.lease_ttl.total_seconds() / 3, 0.05)
-        next_sweep = 0.0
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await self.renew_leases()
-                if loop.time() >= next_sweep:
-                    next_sweep = loop.time() + sweep_interval
-                    await self.sweep()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("background maintenance failed")
-            await asyncio.sleep(min(lease_every, sweep_interval))
+    def running_turns(self) -> list[tuple[LiveSession, RunningTurn]]:
+        return [(live, live.turn) for live in self.live.values() if live.turn is not None]
 
     async def shutdown(self) -> None:
         """Stop running turns; each persists what it has and releases its lease."""
         tasks = []
-        for live in self.live.values():
-            if live.turn is not None and live.turn.task is not None:
-                self._stop(live.turn, "shutdown")
-                tasks.append(live.turn.task)
+        for _, turn in self.running_turns():
+            if turn.task is not None:
+                self._stop(turn, "shutdown")
+                tasks.append(turn.task)
         if tasks:
             await asyncio.wait(tasks, timeout=10)
         for live in self.live.values():
             live.channel.close()
         self.live.clear()
+
+
+def _gap_frame(after: tuple[int, int], following: tuple[int, int]) -> bytes:
+    gap = StreamGap(after_id=f"{after[0]}-{after[1]}", next_id=f"{following[0]}-{following[1]}")
+    # Numbered as the frame it stands for the lost ones before: a reader's last id stays `after`.
+    return encode(gap, after[0], after[1])[0]

@@ -105,10 +105,11 @@ class TurnSpec:
     provider: Provider
     prices: Prices
     publish: Callable[[StreamEvent], None]
-    persist: Callable[[TurnRecord | None], Awaitable[None]]
+    persist: Callable[[TurnRecord], Awaitable[None]]
     clock: Callable[[], datetime]
     stop_reason: Callable[[], str | None]
     on_stream_task: Callable[[asyncio.Task[TurnOutcome]], None]
+    reply: Reply = field(default_factory=lambda: Reply())  # what arrived so far (checkpointed while it grows)
 
 
 def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
@@ -122,7 +123,7 @@ def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
         *spec.history,
         ChatMessage.text("user", spec.user_text),
     ]
-    reply = Reply()
+    reply = spec.reply
     stream_task = asyncio.create_task(_consume(spec, messages, reply))
     spec.on_stream_task(stream_task)
     return asyncio.create_task(_run_turn(spec, messages, reply, stream_task), name=f"turn:{spec.session_id}")
@@ -257,9 +258,20 @@ async def _finish(spec: TurnSpec, messages: Sequence[ChatMessage], reply: Reply,
 
 
 async def _end_without_provider(spec: TurnSpec, error: ParleyError | None) -> None:
-    """The provider was never called (history refused, or stopped first): the turn does not count."""
+    """The provider was never called (stopped first): the turn does not count, and the reply is
+    stored empty, so the conversation still alternates."""
+    record = TurnRecord(
+        message_id=spec.message_id,
+        text="",
+        reasoning="",
+        tokens=TokenCounts(),
+        cost_cents=Decimal(0),
+        finish_reason="interrupted" if error is None else error.error_code(),
+        count_turn=False,
+        now=spec.clock(),
+    )
     try:
-        await asyncio.shield(spec.persist(None))
+        await asyncio.shield(spec.persist(record))
     except Exception:
         log.exception("releasing the lease failed for session %s", spec.session_id)
     if error is not None:

@@ -60,7 +60,10 @@ class ApiToken(Base):
 
 class AiSession(Base):
     __tablename__ = "ai_sessions"
-    __table_args__ = (Index("ix_ai_sessions_user_activity", "user_id", "last_activity_at"),)
+    __table_args__ = (
+        Index("ix_ai_sessions_user_activity", "user_id", "last_activity_at"),
+        Index("ix_ai_sessions_lease_expires_at", "lease_expires_at"),  # leases to recover
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
@@ -84,10 +87,17 @@ class AiSession(Base):
     last_activity_at: Mapped[datetime] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    # The turn lease: one turn at a time per session, across server processes. A process that
-    # dies leaves a lease that simply expires; a running turn renews it.
+    # The turn lease: one turn at a time per session, across server processes. A running turn
+    # renews it; a process that dies leaves one that its successor or, once it expires, any
+    # process recovers (`lease_owner` names the holder: host, process id and a start nonce).
     lease_token: Mapped[str | None] = mapped_column(String(36))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(120))
+    # Each event stream of the session (a turn, or its continuation) takes the next number: the
+    # first half of its events' ids, so they keep increasing whichever process streams.
+    stream_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Stop, asked on any process; the turn's process honours it within a second.
+    stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class AiMessage(Base):

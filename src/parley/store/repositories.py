@@ -48,7 +48,7 @@ from parley.store.models import (
     Organization,
     User,
 )
-from parley.store.sql import Record, Tx
+from parley.store.sql import Record, Tx, member_of
 from parley.store.tenancy import Tenant, in_orgs
 
 sessions: Table = AiSession.__table__  # type: ignore[assignment]
@@ -92,6 +92,9 @@ class TurnSession:
     message_count: int
     created_at: datetime
     last_activity_at: datetime
+    lease_token: str | None
+    lease_expires_at: datetime | None
+    lease_owner: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -135,19 +138,22 @@ async def session_for_turn(tx: Tx, session_id: str) -> TurnSession | None:
 
 _TAKE_TURN = (
     update(sessions)
-    .where(
-        sessions.c.id == bindparam("session_id"),
-        or_(sessions.c.lease_token.is_(None), sessions.c.lease_expires_at < bindparam("now")),
-    )
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_(None))
     .values(
         lease_token=bindparam("token"),
         lease_expires_at=bindparam("expires_at"),
+        lease_owner=bindparam("owner"),
+        stop_requested_at=None,
+        stream_number=sessions.c.stream_number + 1,
         last_activity_at=bindparam("now"),
         updated_at=bindparam("now"),
-        message_count=sessions.c.message_count + 1,
+        # Two positions: the message admitted and the reply to it, stored even if empty, so the
+        # conversation alternates whatever happens to the turn.
+        message_count=sessions.c.message_count + 2,
         title=func.coalesce(bindparam("title", type_=String), sessions.c.title),
         context_snapshot=func.coalesce(bindparam("context", type_=JSON), sessions.c.context_snapshot),
     )
+    .returning(sessions.c.stream_number)
 )
 
 
@@ -156,44 +162,158 @@ async def take_turn(
     session_id: str,
     *,
     token: str,
+    owner: str,
     now: datetime,
     expires_at: datetime,
     title: str | None = None,
     context: dict[str, Any] | None = None,
-) -> bool:
-    """Take the turn lease if free or expired, and record the message being admitted (activity,
-    message count, title, context): one conditional UPDATE, atomic across processes."""
+) -> int | None:
+    """Take the free turn lease for `owner` and record the message being admitted (activity,
+    positions, title, context): one conditional UPDATE, atomic across processes. Returns the number
+    of the turn's event stream, or None when the lease is held."""
     params = {
         "session_id": session_id,
         "token": token,
+        "owner": owner,
         "expires_at": expires_at,
         "now": now,
         "title": title,
         "context": context,
     }
-    return await tx.run(_TAKE_TURN, params) == 1
+    return await tx.value(_TAKE_TURN, params)
 
 
 _RELEASE_LEASE = (
     update(sessions)
     .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token == bindparam("token"))
-    .values(lease_token=None, lease_expires_at=None)
+    .values(lease_token=None, lease_expires_at=None, lease_owner=None, stop_requested_at=None)
 )
 
 
-async def release_lease(tx: Tx, session_id: str, *, token: str) -> None:
-    await tx.run(_RELEASE_LEASE, {"session_id": session_id, "token": token})
+async def release_lease(tx: Tx, session_id: str, *, token: str) -> bool:
+    """Release the lease if it is still `token`'s; False when it was not (another process took it)."""
+    return await tx.run(_RELEASE_LEASE, {"session_id": session_id, "token": token}) == 1
 
 
-_RENEW_LEASE = (
+_KEEP_TURN = (
     update(sessions)
     .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token == bindparam("token"))
     .values(lease_expires_at=bindparam("expires_at"))
+    .returning(sessions.c.status, sessions.c.stop_requested_at)
 )
 
 
-async def renew_lease(tx: Tx, session_id: str, *, token: str, expires_at: datetime) -> bool:
-    return await tx.run(_RENEW_LEASE, {"session_id": session_id, "token": token, "expires_at": expires_at}) == 1
+async def keep_turn(tx: Tx, session_id: str, *, token: str, expires_at: datetime) -> tuple[str, datetime | None] | None:
+    """Renew a running turn's lease; returns (status, stop requested at), or None when the lease is
+    no longer this turn's."""
+    return await tx.row(_KEEP_TURN, {"session_id": session_id, "token": token, "expires_at": expires_at})
+
+
+_TURN_STATES = select(sessions.c.id, sessions.c.lease_token, sessions.c.status, sessions.c.stop_requested_at).where(
+    member_of(sessions.c.id, "session_ids")
+)
+
+
+async def turn_states(tx: Tx, session_ids: list[str]) -> list[tuple[str, str | None, str, datetime | None]]:
+    """(id, lease token, status, stop requested at) of these sessions: what their running turns obey."""
+    return await tx.rows(_TURN_STATES, {"session_ids": session_ids})
+
+
+_REQUEST_STOP = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_not(None))
+    .values(stop_requested_at=bindparam("now"))
+    .returning(sessions.c.lease_token, sessions.c.lease_owner, sessions.c.lease_expires_at)
+)
+
+
+async def request_stop(tx: Tx, session_id: str, *, now: datetime) -> tuple[str, str | None, datetime | None] | None:
+    """Raise the Stop flag of the running turn; its (lease token, owner, expiry), or None when no
+    turn runs."""
+    row = await tx.row(_REQUEST_STOP, {"session_id": session_id, "now": now})
+    return None if row is None else (str(row[0]), row[1], row[2])
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeldLease:
+    """A session whose turn lease is held: which process holds it, and until when."""
+
+    id: str
+    org_id: str
+    model: str
+    lease_token: str
+    lease_owner: str | None
+    lease_expires_at: datetime | None
+    message_count: int
+    stream_number: int
+
+
+_EXPIRED_LEASES = select(*_columns(HeldLease, sessions)).where(
+    sessions.c.lease_token.is_not(None), sessions.c.lease_expires_at < bindparam("now")
+)
+_LEASES_OF_HOST = select(*_columns(HeldLease, sessions)).where(
+    sessions.c.lease_token.is_not(None), sessions.c.lease_owner.startswith(bindparam("host", type_=String))
+)
+
+
+async def expired_leases(tx: Tx, *, now: datetime) -> list[HeldLease]:
+    return [HeldLease(*row) for row in await tx.rows(_EXPIRED_LEASES, {"now": now})]
+
+
+async def leases_of_host(tx: Tx, host_prefix: str) -> list[HeldLease]:
+    """Held leases whose owner names start with `host_prefix` (this machine's processes)."""
+    return [HeldLease(*row) for row in await tx.rows(_LEASES_OF_HOST, {"host": host_prefix})]
+
+
+_HELD_LEASE = select(*_columns(HeldLease, sessions)).where(sessions.c.id == bindparam("session_id"))
+
+
+async def held_lease(tx: Tx, session_id: str) -> HeldLease | None:
+    """The session's lease, if one is held."""
+    row = await tx.row(_HELD_LEASE, {"session_id": session_id})
+    return None if row is None or row[3] is None else HeldLease(*row)
+
+
+_END_ORPHAN = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token == bindparam("token"))
+    .values(
+        lease_token=None,
+        lease_expires_at=None,
+        lease_owner=None,
+        stop_requested_at=None,
+        updated_at=bindparam("now"),
+    )
+)
+_FINISH_ORPHAN_REPLY = (
+    update(messages)
+    .where(messages.c.id == bindparam("message_id"), messages.c.finish_reason.is_(None))
+    .values(finish_reason="interrupted")
+)
+_DELETE_SESSION_RESERVATIONS = delete(reservations).where(reservations.c.session_id == bindparam("session_id"))
+
+
+async def end_orphaned_turn(tx: Tx, lease: HeldLease, *, now: datetime) -> bool:
+    """End a turn whose process died: release its lease, keep its reply as checkpointed (or store
+    an empty one) marked interrupted, drop its reservation. False when the lease moved on."""
+    if await tx.run(_END_ORPHAN, {"session_id": lease.id, "token": lease.lease_token, "now": now}) != 1:
+        return False
+    # The lease token is the reply's message id (see `sessions.py`): the checkpointed row, if any.
+    if await tx.run(_FINISH_ORPHAN_REPLY, {"message_id": lease.lease_token}) == 0:
+        await upsert_message(
+            tx,
+            message_id=lease.lease_token,
+            session_id=lease.id,
+            position=lease.message_count,
+            role="assistant",
+            content="",
+            parts=[],
+            created_at=now,
+            finish_reason="interrupted",
+            keep_finished=True,
+        )
+    await tx.run(_DELETE_SESSION_RESERVATIONS, {"session_id": lease.id})
+    return True
 
 
 _SET_STATUS = (
@@ -220,12 +340,13 @@ _RECORD_TURN = (
         total_cache_write_tokens=sessions.c.total_cache_write_tokens + bindparam("cache_write_tokens"),
         total_cost_cents=sessions.c.total_cost_cents + bindparam("cost_cents", type_=sessions.c.total_cost_cents.type),
         turn_count=sessions.c.turn_count + bindparam("turns"),
-        message_count=sessions.c.message_count + bindparam("messages"),
         last_activity_at=bindparam("now"),
         updated_at=bindparam("now"),
         # The lease goes with it, if it is still this turn's (the right-hand sides all read the
         # row as it was, so the second CASE sees the old lease_token too).
         lease_expires_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_expires_at),
+        lease_owner=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_owner),
+        stop_requested_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.stop_requested_at),
         lease_token=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_token),
     )
 )
@@ -239,9 +360,9 @@ async def record_turn(
     count_turn: bool,
     now: datetime,
     lease_token: str,
-    messages_added: int = 0,
 ) -> None:
-    """Add a turn's usage to its session, count the turn, and release the lease."""
+    """Add a turn's usage to its session, count the turn, and release the lease if it is still the
+    turn's (a turn whose lease was recovered under it is still billed)."""
     params = {
         "session_id": session_id,
         "input_tokens": totals.input_tokens,
@@ -250,7 +371,6 @@ async def record_turn(
         "cache_write_tokens": totals.cache_write_tokens,
         "cost_cents": totals.cost_cents,
         "turns": 1 if count_turn else 0,
-        "messages": messages_added,
         "now": now,
         "token": lease_token,
     }
@@ -261,16 +381,24 @@ _EXPIRE_STALE = (
     update(sessions)
     .where(
         sessions.c.status == "active",
-        or_(sessions.c.last_activity_at < bindparam("idle_before"), sessions.c.created_at < bindparam("born_before")),
-        or_(sessions.c.lease_token.is_(None), sessions.c.lease_expires_at < bindparam("now")),
+        or_(
+            # Past its age limit, even mid-turn (the turn then ends with the session).
+            sessions.c.created_at < bindparam("born_before"),
+            # Idle, and no turn running on any process.
+            (sessions.c.last_activity_at < bindparam("idle_before"))
+            & or_(sessions.c.lease_token.is_(None), sessions.c.lease_expires_at < bindparam("now")),
+        ),
     )
     .values(status="expired", updated_at=bindparam("now"))
+    .returning(sessions.c.id)
 )
 
 
-async def expire_stale_sessions(tx: Tx, *, now: datetime, idle_ttl: timedelta, max_age: timedelta) -> int:
-    """Mark active sessions past their idle or age limit expired (not those mid-turn)."""
-    return await tx.run(_EXPIRE_STALE, {"now": now, "idle_before": now - idle_ttl, "born_before": now - max_age})
+async def expire_stale_sessions(tx: Tx, *, now: datetime, idle_ttl: timedelta, max_age: timedelta) -> list[str]:
+    """Mark active sessions past their age limit, or idle past theirs with no turn running on any
+    process, expired, as stored; their ids."""
+    params = {"now": now, "idle_before": now - idle_ttl, "born_before": now - max_age}
+    return [sid for (sid,) in await tx.rows(_EXPIRE_STALE, params)]
 
 
 @cache
@@ -416,6 +544,27 @@ async def history_rows(tx: Tx, session_id: str) -> Sequence[HistoryRow]:
 
 
 _INSERT_MESSAGE = insert(messages)
+_UPSERT_MESSAGE = insert_or_update(messages)
+_REPLY_COLUMNS = (
+    "content",
+    "content_parts",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "cost_cents",
+    "usage_estimated",
+    "finish_reason",
+)
+_UPSERT_REPLY = _UPSERT_MESSAGE.on_conflict_do_update(
+    index_elements=[messages.c.id], set_={c: _UPSERT_MESSAGE.excluded[c] for c in _REPLY_COLUMNS}
+)
+# A checkpoint or a recovery never overwrites a reply that is already finished.
+_UPSERT_UNFINISHED_REPLY = _UPSERT_MESSAGE.on_conflict_do_update(
+    index_elements=[messages.c.id],
+    set_={c: _UPSERT_MESSAGE.excluded[c] for c in _REPLY_COLUMNS},
+    where=messages.c.finish_reason.is_(None),
+)
 
 
 async def insert_message(
@@ -451,6 +600,44 @@ async def insert_message(
         "created_at": created_at,
     }
     await tx.run(_INSERT_MESSAGE, params)
+
+
+async def upsert_message(
+    tx: Tx,
+    *,
+    message_id: str,
+    session_id: str,
+    position: int,
+    role: str,
+    content: str,
+    parts: list[dict[str, Any]],
+    created_at: datetime,
+    tokens: tuple[int, int, int, int] | None = None,
+    cost_cents: Decimal | None = None,
+    usage_estimated: bool = False,
+    finish_reason: str | None = None,
+    keep_finished: bool = False,
+) -> None:
+    """Write a reply by its id: a checkpoint (no finish reason yet), or the final version over it.
+    `keep_finished` leaves a reply that already has a finish reason as it is."""
+    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
+    params = {
+        "id": message_id,
+        "session_id": session_id,
+        "position": position,
+        "role": role,
+        "content": content,
+        "content_parts": parts,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cost_cents": cost_cents,
+        "usage_estimated": usage_estimated,
+        "finish_reason": finish_reason,
+        "created_at": created_at,
+    }
+    await tx.run(_UPSERT_UNFINISHED_REPLY if keep_finished else _UPSERT_REPLY, params)
 
 
 def _accepted_since(scope_column: Column[Any]) -> Select[int, datetime | None]:

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
 
 import orjson
-from sqlalchemy import ClauseElement, ColumnDefault, Float, Insert, Numeric
+from sqlalchemy import Boolean, ClauseElement, ColumnDefault, ColumnElement, Float, Insert, Numeric, String, bindparam
 from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.selectable import TypedReturnsRows
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -214,3 +216,44 @@ class PostgresTx(Tx):
         status: str = await self._conn.execute(prepared.sql, *[values[name] for name in prepared.names])
         count = status.rpartition(" ")[2]  # "UPDATE 3", "INSERT 0 1", "DELETE 0"
         return int(count) if count.isdigit() else 0
+
+
+class _IdList(TypeDecorator[list[str]]):
+    """A list of ids as one parameter: a PostgreSQL array, or JSON text that SQLite's json_each reads."""
+
+    impl = String
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(ARRAY(String()))
+        return dialect.type_descriptor(String())
+
+    def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return orjson.dumps(value).decode()
+
+
+class member_of(ColumnElement[bool]):
+    """`column` is one of the ids in the list parameter `name`: `IN` over a list, in a form that is
+    prepared once whatever the list's length (an expanding `IN` is rendered per call)."""
+
+    inherit_cache = True
+    type = Boolean()
+
+    def __init__(self, column: ColumnElement[Any], name: str) -> None:
+        self.column = column
+        self.param = bindparam(name, type_=_IdList())
+
+
+@compiles(member_of, "sqlite")
+def _member_of_sqlite(element: member_of, compiler: SQLCompiler, **kw: Any) -> str:
+    column, param = compiler.process(element.column, **kw), compiler.process(element.param, **kw)
+    return f"({column} IN (SELECT value FROM json_each({param})))"
+
+
+@compiles(member_of, "postgresql")
+def _member_of_postgres(element: member_of, compiler: SQLCompiler, **kw: Any) -> str:
+    column, param = compiler.process(element.column, **kw), compiler.process(element.param, **kw)
+    return f"{column} = ANY({param})"

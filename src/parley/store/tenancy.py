@@ -9,15 +9,12 @@ Imports: standard library and SQLAlchemy (statement building only).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Boolean, ColumnElement, Dialect, String, bindparam
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.types import TypeDecorator, TypeEngine
+from sqlalchemy import ColumnElement
+
+from parley.store.sql import member_of
 
 Scope = Literal["organization", "partner", "system"]
 
@@ -55,41 +52,6 @@ class Tenant:
         return {} if self.sees_all else {"org_ids": sorted(self.org_ids)}
 
 
-class _IdList(TypeDecorator[list[str]]):
-    """A list of ids as one parameter: a PostgreSQL array, or JSON text that SQLite's json_each reads."""
-
-    impl = String
-    cache_ok = True
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(ARRAY(String()))
-        return dialect.type_descriptor(String())
-
-    def process_bind_param(self, value: list[str] | None, dialect: Dialect) -> Any:
-        if value is None or dialect.name == "postgresql":
-            return value
-        return json.dumps(value)
-
-
-class in_orgs(ColumnElement[bool]):
+def in_orgs(column: ColumnElement[Any]) -> ColumnElement[bool]:
     """`column` is one of the tenant's organizations (parameter `org_ids`, from `filter_params`)."""
-
-    inherit_cache = True
-    type = Boolean()
-
-    def __init__(self, column: ColumnElement[Any]) -> None:
-        self.column = column
-        self.param = bindparam("org_ids", type_=_IdList())
-
-
-@compiles(in_orgs, "sqlite")
-def _in_orgs_sqlite(element: in_orgs, compiler: SQLCompiler, **kw: Any) -> str:
-    column, param = compiler.process(element.column, **kw), compiler.process(element.param, **kw)
-    return f"({column} IN (SELECT value FROM json_each({param})))"
-
-
-@compiles(in_orgs, "postgresql")
-def _in_orgs_postgres(element: in_orgs, compiler: SQLCompiler, **kw: Any) -> str:
-    column, param = compiler.process(element.column, **kw), compiler.process(element.param, **kw)
-    return f"{column} = ANY({param})"
+    return member_of(column, "org_ids")

@@ -1,0 +1,148 @@
+"""The background upkeep of one process: its running turns, orphaned turns, expired sessions.
+
+Every `TICK` seconds, for the turns this process runs that are older than a tick, one unit of work:
+- checkpoints each reply that grew since its last checkpoint (at most `CHECKPOINT_EVERY` apart),
+  so a crash loses at most about a second of what was streamed;
+- renews each lease a third of its time-to-live after the last renewal;
+- reads the sessions' Stop flags and statuses in one statement: a turn stopped or a session
+  closed or expired on another process ends here within a tick (Redis, when configured, wakes
+  it sooner).
+Short turns (most of them) never reach a tick and cost nothing here.
+
+Every `RECOVER_EVERY` seconds it ends orphaned turns: leases that expired (their process died),
+and, at start-up, leases of this host's processes that are gone (a restarted process recognises
+its predecessor's at once). And every sweep interval it expires idle and old sessions by a
+conditional UPDATE on what is stored, never by what this process happens to remember.
+
+Imports chat and store; never the web layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+
+from parley.chat.sessions import RunningTurn, SessionManager
+from parley.chat.turns import describe_parts
+from parley.store import repositories as repo
+from parley.store.sql import Tx
+from parley.store.tenancy import Tenant
+
+log = logging.getLogger("parley.upkeep")
+
+TICK = 0.5
+CHECKPOINT_EVERY = 1.0
+RECOVER_EVERY = 5.0
+
+
+async def keep_turns(manager: SessionManager) -> None:
+    """One tick: checkpoints, lease renewals, and what the database says the turns must do."""
+    loop_now = asyncio.get_running_loop().time()
+    due = [(live, turn) for live, turn in manager.running_turns() if loop_now - turn.started >= TICK]
+    if not due:
+        return
+    now = manager.clock()
+    renew_after = manager.policy.lease_ttl.total_seconds() / 3
+    by_org: dict[str, list[tuple[str, RunningTurn]]] = {}
+    for live, turn in due:
+        by_org.setdefault(live.org_id, []).append((live.id, turn))
+    states: list[tuple[str, str | None, str, object]] = []
+    for org_id, turns in by_org.items():
+        async with manager.db.unit(Tenant.for_org(org_id)) as tx:
+            for session_id, turn in turns:
+                if loop_now - turn.checkpointed_at >= CHECKPOINT_EVERY:
+                    await _checkpoint(tx, session_id, turn, now)
+                    turn.checkpointed_at = loop_now
+                if loop_now - turn.renewed >= renew_after:
+                    await repo.keep_turn(
+                        tx, session_id, token=turn.lease_token, expires_at=now + manager.policy.lease_ttl
+                    )
+                    turn.renewed = loop_now
+            states += await repo.turn_states(tx, [session_id for session_id, _ in turns])
+    for session_id, lease_token, status, stop_requested_at in states:
+        holder = manager.live.get(session_id)
+        running = holder.turn if holder is not None else None
+        if running is None:
+            continue
+        if lease_token != running.lease_token:
+            log.warning("session %s: the turn's lease was taken over; stopping it here", session_id)
+            manager._stop(running, "close")
+        elif status != "active":
+            reason = "close" if status == "closed" else "expired"
+            asyncio.get_running_loop().create_task(manager._drop(session_id, reason=reason))
+        elif stop_requested_at is not None:
+            manager._stop(running, "interrupt")
+
+
+async def _checkpoint(tx: Tx, session_id: str, turn: RunningTurn, now: datetime) -> None:
+    """Store the reply as it stands, if it grew (never over a reply that is already finished)."""
+    text, reasoning = "".join(turn.reply.text), "".join(turn.reply.reasoning)
+    size = len(text) + len(reasoning)
+    if size <= turn.checkpointed_chars:
+        return
+    admission = turn.admission
+    await repo.upsert_message(
+        tx,
+        message_id=turn.lease_token,
+        session_id=session_id,
+        position=admission.user_position + 1 if admission is not None else 0,
+        role="assistant",
+        content=text,
+        parts=describe_parts(text, reasoning),
+        created_at=now,
+        keep_finished=True,
+    )
+    turn.checkpointed_chars = size
+
+
+async def recover_orphans(manager: SessionManager, *, at_start: bool = False) -> int:
+    """End the turns nobody runs any more; how many. At start-up also this host's gone processes'."""
+    now = manager.clock()
+    async with manager.db.unit(Tenant.system(), readonly=True) as tx:
+        leases = await repo.expired_leases(tx, now=now)
+        if at_start:
+            leases += await repo.leases_of_host(tx, manager.process.host_prefix)
+    ended = 0
+    seen: set[str] = set()
+    for lease in leases:
+        if lease.id in seen or not manager.is_orphaned(lease, now):
+            continue
+        seen.add(lease.id)
+        try:
+            ended += await manager.end_orphan(lease)
+        except Exception:
+            log.exception("could not end the orphaned turn of session %s", lease.id)
+    return ended
+
+
+async def expire_sessions(manager: SessionManager) -> None:
+    """Expire sessions past their idle or age limit, as stored; tell their live readers."""
+    policy = manager.policy
+    async with manager.db.unit(Tenant.system()) as tx:
+        expired = await repo.expire_stale_sessions(
+            tx, now=manager.clock(), idle_ttl=policy.idle_ttl, max_age=policy.max_age
+        )
+    for session_id in expired:
+        await manager.end_live(session_id, "expired")
+
+
+async def run(manager: SessionManager, sweep_interval: float) -> None:
+    """The upkeep loop until cancelled."""
+    loop = asyncio.get_running_loop()
+    next_recovery = loop.time() + RECOVER_EVERY
+    next_sweep = loop.time()
+    while True:
+        try:
+            await keep_turns(manager)
+            if loop.time() >= next_recovery:
+                next_recovery = loop.time() + RECOVER_EVERY
+                await recover_orphans(manager)
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + sweep_interval
+                await expire_sessions(manager)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background upkeep failed")
+        await asyncio.sleep(TICK)
