@@ -22,6 +22,8 @@ from parley.store.db import Database
 from tests.support.live_server import LiveServer
 from tests.support.postgres import PostgresCluster
 from tests.support.postgres import missing as postgres_missing
+from tests.support.redis import RedisServer
+from tests.support.redis import missing as redis_missing
 
 # Never talk to anything but loopback, and never pick up a developer's real keys or proxies.
 _SCRUBBED = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
@@ -93,6 +95,17 @@ async def _seed(admin_url: str, app_url: str) -> Tenants:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis server (Debian's redis-server), destroyed after the test."""
+    reason = redis_missing()
+    if reason:
+        pytest.fail(reason)
+    server = RedisServer().start()
+    yield server
+    server.destroy()
 
 
 # --- databases -----------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def serve(
     host: Annotated[str, typer.Option(envvar="PARLEY_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="PARLEY_PORT", help="Port to listen on.")] = 8000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    workers: Annotated[
+        int, typer.Option(envvar="PARLEY_WORKERS", min=1, max=64, help="Server processes on this port.")
+    ] = 1,
 ) -> None:
     """Run the HTTP API (configuration from the environment; see `parley check-config`)."""
     try:
@@ -57,7 +60,7 @@ def serve(
         raise typer.Exit(2) from exc
     from parley.server import run_server
 
-    run_server(settings, host, port, log_level=log_level)
+    run_server(settings, host, port, log_level=log_level, workers=workers)
 
 
 @app.command("check-config")

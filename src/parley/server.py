@@ -1,21 +1,35 @@
-"""Run parley under uvicorn (the `serve` and `demo` commands).
+"""Run parley under uvicorn (the `serve` and `demo` commands), in one process or several.
 
 `ParleyServer` stops running turns as soon as shutdown begins: uvicorn otherwise waits for open
 streams to end before the application's own shutdown runs, so a client would hang until the
 graceful timeout and then be cut without `error` or `done`.
+
+With `workers` above one, a small supervisor binds the socket once and runs that many worker
+processes on it, each a `ParleyServer` with its own app (its own start-up and shutdown, its own
+name on the turn leases it takes), and starts a worker again if one dies. uvicorn's own
+multi-process supervisor runs a plain `uvicorn.Server` in each worker, which would lose the
+early stop above.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
 import socket
+import threading
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
 from parley.app import create_app
-from parley.config import Settings
+from parley.config import Settings, load_settings
+
+log = logging.getLogger("parley")
 
 
 def configure_logging(level: str = "INFO") -> None:
@@ -23,12 +37,13 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class ParleyServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI | None = None) -> None:
         super().__init__(config)
         self._parley = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        services = getattr(self._parley.state, "services", None)
+        app = self._parley or _worker_app
+        services = getattr(app.state, "services", None) if app is not None else None
         if services is not None:
             # Running turns persist what they have and tell their streams (error + done).
             await services.sessions.shutdown()
@@ -48,25 +63,80 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
-def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; running turns are stopped and persisted on the way out."""
-    configure_logging(log_level.upper())
+_worker_app: FastAPI | None = None  # the app of this worker process (`app_from_environment`)
+
+
+def app_from_environment() -> FastAPI:
+    """A worker's app, configured from the environment it inherited (uvicorn's app factory)."""
+    global _worker_app
+    configure_logging(os.environ.get("PARLEY_LOG_LEVEL", "info").upper())
+    _worker_app = create_app(load_settings())
+    tune_gc()
+    return _worker_app
+
+
+def _event_loop() -> str:
     try:
         import uvloop  # noqa: F401
-
-        loop = "uvloop"
     except ImportError:  # pragma: no cover - uvloop is a dependency off Windows
-        loop = "asyncio"
+        return "asyncio"
+    return "uvloop"
+
+
+def run_server(settings: Settings, host: str, port: int, *, log_level: str = "info", workers: int = 1) -> None:
+    """Serve until SIGINT/SIGTERM; running turns are stopped and persisted on the way out."""
+    configure_logging(log_level.upper())
+    options: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "loop": _event_loop(),
+        "http": "httptools",
+        "log_level": log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 15,
+    }
+    if workers > 1:
+        os.environ["PARLEY_LOG_LEVEL"] = log_level  # each worker loads its settings from the environment
+        run_workers(uvicorn.Config("parley.server:app_from_environment", factory=True, **options), workers)
+        return
     app = create_app(settings)
     tune_gc()
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop=loop,
-        http="httptools",
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=15,
-    )
-    ParleyServer(config, app).run()
+    ParleyServer(uvicorn.Config(app, **options), app).run()
+
+
+def _run_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+    config.configure_logging()
+    ParleyServer(config).run(sockets=sockets)
+
+
+def run_workers(config: uvicorn.Config, workers: int) -> None:
+    """Run `workers` processes on one socket until SIGINT/SIGTERM; a worker that dies is replaced."""
+    sock = config.bind_socket()
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def start() -> multiprocessing.process.BaseProcess:
+        process = context.Process(target=_run_worker, args=(config, [sock]), name="parley-worker")
+        process.start()
+        return process
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+    processes = [start() for _ in range(workers)]
+    log.info("parley serving with %d workers on %s:%s", workers, config.host, config.port)
+    while not stopping.wait(0.5):
+        for i, process in enumerate(processes):
+            if not process.is_alive():
+                log.warning("worker %s exited (code %s); starting another", process.pid, process.exitcode)
+                processes[i] = start()
+    for process in processes:
+        if process.is_alive() and process.pid is not None:
+            os.kill(process.pid, signal.SIGTERM)  # each stops its turns, then its app
+    for process in processes:
+        process.join(timeout=20)
+        if process.is_alive():
+            process.kill()
+    sock.close()

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -33,62 +29,13 @@ from parley.local.model_server import (
     free_port,
     llama_server_installed,
     locate_model,
-    log_tail,
 )
 from parley.store import admin
+from tests.support.parley_process import ParleyProcess
 from tests.support.sse_client import iter_frames
 from tests.support.tcp_proxy import TcpProxy
 
 MAX_TOKENS = 256  # long enough to interrupt a story, short enough to keep the suite fast
-
-
-# -- parley as a subprocess -----------------------------------------------------------------------
-
-
-class ParleyProcess:
-    """`python -m parley serve` on a fixed port with a given environment."""
-
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.env, self.port, self.log_path = env, port, log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 30.0) -> None:
-        cmd = [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"parley exited with {self.proc.returncode}:\n{log_tail(self.log_path, 40)}")
-            try:
-                if httpx2.get(f"{self.url}/healthz", timeout=1.0).status_code == 200:
-                    return
-            except httpx2.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"parley did not answer /healthz in {timeout}s:\n{log_tail(self.log_path, 40)}")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
 
 
 # -- a small API client that records the stream -----------------------------------------------------

@@ -203,6 +203,17 @@ class RedisRelay:
 
     # -- following -----------------------------------------------------------------------------------
 
+    async def has_after(self, session_id: str, stream: int, after: IdPair | None) -> bool:
+        """Whether Redis holds frames of stream `stream` after `after` (from its start when None)."""
+        start = after if after is not None and after[0] == stream else (stream, 0)
+        try:
+            found = await self._redis.xrange(
+                stream_key(session_id), min=f"({start[0]}-{start[1]}", max=f"{stream}-{2**64 - 1}", count=1
+            )
+        except Exception:
+            return False
+        return bool(found)
+
     def follow(
         self,
         session_id: str,

@@ -132,6 +132,9 @@ class SessionManager:
         self.relay = relay
         self.live: OrderedDict[str, LiveSession] = OrderedDict()
         self._turn_tasks: set[asyncio.Task[None]] = set()
+        # The leases this process holds or is taking: from just before an admission commits until
+        # its turn ends (`live` only knows a turn once its admission has committed).
+        self._own_leases: set[str] = set()
 
     # -- admission ---------------------------------------------------------------------------------
 
@@ -156,8 +159,7 @@ class SessionManager:
         """Whether a held lease belongs to a turn nobody runs any more: expired, or held by a process
         of this host that is gone (never one of this process's own running turns)."""
         if lease.lease_owner == self.owner:
-            live = self.live.get(lease.id)
-            return live is None or live.turn is None or live.turn.lease_token != lease.lease_token
+            return lease.lease_token not in self._own_leases
         if lease.lease_expires_at is not None and lease.lease_expires_at < now:
             return True
         holder = ProcessName.parse(lease.lease_owner)
@@ -182,6 +184,33 @@ class SessionManager:
             await self._check_visible(tenant, user_id, session_id)
             raise TurnInProgressError()
         lease = new_id()
+        self._own_leases.add(lease)
+        try:
+            admission, row, now, orphan, expired = await self._admit(
+                tenant, user_id, session_id, text, page_context, lease
+            )
+        except BaseException:
+            self._own_leases.discard(lease)
+            raise
+        if orphan is not None:
+            self._announce_recovery(orphan)
+        if admission is None:
+            self._own_leases.discard(lease)
+            await self._drop(session_id, reason="idle")
+            raise SessionExpiredError(expired)
+        return self._start(row, now, text, lease, admission)
+
+    async def _admit(
+        self,
+        tenant: Tenant,
+        user_id: str,
+        session_id: str,
+        text: str,
+        page_context: dict[str, Any] | None,
+        lease: str,
+    ) -> tuple[Admission | None, TurnSession, datetime, HeldLease | None, str | None]:
+        """The admission's unit of work: (admission or None when the session just expired, the
+        session as read, the time of the admission, a turn it found orphaned and ended, why expired)."""
         expired: str | None = None
         admission: Admission | None = None
         orphan: HeldLease | None = None
@@ -216,12 +245,11 @@ class SessionManager:
                     prices=self.policy.prices(row.model),
                     page_context=page_context,
                 )
-        if orphan is not None:
-            self._announce_recovery(orphan)
-        if admission is None:
-            await self._drop(session_id, reason="idle")
-            raise SessionExpiredError(expired)
+        return admission, row, now, orphan, expired
 
+    def _start(self, row: TurnSession, now: datetime, text: str, lease: str, admission: Admission) -> Subscription:
+        """Start an admitted turn: its live session, its stream, its task."""
+        session_id = row.id
         live = self._live_session(row, now)
         turn = RunningTurn(
             lease_token=lease,
@@ -244,13 +272,17 @@ class SessionManager:
             turn.task = start_turn(spec)
         except BaseException:
             live.turn = None
-            await self._release(row.org_id, session_id, lease, admission.reservation_id)
+            self._own_leases.discard(lease)
+            asyncio.get_running_loop().create_task(
+                self._release(row.org_id, session_id, lease, admission.reservation_id)
+            )
             raise
         self._turn_tasks.add(turn.task)
-        turn.task.add_done_callback(self._turn_done)
+        turn.task.add_done_callback(partial(self._turn_done, lease))
         return subscription
 
-    def _turn_done(self, task: asyncio.Task[None]) -> None:
+    def _turn_done(self, lease: str, task: asyncio.Task[None]) -> None:
+        self._own_leases.discard(lease)
         self._turn_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("turn task failed", exc_info=task.exception())
@@ -320,6 +352,11 @@ class SessionManager:
                 cost_cents=cost,
             )
             tokens = record.tokens
+            # The session row first: writing the reply takes a share lock on it (its foreign key),
+            # and upgrading that lock while an admission waits for the row would deadlock.
+            await repo.record_turn(
+                tx, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
+            )
             await repo.upsert_message(
                 tx,
                 message_id=record.message_id,
@@ -333,9 +370,6 @@ class SessionManager:
                 usage_estimated=tokens.estimated,
                 finish_reason=record.finish_reason,
                 created_at=now,
-            )
-            await repo.record_turn(
-                tx, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
             )
             if not tokens.is_zero or record.text:
                 await repo.add_cost_usage(tx, org_id, totals=totals, now=now)
@@ -436,8 +470,8 @@ class SessionManager:
             if running:
                 raise ResumeUnavailableError()
             raise NoTurnRunningError()
-        if not running and after is not None and after[0] >= stream:
-            raise NoTurnRunningError()  # the last stream ended and the reader saw it
+        if not running and not await self.relay.has_after(session_id, stream, after):
+            raise NoTurnRunningError()  # the last stream ended and the reader has all of it
         return self.relay.follow(
             session_id,
             stream=stream,

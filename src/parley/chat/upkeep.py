@@ -51,14 +51,16 @@ async def keep_turns(manager: SessionManager) -> None:
     for org_id, turns in by_org.items():
         async with manager.db.unit(Tenant.for_org(org_id)) as tx:
             for session_id, turn in turns:
-                if loop_now - turn.checkpointed_at >= CHECKPOINT_EVERY:
-                    await _checkpoint(tx, session_id, turn, now)
-                    turn.checkpointed_at = loop_now
-                if loop_now - turn.renewed >= renew_after:
+                checkpoint = loop_now - turn.checkpointed_at >= CHECKPOINT_EVERY
+                if checkpoint or loop_now - turn.renewed >= renew_after:
+                    # The session row first, as every writer of a turn takes it (see `_persist`).
                     await repo.keep_turn(
                         tx, session_id, token=turn.lease_token, expires_at=now + manager.policy.lease_ttl
                     )
                     turn.renewed = loop_now
+                if checkpoint:
+                    await _checkpoint(tx, session_id, turn, now)
+                    turn.checkpointed_at = loop_now
             states += await repo.turn_states(tx, [session_id for session_id, _ in turns])
     for session_id, lease_token, status, stop_requested_at in states:
         holder = manager.live.get(session_id)
