@@ -199,10 +199,15 @@ class ConflictError(ParleyError):
 
 
 class TurnInProgressError(ConflictError):
-    """A turn is already running on this session (on any server process)."""
+    """A turn is already running on this session (on any server process); `lease` is the lease
+    that holds it, when the refusal read it."""
 
     code = "turn_in_progress"
     default_message = "A message is already being processed for this session."
+
+    def __init__(self, message: str | None = None, *, lease: object = None) -> None:
+        super().__init__(message)
+        self.lease = lease
 
 
 class NoTurnRunningError(ConflictError):

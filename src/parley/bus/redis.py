@@ -41,6 +41,7 @@ _ALIVE_EVERY = 2.0  # seconds between refreshes of this process's liveness key
 _ALIVE_FOR_MS = 6_000  # a process not heard from for this long is gone
 _STREAM_TTL_MS = 15 * 60 * 1000  # how long a turn's frames stay re-attachable after its last write
 _CONTROL = "parley:control"
+_GIVE_UP_SECONDS = 10.0  # a follower whose Redis stays unreachable this long ends its stream
 
 IdPair = tuple[int, int]
 Control = Callable[[str, str], None]  # (operation, session id)
@@ -248,15 +249,24 @@ class RedisRelay:
     ) -> None:
         import redis.exceptions
 
+        failing_since: float | None = None
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 answer = await self._redis.xread({key: f"{last[0]}-{last[1]}"}, count=500, block=_BLOCK_MS)
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                await asyncio.sleep(0.5)  # Redis restarting: read on from the same id
+                # Redis restarting: read on from the same id. Gone for good: end this stream (not
+                # the turn: no `done`), and the reader's next re-attach is told why.
+                failing_since = failing_since or loop.time()
+                if loop.time() - failing_since > _GIVE_UP_SECONDS:
+                    sub.put([END])
+                    return
+                await asyncio.sleep(0.5)
                 continue
+            failing_since = None
             entries = _entries(answer)
             if not entries:
-                if owner is not None and not await self._alive(owner):
+                if owner is not None and not await self.alive(owner):
                     sub.put([*lost(last), END])
                     return
                 continue
@@ -277,7 +287,7 @@ class RedisRelay:
 
     # -- liveness and control ------------------------------------------------------------------------
 
-    async def _alive(self, process: str) -> bool:
+    async def alive(self, process: str) -> bool:
         try:
             return bool(await self._redis.exists(_alive_key(process)))
         except Exception:

@@ -58,7 +58,6 @@ from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
 from parley.store.repositories import HeldLease, TurnSession, TurnTotals
-from parley.store.sql import Tx
 from parley.store.tenancy import Tenant
 
 log = logging.getLogger("parley.sessions")
@@ -156,14 +155,22 @@ class SessionManager:
         return None
 
     def is_orphaned(self, lease: HeldLease | TurnSession, now: datetime) -> bool:
-        """Whether a held lease belongs to a turn nobody runs any more: expired, or held by a process
-        of this host that is gone (never one of this process's own running turns)."""
+        """Whether a held lease belongs to a turn nobody runs any more, as this process can tell on
+        its own: expired, or held by a process of this host that is gone (never one of this
+        process's own turns). `owner_gone` asks Redis about the others."""
         if lease.lease_owner == self.owner:
             return lease.lease_token not in self._own_leases
         if lease.lease_expires_at is not None and lease.lease_expires_at < now:
             return True
         holder = ProcessName.parse(lease.lease_owner)
         return holder is not None and self.process.outlived(holder)
+
+    async def owner_gone(self, owner: str | None) -> bool:
+        """Whether the process of another machine that holds a lease stopped announcing itself in
+        Redis (it died); False when there is no Redis to ask."""
+        if owner is None or owner == self.owner or self.relay is None or not self.relay.available:
+            return False
+        return not await self.relay.alive(owner)
 
     async def send_message(
         self,
@@ -186,9 +193,18 @@ class SessionManager:
         lease = new_id()
         self._own_leases.add(lease)
         try:
-            admission, row, now, orphan, expired = await self._admit(
-                tenant, user_id, session_id, text, page_context, lease
-            )
+            try:
+                admitted = await self._admit(tenant, user_id, session_id, text, page_context, lease)
+            except TurnInProgressError as busy:
+                # Held by a process of another machine: if Redis says it is gone, end its turn
+                # and admit (outside the unit of work: a SQLite unit must never wait on the network).
+                held = busy.lease
+                if not isinstance(held, HeldLease) or not await self.owner_gone(held.lease_owner):
+                    raise
+                if not await self.end_orphan(held):
+                    raise
+                admitted = await self._admit(tenant, user_id, session_id, text, page_context, lease)
+            admission, row, now, orphan, expired = admitted
         except BaseException:
             self._own_leases.discard(lease)
             raise
@@ -224,9 +240,10 @@ class SessionManager:
             if row.status == "expired":
                 raise SessionExpiredError()
             if row.lease_token is not None:
-                if not self.is_orphaned(row, now):
-                    raise TurnInProgressError()
-                orphan = await self._end_orphan_in(tx, row.id, now)
+                held = await repo.held_lease(tx, row.id)
+                if held is None or not self.is_orphaned(held, now):
+                    raise TurnInProgressError(lease=held)
+                orphan = held if await repo.end_orphaned_turn(tx, held, now=now) else None
             expired = self._expiry(row, now)
             if expired:
                 await repo.set_status(tx, session_id, "expired", now=now, only_if="active")
@@ -386,13 +403,6 @@ class SessionManager:
 
     # -- orphaned turns ------------------------------------------------------------------------------
 
-    async def _end_orphan_in(self, tx: Tx, session_id: str, now: datetime) -> HeldLease | None:
-        """End the orphaned turn of a session in the caller's unit of work (its row is locked)."""
-        lease = await repo.held_lease(tx, session_id)
-        if lease is None or not await repo.end_orphaned_turn(tx, lease, now=now):
-            return None
-        return lease
-
     async def end_orphan(self, lease: HeldLease) -> bool:
         """End a turn whose process is gone (see `upkeep.py`); False when its lease moved on."""
         now = self.clock()
@@ -510,7 +520,7 @@ class SessionManager:
             lease = await repo.held_lease(tx, session_id) if held is not None else None
         if lease is None:
             raise NoTurnRunningError()
-        if self.is_orphaned(lease, self.clock()):
+        if self.is_orphaned(lease, self.clock()) or await self.owner_gone(lease.lease_owner):
             await self.end_orphan(lease)  # nobody runs it: ending it is the Stop
         elif self.relay is not None:
             await self.relay.send_control("stop", session_id)  # else the owner sees the flag within a second
@@ -547,7 +557,7 @@ class SessionManager:
         if session_id in self.live:
             await self._drop(session_id, reason="close")
         elif lease is not None:
-            if self.is_orphaned(lease, now):
+            if self.is_orphaned(lease, now) or await self.owner_gone(lease.lease_owner):
                 await self.end_orphan(lease)
             elif self.relay is not None:
                 await self.relay.send_control("close", session_id)

@@ -99,16 +99,20 @@ async def _checkpoint(tx: Tx, session_id: str, turn: RunningTurn, now: datetime)
 
 
 async def recover_orphans(manager: SessionManager, *, at_start: bool = False) -> int:
-    """End the turns nobody runs any more; how many. At start-up also this host's gone processes'."""
+    """End the turns nobody runs any more; how many: expired leases; at start-up, those of this
+    host's gone processes; with Redis, those of processes that stopped announcing themselves."""
     now = manager.clock()
     async with manager.db.unit(Tenant.system(), readonly=True) as tx:
         leases = await repo.expired_leases(tx, now=now)
         if at_start:
             leases += await repo.leases_of_host(tx, manager.process.host_prefix)
+        held = await repo.held_leases(tx) if manager.relay is not None and manager.relay.available else []
+    gone = {owner for owner in {lease.lease_owner for lease in held} if await manager.owner_gone(owner)}
+    leases += [lease for lease in held if lease.lease_owner in gone]
     ended = 0
     seen: set[str] = set()
     for lease in leases:
-        if lease.id in seen or not manager.is_orphaned(lease, now):
+        if lease.id in seen or not (manager.is_orphaned(lease, now) or lease.lease_owner in gone):
             continue
         seen.add(lease.id)
         try:

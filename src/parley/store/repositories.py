@@ -251,6 +251,7 @@ class HeldLease:
 _EXPIRED_LEASES = select(*_columns(HeldLease, sessions)).where(
     sessions.c.lease_token.is_not(None), sessions.c.lease_expires_at < bindparam("now")
 )
+_HELD_LEASES = select(*_columns(HeldLease, sessions)).where(sessions.c.lease_expires_at.is_not(None))
 _LEASES_OF_HOST = select(*_columns(HeldLease, sessions)).where(
     sessions.c.lease_token.is_not(None), sessions.c.lease_owner.startswith(bindparam("host", type_=String))
 )
@@ -258,6 +259,11 @@ _LEASES_OF_HOST = select(*_columns(HeldLease, sessions)).where(
 
 async def expired_leases(tx: Tx, *, now: datetime) -> list[HeldLease]:
     return [HeldLease(*row) for row in await tx.rows(_EXPIRED_LEASES, {"now": now})]
+
+
+async def held_leases(tx: Tx) -> list[HeldLease]:
+    """Every held lease (each running turn of every process: the lease-expiry index finds them)."""
+    return [HeldLease(*row) for row in await tx.rows(_HELD_LEASES)]
 
 
 async def leases_of_host(tx: Tx, host_prefix: str) -> list[HeldLease]:

@@ -1,0 +1,74 @@
+"""The Redis relay on its own: entry ids are the frames' ids, a gap is said, a dead producer ends
+its followers' streams, and the token path never waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as redis
+
+from parley.bus.memory import END, Subscription
+from parley.bus.redis import RedisRelay, stream_key
+from parley.chat.events import ContentDelta, Done, encode, is_done_frame
+from parley.chat.sessions import _gap_frame
+from tests.support.redis import RedisServer
+
+
+def _lost(last: tuple[int, int]) -> list[bytes]:
+    return [b"lost after %d-%d" % last]
+
+
+async def _read_all(sub: Subscription, within: float = 10) -> list[bytes]:
+    frames: list[bytes] = []
+    async with asyncio.timeout(within):
+        while END not in frames:
+            await sub.wait()
+            frames += sub.drain()
+    return frames[: frames.index(END)]
+
+
+def _noop(_operation: str, _session: str) -> None:
+    return None
+
+
+async def test_frames_go_out_under_their_ids_and_a_follower_reads_them_to_the_end(redis_server: RedisServer) -> None:
+    relay = RedisRelay(redis_server.url, process="host/1/a")
+    await relay.start(_noop)
+    try:
+        frames: list[bytes] = []
+        relay.track("s1", 7, frames)
+        frames += encode(ContentDelta(["a", "b"]), 7, 1)
+        relay.dirty("s1", 7)
+        follower = relay.follow(
+            "s1", stream=7, after=(7, 1), owner=None, is_last=is_done_frame, lost=_lost, gap=_gap_frame
+        )
+        frames += encode(Done(), 7, 3)
+        relay.dirty("s1", 7, final=True)
+        read = await _read_all(follower)
+        client = redis.Redis.from_url(redis_server.url)
+        entries = await client.xrange(stream_key("s1"))
+        await client.aclose()
+    finally:
+        await relay.close()
+    assert read == frames[1:]  # after 7-1
+    assert [entry_id for entry_id, _ in entries] == [b"7-1", b"7-2", b"7-3"]
+
+
+async def test_a_missing_entry_is_said_as_a_gap_and_a_dead_producer_ends_the_stream(redis_server: RedisServer) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    for seq in (1, 2, 4):  # 3 never arrived
+        await client.xadd(stream_key("s2"), {"f": encode(ContentDelta([f"t{seq}"]), 5, seq)[0]}, id=f"5-{seq}")
+    relay = RedisRelay(redis_server.url, process="host/1/a")
+    await relay.start(_noop)
+    try:
+        follower = relay.follow(
+            "s2", stream=5, after=None, owner="host/2/gone", is_last=is_done_frame, lost=_lost, gap=_gap_frame
+        )
+        read = await _read_all(follower)  # the owner never announced itself: it is gone
+    finally:
+        await relay.close()
+        await client.aclose()
+    assert b"event: stream_gap" in read[2]
+    assert b'"afterId":"5-2","nextId":"5-4"' in read[2]
+    assert [b"t1" in read[0], b"t2" in read[1], b"t4" in read[3]] == [True, True, True]
+    assert read[-1] == b"lost after 5-4"
