@@ -20,6 +20,8 @@ TENANT_TABLES = (
     "api_tokens",
     "ai_budgets",
     "ai_budget_reservations",
+    "ai_tool_executions",
+    "ai_action_plans",
 )
 
 

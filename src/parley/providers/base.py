@@ -2,7 +2,13 @@
 
 A provider translates between these types and one wire format; it knows nothing of sessions,
 storage or billing (may import only `parley.errors` and the standard library, plus its HTTP
-client). Messages are lists of parts from day one so tool calling needs no new message model.
+client). Messages are lists of parts, so a tool call and its result are parts like text.
+
+Tools: the caller passes `ToolSpec`s and a `ToolChoice`; the provider streams `ToolCallStarted`
+when a call's name is known and one `ToolCallReady` per call once its arguments are complete
+(as the model wrote them: JSON text, parsed and validated by the caller), before `Finished`.
+History replays calls as assistant `ToolCallPart`s and results as a `tool` message of
+`ToolResultPart`s, in the order the calls were made; each provider writes them its own way.
 
 Cancellation is plain asyncio cancellation: cancelling the task that iterates `stream()` (or
 closing the iterator) must close the upstream HTTP response so the server stops generating.
@@ -35,7 +41,7 @@ class ReasoningPart:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolCallPart:
-    """A tool call the model asked for (reserved for tool calling)."""
+    """A tool call the model made, in an assistant message: `arguments` is a JSON object."""
 
     type: Literal["tool_call"] = "tool_call"
     call_id: str
@@ -45,16 +51,17 @@ class ToolCallPart:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolResultPart:
-    """The result of a tool call (reserved for tool calling)."""
+    """What a tool call gave back, in a `tool` message: text for the model, or an error's text."""
 
     type: Literal["tool_result"] = "tool_result"
     call_id: str
-    output: Any = None
+    output: str = ""
     is_error: bool = False
 
 
 Part = TextPart | ReasoningPart | ToolCallPart | ToolResultPart
-Role = Literal["system", "user", "assistant"]
+# `tool` messages hold only ToolResultParts, one per call of the assistant message before them.
+Role = Literal["system", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +79,27 @@ class ChatMessage:
     def plain_text(self) -> str:
         """The concatenated text parts (reasoning and tool parts excluded)."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolSpec:
+    """A tool offered to the model: its name (within every provider's rules: `[A-Za-z0-9_-]{1,64}`),
+    what it does, and the JSON Schema of its arguments (an object schema)."""
+
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedTool:
+    """Make the model call this tool now (a person's explicit choice, like a slash command)."""
+
+    name: str
+
+
+# auto: the model may call any offered tool; none: it must answer in text.
+ToolChoice = Literal["auto", "none"] | ForcedTool
 
 
 def estimate_tokens(chars: int) -> int:
@@ -135,14 +163,34 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallStarted:
+    """The model began a tool call: its id and name are known, its arguments still streaming."""
+
+    type: Literal["tool_call_started"] = "tool_call_started"
+    call_id: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCallReady:
+    """A complete tool call; `arguments` is the JSON text the model wrote, not yet parsed."""
+
+    type: Literal["tool_call_ready"] = "tool_call_ready"
+    call_id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Finished:
-    """The server ended the reply; `reason` is normalised: stop, length, or the raw value."""
+    """The server ended the reply; `reason` is normalised: stop, length, tool_calls, or the raw
+    value. A reply with calls may still end in `stop` (vLLM, for a forced call): the calls decide."""
 
     type: Literal["finished"] = "finished"
     reason: str
 
 
-ProviderEvent = TextDelta | ReasoningDelta | Usage | Finished
+ProviderEvent = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallReady | Usage | Finished
 
 
 class Provider(Protocol):
@@ -163,6 +211,8 @@ class Provider(Protocol):
         *,
         model: str,
         max_tokens: int | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[Sequence[ProviderEvent]]: ...
 
     async def aclose(self) -> None:

@@ -98,6 +98,12 @@ class AiSession(Base):
     stream_number: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Stop, asked on any process; the turn's process honours it within a second.
     stop_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The reply whose tool calls wait for a person's decision (no turn runs meanwhile).
+    awaiting_approval: Mapped[str | None] = mapped_column(String(36))
+    # Paused: every call that requires approval asks, whatever the organization's mode.
+    approvals_paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Tools the owner chose to always allow in this chat (exposed names).
+    allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 class AiMessage(Base):
@@ -156,6 +162,7 @@ class AiBudget(Base):
     messages_per_minute_per_user: Mapped[int | None] = mapped_column(Integer)
     messages_per_hour_per_org: Mapped[int | None] = mapped_column(Integer)
     allowed_models: Mapped[list[str] | None] = mapped_column(JSON)
+    approval_mode: Mapped[str | None] = mapped_column(String(16))  # per_step (NULL) | auto_approve | action_plan
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
@@ -174,3 +181,87 @@ class AiBudgetReservation(Base):
     amount_cents: Mapped[Decimal] = mapped_column(Money())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AiToolExecution(Base):
+    """One tool call the model made, from the moment it was made: its decision, run and result.
+
+    status: pending (waits for a person) -> approved | denied | expired; approved or needing no
+    approval -> executing (committed before the tool runs) -> completed | failed; refused: never
+    ran (unknown or blocked tool, invalid arguments). A row found `executing` after a crash
+    becomes failed, outcome unknown, and is never run again by itself.
+    """
+
+    __tablename__ = "ai_tool_executions"
+    __table_args__ = (
+        Index("ix_ai_tool_executions_session_status", "session_id", "status"),
+        Index("ix_ai_tool_executions_status_expires", "status", "expires_at"),  # expiry sweep
+        Index("ix_ai_tool_executions_org_created", "org_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
+    message_id: Mapped[str] = mapped_column(String(36))  # the reply that holds the call
+    round: Mapped[int] = mapped_column(Integer)  # the model round of the turn
+    call_index: Mapped[int] = mapped_column(Integer)  # the call's place in its round
+    tool_use_id: Mapped[str] = mapped_column(String(128))  # the model's id for the call
+    tool_name: Mapped[str] = mapped_column(String(64))  # as the model knows it: server__tool
+    server: Mapped[str | None] = mapped_column(String(64))
+    input: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    input_hash: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical arguments
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    requires_approval: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_by: Mapped[str | None] = mapped_column(String(36))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    output: Mapped[str | None] = mapped_column(Text)  # as stored: capped, with a marker when cut
+    is_error: Mapped[bool] = mapped_column(Boolean, default=False)
+    truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int | None] = mapped_column(Integer)
+    plan_id: Mapped[str | None] = mapped_column(String(36))
+    plan_step: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AiActionPlan(Base):
+    """A plan the model proposed in `action_plan` mode: approved once, then carried out step by step.
+
+    status: pending -> approved (running) -> completed | aborted; pending -> rejected | expired.
+    """
+
+    __tablename__ = "ai_action_plans"
+    __table_args__ = (Index("ix_ai_action_plans_session_status", "session_id", "status"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
+    session_id: Mapped[str] = mapped_column(ForeignKey("ai_sessions.id"))
+    execution_id: Mapped[str] = mapped_column(String(36))  # the call that proposed it
+    title: Mapped[str] = mapped_column(String(255))
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON)  # [{toolName, input, reasoning, status}]
+    status: Mapped[str] = mapped_column(String(16))
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    decided_by: Mapped[str | None] = mapped_column(String(36))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class AiToolDefinition(Base):
+    """A tool's definition as first seen (or last approved by an operator): a tool whose name,
+    description or schema no longer hashes to `digest` is blocked until approved again."""
+
+    __tablename__ = "ai_tool_definitions"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # server__tool
+    server: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))
+    definition: Mapped[dict[str, Any]] = mapped_column(JSON)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
