@@ -25,6 +25,7 @@ from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
 from parley.bus.redis import open_relay
 from parley.chat import upkeep
+from parley.chat.approvals import ApprovalDesk
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.ownership import ProcessName
@@ -36,6 +37,7 @@ from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
 from parley.store.postgres import app_role_problems
 from parley.store.tenancy import Tenant
+from parley.tools import ToolCatalog
 from parley.web import mount_web
 
 log = logging.getLogger("parley")
@@ -118,6 +120,7 @@ def create_app(
     provider: Provider | None = None,
     clock: Callable[[], datetime] | None = None,
     lease_ttl: timedelta | None = None,
+    tools: ToolCatalog | None = None,
 ) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -140,10 +143,23 @@ def create_app(
             max_live_sessions=settings.max_live_sessions,
             lease_ttl=lease_ttl or timedelta(seconds=settings.turn_lease_seconds),
             prices=price_lookup(settings),
+            max_tool_rounds=settings.max_tool_rounds,
+            approval_ttl=timedelta(seconds=settings.approval_timeout_seconds),
         )
         now = clock or (lambda: datetime.now(UTC))
+        catalog_of_tools = tools or ToolCatalog.from_config_file(
+            settings.mcp_config,
+            production=settings.env == "production",
+            allowed_hosts=settings.llm_allowed_hosts,
+        )
+        await catalog_of_tools.start(db)
         manager = SessionManager(
-            db=db, provider=upstream, policy=policy, clock=now, process=ProcessName.current(settings.node_name)
+            db=db,
+            provider=upstream,
+            policy=policy,
+            clock=now,
+            process=ProcessName.current(settings.node_name),
+            tools=catalog_of_tools,
         )
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         manager.relay = await open_relay(redis_url, process=manager.owner, on_control=manager.on_control)
@@ -161,6 +177,7 @@ def create_app(
         app.state.services = Services(
             db=db,
             sessions=manager,
+            approvals=ApprovalDesk(manager),
             catalog=catalog,
             budgets=BudgetService(db, catalog, clock=now),
             auth_cache=PrincipalCache(ttl=settings.auth_cache_seconds),
@@ -181,6 +198,8 @@ def create_app(
             await manager.shutdown()
             if manager.relay is not None:
                 await manager.relay.close()
+            if tools is None:
+                await catalog_of_tools.aclose()
             if provider is None:
                 await upstream.aclose()
             await db.dispose()

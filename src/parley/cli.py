@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
@@ -288,6 +289,12 @@ def budget_show(org: Annotated[str, typer.Option(help="Organization name.")]) ->
     _print_budget(_run(go))
 
 
+class ApprovalModeOption(StrEnum):
+    per_step = "per_step"
+    auto_approve = "auto_approve"
+    action_plan = "action_plan"
+
+
 @budget.command("set")
 def budget_set(
     org: Annotated[str, typer.Option(help="Organization name.")],
@@ -298,6 +305,9 @@ def budget_set(
     per_hour: Annotated[str | None, typer.Option(help="Messages per hour per organization, or 'none'.")] = None,
     models: Annotated[str | None, typer.Option(help="Allowed models, comma-separated, or 'none'.")] = None,
     enabled: Annotated[bool | None, typer.Option("--enabled/--disabled", help="Turn AI on or off.")] = None,
+    approval_mode: Annotated[
+        ApprovalModeOption | None, typer.Option(help="Who decides tool calls that need approval.")
+    ] = None,
 ) -> None:
     """Set budget fields (others unchanged): 'none' is unlimited, 0 allows nothing."""
     values: dict[str, object] = {}
@@ -318,6 +328,8 @@ def budget_set(
         values["allowed_models"] = None if models.strip().lower() == "none" else names
     if enabled is not None:
         values["enabled"] = enabled
+    if approval_mode is not None:
+        values["approval_mode"] = approval_mode.value
     if not values:
         raise _fail("nothing to set: give at least one option (see --help)", 2)
 

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     node_name: str | None = Field(None, min_length=1, max_length=64, validation_alias="PARLEY_NODE_NAME")
     heartbeat_seconds: float = Field(15.0, gt=0, le=15.0, validation_alias="PARLEY_HEARTBEAT_SECONDS")
     default_max_turns: int = Field(50, ge=1, le=10_000, validation_alias="PARLEY_MAX_TURNS")
+    # Model rounds of one reply that may end in tool calls; the round after answers without tools.
+    max_tool_rounds: int = Field(8, ge=1, le=64, validation_alias="PARLEY_MAX_TOOL_ROUNDS")
+    # How long a tool call waits for a person's decision before it expires.
+    approval_timeout_seconds: float = Field(
+        600.0, ge=10, le=7 * 86400, validation_alias="PARLEY_APPROVAL_TIMEOUT_SECONDS"
+    )
     system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
     system_prompt_file: Path | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT_FILE")
     page_context_max_bytes: int = Field(4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES")

@@ -9,8 +9,7 @@ policy of both providers.
     ParleyError                          500 internal_error
     ├── BadRequestError                  400 bad_request
     │   ├── MalformedJSONError           400 malformed_json
-    │   ├── ModelNotAllowedError         400 model_not_allowed
-    │   └── ToolUseInHistoryError        400 tool_use_in_history
+    │   └── ModelNotAllowedError         400 model_not_allowed
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
     ├── AuthenticationError              401 unauthorized
@@ -21,17 +20,22 @@ policy of both providers.
     ├── PermissionDeniedError            403 forbidden
     │   └── AiDisabledError              403 ai_disabled
     ├── NotFoundError                    404 not_found
-    │   └── SessionNotFoundError         404 session_not_found
+    │   ├── SessionNotFoundError         404 session_not_found
+    │   ├── ExecutionNotFoundError       404 execution_not_found
+    │   └── PlanNotFoundError            404 plan_not_found
     ├── ConflictError                    409 conflict
     │   ├── TurnInProgressError          409 turn_in_progress
     │   ├── NoTurnRunningError           409 no_turn_running
     │   ├── SessionClosedError           409 session_closed
-    │   └── MaxTurnsReachedError         409 max_turns_reached
+    │   ├── MaxTurnsReachedError         409 max_turns_reached
+    │   ├── ApprovalPendingError         409 approval_pending
+    │   └── AlreadyDecidedError          409 already_decided
     ├── SessionExpiredError              410 session_expired
     ├── RateLimitedError                 429 rate_limited
     ├── MethodNotAllowedError            405 method_not_allowed
     ├── HttpError                        4xx/5xx http_error (any other HTTP-level refusal)
     ├── NotSupportedOnProviderError      501 NOT_SUPPORTED_ON_PROVIDER
+    ├── ToolRoundLimitError              500 tool_round_limit (an error event only)
     ├── TurnTimeoutError                 504 turn_timeout
     ├── ServerRestartingError            503 server_restarting
     ├── TurnLostError                    503 turn_lost
@@ -91,17 +95,6 @@ class ModelNotAllowedError(BadRequestError):
 
     def __init__(self, model: str, allowed: tuple[str, ...]) -> None:
         super().__init__(f"Model {model!r} is not allowed here. Allowed: {', '.join(allowed)}.")
-
-
-class ToolUseInHistoryError(BadRequestError):
-    """The stored history holds tool parts the chat-only path cannot replay."""
-
-    code = "tool_use_in_history"
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__(
-            f"Session {session_id} contains tool-use messages that this provider cannot replay. Start a new session."
-        )
 
 
 class ValidationFailedError(ParleyError):
@@ -190,6 +183,20 @@ class SessionNotFoundError(NotFoundError):
     default_message = "Session not found."
 
 
+class ExecutionNotFoundError(NotFoundError):
+    """No tool call with this id in this session."""
+
+    code = "execution_not_found"
+    default_message = "No tool call with this id in this session."
+
+
+class PlanNotFoundError(NotFoundError):
+    """The session has no plan in the state the request needs."""
+
+    code = "plan_not_found"
+    default_message = "This session has no plan waiting for approval."
+
+
 class ConflictError(ParleyError):
     """The request conflicts with the current state of the resource."""
 
@@ -231,6 +238,31 @@ class MaxTurnsReachedError(ConflictError):
 
     def __init__(self, max_turns: int) -> None:
         super().__init__(f"This session reached its limit of {max_turns} turns. Start a new session.")
+
+
+class ApprovalPendingError(ConflictError):
+    """Tool calls of the last reply wait for a decision: decide them before sending more."""
+
+    code = "approval_pending"
+    default_message = "Tool calls of the last reply are waiting for your decision. Approve or deny them first."
+
+
+class AlreadyDecidedError(ConflictError):
+    """The tool call was already decided, expired, or ran."""
+
+    code = "already_decided"
+
+    def __init__(self, status: str) -> None:
+        reasons = {
+            "expired": "It expired before a decision.",
+            "approved": "It was already approved.",
+            "denied": "It was already denied.",
+        }
+        super().__init__(f"This tool call is not waiting for a decision. {reasons.get(status, 'It already ran.')}")
+        self.status = status
+
+    def extra(self) -> dict[str, object]:
+        return {"status": self.status}
 
 
 class SessionExpiredError(ParleyError):
@@ -297,6 +329,18 @@ class NotSupportedOnProviderError(ParleyError):
     code = "NOT_SUPPORTED_ON_PROVIDER"  # kept verbatim: clients of the reference API branch on it
     status_code = 501
     default_message = "This action is not supported on the configured provider."
+
+
+class ToolRoundLimitError(ParleyError):
+    """The model kept calling tools past the turn's limit of rounds."""
+
+    code = "tool_round_limit"
+
+    def __init__(self, max_rounds: int) -> None:
+        super().__init__(
+            f"The assistant used tools {max_rounds} times in a row without answering, the most one reply allows. "
+            "Send a message to let it go on."
+        )
 
 
 class TurnTimeoutError(ParleyError):

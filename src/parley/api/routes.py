@@ -22,20 +22,26 @@ from parley.api.auth import Principal, PrincipalCache, authenticate
 from parley.api.schemas import (
     BudgetBody,
     CreateSessionBody,
+    DecisionBody,
+    PauseBody,
     PlanApprovalBody,
     RenameBody,
     SendMessageBody,
     StatusFilter,
+    ToolDecisionsBody,
+    execution_view,
     messages_view,
+    plan_view,
     session_detail,
     session_summary,
     usage_view,
 )
 from parley.api.sse import sse_response
+from parley.chat.approvals import ApprovalDesk, Decided, Decision
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import SessionCatalog
 from parley.chat.sessions import SessionManager
-from parley.errors import NotSupportedOnProviderError, PayloadTooLargeError, ValidationFailedError
+from parley.errors import PayloadTooLargeError, ValidationFailedError
 from parley.store.db import Database
 
 
@@ -45,6 +51,7 @@ class Services:
 
     db: Database
     sessions: SessionManager
+    approvals: ApprovalDesk
     catalog: SessionCatalog
     budgets: BudgetService
     auth_cache: PrincipalCache
@@ -142,8 +149,19 @@ def _snippet(content: str | None, q: str) -> str | None:
 
 @router.get("/sessions/{session_id}")
 async def get_session(session_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
-    row, messages = await svc.catalog.get(who.caller, session_id)
-    return {"session": session_detail(row), "messages": messages_view(messages)}
+    found = await svc.catalog.get(who.caller, session_id)
+    return {
+        "session": session_detail(found.session),
+        "messages": messages_view(found.messages),
+        "pendingExecutions": [execution_view(row) for row in found.pending_executions],
+        "plans": [plan_view(row) for row in found.plans],
+    }
+
+
+@router.get("/sessions/{session_id}/tool-executions")
+async def tool_executions(session_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    rows = await svc.catalog.executions(who.caller, session_id)
+    return {"data": [execution_view(row) for row in rows]}
 
 
 @router.patch("/sessions/{session_id}")
@@ -177,7 +195,9 @@ class SendMessage:
         check_page_context(svc, body.page_context)
         session_id: str = scope["path_params"]["session_id"]
         sessions = svc.sessions
-        sub = await sessions.send_message(who.tenant, who.user_id, session_id, body.content, body.page_context)
+        sub = await sessions.send_message(
+            who.tenant, who.user_id, session_id, body.content, body.page_context, body.choice()
+        )
         # The response head can wait a little; the model requests of this turn and of the requests
         # queued behind it cannot (they are on every one's way to a first token). So the head yields
         # a few rounds of the loop first: on an idle server a round takes microseconds, and in a
@@ -221,26 +241,57 @@ async def interrupt(session_id: str, svc: ServicesDep, who: WriterDep) -> dict[s
     return {"success": True, "interrupted": True}
 
 
-async def _not_supported(session_id: str, svc: Services, who: Principal) -> JSONResponse:
-    await svc.catalog.get(who.caller, session_id)  # 404 first, as for every session route
-    raise NotSupportedOnProviderError(
-        f"Plans and approval modes need tool calling, which the {svc.provider_name} provider does not support."
-    )
+def _decided(svc: Services, session_id: str, decided: Decided, fields: dict[str, Any]) -> Response:
+    """The continuation's stream when this decision settled the last waiting call, else JSON."""
+    sub = decided.stream
+    if sub is None:
+        return JSONResponse({"success": True, **fields, "pending": decided.pending})
+    return sse_response(sub, heartbeat=svc.heartbeat, on_close=lambda: svc.sessions.detach(session_id, sub))
+
+
+_DECISION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON `{success, approved, pending}` while other calls of the reply wait; the "
+        "continuation's SSE stream (`text/event-stream`) when this decision settled the last of them.",
+        "content": {"text/event-stream": {}},
+    }
+}
+
+
+@router.post("/sessions/{session_id}/approve/{execution_id}", responses=_DECISION_RESPONSES)
+async def approve(session_id: str, execution_id: str, body: DecisionBody, svc: ServicesDep, who: WriterDep) -> Response:
+    decision = Decision(execution_id, body.approved, body.reason, body.always)
+    decided = await svc.approvals.decide(who.tenant, who.user_id, session_id, [decision])
+    return _decided(svc, session_id, decided, {"approved": body.approved})
+
+
+@router.post("/sessions/{session_id}/tool-decisions", responses=_DECISION_RESPONSES)
+async def tool_decisions(session_id: str, body: ToolDecisionsBody, svc: ServicesDep, who: WriterDep) -> Response:
+    decisions = [Decision(d.execution_id, d.approved, d.reason, d.always) for d in body.decisions]
+    if len({d.execution_id for d in decisions}) != len(decisions):
+        raise ValidationFailedError("Each call may be decided once per request.")
+    decided = await svc.approvals.decide(who.tenant, who.user_id, session_id, decisions)
+    return _decided(svc, session_id, decided, {"decided": len(decisions)})
 
 
 @router.post("/sessions/{session_id}/pause")
-async def pause(session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep) -> JSONResponse:
-    return await _not_supported(session_id, svc, who)
+async def pause(session_id: str, body: PauseBody, svc: ServicesDep, who: WriterDep) -> dict[str, Any]:
+    state = await svc.approvals.pause(who.tenant, who.user_id, session_id, paused=body.paused)
+    return {"success": True, "paused": state.paused, "effectiveMode": state.effective_mode}
 
 
-@router.post("/sessions/{session_id}/approve-plan")
-async def approve_plan(session_id: str, _: PlanApprovalBody, svc: ServicesDep, who: WriterDep) -> JSONResponse:
-    return await _not_supported(session_id, svc, who)
+@router.post("/sessions/{session_id}/approve-plan", responses=_DECISION_RESPONSES)
+async def approve_plan(session_id: str, body: PlanApprovalBody, svc: ServicesDep, who: WriterDep) -> Response:
+    decided = await svc.approvals.decide_plan(who.tenant, who.user_id, session_id, approved=body.approved)
+    return _decided(svc, session_id, decided, {"approved": body.approved})
 
 
-@router.post("/sessions/{session_id}/abort-plan")
-async def abort_plan(session_id: str, svc: ServicesDep, who: WriterDep) -> JSONResponse:
-    return await _not_supported(session_id, svc, who)
+@router.post("/sessions/{session_id}/abort-plan", responses=_DECISION_RESPONSES)
+async def abort_plan(session_id: str, svc: ServicesDep, who: WriterDep) -> Response:
+    decided = await svc.approvals.abort_plan(who.tenant, who.user_id, session_id)
+    if decided is None:
+        return JSONResponse({"success": True})
+    return _decided(svc, session_id, decided, {})
 
 
 @router.get("/usage")

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from parley.billing.cost import decimal_text
+from parley.providers.base import ForcedTool, ToolChoice
 from parley.store.sql import Record
 
 
@@ -22,11 +23,45 @@ class CreateSessionBody(BaseModel):
     model: str | None = Field(None, max_length=100)
 
 
+class ForcedToolBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., min_length=1, max_length=64)
+
+
 class SendMessageBody(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     content: str
     page_context: dict[str, Any] | None = Field(None, alias="pageContext")
+    # auto: the model may call tools; none: it answers in text; {"name"}: it calls that tool now.
+    tool_choice: Literal["auto", "none"] | ForcedToolBody = Field("auto", alias="toolChoice")
+
+    def choice(self) -> ToolChoice:
+        choice = self.tool_choice
+        return ForcedTool(choice.name) if isinstance(choice, ForcedToolBody) else choice
+
+
+class DecisionBody(BaseModel):
+    """`POST /sessions/{id}/approve/{executionId}`: approve or deny one tool call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approved: bool
+    reason: str | None = Field(None, max_length=1000)
+    always: bool = False  # approved: allow this tool without asking for the rest of the chat
+
+
+class ToolDecision(DecisionBody):
+    execution_id: str = Field(..., alias="executionId", min_length=1, max_length=36)
+
+
+class ToolDecisionsBody(BaseModel):
+    """`POST /sessions/{id}/tool-decisions`: decide several calls at once, all or none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    decisions: list[ToolDecision] = Field(..., min_length=1, max_length=50)
 
 
 class RenameBody(BaseModel):
@@ -47,19 +82,27 @@ class BudgetBody(BaseModel):
     messages_per_minute_per_user: int | None = Field(None, alias="messagesPerMinutePerUser", ge=0, le=100_000)
     messages_per_hour_per_org: int | None = Field(None, alias="messagesPerHourPerOrg", ge=0, le=10_000_000)
     allowed_models: list[str] | None = Field(None, alias="allowedModels", min_length=1, max_length=100)
+    # Who decides tool calls: per_step (default), auto_approve, action_plan.
+    approval_mode: Literal["per_step", "auto_approve", "action_plan"] | None = Field(None, alias="approvalMode")
 
     def changes(self) -> dict[str, Any]:
         values = {name: getattr(self, name) for name in self.model_fields_set}
-        if values.get("enabled", True) is None:
-            values.pop("enabled")  # enabled cannot be "unlimited"
+        for name in ("enabled", "approval_mode"):
+            if name in values and values[name] is None:
+                values.pop(name)  # neither can be "unlimited"
         return values
 
 
 class PlanApprovalBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
 
-    approved: bool | None = None
-    paused: bool | None = None
+    approved: bool
+
+
+class PauseBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    paused: bool
 
 
 StatusFilter = Literal["active", "closed", "expired"]
@@ -89,6 +132,8 @@ def session_summary(row: Record) -> dict[str, Any]:
 
 def session_detail(row: Record) -> dict[str, Any]:
     return session_summary(row) | {
+        "approvalsPaused": row["approvals_paused"],
+        "allowedTools": row["allowed_tools"] or [],
         "userId": row["user_id"],
         "type": row["type"],
         "maxTurns": row["max_turns"],
@@ -119,6 +164,51 @@ def message_view(row: Record) -> dict[str, Any]:
         "costCents": _cents(row["cost_cents"]),
         "usageEstimated": row["usage_estimated"],
         "finishReason": row["finish_reason"],
+        "createdAt": _iso(row["created_at"]),
+        "parts": row["content_parts"] or [],
+    }
+
+
+def execution_view(row: Record) -> dict[str, Any]:
+    """A tool call as stored: what was asked, who decided, how it ran."""
+    return {
+        "id": row["id"],
+        "messageId": row["message_id"],
+        "toolUseId": row["tool_use_id"],
+        "toolName": row["tool_name"],
+        "server": row["server"],
+        "input": row["input"],
+        "description": row["description"],
+        "status": row["status"],
+        "requiresApproval": row["requires_approval"],
+        "decidedBy": row["decided_by"],
+        "decidedAt": _iso(row["decided_at"]),
+        "decisionReason": row["decision_reason"],
+        "expiresAt": _iso(row["expires_at"]),
+        "isError": row["is_error"],
+        "truncated": row["truncated"],
+        "errorMessage": row["error_message"],
+        "durationMs": row["duration_ms"],
+        "planId": row["plan_id"],
+        "planStep": row["plan_step"],
+        "createdAt": _iso(row["created_at"]),
+        "startedAt": _iso(row["started_at"]),
+        "completedAt": _iso(row["completed_at"]),
+    }
+
+
+def plan_view(row: Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "executionId": row["execution_id"],
+        "title": row["title"],
+        "steps": row["steps"],
+        "status": row["status"],
+        "currentStep": row["current_step"],
+        "decidedBy": row["decided_by"],
+        "decidedAt": _iso(row["decided_at"]),
+        "expiresAt": _iso(row["expires_at"]),
+        "completedAt": _iso(row["completed_at"]),
         "createdAt": _iso(row["created_at"]),
     }
 

@@ -35,6 +35,15 @@ class TokenCounts:
     cache_write_tokens: int = 0
     estimated: bool = False
 
+    def __add__(self, other: TokenCounts) -> TokenCounts:
+        return TokenCounts(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cache_read_tokens=self.cache_read_tokens + other.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens + other.cache_write_tokens,
+            estimated=self.estimated or other.estimated,
+        )
+
     @property
     def is_zero(self) -> bool:
         return not (self.input_tokens or self.output_tokens or self.cache_read_tokens or self.cache_write_tokens)

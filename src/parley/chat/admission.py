@@ -1,10 +1,15 @@
 """Admission of a message: every check and write that must happen atomically before a turn.
 
-Runs inside the caller's transaction (the session row was just read in it): max turns, the
-organization's enabled flag and rate limits, the turn lease, the history (loaded here, before the
-current message is written, so it excludes it), the budget reservation with `max_tokens` lowered
-to fit, then the user message and the title. Any refusal raises and the transaction rolls back:
-a refused attempt leaves no message, no lease and no reservation, so it never counts.
+Runs inside the caller's transaction (the session row was just read in it): tool calls still
+waiting for a decision (refused), max turns, the organization's enabled flag and rate limits,
+the turn lease, the history (loaded here, before the current message is written, so it excludes
+it), the budget reservation with `max_tokens` lowered to fit, then the user message and the
+title. Any refusal raises and the transaction rolls back: a refused attempt leaves no message, no
+lease and no reservation, so it never counts.
+
+A reply whose waiting calls all expired is closed here, before its history is read: each call
+that did not run gets its result (expired, denied, or approved too late to run), so the model
+sees why, and the conversation goes on.
 
 Imports chat, billing, providers and store; never the web layer.
 """
@@ -28,7 +33,16 @@ from parley.billing.budget import (
 from parley.billing.cost import Prices
 from parley.chat.history import build_history
 from parley.chat.prompt import render_system_prompt, title_from
-from parley.errors import MaxTurnsReachedError, TurnInProgressError
+from parley.chat.tool_calls import (
+    APPROVAL_MODES,
+    DENIED,
+    EXPIRED,
+    ActivePlan,
+    ApprovalMode,
+    ApprovalPolicy,
+    result_part,
+)
+from parley.errors import ApprovalPendingError, MaxTurnsReachedError, TurnInProgressError
 from parley.providers.base import ChatMessage
 from parley.store import repositories as repo
 from parley.store.repositories import BudgetLimits, TurnSession
@@ -51,6 +65,7 @@ class Admission:
     title: str | None
     stream: int  # the number of the turn's event stream
     user_position: int  # the user message's place in the session; the reply takes the next one
+    policy: ApprovalPolicy  # who decides the turn's tool calls
 
 
 def limits_of(budget: BudgetLimits | Record | None) -> Limits:
@@ -68,6 +83,92 @@ def limits_of(budget: BudgetLimits | Record | None) -> Limits:
     )
 
 
+def approval_mode(budget: BudgetLimits | None) -> ApprovalMode:
+    mode = budget.approval_mode if budget is not None else None
+    return mode if mode in APPROVAL_MODES else "per_step"  # type: ignore[return-value]
+
+
+async def approval_policy(
+    tx: Tx, row: TurnSession, mode: ApprovalMode, *, allowed: list[str] | None = None
+) -> ApprovalPolicy:
+    """The session's approval policy as stored: its organization's mode, its pause, its
+    always-allowed tools, and the plan it carries out (action_plan mode)."""
+    plan = None
+    if mode == "action_plan" and not row.approvals_paused:
+        running = await repo.session_plans(tx, row.id, ["approved"])
+        if running:
+            plan = ActivePlan(
+                id=running[0]["id"], steps=tuple(running[0]["steps"]), current_step=running[0]["current_step"]
+            )
+    return ApprovalPolicy(
+        mode=mode,
+        paused=row.approvals_paused,
+        allowed=frozenset(allowed if allowed is not None else row.allowed_tools or ()),
+        plan=plan,
+    )
+
+
+async def reserve(
+    tx: Tx,
+    org_id: str,
+    session_id: str,
+    limits: Limits,
+    *,
+    texts: list[str],
+    prices: Prices,
+    max_tokens: int | None,
+    now: datetime,
+    ttl: timedelta,
+) -> tuple[Allowance, str | None]:
+    """Reserve a model round's worst-case cost (see billing.budget); raises when the budget cannot
+    pay for it. The allowance and the reservation's id (None when nothing is reserved)."""
+    if not limits.spends_are_limited:
+        return Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0)), None
+    daily, monthly, reserved = await repo.spend(tx, org_id, now=now)
+    allowance = plan_turn(
+        limits=limits,
+        spend=Spend(daily_cents=daily + reserved, monthly_cents=monthly + reserved),
+        prices=prices,
+        input_tokens=input_tokens_bound(texts),
+        max_tokens=max_tokens,
+        now=now,
+    )
+    if allowance.reserve_cents <= 0:
+        return allowance, None
+    reservation_id = await repo.add_reservation(
+        tx, org_id, session_id, allowance.reserve_cents, now=now, expires_at=now + ttl
+    )
+    return allowance, reservation_id
+
+
+async def close_expired_round(tx: Tx, row: TurnSession, now: datetime) -> None:
+    """Refuse a message while calls of the last reply wait; if they all expired, give every call
+    that did not run its result, and mark the reply as ended."""
+    message_id = row.awaiting_approval
+    assert message_id is not None
+    await repo.expire_pending(tx, now=now, message_id=message_id)
+    calls = await repo.reply_executions(tx, message_id)
+    if any(call["status"] == "pending" for call in calls):
+        raise ApprovalPendingError()
+    reply = await repo.get_message(tx, message_id)
+    parts = list(reply["content_parts"] or []) if reply is not None else []
+    answered = {p.get("toolUseId") for p in parts if isinstance(p, dict) and p.get("type") == "tool_result"}
+    for call in calls:
+        if call["tool_use_id"] in answered:
+            continue
+        if call["status"] == "denied":
+            text = DENIED + (f" Their reason: {call['decision_reason']}" if call["decision_reason"] else "")
+        elif call["status"] == "approved":
+            text = "Approved, but not run: other calls of the same step were not decided in time."
+            await repo.update_execution(tx, call["id"], {"status": "expired", "completed_at": now})
+        else:
+            text = EXPIRED
+        parts.append(result_part(call["tool_use_id"], call["tool_name"], text, is_error=True))
+    if reply is not None:
+        await repo.close_reply(tx, message_id, parts=parts, finish_reason="approval_expired")
+    await repo.set_awaiting(tx, row.id, None)
+
+
 async def admit(
     tx: Tx,
     row: TurnSession,
@@ -82,9 +183,12 @@ async def admit(
     prices: Prices,
     page_context: dict[str, Any] | None,
 ) -> Admission:
+    if row.awaiting_approval is not None:
+        await close_expired_round(tx, row, now)
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
-    limits = limits_of(await repo.budget_limits(tx, row.org_id))
+    budget = await repo.budget_limits(tx, row.org_id)
+    limits = limits_of(budget)
     check_enabled(limits)
     windows = (
         (limits.messages_per_minute_per_user, MINUTE, {"user_id": row.user_id}, "per user"),
@@ -104,26 +208,20 @@ async def admit(
         raise TurnInProgressError()
 
     stored = await repo.history_rows(tx, row.id)
-    history = build_history(row.id, stored)
+    history = build_history(stored)
     context = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", context)
-    allowance = Allowance(max_tokens=max_tokens, reserve_cents=Decimal(0))
-    reservation_id = None
-    if limits.spends_are_limited:
-        daily, monthly, reserved = await repo.spend(tx, row.org_id, now=now)
-        texts = [system_prompt, *(m.plain_text for m in history), text]
-        allowance = plan_turn(
-            limits=limits,
-            spend=Spend(daily_cents=daily + reserved, monthly_cents=monthly + reserved),
-            prices=prices,
-            input_tokens=input_tokens_bound(texts),
-            max_tokens=max_tokens,
-            now=now,
-        )
-        if allowance.reserve_cents > 0:
-            reservation_id = await repo.add_reservation(
-                tx, row.org_id, row.id, allowance.reserve_cents, now=now, expires_at=now + reservation_ttl
-            )
+    allowance, reservation_id = await reserve(
+        tx,
+        row.org_id,
+        row.id,
+        limits,
+        texts=[system_prompt, *(m.sent_text for m in history), text] if limits.spends_are_limited else [],
+        prices=prices,
+        max_tokens=max_tokens,
+        now=now,
+        ttl=reservation_ttl,
+    )
 
     position = row.message_count + 1
     await repo.insert_message(
@@ -145,4 +243,5 @@ async def admit(
         title=title,
         stream=stream,
         user_position=position,
+        policy=await approval_policy(tx, row, approval_mode(budget)),
     )

@@ -29,6 +29,7 @@ BUDGET_FIELDS = (
     "messages_per_minute_per_user",
     "messages_per_hour_per_org",
     "allowed_models",
+    "approval_mode",
 )
 
 
@@ -73,6 +74,7 @@ class BudgetView:
             "messagesPerMinutePerUser": b["messages_per_minute_per_user"],
             "messagesPerHourPerOrg": b["messages_per_hour_per_org"],
             "allowedModels": b["allowed_models"],
+            "approvalMode": b["approval_mode"] or "per_step",
         }
 
 

@@ -48,6 +48,17 @@ class NewSessionDefaults:
         return requested
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionRecord:
+    session: Record
+    messages: Sequence[Record]
+    pending_executions: Sequence[Record]
+    plans: Sequence[Record]
+
+
+PLAN_STATUSES = ("pending", "approved", "rejected", "completed", "aborted", "expired")
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -133,12 +144,25 @@ class SessionCatalog:
         async with self.db.unit(caller.tenant, readonly=True) as tx:
             return await repo.search_sessions(tx, caller.tenant, owner_id=caller.user_id, q=q, limit=limit)
 
-    async def get(self, caller: Caller, session_id: str) -> tuple[Record, Sequence[Record]]:
+    async def get(self, caller: Caller, session_id: str) -> SessionRecord:
+        """The session, its messages, the tool calls that wait for a decision, and its plans."""
         async with self.db.unit(caller.tenant, readonly=True) as tx:
             row = await repo.get_session(tx, caller.tenant, session_id, owner_id=caller.user_id)
             if row is None:
                 raise SessionNotFoundError()
-            return row, await repo.list_messages(tx, session_id)
+            return SessionRecord(
+                session=row,
+                messages=await repo.list_messages(tx, session_id),
+                pending_executions=await repo.pending_executions(tx, session_id),
+                plans=await repo.session_plans(tx, session_id, PLAN_STATUSES),
+            )
+
+    async def executions(self, caller: Caller, session_id: str) -> Sequence[Record]:
+        """Every tool call of the session, with its decision, timing and outcome."""
+        async with self.db.unit(caller.tenant, readonly=True) as tx:
+            if await repo.get_session(tx, caller.tenant, session_id, owner_id=caller.user_id) is None:
+                raise SessionNotFoundError()
+            return await repo.session_executions(tx, session_id)
 
     async def rename(self, caller: Caller, session_id: str, title: str) -> str:
         clean = " ".join(title.split())

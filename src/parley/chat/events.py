@@ -7,6 +7,16 @@ Wire contract (camelCase payloads; `data` is the whole event object including `t
     title_updated{title}  error{code, message}  done{}
     stream_gap{afterId, nextId}: frames between the two ids were lost in transit (they are stored)
 
+Tools (a reply may hold several model rounds; see chat/turns.py):
+
+    tool_use_start{toolUseId, toolName, input, executionId}: a call starts running
+    tool_result{toolUseId, toolName, output, isError, truncated}: what it gave back (or why not)
+    approval_required{executionId, toolUseId, toolName, input, description, expiresAt}: a call
+        waits for a person; the stream then ends (message_end, done) and a decision continues it
+    plan_approval_required{planId, executionId, title, steps, expiresAt}
+    plan_step_start{planId, stepIndex, toolName}  plan_step_complete{planId, stepIndex, toolName, isError}
+    plan_complete{planId, status}  approval_mode_changed{mode}
+
 Each frame carries `id: <stream>-<seq>`: the number of the session's event stream (a turn, or its
 continuation; numbered by the database) and the frame's position in it, so `Last-Event-ID` can
 resume a running turn on any process. It is also the frame's entry id in Redis. A delta event
@@ -16,8 +26,10 @@ standard library and orjson.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal, assert_never
+import re
+from dataclasses import dataclass, fields
+from functools import cache
+from typing import Any, ClassVar, Literal
 
 import orjson
 
@@ -92,11 +104,108 @@ class StreamGap:
     next_id: str
 
 
-StreamEvent = MessageStart | ContentDelta | ReasoningDelta | MessageEnd | TitleUpdated | TurnError | Done | StreamGap
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolUseStart:
+    """A tool call starts running (it needed no approval, or was approved)."""
+
+    type: Literal["tool_use_start"] = "tool_use_start"
+    tool_use_id: str
+    tool_name: str
+    input: dict[str, Any]
+    execution_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolResult:
+    """What a call gave back, or why it did not run (denied, expired, invalid arguments...)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    tool_name: str
+    output: str
+    is_error: bool
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalRequired:
+    """A call waits for the session owner's decision until `expires_at` (ISO 8601)."""
+
+    type: Literal["approval_required"] = "approval_required"
+    execution_id: str
+    tool_use_id: str
+    tool_name: str
+    input: dict[str, Any]
+    description: str
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanApprovalRequired:
+    """The model proposed a plan; approving it once lets its steps run without asking."""
+
+    type: Literal["plan_approval_required"] = "plan_approval_required"
+    plan_id: str
+    execution_id: str
+    title: str
+    steps: list[dict[str, Any]]
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStepStart:
+    type: Literal["plan_step_start"] = "plan_step_start"
+    plan_id: str
+    step_index: int
+    tool_name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanStepComplete:
+    type: Literal["plan_step_complete"] = "plan_step_complete"
+    plan_id: str
+    step_index: int
+    tool_name: str
+    is_error: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PlanComplete:
+    type: Literal["plan_complete"] = "plan_complete"
+    plan_id: str
+    status: str  # completed | aborted
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApprovalModeChanged:
+    """The session's effective approval mode changed (paused: per_step)."""
+
+    type: Literal["approval_mode_changed"] = "approval_mode_changed"
+    mode: str
+
+
+StreamEvent = (
+    MessageStart
+    | ContentDelta
+    | ReasoningDelta
+    | MessageEnd
+    | TitleUpdated
+    | TurnError
+    | Done
+    | StreamGap
+    | ToolUseStart
+    | ToolResult
+    | ApprovalRequired
+    | PlanApprovalRequired
+    | PlanStepStart
+    | PlanStepComplete
+    | PlanComplete
+    | ApprovalModeChanged
+)
 
 
 def encode(event: StreamEvent, turn: int, seq: int) -> list[bytes]:
-    """The SSE frames of `event`, with ids `<turn>.<seq>`, `<turn>.<seq + 1>`, ...: one per piece of
+    """The SSE frames of `event`, with ids `<stream>-<seq>`, `<stream>-<seq + 1>`, ...: one per piece of
     a delta, one for any other event. Payload JSON never holds a raw newline, so one `data:` line
     suffices. Deltas run once per token: their frames are made from the encoded text alone."""
     if type(event) is ContentDelta or type(event) is ReasoningDelta:
@@ -113,32 +222,20 @@ _DELTA_HEADS = {
 
 
 def _payload(event: StreamEvent) -> dict[str, object]:
-    """The JSON object sent as `data:` of an event that is not a delta."""
-    match event:
-        case MessageStart(message_id=mid):
-            return {"type": event.type, "messageId": mid}
-        case MessageEnd():
-            return {
-                "type": event.type,
-                "inputTokens": event.input_tokens,
-                "outputTokens": event.output_tokens,
-                "cacheReadTokens": event.cache_read_tokens,
-                "cacheWriteTokens": event.cache_write_tokens,
-                "costUsd": event.cost_usd,
-                "usageEstimated": event.usage_estimated,
-            }
-        case TitleUpdated(title=t):
-            return {"type": event.type, "title": t}
-        case TurnError(code=c, message=m):
-            return {"type": event.type, "code": c, "message": m}
-        case Done():
-            return {"type": event.type}
-        case StreamGap(after_id=a, next_id=n):
-            return {"type": event.type, "afterId": a, "nextId": n}
-        case ContentDelta() | ReasoningDelta():
-            raise ValueError("deltas are encoded piece by piece")
-        case _:
-            assert_never(event)
+    """The JSON object sent as `data:` of an event that is not a delta: its fields, camelCase."""
+    if type(event) is ContentDelta or type(event) is ReasoningDelta:
+        raise ValueError("deltas are encoded piece by piece")
+    payload: dict[str, object] = {"type": event.type}
+    for attribute, key in _wire_names(type(event)):
+        payload[key] = getattr(event, attribute)
+    return payload
+
+
+@cache
+def _wire_names(kind: type) -> tuple[tuple[str, str], ...]:
+    """(attribute, wire key) of an event class's payload fields, in declaration order."""
+    names = [f.name for f in fields(kind) if f.name != "type"]
+    return tuple((name, re.sub(r"_([a-z])", lambda m: m.group(1).upper(), name)) for name in names)
 
 
 HEARTBEAT_FRAME = b": ping\n\n"

@@ -17,21 +17,25 @@ Imports chat, providers, billing, bus and store; never the web layer.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from functools import partial
 from typing import Any
 
+from parley.billing.budget import Allowance
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.bus.redis import RedisRelay
-from parley.chat.admission import Admission, admit
+from parley.chat.admission import Admission, admit, limits_of, reserve
 from parley.chat.events import (
     Done,
     MessageStart,
+    PlanComplete,
     StreamEvent,
     StreamGap,
     TitleUpdated,
@@ -41,7 +45,8 @@ from parley.chat.events import (
 )
 from parley.chat.ownership import ProcessName
 from parley.chat.prompt import require_text, sanitize_content
-from parley.chat.turns import Reply, TurnOutcome, TurnRecord, TurnSpec, describe_parts, start_turn
+from parley.chat.tool_calls import ApprovalPolicy, PlannedCall
+from parley.chat.turns import CallUpdate, Reply, TurnOutcome, TurnRecord, TurnSpec, TurnTools, start_turn
 from parley.errors import (
     NoTurnRunningError,
     PayloadTooLargeError,
@@ -53,12 +58,13 @@ from parley.errors import (
     TurnLostError,
     ValidationFailedError,
 )
-from parley.providers.base import Provider
+from parley.providers.base import ChatMessage, ForcedTool, Provider, ToolChoice
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
 from parley.store.repositories import HeldLease, TurnSession, TurnTotals
 from parley.store.tenancy import Tenant
+from parley.tools import ToolCatalog
 
 log = logging.getLogger("parley.sessions")
 
@@ -76,20 +82,27 @@ class SessionPolicy:
     max_live_sessions: int = 200
     lease_ttl: timedelta = timedelta(seconds=20)
     prices: Callable[[str], Prices] = field(default=lambda _model: Prices())  # by model id
+    max_tool_rounds: int = 8
+    approval_ttl: timedelta = timedelta(minutes=10)
 
 
 @dataclass(slots=True, eq=False)
 class RunningTurn:
-    """A turn this process runs."""
+    """A turn this process runs (or a continuation of one, after its tool calls were decided)."""
 
     lease_token: str  # also the id its reply is stored under
     stream: int  # its event stream's number
     started: float  # on the loop's clock
+    position: int  # the reply's place in the session
     reply: Reply = field(default_factory=Reply)
     task: asyncio.Task[None] | None = None
-    stream_task: asyncio.Task[TurnOutcome] | None = None
+    stream_task: asyncio.Task[TurnOutcome] | None = None  # the phase running now (Stop cancels it)
     stop_reason: str | None = None
-    admission: Admission | None = None
+    metered: bool = False  # the organization's spend is limited: bill at most what was reserved
+    reservation_id: str | None = None  # the current model round's
+    reserved_cents: Decimal = Decimal(0)
+    unbilled_cents: Decimal = Decimal(0)  # cost past reservations, never billed (see `_persist`)
+    tools: TurnTools | None = None
     checkpointed_chars: int = 0  # how much of the reply the database has
     checkpointed_at: float = 0.0  # on the loop's clock
     renewed: float = 0.0  # when the lease was last renewed, on the loop's clock
@@ -121,9 +134,11 @@ class SessionManager:
         clock: Callable[[], datetime] = _now,
         process: ProcessName | None = None,
         relay: RedisRelay | None = None,
+        tools: ToolCatalog | None = None,
     ) -> None:
         self.db = db
         self.provider = provider
+        self.tools = tools if tools is not None and tools.configured else None
         self.policy = policy
         self.clock = clock
         self.process = process or ProcessName.current()
@@ -179,12 +194,20 @@ class SessionManager:
         session_id: str,
         content: str,
         page_context: dict[str, Any] | None = None,
+        tool_choice: ToolChoice = "auto",
     ) -> Subscription:
         """Admit a message and start its turn; the returned subscription sees every event of it.
 
-        A `page_context` replaces the session's context snapshot from this turn on.
+        A `page_context` replaces the session's context snapshot from this turn on; `tool_choice`
+        applies to the turn's first model round.
         """
         text = self.check_content(content)
+        if isinstance(tool_choice, ForcedTool):
+            tool = self.tools.get(tool_choice.name) if self.tools is not None else None
+            if tool is None or tool.blocked:
+                raise ValidationFailedError(
+                    f"toolChoice names {tool_choice.name!r}, which is not a tool this session can use."
+                )
         live_now = self.live.get(session_id)
         if live_now is not None and live_now.turn is not None:
             # Running here: refuse before touching the database (the lease says the same).
@@ -214,7 +237,7 @@ class SessionManager:
             self._own_leases.discard(lease)
             await self._drop(session_id, reason="idle")
             raise SessionExpiredError(expired)
-        return self._start(row, now, text, lease, admission)
+        return self._start(row, now, text, lease, admission, tool_choice)
 
     async def _admit(
         self,
@@ -264,35 +287,143 @@ class SessionManager:
                 )
         return admission, row, now, orphan, expired
 
-    def _start(self, row: TurnSession, now: datetime, text: str, lease: str, admission: Admission) -> Subscription:
+    def _start(
+        self, row: TurnSession, now: datetime, text: str, lease: str, admission: Admission, tool_choice: ToolChoice
+    ) -> Subscription:
         """Start an admitted turn: its live session, its stream, its task."""
-        session_id = row.id
-        live = self._live_session(row, now)
         turn = RunningTurn(
             lease_token=lease,
             stream=admission.stream,
             started=asyncio.get_running_loop().time(),
-            admission=admission,
+            position=admission.user_position + 1,
+            metered=admission.metered,
+            reservation_id=admission.reservation_id,
+            reserved_cents=admission.reserved_cents,
         )
+        prompt = [
+            ChatMessage.text("system", admission.system_prompt),
+            *admission.history,
+            ChatMessage.text("user", text),
+        ]
+        return self._launch(
+            row.id,
+            row.org_id,
+            row.user_id,
+            row.model,
+            now,
+            turn,
+            prompt=prompt,
+            max_tokens=admission.max_tokens,
+            policy=admission.policy,
+            tool_choice=tool_choice,
+            title=admission.title,
+        )
+
+    def start_continuation(
+        self,
+        session: TurnSession,
+        now: datetime,
+        *,
+        message_id: str,
+        stream: int,
+        prompt: list[ChatMessage],
+        reply: Reply,
+        position: int,
+        metered: bool,
+        policy: ApprovalPolicy,
+        decided: list[PlannedCall],
+    ) -> Subscription:
+        """Go on with a reply whose tool calls were all decided (see `approvals.py`); its lease was
+        taken, under the reply's id, in the decision's transaction."""
+        turn = RunningTurn(
+            lease_token=message_id,
+            stream=stream,
+            started=asyncio.get_running_loop().time(),
+            position=position,
+            reply=reply,
+            metered=metered,
+            checkpointed_chars=reply.size(),
+        )
+        return self._launch(
+            session.id,
+            session.org_id,
+            session.user_id,
+            session.model,
+            now,
+            turn,
+            prompt=prompt,
+            max_tokens=self.policy.max_tokens,
+            policy=policy,
+            resume=decided,
+        )
+
+    def _launch(
+        self,
+        session_id: str,
+        org_id: str,
+        user_id: str | None,
+        model: str,
+        now: datetime,
+        turn: RunningTurn,
+        *,
+        prompt: list[ChatMessage],
+        max_tokens: int | None,
+        policy: ApprovalPolicy,
+        tool_choice: ToolChoice = "auto",
+        resume: list[PlannedCall] | None = None,
+        title: str | None = None,
+    ) -> Subscription:
+        """Run a turn (or a continuation) whose lease this process holds: its live session, its
+        stream, its task. The subscription is made before anything is published."""
+        lease = turn.lease_token
         turn.renewed = turn.checkpointed_at = turn.started
+        live = self._live_session(session_id, org_id, user_id, now)
         try:
-            frames = live.channel.begin_turn(admission.stream)
+            frames = live.channel.begin_turn(turn.stream)
             if self.relay is not None:
-                self.relay.track(session_id, admission.stream, frames)
+                self.relay.track(session_id, turn.stream, frames)
             subscription = live.channel.subscribe()  # before anything is published
             live.turn = turn
-            if admission.title is not None:
-                self._publish(live, TitleUpdated(title=admission.title))
-            spec = self._turn_spec(live, row, text, turn, admission)
+            if title is not None:
+                self._publish(live, TitleUpdated(title=title))
+            if self.tools is not None:
+                turn.tools = TurnTools(
+                    catalog=self.tools,
+                    policy=policy,
+                    store_call=partial(self._store_call, org_id, session_id, turn),
+                    reserve=partial(self._reserve, org_id, session_id, model, turn),
+                    new_id=new_id,
+                    choice=tool_choice,
+                    max_rounds=self.policy.max_tool_rounds,
+                    approval_ttl=self.policy.approval_ttl,
+                    resume=resume,
+                )
+            spec = TurnSpec(
+                session_id=session_id,
+                message_id=lease,
+                prompt=prompt,
+                model=model,
+                max_tokens=max_tokens,
+                output_limit=max_tokens if turn.metered and max_tokens is not None else None,
+                turn_timeout=self.policy.turn_timeout,
+                provider=self.provider,
+                prices=self.policy.prices(model),
+                publish=partial(self._publish, live),
+                persist=partial(self._persist, live, org_id, session_id, turn),
+                clock=self.clock,
+                stop_reason=lambda: turn.stop_reason,
+                on_stream_task=partial(_set_stream_task, turn),
+                reply=turn.reply,
+                tools=turn.tools,
+                count_turn=resume is None,
+            )
             # Queued before the response starts, so its first write carries it.
-            self._publish(live, MessageStart(message_id=spec.message_id))
+            self._publish(live, MessageStart(message_id=lease))
             turn.task = start_turn(spec)
         except BaseException:
             live.turn = None
             self._own_leases.discard(lease)
-            asyncio.get_running_loop().create_task(
-                self._release(row.org_id, session_id, lease, admission.reservation_id)
-            )
+            asyncio.get_running_loop().create_task(self._release(org_id, session_id, lease, turn.reservation_id))
             raise
         self._turn_tasks.add(turn.task)
         turn.task.add_done_callback(partial(self._turn_done, lease))
@@ -303,32 +434,6 @@ class SessionManager:
         self._turn_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("turn task failed", exc_info=task.exception())
-
-    def _turn_spec(
-        self, live: LiveSession, row: TurnSession, text: str, turn: RunningTurn, admission: Admission
-    ) -> TurnSpec:
-        def set_stream_task(task: asyncio.Task[TurnOutcome]) -> None:
-            turn.stream_task = task
-
-        return TurnSpec(
-            session_id=row.id,
-            message_id=turn.lease_token,
-            system_prompt=admission.system_prompt,
-            history=admission.history,
-            user_text=text,
-            model=row.model,
-            max_tokens=admission.max_tokens,
-            output_limit=admission.max_tokens if admission.metered and admission.max_tokens is not None else None,
-            turn_timeout=self.policy.turn_timeout,
-            provider=self.provider,
-            prices=self.policy.prices(row.model),
-            publish=partial(self._publish, live),
-            persist=partial(self._persist, live, row.org_id, row.id, turn),
-            clock=self.clock,
-            stop_reason=lambda: turn.stop_reason,
-            on_stream_task=set_stream_task,
-            reply=turn.reply,
-        )
 
     def _publish(self, live: LiveSession, event: StreamEvent) -> None:
         channel = live.channel
@@ -344,53 +449,116 @@ class SessionManager:
     async def _persist(
         self, live: LiveSession, org_id: str, session_id: str, turn: RunningTurn, record: TurnRecord
     ) -> None:
-        """One transaction: the reply, session totals, cost rows, lease and reservation settled."""
+        """One transaction: the reply, session totals, cost rows, the round's reservation settled,
+        the calls and plans first stored with it, and the lease released when the turn ends or
+        waits for decisions."""
         now = record.now
-        admission = turn.admission
         async with self.db.unit(Tenant.for_org(org_id)) as tx:
-            if admission is not None and admission.reservation_id is not None:
-                await repo.delete_reservation(tx, admission.reservation_id)
+            if turn.reservation_id is not None:
+                await repo.delete_reservation(tx, turn.reservation_id)
             cost = record.cost_cents
-            if admission is not None and admission.metered and cost > admission.reserved_cents:
+            if turn.metered and cost > turn.reserved_cents:
                 # Only a server that ignores max_tokens and packs several tokens per chunk gets
                 # here: the organization is never billed past what it reserved.
                 log.warning(
                     "session %s: turn cost %s cents exceeds its reservation %s; billing the reservation",
                     session_id,
                     cost,
-                    admission.reserved_cents,
+                    turn.reserved_cents,
                 )
-                cost = admission.reserved_cents
+                turn.unbilled_cents += cost - turn.reserved_cents
+                cost = turn.reserved_cents
+            tokens = record.tokens
             totals = TurnTotals(
-                input_tokens=record.tokens.input_tokens,
-                output_tokens=record.tokens.output_tokens,
-                cache_read_tokens=record.tokens.cache_read_tokens,
-                cache_write_tokens=record.tokens.cache_write_tokens,
+                input_tokens=tokens.input_tokens,
+                output_tokens=tokens.output_tokens,
+                cache_read_tokens=tokens.cache_read_tokens,
+                cache_write_tokens=tokens.cache_write_tokens,
                 cost_cents=cost,
             )
-            tokens = record.tokens
+            ends = record.finish_reason is not None
             # The session row first: writing the reply takes a share lock on it (its foreign key),
             # and upgrading that lock while an admission waits for the row would deadlock.
             await repo.record_turn(
-                tx, session_id, totals=totals, count_turn=record.count_turn, now=now, lease_token=turn.lease_token
+                tx,
+                session_id,
+                totals=totals,
+                count_turn=record.count_turn,
+                now=now,
+                lease_token=turn.lease_token,
+                release=ends,
             )
+            whole = record.message_tokens
             await repo.upsert_message(
                 tx,
                 message_id=record.message_id,
                 session_id=session_id,
-                position=admission.user_position + 1 if admission is not None else 0,
+                position=turn.position,
                 role="assistant",
                 content=record.text,
-                parts=describe_parts(record.text, record.reasoning),
-                tokens=(tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens),
-                cost_cents=cost,
-                usage_estimated=tokens.estimated,
+                parts=record.parts,
+                tokens=(whole.input_tokens, whole.output_tokens, whole.cache_read_tokens, whole.cache_write_tokens),
+                cost_cents=record.message_cents - turn.unbilled_cents,
+                usage_estimated=whole.estimated,
                 finish_reason=record.finish_reason,
                 created_at=now,
             )
-            if not tokens.is_zero or record.text:
-                await repo.add_cost_usage(tx, org_id, totals=totals, now=now)
+            final = ends and not record.awaiting  # the reply is over: it counts as a message
+            if not tokens.is_zero or (final and record.text):
+                await repo.add_cost_usage(tx, org_id, totals=totals, now=now, messages=1 if final else 0)
+            await repo.insert_executions(tx, org_id, session_id, record.executions)
+            await repo.start_executions(tx, record.starting, now=now)
+            await repo.insert_plans(tx, org_id, session_id, record.plans)
+            if record.awaiting:
+                await repo.set_awaiting(tx, session_id, record.message_id)
+        turn.reservation_id, turn.reserved_cents = None, Decimal(0)
+        turn.checkpointed_chars = turn.reply.size()
         live.last_activity = now
+
+    async def _store_call(self, org_id: str, session_id: str, turn: RunningTurn, update: CallUpdate) -> None:
+        """A call's row changes, with the reply as it stands (never over a finished reply)."""
+        now = self.clock()
+        async with self.db.unit(Tenant.for_org(org_id)) as tx:
+            await repo.update_execution(tx, update.execution_id, update.changes)
+            if update.plan_id is not None and update.plan_step is not None:
+                changes: dict[str, Any] = {"current_step": update.plan_step}
+                if update.plan_done:
+                    changes |= {"status": "completed", "completed_at": now}
+                await repo.update_plan(tx, update.plan_id, changes, only_if=["approved"])
+            await repo.upsert_message(
+                tx,
+                message_id=turn.lease_token,
+                session_id=session_id,
+                position=turn.position,
+                role="assistant",
+                content=turn.reply.answer(),
+                parts=update.parts,
+                created_at=now,
+                keep_finished=True,
+            )
+        turn.checkpointed_chars = turn.reply.size()
+
+    async def _reserve(
+        self, org_id: str, session_id: str, model: str, turn: RunningTurn, messages: list[ChatMessage]
+    ) -> Allowance:
+        """The budget of a turn's next model round (raises when the organization cannot pay it)."""
+        now = self.clock()
+        async with self.db.unit(Tenant.for_org(org_id)) as tx:
+            limits = limits_of(await repo.budget_limits(tx, org_id))
+            allowance, reservation_id = await reserve(
+                tx,
+                org_id,
+                session_id,
+                limits,
+                texts=[m.sent_text for m in messages] if limits.spends_are_limited else [],
+                prices=self.policy.prices(model),
+                max_tokens=self.policy.max_tokens,
+                now=now,
+                ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
+            )
+        turn.metered = limits.spends_are_limited
+        turn.reservation_id, turn.reserved_cents = reservation_id, allowance.reserve_cents
+        return allowance
 
     async def _release(self, org_id: str, session_id: str, lease: str, reservation_id: str | None) -> None:
         try:
@@ -400,6 +568,36 @@ class SessionManager:
                     await repo.delete_reservation(tx, reservation_id)
         except Exception:
             log.exception("could not release the lease of session %s", session_id)
+
+    # -- approvals (see approvals.py) -------------------------------------------------------------------
+
+    def claim_lease(self, token: str) -> None:
+        """A lease this process is taking (a continuation's, in its decision's transaction)."""
+        self._own_leases.add(token)
+
+    def release_claim(self, token: str) -> None:
+        self._own_leases.discard(token)
+
+    def plan_aborted(self, session_id: str, plan_id: str) -> None:
+        """A plan was aborted: a turn running it here stops following it, and its readers are told."""
+        live = self.live.get(session_id)
+        if live is None or live.turn is None:
+            return
+        tools = live.turn.tools
+        if tools is not None and tools.policy.plan is not None and tools.policy.plan.id == plan_id:
+            tools.policy = dataclasses.replace(tools.policy, plan=None)
+        self._publish(live, PlanComplete(plan_id=plan_id, status="aborted"))
+
+    def policy_changed(self, session_id: str, policy: ApprovalPolicy, event: StreamEvent) -> None:
+        """The session's approval policy changed (pause): a turn running here follows it from its
+        next call on, and its readers are told. A turn on another process follows it from its
+        next reply."""
+        live = self.live.get(session_id)
+        if live is None or live.turn is None:
+            return
+        if live.turn.tools is not None:
+            live.turn.tools.policy = policy
+        self._publish(live, event)
 
     # -- orphaned turns ------------------------------------------------------------------------------
 
@@ -432,21 +630,21 @@ class SessionManager:
 
     # -- live sessions -----------------------------------------------------------------------------
 
-    def _live_session(self, row: TurnSession, now: datetime) -> LiveSession:
-        live = self.live.get(row.id)
+    def _live_session(self, session_id: str, org_id: str, user_id: str | None, now: datetime) -> LiveSession:
+        live = self.live.get(session_id)
         if live is None:
             self._make_room()
             live = LiveSession(
-                id=row.id,
-                org_id=row.org_id,
-                user_id=row.user_id,
+                id=session_id,
+                org_id=org_id,
+                user_id=user_id,
                 last_activity=now,
-                channel=SessionChannel(row.id),
+                channel=SessionChannel(session_id),
             )
-            self.live[row.id] = live
+            self.live[session_id] = live
         else:
             live.last_activity = now
-            self.live.move_to_end(row.id)
+            self.live.move_to_end(session_id)
         return live
 
     def _make_room(self) -> None:
@@ -604,6 +802,10 @@ class SessionManager:
         for live in self.live.values():
             live.channel.close()
         self.live.clear()
+
+
+def _set_stream_task(turn: RunningTurn, task: asyncio.Task[TurnOutcome]) -> None:
+    turn.stream_task = task
 
 
 def _gap_frame(after: tuple[int, int], following: tuple[int, int]) -> bytes:

@@ -11,8 +11,9 @@ Short turns (most of them) never reach a tick and cost nothing here.
 
 Every `RECOVER_EVERY` seconds it ends orphaned turns: leases that expired (their process died),
 and, at start-up, leases of this host's processes that are gone (a restarted process recognises
-its predecessor's at once). And every sweep interval it expires idle and old sessions by a
-conditional UPDATE on what is stored, never by what this process happens to remember.
+its predecessor's at once), and re-reads the tool definitions operators approved. And every
+sweep interval it expires idle and old sessions, and tool calls nobody decided in time, by
+conditional UPDATEs on what is stored, never by what this process happens to remember.
 
 Imports chat and store; never the web layer.
 """
@@ -24,7 +25,6 @@ import logging
 from datetime import datetime
 
 from parley.chat.sessions import RunningTurn, SessionManager
-from parley.chat.turns import describe_parts
 from parley.store import repositories as repo
 from parley.store.sql import Tx
 from parley.store.tenancy import Tenant
@@ -79,19 +79,18 @@ async def keep_turns(manager: SessionManager) -> None:
 
 async def _checkpoint(tx: Tx, session_id: str, turn: RunningTurn, now: datetime) -> None:
     """Store the reply as it stands, if it grew (never over a reply that is already finished)."""
-    text, reasoning = "".join(turn.reply.text), "".join(turn.reply.reasoning)
-    size = len(text) + len(reasoning)
+    reply = turn.reply
+    size = reply.size()
     if size <= turn.checkpointed_chars:
         return
-    admission = turn.admission
     await repo.upsert_message(
         tx,
         message_id=turn.lease_token,
         session_id=session_id,
-        position=admission.user_position + 1 if admission is not None else 0,
+        position=turn.position,
         role="assistant",
-        content=text,
-        parts=describe_parts(text, reasoning),
+        content=reply.answer(),
+        parts=reply.stored_parts(),
         created_at=now,
         keep_finished=True,
     )
@@ -133,6 +132,13 @@ async def expire_sessions(manager: SessionManager) -> None:
         await manager.end_live(session_id, "expired")
 
 
+async def expire_approvals(manager: SessionManager) -> int:
+    """Tool calls whose time for a decision ran out become `expired`, as stored (the reply they
+    wait in is closed when its session's next message is admitted)."""
+    async with manager.db.unit(Tenant.system()) as tx:
+        return await repo.expire_pending(tx, now=manager.clock())
+
+
 async def run(manager: SessionManager, sweep_interval: float) -> None:
     """The upkeep loop until cancelled."""
     loop = asyncio.get_running_loop()
@@ -144,9 +150,12 @@ async def run(manager: SessionManager, sweep_interval: float) -> None:
             if loop.time() >= next_recovery:
                 next_recovery = loop.time() + RECOVER_EVERY
                 await recover_orphans(manager)
+                if manager.tools is not None:
+                    await manager.tools.refresh_pins(manager.db)  # an operator's `parley tools approve`
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + sweep_interval
                 await expire_sessions(manager)
+                await expire_approvals(manager)
         except asyncio.CancelledError:
             raise
         except Exception:

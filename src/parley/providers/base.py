@@ -80,6 +80,21 @@ class ChatMessage:
         """The concatenated text parts (reasoning and tool parts excluded)."""
         return "".join(p.text for p in self.parts if isinstance(p, TextPart))
 
+    @property
+    def sent_text(self) -> str:
+        """Everything of the message a provider sends: text, calls' arguments, results."""
+        if len(self.parts) == 1 and type(self.parts[0]) is TextPart:
+            return self.parts[0].text
+        pieces: list[str] = []
+        for part in self.parts:
+            if isinstance(part, TextPart):
+                pieces.append(part.text)
+            elif isinstance(part, ToolCallPart):
+                pieces.append(part.name + str(part.arguments))
+            elif isinstance(part, ToolResultPart):
+                pieces.append(part.output)
+        return "".join(pieces)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ToolSpec:

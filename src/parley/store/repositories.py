@@ -39,11 +39,13 @@ from sqlalchemy.dialects.postgresql import insert as insert_or_update
 
 from parley.store.ids import new_id
 from parley.store.models import (
+    AiActionPlan,
     AiBudget,
     AiBudgetReservation,
     AiCostUsage,
     AiMessage,
     AiSession,
+    AiToolExecution,
     ApiToken,
     Organization,
     User,
@@ -59,6 +61,8 @@ reservations: Table = AiBudgetReservation.__table__  # type: ignore[assignment]
 tokens: Table = ApiToken.__table__  # type: ignore[assignment]
 users: Table = User.__table__  # type: ignore[assignment]
 organizations: Table = Organization.__table__  # type: ignore[assignment]
+executions: Table = AiToolExecution.__table__  # type: ignore[assignment]
+plans: Table = AiActionPlan.__table__  # type: ignore[assignment]
 
 
 def _columns(record: type[Any], table: Table) -> list[Column[Any]]:
@@ -95,6 +99,9 @@ class TurnSession:
     lease_token: str | None
     lease_expires_at: datetime | None
     lease_owner: str | None
+    awaiting_approval: str | None
+    approvals_paused: bool
+    allowed_tools: list[str] | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -106,6 +113,7 @@ class BudgetLimits:
     monthly_budget_cents: Decimal | None
     messages_per_minute_per_user: int | None
     messages_per_hour_per_org: int | None
+    approval_mode: str | None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,6 +163,32 @@ _TAKE_TURN = (
     )
     .returning(sessions.c.stream_number)
 )
+
+
+_TAKE_CONTINUATION = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_(None))
+    .values(
+        lease_token=bindparam("token"),
+        lease_expires_at=bindparam("expires_at"),
+        lease_owner=bindparam("owner"),
+        stop_requested_at=None,
+        stream_number=sessions.c.stream_number + 1,
+        awaiting_approval=None,
+        last_activity_at=bindparam("now"),
+        updated_at=bindparam("now"),
+    )
+    .returning(sessions.c.stream_number)
+)
+
+
+async def take_continuation(
+    tx: Tx, session_id: str, *, token: str, owner: str, now: datetime, expires_at: datetime
+) -> int | None:
+    """Take the free turn lease to go on with the reply whose calls were decided (`token` is its
+    id); the number of the continuation's event stream, or None when the lease is held."""
+    params = {"session_id": session_id, "token": token, "owner": owner, "now": now, "expires_at": expires_at}
+    return await tx.value(_TAKE_CONTINUATION, params)
 
 
 async def take_turn(
@@ -319,6 +353,7 @@ async def end_orphaned_turn(tx: Tx, lease: HeldLease, *, now: datetime) -> bool:
             keep_finished=True,
         )
     await tx.run(_DELETE_SESSION_RESERVATIONS, {"session_id": lease.id})
+    await fail_executing(tx, lease.lease_token, now=now)
     return True
 
 
@@ -336,25 +371,25 @@ async def set_status(tx: Tx, session_id: str, status: str, *, now: datetime, onl
 
 
 _LEASE_IS_THIS_TURNS = sessions.c.lease_token == bindparam("token")
-_RECORD_TURN = (
-    update(sessions)
-    .where(sessions.c.id == bindparam("session_id"))
-    .values(
-        total_input_tokens=sessions.c.total_input_tokens + bindparam("input_tokens"),
-        total_output_tokens=sessions.c.total_output_tokens + bindparam("output_tokens"),
-        total_cache_read_tokens=sessions.c.total_cache_read_tokens + bindparam("cache_read_tokens"),
-        total_cache_write_tokens=sessions.c.total_cache_write_tokens + bindparam("cache_write_tokens"),
-        total_cost_cents=sessions.c.total_cost_cents + bindparam("cost_cents", type_=sessions.c.total_cost_cents.type),
-        turn_count=sessions.c.turn_count + bindparam("turns"),
-        last_activity_at=bindparam("now"),
-        updated_at=bindparam("now"),
-        # The lease goes with it, if it is still this turn's (the right-hand sides all read the
-        # row as it was, so the second CASE sees the old lease_token too).
-        lease_expires_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_expires_at),
-        lease_owner=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_owner),
-        stop_requested_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.stop_requested_at),
-        lease_token=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_token),
-    )
+_TOTALS = {
+    "total_input_tokens": sessions.c.total_input_tokens + bindparam("input_tokens"),
+    "total_output_tokens": sessions.c.total_output_tokens + bindparam("output_tokens"),
+    "total_cache_read_tokens": sessions.c.total_cache_read_tokens + bindparam("cache_read_tokens"),
+    "total_cache_write_tokens": sessions.c.total_cache_write_tokens + bindparam("cache_write_tokens"),
+    "total_cost_cents": sessions.c.total_cost_cents + bindparam("cost_cents", type_=sessions.c.total_cost_cents.type),
+    "turn_count": sessions.c.turn_count + bindparam("turns"),
+    "last_activity_at": bindparam("now"),
+    "updated_at": bindparam("now"),
+}
+# Between two model rounds of a turn: the totals grow, the lease stays.
+_RECORD_ROUND = update(sessions).where(sessions.c.id == bindparam("session_id")).values(_TOTALS)
+_RECORD_TURN = _RECORD_ROUND.values(
+    # The lease goes with it, if it is still this turn's (the right-hand sides all read the row as
+    # it was, so the second CASE sees the old lease_token too).
+    lease_expires_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_expires_at),
+    lease_owner=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_owner),
+    stop_requested_at=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.stop_requested_at),
+    lease_token=case((_LEASE_IS_THIS_TURNS, None), else_=sessions.c.lease_token),
 )
 
 
@@ -366,9 +401,11 @@ async def record_turn(
     count_turn: bool,
     now: datetime,
     lease_token: str,
+    release: bool = True,
 ) -> None:
     """Add a turn's usage to its session, count the turn, and release the lease if it is still the
-    turn's (a turn whose lease was recovered under it is still billed)."""
+    turn's (a turn whose lease was recovered under it is still billed); `release=False` between
+    two model rounds."""
     params = {
         "session_id": session_id,
         "input_tokens": totals.input_tokens,
@@ -380,7 +417,7 @@ async def record_turn(
         "now": now,
         "token": lease_token,
     }
-    await tx.run(_RECORD_TURN, params)
+    await tx.run(_RECORD_TURN if release else _RECORD_ROUND, params)
 
 
 _EXPIRE_STALE = (
@@ -547,6 +584,32 @@ async def history_rows(tx: Tx, session_id: str) -> Sequence[HistoryRow]:
     """(role, content, content_parts) of a session in order; `content_parts` is None unless it may
     hold a tool part. Read at admission, before the current message is written, so it excludes it."""
     return await tx.rows(_HISTORY, {"session_id": session_id})
+
+
+_GET_MESSAGE = select(messages).where(messages.c.id == bindparam("message_id"))
+
+
+async def get_message(tx: Tx, message_id: str) -> Record | None:
+    found = await tx.records(_GET_MESSAGE, {"message_id": message_id})
+    return found[0] if found else None
+
+
+_CLOSE_REPLY = (
+    update(messages)
+    .where(messages.c.id == bindparam("message_id"))
+    .values(content_parts=bindparam("parts", type_=JSON), finish_reason=bindparam("finish_reason"))
+)
+_REOPEN_REPLY = update(messages).where(messages.c.id == bindparam("message_id")).values(finish_reason=None)
+
+
+async def close_reply(tx: Tx, message_id: str, *, parts: list[dict[str, Any]], finish_reason: str) -> None:
+    """End a reply that will not go on, with its final parts."""
+    await tx.run(_CLOSE_REPLY, {"message_id": message_id, "parts": parts, "finish_reason": finish_reason})
+
+
+async def reopen_reply(tx: Tx, message_id: str) -> None:
+    """A reply that goes on (its calls were decided): unfinished again, so it is checkpointed."""
+    await tx.run(_REOPEN_REPLY, {"message_id": message_id})
 
 
 _INSERT_MESSAGE = insert(messages)
@@ -830,6 +893,255 @@ _COST_ROW = select(cost_rows).where(
 async def cost_usage(tx: Tx, org_id: str, *, period: str, key: str) -> Record | None:
     found = await tx.records(_COST_ROW, {"org_id": org_id, "period": period, "key": key})
     return found[0] if found else None
+
+
+# --- tool calls and plans --------------------------------------------------------------------------
+
+_EXECUTION_DEFAULTS = {
+    "server": None,
+    "input": None,
+    "description": None,
+    "requires_approval": False,
+    "decided_by": None,
+    "decided_at": None,
+    "decision_reason": None,
+    "expires_at": None,
+    "output": None,
+    "is_error": False,
+    "truncated": False,
+    "error_message": None,
+    "duration_ms": None,
+    "plan_id": None,
+    "plan_step": None,
+    "started_at": None,
+    "completed_at": None,
+}
+_INSERT_EXECUTION = insert(executions)
+
+
+async def insert_executions(tx: Tx, org_id: str, session_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    """Store calls as the turn first sees them (see `AiToolExecution` for their statuses)."""
+    if rows:
+        params = [{**_EXECUTION_DEFAULTS, **row, "org_id": org_id, "session_id": session_id} for row in rows]
+        await tx.run_many(_INSERT_EXECUTION, params)
+
+
+_START_EXECUTIONS = (
+    update(executions)
+    .where(member_of(executions.c.id, "ids"), executions.c.status == "approved")
+    .values(status="executing", started_at=bindparam("now"))
+)
+
+
+async def start_executions(tx: Tx, execution_ids: Sequence[str], *, now: datetime) -> int:
+    """Approved calls become `executing` (committed before any of them runs); how many did."""
+    if not execution_ids:
+        return 0
+    return await tx.run(_START_EXECUTIONS, {"ids": list(execution_ids), "now": now})
+
+
+@cache
+def _update_execution_statement(fields: tuple[str, ...]) -> Any:
+    return (
+        update(executions)
+        .where(executions.c.id == bindparam("execution_id"))
+        .values({field: bindparam(field) for field in fields})
+    )
+
+
+async def update_execution(tx: Tx, execution_id: str, changes: dict[str, Any]) -> None:
+    fields = tuple(sorted(changes))
+    await tx.run(_update_execution_statement(fields), {"execution_id": execution_id, **changes})
+
+
+_DECIDE = (
+    update(executions)
+    .where(
+        executions.c.id == bindparam("execution_id"),
+        executions.c.session_id == bindparam("session_id"),
+        executions.c.status == "pending",
+        executions.c.expires_at > bindparam("now"),
+    )
+    .values(
+        status=bindparam("status"),
+        decided_by=bindparam("user_id"),
+        decided_at=bindparam("now"),
+        decision_reason=bindparam("reason"),
+    )
+)
+
+
+async def decide_execution(
+    tx: Tx, session_id: str, execution_id: str, *, approved: bool, user_id: str, reason: str | None, now: datetime
+) -> bool:
+    """Approve or deny a pending, unexpired call: one conditional UPDATE, so a decision happens
+    once whatever races it. False when the call is not pending (decided, expired, or unknown)."""
+    params = {
+        "execution_id": execution_id,
+        "session_id": session_id,
+        "status": "approved" if approved else "denied",
+        "user_id": user_id,
+        "reason": reason,
+        "now": now,
+    }
+    return await tx.run(_DECIDE, params) == 1
+
+
+_EXECUTION = select(executions).where(
+    executions.c.id == bindparam("execution_id"), executions.c.session_id == bindparam("session_id")
+)
+
+
+async def get_execution(tx: Tx, session_id: str, execution_id: str) -> Record | None:
+    found = await tx.records(_EXECUTION, {"execution_id": execution_id, "session_id": session_id})
+    return found[0] if found else None
+
+
+_REPLY_EXECUTIONS = (
+    select(executions)
+    .where(executions.c.message_id == bindparam("message_id"))
+    .order_by(executions.c.round, executions.c.call_index)
+)
+
+
+async def reply_executions(tx: Tx, message_id: str) -> list[Record]:
+    """Every call of a reply, round by round, in call order."""
+    return await tx.records(_REPLY_EXECUTIONS, {"message_id": message_id})
+
+
+_SESSION_EXECUTIONS = (
+    select(executions)
+    .where(executions.c.session_id == bindparam("session_id"))
+    .order_by(executions.c.created_at, executions.c.round, executions.c.call_index)
+    .limit(bindparam("limit"))
+)
+
+
+async def session_executions(tx: Tx, session_id: str, *, limit: int = 500) -> list[Record]:
+    """The session's tool calls, oldest first."""
+    return await tx.records(_SESSION_EXECUTIONS, {"session_id": session_id, "limit": limit})
+
+
+_PENDING_EXECUTIONS = (
+    select(executions)
+    .where(executions.c.session_id == bindparam("session_id"), executions.c.status == "pending")
+    .order_by(executions.c.created_at, executions.c.call_index)
+)
+
+
+async def pending_executions(tx: Tx, session_id: str) -> list[Record]:
+    """The session's calls that wait for a decision (expired ones included until swept)."""
+    return await tx.records(_PENDING_EXECUTIONS, {"session_id": session_id})
+
+
+_EXPIRE_PENDING = (
+    update(executions)
+    .where(executions.c.status == "pending", executions.c.expires_at <= bindparam("now"))
+    .values(status="expired", completed_at=bindparam("now"))
+)
+_EXPIRE_PENDING_OF_REPLY = _EXPIRE_PENDING.where(executions.c.message_id == bindparam("message_id"))
+
+
+async def expire_pending(tx: Tx, *, now: datetime, message_id: str | None = None) -> int:
+    """Pending calls past their deadline become `expired` (all of them, or one reply's)."""
+    if message_id is None:
+        return await tx.run(_EXPIRE_PENDING, {"now": now})
+    return await tx.run(_EXPIRE_PENDING_OF_REPLY, {"now": now, "message_id": message_id})
+
+
+_FAIL_EXECUTING = (
+    update(executions)
+    .where(executions.c.message_id == bindparam("message_id"), executions.c.status == "executing")
+    .values(
+        status="failed",
+        is_error=True,
+        error_message="The server stopped while this call ran: its outcome is unknown. It was not retried.",
+        completed_at=bindparam("now"),
+    )
+)
+
+
+async def fail_executing(tx: Tx, message_id: str, *, now: datetime) -> int:
+    """Calls of a reply found `executing` after its process died: failed, outcome unknown."""
+    return await tx.run(_FAIL_EXECUTING, {"message_id": message_id, "now": now})
+
+
+_SET_AWAITING = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(awaiting_approval=bindparam("message_id", type_=String))
+)
+
+
+async def set_awaiting(tx: Tx, session_id: str, message_id: str | None) -> None:
+    """Mark the reply whose calls wait for a decision (None: nothing waits)."""
+    await tx.run(_SET_AWAITING, {"session_id": session_id, "message_id": message_id})
+
+
+_SET_APPROVAL_STATE = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(
+        approvals_paused=func.coalesce(
+            bindparam("paused", type_=sessions.c.approvals_paused.type), sessions.c.approvals_paused
+        ),
+        allowed_tools=func.coalesce(bindparam("allowed", type_=JSON), sessions.c.allowed_tools),
+        updated_at=bindparam("now"),
+    )
+)
+
+
+async def set_approval_state(
+    tx: Tx, session_id: str, *, now: datetime, paused: bool | None = None, allowed_tools: list[str] | None = None
+) -> None:
+    """Change the session's pause or its always-allowed tools (None: unchanged)."""
+    await tx.run(
+        _SET_APPROVAL_STATE, {"session_id": session_id, "paused": paused, "allowed": allowed_tools, "now": now}
+    )
+
+
+_PLAN_DEFAULTS = {"decided_by": None, "decided_at": None, "completed_at": None}
+_INSERT_PLAN = insert(plans)
+
+
+async def insert_plans(tx: Tx, org_id: str, session_id: str, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        params = [{**_PLAN_DEFAULTS, **row, "org_id": org_id, "session_id": session_id} for row in rows]
+        await tx.run_many(_INSERT_PLAN, params)
+
+
+_SESSION_PLANS = (
+    select(plans)
+    .where(plans.c.session_id == bindparam("session_id"), member_of(plans.c.status, "statuses"))
+    .order_by(plans.c.created_at.desc())
+)
+
+
+async def session_plans(tx: Tx, session_id: str, statuses: Sequence[str]) -> list[Record]:
+    """The session's plans in these statuses, newest first."""
+    return await tx.records(_SESSION_PLANS, {"session_id": session_id, "statuses": list(statuses)})
+
+
+_PLAN_OF_EXECUTION = select(plans).where(plans.c.execution_id == bindparam("execution_id"))
+
+
+async def plan_of_execution(tx: Tx, execution_id: str) -> Record | None:
+    found = await tx.records(_PLAN_OF_EXECUTION, {"execution_id": execution_id})
+    return found[0] if found else None
+
+
+@cache
+def _update_plan_statement(fields: tuple[str, ...], only_if: bool) -> Any:
+    stmt = update(plans).where(plans.c.id == bindparam("plan_id")).values({f: bindparam(f) for f in fields})
+    return stmt.where(member_of(plans.c.status, "only_if")) if only_if else stmt
+
+
+async def update_plan(tx: Tx, plan_id: str, changes: dict[str, Any], *, only_if: Sequence[str] | None = None) -> bool:
+    """Change a plan (only from the `only_if` statuses, when given); False when nothing changed."""
+    params = {"plan_id": plan_id, **changes}
+    if only_if is not None:
+        params["only_if"] = list(only_if)
+    return await tx.run(_update_plan_statement(tuple(sorted(changes)), only_if is not None), params) == 1
 
 
 # --- tenants and tokens -----------------------------------------------------------------------------
