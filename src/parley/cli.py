@@ -1,4 +1,4 @@
-"""The `parley` command: serve, migrate, check-config, orgs, users, tokens, chat, demo."""
+"""The `parley` command: serve, migrate, check-config, orgs, users, tokens, budget, tools, chat, demo."""
 
 from __future__ import annotations
 
@@ -25,10 +25,13 @@ app.add_typer(budget, name="budget")
 app.add_typer(orgs, name="orgs")
 app.add_typer(users, name="users")
 app.add_typer(tokens, name="tokens")
+tools = typer.Typer(help="The tools of the configured MCP servers (PARLEY_MCP_CONFIG).", no_args_is_help=True)
+app.add_typer(tools, name="tools")
 
 if TYPE_CHECKING:
     from parley.chat.budgets import BudgetService, BudgetView
     from parley.chat.catalog import Caller
+    from parley.tools import CatalogDescription, ToolCatalog
 
 T = TypeVar("T")
 
@@ -338,6 +341,85 @@ def budget_set(
         return await service.update(caller, None, values)
 
     _print_budget(_run(go))
+
+
+def _tool_catalog() -> ToolCatalog:
+    from parley.config import load_tool_settings
+    from parley.tools import ToolCatalog
+
+    try:
+        settings = load_tool_settings()
+        catalog = ToolCatalog.from_config_file(
+            settings.mcp_config, production=settings.production, allowed_hosts=settings.llm_allowed_hosts
+        )
+    except ConfigError as exc:
+        _config_problems(exc)
+        raise typer.Exit(2) from exc
+    if not catalog.configured:
+        raise _fail("no tool servers are configured: set PARLEY_MCP_CONFIG (see docs/tools.md)")
+    return catalog
+
+
+_WAIT = typer.Option(help="How long to wait for the servers to start, in seconds.", min=0)
+
+
+@tools.command("list")
+def tools_list(wait: Annotated[float, _WAIT] = 30.0) -> None:
+    """Start the configured servers and list their tools: approval rule, annotations, status."""
+    catalog = _tool_catalog()
+
+    async def go(db: Database) -> CatalogDescription:
+        await catalog.start(db, wait=wait, record=False)
+        try:
+            return catalog.describe()
+        finally:
+            await catalog.aclose()
+
+    described = _run(go)
+    for server in described.servers:
+        state = f"down: {server.error}" if server.state != "running" and server.error else server.state
+        typer.echo(f"server {server.key} ({server.transport}: {server.target}): {state}, {server.tools} tools")
+    if not described.tools:
+        return
+    typer.echo("")
+    rows = [["NAME", "SERVER", "APPROVAL", "READ-ONLY", "DESTRUCTIVE", "STATUS"]]
+    for entry in described.tools:
+        tool = entry.tool
+        status = entry.status if entry.reason is None else f"{entry.status}: {entry.reason}"
+        rows.append([tool.name, tool.server, tool.approval, _yes(tool.read_only), _yes(tool.destructive), status])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        typer.echo("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]]))
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+@tools.command("approve")
+def tools_approve(
+    names: Annotated[list[str] | None, typer.Argument(help="Tools by name, as `parley tools list` shows them.")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Approve every tool the servers offer now.")] = False,
+    wait: Annotated[float, _WAIT] = 30.0,
+) -> None:
+    """Pin tools' current definitions, as their servers give them now: a blocked tool runs again."""
+    if bool(names) == every:
+        raise _fail("give the names of tools to approve, or --all (see `parley tools list`)", 2)
+    catalog = _tool_catalog()
+
+    async def go(db: Database) -> list[str]:
+        from parley.tools import ToolNotFound
+
+        await catalog.start(db, wait=wait, record=False)
+        try:
+            return await catalog.approve(db, None if every else names)
+        except ToolNotFound as exc:
+            raise _fail(str(exc)) from exc
+        finally:
+            await catalog.aclose()
+
+    for name in _run(go):
+        typer.echo(f"approved {name}")
 
 
 @app.command()

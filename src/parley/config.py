@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="PARLEY_ALLOWED_MODELS"
     )
+    # The tool servers (a JSON file in the `mcpServers` shape; docs/tools.md); unset: no tools.
+    mcp_config: Path | None = Field(None, validation_alias="PARLEY_MCP_CONFIG")
 
     anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_model: str = Field(DEFAULT_ANTHROPIC_MODEL, min_length=1, validation_alias="ANTHROPIC_MODEL")
@@ -102,7 +104,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "llm_base_url", "llm_model", "system_prompt", "anthropic_base_url", "anthropic_prices", mode="before"
+        "llm_base_url",
+        "llm_model",
+        "system_prompt",
+        "anthropic_base_url",
+        "anthropic_prices",
+        "mcp_config",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
@@ -207,20 +215,42 @@ def _cross_field_problems(s: Settings) -> list[str]:
     url = s.database_url
     if url and not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         problems.append("DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-    return problems
+    return problems + _tool_config_problems(s)
+
+
+def _tool_config_problems(s: Settings) -> list[str]:
+    if s.mcp_config is None:
+        return []
+    from parley.tools.config import config_problems  # the MCP SDK loads only when tools are configured
+
+    return config_problems(s.mcp_config, production=s.production, allowed_hosts=s.llm_allowed_hosts)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build and validate settings from `environ` (default: the process environment)."""
-    env = dict(os.environ if environ is None else environ)
-    try:
-        settings = Settings.model_validate(_known_vars(env))
-    except ValidationError as exc:
-        raise ConfigError([_describe_validation_error(err) for err in exc.errors()]) from exc
+    settings = _validated(environ)
     problems = _cross_field_problems(settings)
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def load_tool_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings for `parley tools`: every variable is checked, but only the tool servers'
+    configuration must be complete (the model's settings may be missing)."""
+    settings = _validated(environ)
+    problems = _tool_config_problems(settings)
+    if problems:
+        raise ConfigError(problems)
+    return settings
+
+
+def _validated(environ: Mapping[str, str] | None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    try:
+        return Settings.model_validate(_known_vars(env))
+    except ValidationError as exc:
+        raise ConfigError([_describe_validation_error(err) for err in exc.errors()]) from exc
 
 
 def _known_vars(env: Mapping[str, str]) -> dict[str, str]:

@@ -1246,3 +1246,66 @@ async def list_tokens(tx: Tx, *, user_id: str | None = None) -> list[Record]:
 
 async def revoke_token(tx: Tx, token_id: str, *, now: datetime) -> bool:
     return await tx.run(_REVOKE_TOKEN, {"token_id": token_id, "now": now}) == 1
+
+
+# --- tool definitions (pins) ---
+
+# Imported here so that this section stands alone in the file.
+from parley.store.models import AiToolDefinition  # noqa: E402
+
+tool_definitions: Table = AiToolDefinition.__table__  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolPin:
+    """A tool's pinned definition: the digest it must keep to run without an operator's approval."""
+
+    name: str
+    server: str
+    digest: str
+    approved_at: datetime | None
+
+
+_TOOL_PINS = select(*_columns(ToolPin, tool_definitions)).order_by(tool_definitions.c.name)
+_PIN_TOOL = insert_or_update(tool_definitions)
+_RECORD_TOOL = _PIN_TOOL.on_conflict_do_nothing(index_elements=[tool_definitions.c.name])
+_APPROVE_TOOL = _PIN_TOOL.on_conflict_do_update(
+    index_elements=[tool_definitions.c.name],
+    set_={c: _PIN_TOOL.excluded[c] for c in ("server", "digest", "definition", "approved_at")},
+)
+
+
+async def tool_pins(tx: Tx) -> list[ToolPin]:
+    """Every pinned tool definition (operator-level: no tenant filter, the table has none)."""
+    return [ToolPin(*row) for row in await tx.rows(_TOOL_PINS)]
+
+
+async def record_tool_definition(
+    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
+) -> bool:
+    """Pin a tool seen for the first time (trust on first use); False when it is pinned already
+    (by another process meanwhile, say), which leaves that pin as it is."""
+    params = {
+        "name": name,
+        "server": server,
+        "digest": digest,
+        "definition": definition,
+        "first_seen_at": now,
+        "approved_at": None,
+    }
+    return await tx.run(_RECORD_TOOL, params) == 1
+
+
+async def approve_tool_definition(
+    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
+) -> None:
+    """Pin a tool's current definition as an operator's approval (first sight kept as it was)."""
+    params = {
+        "name": name,
+        "server": server,
+        "digest": digest,
+        "definition": definition,
+        "first_seen_at": now,
+        "approved_at": now,
+    }
+    await tx.run(_APPROVE_TOOL, params)
