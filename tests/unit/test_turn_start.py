@@ -11,7 +11,7 @@ from typing import Any
 from parley.billing.cost import Prices
 from parley.chat.events import ContentDelta, Done, MessageEnd, ReasoningDelta, StreamEvent
 from parley.chat.turns import TurnOutcome, TurnRecord, TurnSpec, start_turn
-from parley.providers.base import ProviderEvent
+from parley.providers.base import ChatMessage, ProviderEvent
 from parley.providers.base import ReasoningDelta as Thought
 from parley.providers.base import TextDelta as Text
 from tests.support.scripted_provider import Reply, ScriptedProvider
@@ -43,9 +43,7 @@ class Recorder:
         return TurnSpec(
             session_id="s",
             message_id="m",
-            system_prompt="Be brief.",
-            history=[],
-            user_text="hi",
+            prompt=[ChatMessage.text("system", "Be brief."), ChatMessage.text("user", "hi")],
             model="m",
             max_tokens=None,
             output_limit=None,
@@ -113,7 +111,7 @@ class OneRead:
     def __init__(self, *events: ProviderEvent) -> None:
         self.events = events
 
-    async def stream(self, messages: Any, *, model: str, max_tokens: int | None = None) -> AsyncIterator[Any]:
+    async def stream(self, messages: Any, *, model: str, max_tokens: int | None = None, **tools: Any) -> AsyncIterator[Any]:
         yield self.events
 
 
@@ -130,7 +128,8 @@ async def cut_at_five(*read: ProviderEvent) -> Recorder:
 def stored(recorder: Recorder) -> tuple[str, str, str]:
     (record,) = recorder.persisted
     assert record is not None
-    return record.reasoning, record.text, record.finish_reason
+    reasoning = "".join(p["text"] for p in record.parts if p["type"] == "reasoning")
+    return reasoning, record.text, record.finish_reason or ""
 
 
 async def test_answer_and_reasoning_in_one_read_keep_their_order_and_the_limit_holds() -> None:

@@ -85,7 +85,7 @@ def limits_of(budget: BudgetLimits | Record | None) -> Limits:
 
 def approval_mode(budget: BudgetLimits | None) -> ApprovalMode:
     mode = budget.approval_mode if budget is not None else None
-    return mode if mode in APPROVAL_MODES else "per_step"  # type: ignore[return-value]
+    return next((known for known in APPROVAL_MODES if known == mode), "per_step")
 
 
 async def approval_policy(

@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from parley.billing.cost import TokenCounts
@@ -227,7 +228,7 @@ class ApprovalDesk:
                 cache_write_tokens=stored["cache_write_tokens"] or 0,
                 estimated=bool(stored["usage_estimated"]),
             ),
-            settled_cents=stored["cost_cents"] or 0,
+            settled_cents=stored["cost_cents"] or Decimal(0),
         )
         for part in parts:
             reply.add_part(part)

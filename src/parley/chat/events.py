@@ -226,7 +226,7 @@ def _payload(event: StreamEvent) -> dict[str, object]:
     if type(event) is ContentDelta or type(event) is ReasoningDelta:
         raise ValueError("deltas are encoded piece by piece")
     payload: dict[str, object] = {"type": event.type}
-    for attribute, key in _wire_names(type(event)):
+    for attribute, key in _wire_names(type(event)):  # type: ignore[arg-type]
         payload[key] = getattr(event, attribute)
     return payload
 

@@ -8,6 +8,8 @@ tool calls, then the calls' results, then the next round. `replay_reply` turns t
 into what a provider sends: an assistant message with the round's calls, a `tool` message with
 one result per call (in call order), and so on. A call without a stored result (its turn was
 interrupted while it ran) gets a synthetic error result: every provider requires one per call.
+A result is stored as people see it (up to its server's cap); the model reads at most
+MODEL_LIMIT bytes of it, cut here, the same way every time it is replayed.
 
 Stored part shapes (the API shows them as they are):
     {"type": "text", "text"}  {"type": "reasoning", "text"}
@@ -21,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from parley.providers.base import ChatMessage, Part, TextPart, ToolCallPart, ToolResultPart
+from parley.tools.output import MODEL_LIMIT, cap_utf8
 
 HistoryRow = tuple[str, str | None, Any]  # (role, content, content_parts)
 
@@ -81,9 +84,8 @@ def replay_reply(parts: Sequence[Any]) -> list[ChatMessage]:
             calls.append(call_id)
         elif kind == "tool_result":
             call_id = str(part.get("toolUseId") or "")
-            results[call_id] = ToolResultPart(
-                call_id=call_id, output=str(part.get("output") or ""), is_error=bool(part.get("isError"))
-            )
+            output, _ = cap_utf8(str(part.get("output") or ""), MODEL_LIMIT)
+            results[call_id] = ToolResultPart(call_id=call_id, output=output, is_error=bool(part.get("isError")))
             answered = True
         # reasoning is display-only; unknown kinds are skipped
     close_round()

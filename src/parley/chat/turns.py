@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -301,9 +301,9 @@ async def _consume(spec: TurnSpec, reply: Reply, offered: list[provider.ToolSpec
         reply.model_seconds += time.monotonic() - started
     if reply.calls:
         if not offered:  # a server that calls tools it was not given, or past the round cap
-            error = ToolRoundLimitError(spec.tools.max_rounds if spec.tools is not None else 0)
+            too_many = ToolRoundLimitError(spec.tools.max_rounds if spec.tools is not None else 0)
             reply.calls = []
-            return TurnOutcome(finish_reason=error.code, error=error, completed=False)
+            return TurnOutcome(finish_reason=too_many.code, error=too_many, completed=False)
         return TurnOutcome(finish_reason="tool_calls", error=None, completed=True)
     return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
 
@@ -592,6 +592,11 @@ async def _run_call(spec: TurnSpec, tools: TurnTools, call: PlannedCall) -> None
         result_part(call.call_id, call.name, output.text, is_error=output.is_error, truncated=output.truncated)
     )
     plan_done = plan is not None and call.plan_step is not None and call.plan_step + 1 >= len(plan.steps)
+    if plan is not None and call.plan_step is not None:
+        # The running plan moves on in memory too: its next step now runs without asking.
+        current = tools.policy.plan
+        step = max(call.plan_step + 1, current.current_step if current is not None else 0)
+        tools.policy = replace(tools.policy, plan=replace(plan, current_step=step))
     update = CallUpdate(
         execution_id=call.execution_id,
         changes={
