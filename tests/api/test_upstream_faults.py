@@ -220,7 +220,7 @@ def test_a_tool_call_in_the_reply_is_refused(
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "reboot", "arguments": "{}"}}
     upstream.enqueue(Stream(chunks=[_chunk({"tool_calls": [call]}), _chunk({}, "tool_calls"), b"data: [DONE]\n\n"]))
     stream, _ = _one_turn(make_server, tenants, upstream.base_url)
-    assert _error(stream)["code"] == "tool_calls_unsupported"
+    assert _error(stream)["code"] == "tools_unsupported"
 
 
 def test_429_then_success_is_retried(make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream) -> None:

@@ -334,7 +334,7 @@ async def test_in_stream_overloaded_after_text(
 @pytest.mark.parametrize(
     ("fixture", "kind", "text"),
     [
-        ("tool-use", K.TOOL_CALLS_UNSUPPORTED, "Let me check."),
+        ("tool-use", K.TOOLS_UNSUPPORTED, "Let me check."),
         ("eof-without-message-stop", K.TRUNCATED, "Once upon"),
         ("prompt-too-long-in-stream", K.CONTEXT_LENGTH, ""),
     ],

@@ -378,8 +378,8 @@ async def test_closing_the_generator_early_closes_the_upstream_connection(
 @pytest.mark.parametrize(
     ("fixture", "kind", "text"),
     [
-        ("tool-calls-delta", K.TOOL_CALLS_UNSUPPORTED, ""),
-        ("finish-tool-calls", K.TOOL_CALLS_UNSUPPORTED, "Let me check."),
+        ("tool-calls-delta", K.TOOLS_UNSUPPORTED, ""),
+        ("finish-tool-calls", K.TOOLS_UNSUPPORTED, "Let me check."),
         ("garbage", K.STREAM, "ok"),
         ("vllm-stream-error", K.STREAM, "Partial"),
         ("llamacpp-stream-context-error", K.CONTEXT_LENGTH, ""),

@@ -228,7 +228,7 @@ def test_tool_use_delta_alone_is_refused() -> None:
     event = sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})
     with pytest.raises(ProviderError) as caught:
         feed_one(AnthropicStreamTranslator(), event)
-    assert caught.value.kind is K.TOOL_CALLS_UNSUPPORTED
+    assert caught.value.kind is K.TOOLS_UNSUPPORTED
 
 
 # --- error classification -------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_non_object_chunk_and_odd_content_are_stream_errors() -> None:
 def test_function_call_delta_is_a_tool_call() -> None:
     with pytest.raises(ProviderError) as caught:
         feed_one(OpenAIStreamTranslator(), chunk({"function_call": {"name": "f"}}))
-    assert caught.value.kind is ProviderErrorKind.TOOL_CALLS_UNSUPPORTED
+    assert caught.value.kind is ProviderErrorKind.TOOLS_UNSUPPORTED
 
 
 # --- error classification -------------------------------------------------------------------------

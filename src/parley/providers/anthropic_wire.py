@@ -331,7 +331,7 @@ class AnthropicStreamTranslator:
                 self._chars += len(thinking)
                 add_reasoning(out, thinking)
         elif dtype == "input_json_delta":
-            raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
+            raise self.error(Kind.TOOLS_UNSUPPORTED)
         # signature_delta (verifies thinking we never send back), citations_delta, new types.
 
     def _block_start(self, block: object, out: list[ProviderEvent]) -> None:
@@ -339,7 +339,7 @@ class AnthropicStreamTranslator:
             return
         btype = block.get("type")
         if btype == "tool_use":
-            raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
+            raise self.error(Kind.TOOLS_UNSUPPORTED)
         # Blocks usually start empty and fill through deltas; keep any text they start with.
         if btype == "text":
             self._delta({"type": "text_delta", "text": block.get("text")}, out)

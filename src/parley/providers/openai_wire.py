@@ -180,7 +180,7 @@ class OpenAIStreamTranslator:
         reason = choice.get("finish_reason")
         if reason:
             if reason in ("tool_calls", "function_call"):
-                raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
+                raise self.error(Kind.TOOLS_UNSUPPORTED)
             self.finish_reason = str(reason)
             self._pieces(*self._think.finish(), out)
         elif (
@@ -229,7 +229,7 @@ class OpenAIStreamTranslator:
 
     def _delta(self, delta: dict[str, Any], out: list[ProviderEvent]) -> None:
         if delta.get("tool_calls") or delta.get("function_call"):
-            raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
+            raise self.error(Kind.TOOLS_UNSUPPORTED)
         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
         content = delta.get("content")
         if not reasoning and not content:
