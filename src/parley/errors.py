@@ -393,7 +393,7 @@ class ProviderErrorKind(StrEnum):
     RATE_LIMITED = "upstream_rate_limited"  # 429 after retries
     OVERLOADED = "upstream_overloaded"  # 529/503 after retries
     STREAM = "upstream_stream"  # dropped or garbled stream
-    TOOL_CALLS_UNSUPPORTED = "tool_calls_unsupported"
+    TOOLS_UNSUPPORTED = "tools_unsupported"  # the model server refuses tool calling
     CONTEXT_LENGTH = "context_length"
     TRUNCATED = "truncated"  # stream ended without a finish reason
     MODEL_NOT_FOUND = "model_not_found"
@@ -408,7 +408,9 @@ _PROVIDER_MESSAGES: dict[ProviderErrorKind, str] = {
     ProviderErrorKind.RATE_LIMITED: "The model server is rate limiting requests. Please try again later.",
     ProviderErrorKind.OVERLOADED: "The model server is overloaded. Please try again later.",
     ProviderErrorKind.STREAM: "The connection to the model server broke mid-reply.",
-    ProviderErrorKind.TOOL_CALLS_UNSUPPORTED: ("The model tried to call a tool, which this provider does not support."),
+    ProviderErrorKind.TOOLS_UNSUPPORTED: (
+        "The model server does not support tool calling; ask the operator to enable it or to remove the tool servers."
+    ),
     ProviderErrorKind.CONTEXT_LENGTH: (
         "The conversation is longer than the model's context window. Start a new session or send a shorter message."
     ),

@@ -214,15 +214,6 @@ def test_a_stream_without_a_finish_reason_is_truncated(
     assert body["messages"][1]["content"] == "tok0 tok1 "
 
 
-def test_a_tool_call_in_the_reply_is_refused(
-    make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream
-) -> None:
-    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "reboot", "arguments": "{}"}}
-    upstream.enqueue(Stream(chunks=[_chunk({"tool_calls": [call]}), _chunk({}, "tool_calls"), b"data: [DONE]\n\n"]))
-    stream, _ = _one_turn(make_server, tenants, upstream.base_url)
-    assert _error(stream)["code"] == "tool_calls_unsupported"
-
-
 def test_429_then_success_is_retried(make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream) -> None:
     upstream.enqueue(Reply(429, {"error": "slow down"}, headers={"Retry-After": "0"}), TokenStream(tokens=["ok"]))
     stream, body = _one_turn(make_server, tenants, upstream.base_url, PARLEY_UPSTREAM_RETRIES="2")

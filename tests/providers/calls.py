@@ -31,12 +31,12 @@ async def collect(
 
 
 async def failing(
-    provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str
+    provider: Provider, messages: list[ChatMessage] = HELLO, *, model: str, **kwargs: Any
 ) -> tuple[list[ProviderEvent], ProviderError]:
     """The events before the stream failed, and the error; fails the test if it did not fail."""
     events: list[ProviderEvent] = []
     try:
-        async for batch in provider.stream(messages, model=model):
+        async for batch in provider.stream(messages, model=model, **kwargs):
             assert batch, "a provider yields no empty batch"
             events.extend(batch)
     except ProviderError as exc:

@@ -26,12 +26,22 @@ from parley.providers.base import (
     TextDelta,
     TextPart,
     ToolCallPart,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolResultPart,
+    ToolSpec,
     Usage,
 )
 from parley.providers.http import AddressNotAllowedError, StreamFailedError, UpstreamOptions
 from tests.providers import calls
 from tests.providers.calls import HELLO, Sleeps, texts
-from tests.support.scripted_anthropic import ScriptedAnthropic, error_body, message_stream
+from tests.support.scripted_anthropic import (
+    ScriptedAnthropic,
+    error_body,
+    message_stream,
+    scripted_tool_use_id,
+    tool_use_stream,
+)
 from tests.support.scripted_upstream import Refuse, Reply, Stall, Stream, sse_replay
 
 K = ProviderErrorKind
@@ -148,13 +158,84 @@ async def test_base_url_ending_in_v1_is_not_doubled(server: ScriptedAnthropic) -
     assert server.requests[-1].path == "/v1/messages"
 
 
-async def test_tool_parts_are_refused_before_any_request(
+async def test_a_misplaced_tool_part_is_refused_before_any_request(
     provider: AnthropicProvider, server: ScriptedAnthropic
 ) -> None:
-    messages = [ChatMessage(role="assistant", parts=(ToolCallPart(call_id="c", name="f"),))]
+    messages = [ChatMessage(role="user", parts=(ToolCallPart(call_id="c", name="f"),))]
     _, error = await failing(provider, messages)
     assert error.kind is K.BAD_REQUEST
     assert server.requests == []
+
+
+DEVICES = ToolSpec(
+    name="lookup_device",
+    description="A device by host name",
+    input_schema={"type": "object", "properties": {"hostname": {"type": "string"}}, "required": ["hostname"]},
+)
+
+
+async def test_a_tool_loop_goes_out_and_the_calls_come_back(
+    provider: AnthropicProvider, server: ScriptedAnthropic
+) -> None:
+    server.enqueue(sse_replay((FIXTURES / "tool-use-parallel.sse").read_bytes(), chunk_size=9, delay=0.001))
+    events = await collect(provider, tools=(DEVICES,))
+    assert [e for e in events if isinstance(e, ToolCallReady)] == [
+        ToolCallReady(call_id="toolu_parley_0101", name="lookup_device", arguments='{"hostname": "web-1"}'),
+        ToolCallReady(call_id="toolu_parley_0102", name="lookup_device", arguments='{"hostname": "web-2"}'),
+    ]
+    assert events[-1] == Finished(reason="tool_calls")
+    assert server.requests[0].json["tools"][0]["name"] == "lookup_device"
+
+    history = [
+        *HELLO,
+        ChatMessage(
+            role="assistant",
+            parts=(
+                ToolCallPart(call_id="toolu_parley_0101", name="lookup_device", arguments={"hostname": "web-1"}),
+                ToolCallPart(call_id="toolu_parley_0102", name="lookup_device", arguments={"hostname": "web-2"}),
+            ),
+        ),
+        ChatMessage(
+            role="tool",
+            parts=(
+                ToolResultPart(call_id="toolu_parley_0101", output="up"),
+                ToolResultPart(call_id="toolu_parley_0102", output="no such host", is_error=True),
+            ),
+        ),
+    ]
+    await collect(provider, history, tools=(DEVICES,))
+    body = server.requests[1].json
+    assert [block["type"] for block in body["messages"][1]["content"]] == ["tool_use", "tool_use"]
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_parley_0101", "content": "up"},
+            {"type": "tool_result", "tool_use_id": "toolu_parley_0102", "content": "no such host", "is_error": True},
+        ],
+    }
+
+
+async def test_scripted_tool_use_stream(provider: AnthropicProvider, server: ScriptedAnthropic) -> None:
+    server.enqueue(tool_use_stream([("lookup_device", '{"hostname": "web-1"}'), ("list_devices", "")], "Looking."))
+    events = await collect(provider, tools=(DEVICES,))
+    first, second = scripted_tool_use_id(0), scripted_tool_use_id(1)
+    assert events == [
+        TextDelta(["Looking."]),
+        ToolCallStarted(call_id=first, name="lookup_device"),
+        ToolCallReady(call_id=first, name="lookup_device", arguments='{"hostname": "web-1"}'),
+        ToolCallStarted(call_id=second, name="list_devices"),
+        ToolCallReady(call_id=second, name="list_devices", arguments="{}"),
+        Usage(input_tokens=12, output_tokens=3),
+        Finished(reason="tool_calls"),
+    ]
+
+
+async def test_scripted_tool_use_stream_without_text_and_after_thinking(
+    provider: AnthropicProvider, server: ScriptedAnthropic
+) -> None:
+    server.enqueue(message_stream([], thinking=["hmm"], tool_uses=[("lookup_device", "{}")], stop_reason="tool_use"))
+    events = await collect(provider, tools=(DEVICES,))
+    assert [type(e) for e in events] == [ReasoningDelta, ToolCallStarted, ToolCallReady, Usage, Finished]
 
 
 async def test_golden_transcript_in_small_tcp_pieces(provider: AnthropicProvider, server: ScriptedAnthropic) -> None:
@@ -334,7 +415,6 @@ async def test_in_stream_overloaded_after_text(
 @pytest.mark.parametrize(
     ("fixture", "kind", "text"),
     [
-        ("tool-use", K.TOOL_CALLS_UNSUPPORTED, "Let me check."),
         ("eof-without-message-stop", K.TRUNCATED, "Once upon"),
         ("prompt-too-long-in-stream", K.CONTEXT_LENGTH, ""),
     ],

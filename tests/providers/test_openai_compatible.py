@@ -23,12 +23,17 @@ from parley.local.model_server import free_port
 from parley.providers.base import (
     ChatMessage,
     Finished,
+    ForcedTool,
     Provider,
     ProviderEvent,
     ReasoningPart,
     TextDelta,
     TextPart,
     ToolCallPart,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolResultPart,
+    ToolSpec,
     Usage,
 )
 from parley.providers.http import AddressNotAllowedError, PolicyResolver, StreamFailedError, UpstreamOptions
@@ -41,8 +46,11 @@ from tests.support.scripted_upstream import (
     ScriptedUpstream,
     Stall,
     Stream,
+    ToolCallShape,
+    scripted_call_id,
     sse_replay,
     token_stream,
+    tool_call_stream,
 )
 
 K = ProviderErrorKind
@@ -78,8 +86,17 @@ async def collect(provider: Provider, messages: list[ChatMessage] = HELLO, **kwa
     return await calls.collect(provider, messages, model="m", **kwargs)
 
 
-async def failing(provider: Provider, messages: list[ChatMessage] = HELLO) -> tuple[list[ProviderEvent], ProviderError]:
-    return await calls.failing(provider, messages, model="m")
+async def failing(
+    provider: Provider, messages: list[ChatMessage] = HELLO, **kwargs: Any
+) -> tuple[list[ProviderEvent], ProviderError]:
+    return await calls.failing(provider, messages, model="m", **kwargs)
+
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="The weather in a city",
+    input_schema={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
 
 
 # --- happy path and request shape ------------------------------------------------------------------
@@ -145,10 +162,10 @@ async def test_request_shape(provider: OpenAICompatibleProvider, upstream: Scrip
     assert "tool_choice" not in second.json
 
 
-async def test_tool_parts_in_input_are_refused_before_any_request(
+async def test_a_misplaced_tool_part_is_refused_before_any_request(
     provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
 ) -> None:
-    messages = [ChatMessage(role="assistant", parts=(ToolCallPart(call_id="c", name="f"),))]
+    messages = [ChatMessage(role="user", parts=(ToolCallPart(call_id="c", name="f"),))]
     _, error = await failing(provider, messages)
     assert error.kind is K.BAD_REQUEST
     assert upstream.requests == []
@@ -378,8 +395,6 @@ async def test_closing_the_generator_early_closes_the_upstream_connection(
 @pytest.mark.parametrize(
     ("fixture", "kind", "text"),
     [
-        ("tool-calls-delta", K.TOOL_CALLS_UNSUPPORTED, ""),
-        ("finish-tool-calls", K.TOOL_CALLS_UNSUPPORTED, "Let me check."),
         ("garbage", K.STREAM, "ok"),
         ("vllm-stream-error", K.STREAM, "Partial"),
         ("llamacpp-stream-context-error", K.CONTEXT_LENGTH, ""),
@@ -428,6 +443,157 @@ async def test_empty_stream_with_a_successful_probe_is_truncated(
     _, error = await failing(provider)
     assert error.kind is K.TRUNCATED
     assert len(upstream.requests) == 2
+
+
+# --- tool calls ----------------------------------------------------------------------------------
+
+
+async def test_a_tool_loop_goes_out_and_the_calls_come_back(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    raw = (FIXTURES / "llama-cpp-python-tool-forced-default-template.sse").read_bytes()
+    upstream.enqueue(sse_replay(raw, chunk_size=7, delay=0.001))
+    call_id = "call__0_get_weather_cmpl-cd659d50-fecd-4b31-966c-77e51f98dd98"
+    events = await collect(provider, tools=(WEATHER,), tool_choice=ForcedTool("get_weather"))
+    assert events == [
+        ToolCallStarted(call_id=call_id, name="get_weather"),
+        ToolCallReady(call_id=call_id, name="get_weather", arguments='{ "city": "Paris" }'),
+        Usage(input_tokens=events[2].input_tokens, output_tokens=9, estimated=True),  # type: ignore[union-attr]
+        Finished(reason="tool_calls"),
+    ]
+    sent = upstream.requests[0].json
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather"]
+
+    # The next request replays the call and its result, as llama-cpp-python takes them.
+    history = [
+        *HELLO,
+        ChatMessage(
+            role="assistant", parts=(ToolCallPart(call_id=call_id, name="get_weather", arguments={"city": "Paris"}),)
+        ),
+        ChatMessage(role="tool", parts=(ToolResultPart(call_id=call_id, output='{"temp_c": 21}'),)),
+    ]
+    await collect(provider, history, tools=(WEATHER,))
+    replayed = upstream.requests[1].json
+    assert replayed["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": '{"temp_c": 21}'},
+    ]
+    assert replayed["tool_choice"] == "auto"
+
+
+@pytest.mark.parametrize("shape", ["vllm", "llama-cpp-python", "ollama"])
+async def test_scripted_tool_call_streams_of_each_server(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream, shape: ToolCallShape
+) -> None:
+    calls = [("get_weather", '{"city": "Paris"}'), ("get_time", '{"timezone": "Europe/Paris"}')]
+    upstream.enqueue(tool_call_stream(calls, "Checking.", shape=shape, delay=0.001))
+    events = await collect(provider, tools=(WEATHER,))
+    first, second = (scripted_call_id(shape, i, name) for i, (name, _) in enumerate(calls))
+    assert events[:3] == [
+        TextDelta(["Checking."]),
+        ToolCallStarted(call_id=first, name="get_weather"),
+        ToolCallStarted(call_id=second, name="get_time"),
+    ]
+    assert events[3:5] == [
+        ToolCallReady(call_id=first, name="get_weather", arguments='{"city": "Paris"}'),
+        ToolCallReady(call_id=second, name="get_time", arguments='{"timezone": "Europe/Paris"}'),
+    ]
+    assert events[-1] == Finished(reason="tool_calls")
+
+
+async def test_scripted_forced_call_ending_in_stop_as_vllm_ends_it(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    upstream.enqueue(tool_call_stream([("get_weather", "{}")], finish_reason="stop", completion_tokens=5))
+    events = await collect(provider, tools=(WEATHER,), tool_choice=ForcedTool("get_weather"))
+    assert events[1:] == [
+        ToolCallReady(call_id=scripted_call_id("vllm", 0, "get_weather"), name="get_weather", arguments="{}"),
+        Usage(input_tokens=7, output_tokens=5),
+        Finished(reason="stop"),
+    ]
+
+
+VLLM_NO_PARSER = {
+    "error": {
+        "message": '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(400, VLLM_NO_PARSER),
+        Reply(400, {"error": {"message": "registry.ollama.ai/library/gemma3:4b does not support tools"}}),
+        # llama.cpp says it with a 500, which would otherwise be retried.
+        Reply(500, {"error": {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"}}),
+    ],
+)
+async def test_a_server_that_refuses_tools_says_so_and_is_not_retried(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream, sleeps: Sleeps, reply: Reply
+) -> None:
+    upstream.enqueue(reply)
+    _, error = await failing(provider, tools=(WEATHER,))
+    assert (error.kind, error.status) == (K.TOOLS_UNSUPPORTED, reply.status)
+    assert error.error_code() == "tools_unsupported"
+    assert "does not support tool calling" in error.message
+    assert not error.retryable
+    assert (len(upstream.requests), sleeps.delays) == (1, [])
+
+
+async def test_the_same_refusal_without_tools_in_the_request_is_a_bad_request(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    upstream.enqueue(Reply(400, VLLM_NO_PARSER))
+    _, error = await failing(provider, tools=(WEATHER,), tool_choice="none")
+    assert error.kind is K.BAD_REQUEST
+    assert "tools" not in upstream.requests[0].json
+
+
+async def test_an_empty_stream_the_probe_does_not_explain_means_tools_cannot_stream(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    # llama-cpp-python with chatml-function-calling answers a streamed `tool_choice: auto` with
+    # HTTP 200 and an empty body; the same request unstreamed works.
+    upstream.enqueue(Stream(chunks=[]), token_stream(1))
+    _, error = await failing(provider, tools=(WEATHER,))
+    assert error.kind is K.TOOLS_UNSUPPORTED
+    probe = upstream.requests[1].json
+    assert (probe["stream"], probe["tools"], probe["tool_choice"]) == (
+        False,
+        upstream.requests[0].json["tools"],
+        "auto",
+    )
+
+
+async def test_an_empty_stream_with_tools_and_an_overflowing_prompt_is_context_length(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    upstream.enqueue(Stream(chunks=[]), Reply(400, OVERFLOW_BODY))
+    _, error = await failing(provider, tools=(WEATHER,))
+    assert (error.kind, error.status) == (K.CONTEXT_LENGTH, 400)
+
+
+async def test_an_empty_stream_with_tools_and_an_unreachable_probe_is_truncated(
+    provider: OpenAICompatibleProvider, upstream: ScriptedUpstream
+) -> None:
+    upstream.enqueue(Stream(chunks=[]), Refuse(), Refuse())
+    _, error = await failing(provider, tools=(WEATHER,))
+    assert error.kind is K.TRUNCATED
 
 
 # --- address policy ------------------------------------------------------------------------------

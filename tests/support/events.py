@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from parley.providers.base import Finished, ProviderEvent, ReasoningDelta, TextDelta, Usage
+from parley.providers.base import (
+    Finished,
+    ProviderEvent,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallReady,
+    ToolCallStarted,
+    Usage,
+)
 from parley.providers.http import StreamTranslator
 from parley.providers.sse import ServerSentEvent
 
@@ -35,4 +43,10 @@ def from_fixture(spec: dict[str, Any]) -> ProviderEvent:
     kind = fields.pop("type")
     if kind in ("text_delta", "reasoning_delta"):
         return (TextDelta if kind == "text_delta" else ReasoningDelta)([fields["text"]])
-    return {"usage": Usage, "finished": Finished}[kind](**fields)
+    kinds = {
+        "usage": Usage,
+        "finished": Finished,
+        "tool_call_started": ToolCallStarted,
+        "tool_call_ready": ToolCallReady,
+    }
+    return kinds[kind](**fields)

@@ -2,7 +2,7 @@
 
 It is `ScriptedUpstream` (same thread, sockets, scripts, request recording and close detection)
 answering Anthropic's route instead of `/v1/chat/completions`; `message_stream` builds the
-streams it plays:
+streams it plays (`tool_use_stream` one in which the model calls tools):
 
     with ScriptedAnthropic() as server:
         server.enqueue(Reply(529, overloaded()), message_stream(["Hello", " there"]))
@@ -33,7 +33,7 @@ from tests.support.scripted_upstream import (
     _Connection,
 )
 
-__all__ = ["ScriptedAnthropic", "error_body", "event", "message_stream"]
+__all__ = ["ScriptedAnthropic", "error_body", "event", "message_stream", "scripted_tool_use_id", "tool_use_stream"]
 
 
 def event(name: str, data: Mapping[str, Any]) -> bytes:
@@ -46,10 +46,16 @@ def error_body(etype: str = "overloaded_error", message: str = "Overloaded") -> 
     return {"type": "error", "error": {"type": etype, "message": message}, "request_id": "req_scripted"}
 
 
+def scripted_tool_use_id(index: int) -> str:
+    """The id `message_stream` gives its `index`-th tool_use block."""
+    return f"toolu_scripted_{index}"
+
+
 def message_stream(
     texts: Sequence[str] = ("Hello", " world"),
     *,
     thinking: Sequence[str] = (),
+    tool_uses: Sequence[tuple[str, str]] = (),
     input_tokens: int = 12,
     cache_read: int = 0,
     cache_write: int = 0,
@@ -63,10 +69,11 @@ def message_stream(
     end: End = "close",
     model: str = "claude-scripted",
 ) -> Stream:
-    """A Messages stream: thinking block, text block, then the finish (or an `error` event).
+    """A Messages stream: thinking block, text block, a tool_use block per `(name, input JSON)` in
+    `tool_uses` (its input streamed in two pieces), then the finish (or an `error` event).
 
     Each SSE event is its own chunk, so `delay` paces events. `error` is an error type sent after
-    the texts (the stream then ends without message_stop, as Anthropic's does); `finish=False`
+    the blocks (the stream then ends without message_stop, as Anthropic's does); `finish=False`
     leaves out message_delta and message_stop; `ping_every` puts a ping after every n-th delta.
     """
     usage = {
@@ -79,35 +86,44 @@ def message_stream(
     chunks = [event("message_start", {"type": "message_start", "message": {**message, "usage": usage}})]
     deltas = 0
 
-    def block(index: int, kind: str, pieces: Sequence[str]) -> None:
+    def block(index: int, start: dict[str, Any], deltas_of: Sequence[dict[str, Any]], *, close: bool) -> None:
         nonlocal deltas
-        start: dict[str, Any] = {"type": kind, kind: ""}
         chunks.append(
             event("content_block_start", {"type": "content_block_start", "index": index, "content_block": start})
         )
-        for piece in pieces:
-            delta = {"type": f"{kind}_delta", kind: piece}
+        for delta in deltas_of:
             chunks.append(event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}))
             deltas += 1
             if ping_every and deltas % ping_every == 0:
                 chunks.append(event("ping", {"type": "ping"}))
-        if kind == "thinking":
-            signature = {"type": "signature_delta", "signature": "c2NyaXB0ZWQ="}
-            chunks.append(
-                event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": signature})
-            )
+        if close:
+            chunks.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
 
     index = 0
     if thinking:
-        block(index, "thinking", thinking)
+        signature = {"type": "signature_delta", "signature": "c2NyaXB0ZWQ="}
+        block(
+            index,
+            {"type": "thinking", "thinking": ""},
+            [*({"type": "thinking_delta", "thinking": t} for t in thinking), signature],
+            close=True,
+        )
         index += 1
-    if texts or error is None:
-        block(index, "text", texts)
+    if texts or (error is None and not tool_uses):
+        # The last block is left open when the stream breaks off after it.
+        close = bool(tool_uses) or (finish and error is None)
+        block(index, {"type": "text", "text": ""}, [{"type": "text_delta", "text": t} for t in texts], close=close)
+        index += 1
+    for i, (name, arguments) in enumerate(tool_uses):
+        start = {"type": "tool_use", "id": scripted_tool_use_id(i), "name": name, "input": {}}
+        half = len(arguments) // 2
+        pieces = [{"type": "input_json_delta", "partial_json": p} for p in ("", arguments[:half], arguments[half:])]
+        block(index, start, pieces, close=True)
+        index += 1
     if error is not None:
         chunks.append(event("error", error_body(error, "scripted " + error)))
     elif finish:
-        out = output_tokens if output_tokens is not None else len(texts) + len(thinking)
-        chunks.append(event("content_block_stop", {"type": "content_block_stop", "index": index}))
+        out = output_tokens if output_tokens is not None else len(texts) + len(thinking) + len(tool_uses)
         chunks.append(
             event(
                 "message_delta",
@@ -116,6 +132,14 @@ def message_stream(
         )
         chunks.append(event("message_stop", {"type": "message_stop"}))
     return Stream(chunks=chunks, delay=delay, first_delay=first_delay, end=end)
+
+
+def tool_use_stream(
+    tool_uses: Sequence[tuple[str, str]], text: str = "", *, stop_reason: str = "tool_use", **kwargs: Any
+) -> Stream:
+    """A Messages stream in which the model writes `text`, then calls each `(name, input JSON)`;
+    the other arguments are `message_stream`'s. Ids are `scripted_tool_use_id`'s."""
+    return message_stream([text] if text else [], tool_uses=tool_uses, stop_reason=stop_reason, **kwargs)
 
 
 class ScriptedAnthropic(ScriptedUpstream):

@@ -12,9 +12,10 @@
 
 Each POST /v1/chat/completions takes the next enqueued script, else the default (a short token
 stream). A script is one of `Reply` (status, body, headers), `Stream` (raw SSE bytes in chunks,
-with pacing and an ending: clean, dropped, reset or stalled), `TokenStream` (generated chunks; also
-answers `stream: false` with a plain completion), `Stall` (send nothing) or `Refuse` (close without
-answering). GET /v1/models lists the model. Responses are pre-encoded and written with chunked
+with pacing and an ending: clean, dropped, reset or stalled; `tool_call_stream` makes one in which
+the model calls tools, as vLLM, llama-cpp-python or Ollama stream it), `TokenStream` (generated
+chunks; also answers `stream: false` with a plain completion), `Stall` (send nothing) or `Refuse`
+(close without answering). GET /v1/models lists the model. Responses are pre-encoded and written with chunked
 transfer encoding, so many concurrent paced streams cost little CPU (benchmarks use this too).
 
 Each connection has exactly one reader task, so a client closing the connection is seen at once:
@@ -46,9 +47,12 @@ __all__ = [
     "Stall",
     "Stream",
     "TokenStream",
+    "ToolCallShape",
+    "scripted_call_id",
     "sse_event",
     "sse_replay",
     "token_stream",
+    "tool_call_stream",
 ]
 
 End = Literal["close", "drop", "reset", "stall"]
@@ -181,6 +185,88 @@ Script = Reply | Stream | TokenStream | Stall | Refuse
 
 def token_stream(n: int = 3, **kwargs: Any) -> TokenStream:
     return TokenStream(n=n, **kwargs)
+
+
+ToolCallShape = Literal["vllm", "llama-cpp-python", "ollama"]
+
+
+def scripted_call_id(shape: ToolCallShape, index: int, name: str) -> str:
+    """The id `tool_call_stream` gives call `index`, in the style of that server."""
+    if shape == "vllm":
+        return f"chatcmpl-tool-scripted{index}"
+    if shape == "llama-cpp-python":
+        return f"call__{index}_{name}_cmpl-scripted"
+    return f"call_scripted{index}"
+
+
+def tool_call_stream(
+    calls: Sequence[tuple[str, str]],
+    text: str = "",
+    *,
+    shape: ToolCallShape = "vllm",
+    finish_reason: str = "tool_calls",
+    prompt_tokens: int = 7,
+    completion_tokens: int = 20,
+    delay: float = 0.0,
+    end: End = "close",
+) -> Stream:
+    """A stream in which the model writes `text`, then calls each `(name, arguments JSON)` in turn.
+
+    Each SSE event is its own chunk (`delay` paces them). The shapes are those of the servers:
+    `vllm` sends a call's id and name on its first fragment, then the arguments in two pieces, and
+    a usage chunk (pass `finish_reason="stop"` for a forced call, as vLLM ends it); `llama-cpp-python`
+    repeats the id and name on every fragment beside a legacy `function_call` copy, with fields it
+    does not use sent as null and no usage; `ollama` sends each call whole in one chunk, every one
+    at index 0. Ids are `scripted_call_id`'s.
+    """
+    model = "scripted-model"
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        envelope: dict[str, Any] = {"id": "chatcmpl-scripted", "object": "chat.completion.chunk", "model": model}
+        if shape == "ollama":
+            envelope["system_fingerprint"] = "fp_ollama"
+        return sse_event({**envelope, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+
+    def llama_delta(**fields: Any) -> dict[str, Any]:
+        return {"role": None, "content": None, "function_call": None, "tool_calls": None, **fields}
+
+    out: list[bytes] = []
+    if shape == "vllm":
+        out.append(chunk({"role": "assistant", "content": ""}))
+        if text:
+            out.append(chunk({"content": text}))
+        for i, (name, arguments) in enumerate(calls):
+            call_id = scripted_call_id(shape, i, name)
+            out.append(
+                chunk({"tool_calls": [{"id": call_id, "type": "function", "index": i, "function": {"name": name}}]})
+            )
+            half = len(arguments) // 2
+            for piece in (arguments[:half], arguments[half:]):
+                out.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
+    elif shape == "llama-cpp-python":
+        out.append(chunk(llama_delta(role="assistant")))
+        if text:
+            out.append(chunk(llama_delta(content=text)))
+        for i, (name, arguments) in enumerate(calls):
+            call_id = scripted_call_id(shape, i, name)
+            for piece in [arguments[j : j + 4] for j in range(0, len(arguments), 4)] + [""]:
+                function = {"name": name, "arguments": piece}
+                call = {"index": i, "id": call_id, "type": "function", "function": function}
+                out.append(chunk(llama_delta(function_call=function, tool_calls=[call])))
+    else:
+        if text:
+            out.append(chunk({"role": "assistant", "content": text}))
+        for i, (name, arguments) in enumerate(calls):
+            call = {"id": scripted_call_id(shape, i, name), "index": 0, "type": "function"}
+            call["function"] = {"name": name, "arguments": arguments}
+            out.append(chunk({"role": "assistant", "content": "", "tool_calls": [call]}))
+    finish_delta = {"ollama": {"role": "assistant", "content": ""}, "llama-cpp-python": llama_delta(), "vllm": {}}
+    out.append(chunk(finish_delta[shape], finish_reason))
+    if shape != "llama-cpp-python":
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+        out.append(sse_event({"object": "chat.completion.chunk", "choices": [], "usage": usage}))
+    out.append(b"data: [DONE]\n\n")
+    return Stream(chunks=out, delay=delay, end=end)
 
 
 def sse_replay(raw: bytes, *, chunk_size: int | None = None, delay: float = 0.0, end: End = "close") -> Stream:

@@ -27,10 +27,16 @@ from parley.providers.anthropic_wire import (
 from parley.providers.base import (
     ChatMessage,
     Finished,
+    ForcedTool,
     ProviderEvent,
     ReasoningPart,
     TextPart,
+    ToolCallPart,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolChoice,
     ToolResultPart,
+    ToolSpec,
     Usage,
 )
 from parley.providers.http import StreamFailedError
@@ -49,6 +55,9 @@ REQUIRED = {
     "cache-usage",
     "final-event-no-blank-line",
     "tool-use",
+    "tool-use-parallel",
+    "tool-use-empty-input",
+    "tool-use-cut-at-max-tokens",
 }
 
 Outcome = tuple[list[ProviderEvent], str | None, Usage | None]
@@ -224,11 +233,85 @@ def test_error_event_is_recognised_by_its_sse_name_too() -> None:
     assert "slow down" not in caught.value.message
 
 
-def test_tool_use_delta_alone_is_refused() -> None:
-    event = sse({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": ""}})
+# --- tool use --------------------------------------------------------------------------------------
+
+
+def block_start(index: int, block: dict[str, Any]) -> ServerSentEvent:
+    return sse({"type": "content_block_start", "index": index, "content_block": block})
+
+
+def tool_input(index: object, partial_json: object) -> ServerSentEvent:
+    return sse(
+        {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "input_json_delta", "partial_json": partial_json},
+        }
+    )
+
+
+@pytest.mark.parametrize("index", [1, None])
+def test_tool_input_outside_a_tool_use_block_is_a_stream_error(index: object) -> None:
+    translator = AnthropicStreamTranslator()
+    feed_one(translator, block_start(0, {"type": "text", "text": ""}))
     with pytest.raises(ProviderError) as caught:
-        feed_one(AnthropicStreamTranslator(), event)
-    assert caught.value.kind is K.TOOL_CALLS_UNSUPPORTED
+        feed_one(translator, tool_input(index, "{}"))
+    assert caught.value.kind is K.STREAM
+
+
+def test_tool_input_that_is_not_text_is_a_stream_error() -> None:
+    translator = AnthropicStreamTranslator()
+    feed_one(translator, block_start(0, {"type": "tool_use", "id": "t", "name": "f", "input": {}}))
+    with pytest.raises(ProviderError) as caught:
+        feed_one(translator, tool_input(0, {"a": 1}))
+    assert caught.value.kind is K.STREAM
+
+
+@pytest.mark.parametrize(
+    ("index", "block"),
+    [
+        (0, {"type": "tool_use", "id": "t", "input": {}}),
+        (0, {"type": "tool_use", "id": "t", "name": 7, "input": {}}),
+        (None, {"type": "tool_use", "id": "t", "name": "f", "input": {}}),
+    ],
+)
+def test_a_tool_use_block_without_a_name_or_index_is_a_stream_error(index: Any, block: dict[str, Any]) -> None:
+    with pytest.raises(ProviderError) as caught:
+        feed_one(
+            AnthropicStreamTranslator(), sse({"type": "content_block_start", "index": index, "content_block": block})
+        )
+    assert caught.value.kind is K.STREAM
+
+
+def test_a_tool_use_block_without_an_id_gets_a_stable_one() -> None:
+    translator = AnthropicStreamTranslator()
+    assert feed_one(translator, block_start(2, {"type": "tool_use", "name": "f", "input": {}})) == [
+        ToolCallStarted(call_id="call_2", name="f")
+    ]
+    assert feed_one(translator, sse({"type": "content_block_stop", "index": 2})) == [
+        ToolCallReady(call_id="call_2", name="f", arguments="{}")
+    ]
+
+
+def test_input_given_whole_at_the_start_is_the_calls_arguments() -> None:
+    # Anthropic starts every tool_use with `input: {}`; a dialect server may give it whole there.
+    translator = AnthropicStreamTranslator()
+    feed_one(translator, block_start(0, {"type": "tool_use", "id": "t", "name": "f", "input": {"city": "Oslo"}}))
+    feed_one(translator, tool_input(0, ""))
+    assert feed_one(translator, sse({"type": "content_block_stop", "index": 0})) == [
+        ToolCallReady(call_id="t", name="f", arguments='{"city":"Oslo"}')
+    ]
+
+
+def test_tool_input_counts_towards_the_estimate_of_a_broken_stream() -> None:
+    translator = AnthropicStreamTranslator()
+    feed_one(translator, start(input_tokens=5, output_tokens=1))
+    feed_one(translator, block_start(0, {"type": "tool_use", "id": "t", "name": "f", "input": {}}))
+    feed_one(translator, tool_input(0, '{"text": "' + "x" * 30 + '"}'))
+    with pytest.raises(StreamFailedError) as caught:
+        translator.finish()
+    assert caught.value.kind is K.TRUNCATED
+    assert caught.value.partial_usage == Usage(input_tokens=5, output_tokens=11, estimated=True)
 
 
 # --- error classification -------------------------------------------------------------------------
@@ -382,13 +465,10 @@ def test_empty_parts_are_dropped_and_same_role_messages_merged() -> None:
     ]
 
 
-def test_tool_parts_and_empty_conversations_are_refused() -> None:
-    tool = ChatMessage(role="user", parts=(ToolResultPart(call_id="c", output="42"),))
+def test_empty_conversations_are_refused() -> None:
     with pytest.raises(ProviderError) as caught:
-        build_request([tool], model="m", max_tokens=None)
-    assert caught.value.kind is K.BAD_REQUEST
-    with pytest.raises(ProviderError):
         build_request([ChatMessage.text("system", "only a system prompt")], model="m", max_tokens=None)
+    assert caught.value.kind is K.BAD_REQUEST
 
 
 def test_thinking_budget_comes_on_top_of_the_answer_limit() -> None:
@@ -396,3 +476,189 @@ def test_thinking_budget_comes_on_top_of_the_answer_limit() -> None:
     assert body["thinking"] == {"type": "enabled", "budget_tokens": 2048}
     assert body["max_tokens"] == 3048
     assert "thinking" not in build_request(conversation(1), model="m", max_tokens=1000)
+
+
+# --- tools in the request ---------------------------------------------------------------------------
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="The weather in a city",
+    input_schema={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+CLOCK = ToolSpec(name="get_time", description="The time", input_schema={"type": "object", "properties": {}})
+
+
+def tool_loop(*, follow_up: bool = True) -> list[ChatMessage]:
+    """A question, the model's text and two calls, their results, and (optionally) a follow-up."""
+    calls = (
+        ToolCallPart(call_id="toolu_1", name="get_weather", arguments={"city": "Paris"}),
+        ToolCallPart(call_id="toolu_2", name="get_time", arguments={}),
+    )
+    results = (
+        ToolResultPart(call_id="toolu_1", output='{"temp_c": 21}'),
+        ToolResultPart(call_id="toolu_2", output="clock offline", is_error=True),
+    )
+    messages = [
+        ChatMessage.text("system", "Be brief."),
+        ChatMessage.text("user", "Weather and time in Paris?"),
+        ChatMessage(role="assistant", parts=(ReasoningPart(text="SECRET"), TextPart(text="Let me look."), *calls)),
+        ChatMessage(role="tool", parts=results),
+    ]
+    return [*messages, ChatMessage.text("user", "Thanks. And tomorrow?")] if follow_up else messages
+
+
+def test_tools_are_sent_with_a_breakpoint_on_the_last_one() -> None:
+    body = build_request(conversation(0), model="m", max_tokens=None, tools=(WEATHER, CLOCK))
+    assert body["tools"] == [
+        {"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER.input_schema},
+        {
+            "name": "get_time",
+            "description": "The time",
+            "input_schema": CLOCK.input_schema,
+            "cache_control": {"type": "ephemeral"},
+        },
+    ]
+    assert "tool_choice" not in body  # auto is the API's default
+
+
+def test_no_tools_means_no_tools_key() -> None:
+    body = build_request(conversation(0), model="m", max_tokens=None, tool_choice="none")
+    assert "tools" not in body
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [("none", {"type": "none"}), (ForcedTool("get_time"), {"type": "tool", "name": "get_time"})],
+)
+def test_tool_choice(choice: ToolChoice, expected: dict[str, str]) -> None:
+    body = build_request(conversation(0), model="m", max_tokens=None, tools=(WEATHER, CLOCK), tool_choice=choice)
+    assert body["tool_choice"] == expected
+
+
+@pytest.mark.parametrize("turns", range(40))
+def test_tools_take_the_fourth_breakpoint_and_no_more(turns: int) -> None:
+    body = build_request(conversation(turns), model="m", max_tokens=None, tools=(WEATHER,), cache_ttl="1h")
+    tool_marks = [t["cache_control"] for t in body["tools"] if "cache_control" in t]
+    assert tool_marks == [{"type": "ephemeral", "ttl": "1h"}]
+    assert len(breakpoints(body)) + len(tool_marks) <= 4
+
+
+def test_a_tool_loop_replayed_with_tools() -> None:
+    body = build_request(tool_loop(), model="m", max_tokens=None, tools=(WEATHER, CLOCK))
+    assert body["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Weather and time in Paris?"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_2",
+                    "name": "get_time",
+                    "input": {},
+                    "cache_control": {"type": "ephemeral"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": '{"temp_c": 21}'},
+                {"type": "tool_result", "tool_use_id": "toolu_2", "content": "clock offline", "is_error": True},
+                {"type": "text", "text": "Thanks. And tomorrow?"},
+            ],
+        },
+    ]
+    assert b"SECRET" not in orjson.dumps(body)
+
+
+def test_a_tool_message_of_no_results_is_left_out() -> None:
+    messages = [*tool_loop(follow_up=False)[:3], ChatMessage(role="tool", parts=()), ChatMessage.text("user", "Well?")]
+    body = build_request(messages, model="m", max_tokens=None, tools=(WEATHER, CLOCK))
+    assert [m["role"] for m in body["messages"]] == ["user", "assistant", "user"]
+    assert body["messages"][-1]["content"] == [{"type": "text", "text": "Well?"}]
+
+
+def test_without_tools_the_calls_and_results_go_as_text() -> None:
+    body = build_request(tool_loop(), model="m", max_tokens=None)
+    assert "tools" not in body
+    assert body["messages"][1:] == [
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "text", "text": '[called tool get_weather with {"city":"Paris"}]'},
+                {"type": "text", "text": "[called tool get_time with {}]", "cache_control": {"type": "ephemeral"}},
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": '[result of get_weather: {"temp_c": 21}]'},
+                {"type": "text", "text": "[error from get_time: clock offline]"},
+                {"type": "text", "text": "Thanks. And tomorrow?"},
+            ],
+        },
+    ]
+    assert b"tool_use" not in orjson.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("messages", "choice", "thinks"),
+    [
+        (conversation(1), "auto", True),
+        (conversation(1), ForcedTool("get_weather"), False),  # the API refuses thinking with a forced tool
+        (tool_loop(follow_up=False), "auto", False),  # the last assistant message called tools
+        (tool_loop(), "auto", False),  # ... and the user added a message to the results
+        ([*tool_loop(), ChatMessage.text("assistant", "Sunny."), ChatMessage.text("user", "Ok")], "auto", True),
+    ],
+)
+def test_thinking_is_left_out_where_the_api_would_refuse_it(
+    messages: list[ChatMessage], choice: ToolChoice, thinks: bool
+) -> None:
+    body = build_request(
+        messages, model="m", max_tokens=1000, thinking_budget=2048, tools=(WEATHER, CLOCK), tool_choice=choice
+    )
+    assert ("thinking" in body) is thinks
+    assert body["max_tokens"] == (3048 if thinks else 1000)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ChatMessage(role="user", parts=(ToolCallPart(call_id="c", name="f"),)),
+        ChatMessage(role="assistant", parts=(ToolResultPart(call_id="c", output="x"),)),
+        ChatMessage(role="tool", parts=(ToolResultPart(call_id="c", output="x"), TextPart(text="and text"))),
+    ],
+)
+def test_tool_parts_out_of_place_are_refused(message: ChatMessage) -> None:
+    with pytest.raises(ProviderError) as caught:
+        build_request([message], model="m", max_tokens=None, tools=(WEATHER,))
+    assert caught.value.kind is K.BAD_REQUEST
+
+
+def test_a_forced_tool_that_is_not_offered_is_refused() -> None:
+    with pytest.raises(ProviderError) as caught:
+        build_request(conversation(0), model="m", max_tokens=None, tools=(WEATHER,), tool_choice=ForcedTool("x"))
+    assert caught.value.kind is K.BAD_REQUEST
+
+
+def test_an_empty_result_says_so() -> None:
+    # The API refuses an empty result, at least one marked as an error.
+    messages = tool_loop(follow_up=False)[:3]
+    messages.append(
+        ChatMessage(
+            role="tool",
+            parts=(
+                ToolResultPart(call_id="toolu_1", output=""),
+                ToolResultPart(call_id="toolu_2", output="", is_error=True),
+            ),
+        )
+    )
+    body = build_request(messages, model="m", max_tokens=None, tools=(WEATHER, CLOCK))
+    assert body["messages"][-1]["content"] == [
+        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "(no output)"},
+        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "(no output)", "is_error": True},
+    ]

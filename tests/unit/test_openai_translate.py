@@ -3,7 +3,8 @@
 Fixtures in tests/fixtures/openai: `<name>.sse` is a response body, `<name>.json` the expected
 events (and the error kind raised at the end, if any). The `llama-cpp-python-*` bodies are
 byte-exact captures from a real server (see /work/shared/fixtures/README.md); the others are
-written by hand after the wire formats in reference/protocols-security.md §A.
+written by hand after the wire formats in reference/protocols-security.md §A. The request body
+is tested here too: `build_request` is as pure as the translator.
 """
 
 from __future__ import annotations
@@ -17,9 +18,31 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import ProviderEvent, ReasoningDelta, TextDelta, Usage
+from parley.providers.base import (
+    ChatMessage,
+    Finished,
+    ForcedTool,
+    ProviderEvent,
+    ReasoningDelta,
+    ReasoningPart,
+    TextDelta,
+    TextPart,
+    ToolCallPart,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolChoice,
+    ToolResultPart,
+    ToolSpec,
+    Usage,
+)
 from parley.providers.http import StreamFailedError, translate_read
-from parley.providers.openai_wire import _TEMPLATE_TRIES, OpenAIStreamTranslator, classify_error
+from parley.providers.openai_wire import (
+    _TEMPLATE_TRIES,
+    OpenAIStreamTranslator,
+    build_request,
+    classify_error,
+    prompt_chars,
+)
 from parley.providers.sse import ServerSentEvent, SSEDecoder
 from tests.support.events import feed_one, from_fixture, spelled_out
 
@@ -137,7 +160,14 @@ def test_held_back_partial_tag_is_released_with_the_finish_reason() -> None:
 
 @pytest.mark.parametrize(
     ("raw_reason", "reason"),
-    [("stop", "stop"), ("length", "length"), ("abort", "abort"), ("eos_token", "stop")],
+    [
+        ("stop", "stop"),
+        ("length", "length"),
+        ("abort", "abort"),
+        ("eos_token", "stop"),
+        ("tool_calls", "tool_calls"),
+        ("function_call", "tool_calls"),
+    ],
 )
 def test_finish_reasons(raw_reason: str, reason: str) -> None:
     translator = OpenAIStreamTranslator()
@@ -160,10 +190,151 @@ def test_non_object_chunk_and_odd_content_are_stream_errors() -> None:
         feed_one(OpenAIStreamTranslator(), chunk({"content": {"text": "?"}}))
 
 
-def test_function_call_delta_is_a_tool_call() -> None:
+# --- tool calls ----------------------------------------------------------------------------------
+
+
+def calls_chunk(*fragments: dict[str, Any], finish: str | None = None) -> ServerSentEvent:
+    return chunk({"tool_calls": list(fragments)}, finish)
+
+
+def fragment(
+    index: int | None = None, *, id: str | None = None, name: str | None = None, arguments: object = None
+) -> dict[str, Any]:
+    function = {k: v for k, v in (("name", name), ("arguments", arguments)) if v is not None}
+    out: dict[str, Any] = {"function": function}
+    if index is not None:
+        out["index"] = index
+    if id is not None:
+        out["id"] = id
+    return out
+
+
+def translate_to_end(*events: ServerSentEvent) -> list[ProviderEvent]:
+    """Every event, then the end of the stream (the finish events, Usage left out)."""
+    translator = OpenAIStreamTranslator()
+    out = [e for sse in events for e in feed_one(translator, sse)]
+    return out + [e for e in translator.finish() if not isinstance(e, Usage)]
+
+
+def test_a_lone_legacy_function_call_is_call_0() -> None:
+    events = translate_to_end(
+        chunk({"function_call": {"name": "lookup", "arguments": '{"q": '}}),
+        chunk({"function_call": {"arguments": '"x"}'}}),
+        chunk({}, "function_call"),
+    )
+    assert events == [
+        ToolCallStarted(call_id="call_0", name="lookup"),
+        ToolCallReady(call_id="call_0", name="lookup", arguments='{"q": "x"}'),
+        Finished(reason="tool_calls"),
+    ]
+
+
+def test_the_legacy_copy_beside_tool_calls_is_ignored() -> None:
+    legacy = {"name": "other", "arguments": "IGNORED"}
+    call = fragment(0, id="c1", name="lookup", arguments="{}")
+    events = translate_to_end(chunk({"tool_calls": [call], "function_call": legacy}), chunk({}, "tool_calls"))
+    assert events[:2] == [
+        ToolCallStarted(call_id="c1", name="lookup"),
+        ToolCallReady(call_id="c1", name="lookup", arguments="{}"),
+    ]
+
+
+def test_fragments_without_an_index_take_their_place_in_the_list() -> None:
+    first, second = fragment(id="a", name="f", arguments='{"n": 1}'), fragment(id="b", name="g", arguments="{}")
+    events = translate_to_end(calls_chunk(first, second), chunk({}, "tool_calls"))
+    assert [e for e in events if isinstance(e, ToolCallReady)] == [
+        ToolCallReady(call_id="a", name="f", arguments='{"n": 1}'),
+        ToolCallReady(call_id="b", name="g", arguments="{}"),
+    ]
+
+
+def test_arguments_sent_as_an_object_are_serialized() -> None:
+    events = translate_to_end(
+        calls_chunk(fragment(0, id="a", name="f", arguments={"city": "Oslo", "days": 2})), chunk({}, "stop")
+    )
+    assert ToolCallReady(call_id="a", name="f", arguments='{"city":"Oslo","days":2}') in events
+
+
+def test_a_new_id_at_a_known_index_is_a_new_call_even_in_one_chunk() -> None:
+    # Ollama numbers every whole call 0.
+    one = fragment(0, id="call_a", name="f", arguments='{"n":1}')
+    two = fragment(0, id="call_b", name="f", arguments='{"n":2}')
+    events = translate_to_end(calls_chunk(one, two), chunk({}, "tool_calls"))
+    assert [e for e in events if isinstance(e, ToolCallReady)] == [
+        ToolCallReady(call_id="call_a", name="f", arguments='{"n":1}'),
+        ToolCallReady(call_id="call_b", name="f", arguments='{"n":2}'),
+    ]
+
+
+def test_calls_without_ids_get_stable_ones_and_come_in_index_order() -> None:
+    events = translate_to_end(
+        calls_chunk(fragment(1, name="second", arguments="{")),
+        calls_chunk(fragment(0, name="first")),
+        calls_chunk(fragment(1, arguments="}")),
+        chunk({}, "tool_calls"),
+    )
+    assert events == [
+        ToolCallStarted(call_id="call_0", name="second"),
+        ToolCallStarted(call_id="call_1", name="first"),
+        ToolCallReady(call_id="call_1", name="first", arguments="{}"),
+        ToolCallReady(call_id="call_0", name="second", arguments="{}"),
+        Finished(reason="tool_calls"),
+    ]
+
+
+def test_a_repeated_name_is_a_copy_not_more_of_the_name() -> None:
+    # llama-cpp-python repeats the id and name on every fragment.
+    events = translate_to_end(
+        calls_chunk(fragment(0, id="c", name="get_weather", arguments="{}")),
+        calls_chunk(fragment(0, id="c", name="get_weather", arguments="")),
+        chunk({}, "tool_calls"),
+    )
+    assert events[0] == ToolCallStarted(call_id="c", name="get_weather")
+    assert events[1] == ToolCallReady(call_id="c", name="get_weather", arguments="{}")
+
+
+def test_text_before_a_call_in_the_same_chunk_comes_first() -> None:
+    both = chunk({"content": "Let me look.", "tool_calls": [fragment(0, id="c", name="f")]})
+    assert feed_one(OpenAIStreamTranslator(), both) == [
+        TextDelta(["Let me look."]),
+        ToolCallStarted(call_id="c", name="f"),
+    ]
+
+
+def test_a_call_that_never_got_a_name_is_a_stream_error() -> None:
+    translator = OpenAIStreamTranslator()
+    feed_one(translator, calls_chunk(fragment(0, id="c", arguments="{}")))
+    feed_one(translator, chunk({}, "tool_calls"))
+    with pytest.raises(StreamFailedError) as caught:
+        translator.finish()
+    assert caught.value.kind is ProviderErrorKind.STREAM
+
+
+def test_a_stream_cut_during_a_call_is_truncated_without_the_call() -> None:
+    translator = OpenAIStreamTranslator()
+    assert feed_one(translator, calls_chunk(fragment(0, id="c", name="f", arguments='{"a'))) == [
+        ToolCallStarted(call_id="c", name="f")
+    ]
+    with pytest.raises(StreamFailedError) as caught:
+        translator.finish()
+    assert caught.value.kind is ProviderErrorKind.TRUNCATED
+    assert caught.value.partial_usage == Usage(input_tokens=0, output_tokens=1, estimated=True)
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"tool_calls": {"index": 0}},
+        {"tool_calls": ["call"]},
+        {"tool_calls": [{"index": 0, "function": "f"}]},
+        {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": 12}}]},
+        {"function_call": "f"},
+    ],
+)
+def test_tool_calls_of_an_unknown_shape_are_stream_errors(delta: dict[str, Any]) -> None:
     with pytest.raises(ProviderError) as caught:
-        feed_one(OpenAIStreamTranslator(), chunk({"function_call": {"name": "f"}}))
-    assert caught.value.kind is ProviderErrorKind.TOOL_CALLS_UNSUPPORTED
+        feed_one(OpenAIStreamTranslator(), chunk(delta))
+    assert caught.value.kind is ProviderErrorKind.STREAM
 
 
 # --- error classification -------------------------------------------------------------------------
@@ -223,6 +394,234 @@ def test_classify_error(status: int, body: object, kind: ProviderErrorKind) -> N
 def test_classify_in_stream_defaults_to_the_given_kind() -> None:
     assert classify_error(None, {"error": {"message": "Internal server error"}}, default=K.STREAM) is K.STREAM
     assert classify_error(None, {"error": "x"}, default=K.STREAM) is K.STREAM
+
+
+VLLM_NO_PARSER = {
+    "error": {
+        "message": '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
+        "type": "BadRequestError",
+        "param": None,
+        "code": 400,
+    }
+}
+LLAMA_CPP_NO_JINJA = {"error": {"code": 500, "message": "tools param requires --jinja flag", "type": "server_error"}}
+OLLAMA_NO_TOOLS = {
+    "error": {
+        "message": "registry.ollama.ai/library/gemma3:4b does not support tools",
+        "type": "api_error",
+        "param": None,
+        "code": None,
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "without_tools"),
+    [
+        (400, VLLM_NO_PARSER, K.BAD_REQUEST),
+        (
+            400,
+            {"object": "error", "message": 'tool_choice="required" requires --tool-call-parser to be set'},
+            K.BAD_REQUEST,
+        ),
+        (500, LLAMA_CPP_NO_JINJA, K.HTTP),
+        (400, {"error": {"message": "Unsupported param: tool_choice", "type": "invalid_request_error"}}, K.BAD_REQUEST),
+        (400, OLLAMA_NO_TOOLS, K.BAD_REQUEST),
+        (400, {"error": "llama3 does not support tools"}, K.BAD_REQUEST),
+        (404, {"error": {"message": "No endpoints found that support tool use.", "code": 404}}, K.BAD_REQUEST),
+    ],
+)
+def test_a_refusal_of_tools_is_tools_unsupported_when_the_request_had_tools(
+    status: int, body: object, without_tools: ProviderErrorKind
+) -> None:
+    assert classify_error(status, body, default=K.HTTP, tools=True) is K.TOOLS_UNSUPPORTED
+    assert classify_error(status, body, default=K.HTTP) is without_tools
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (400, {"error": {"message": "tools.0.function.name: string does not match pattern"}}, K.BAD_REQUEST),
+        (400, LLAMA_CPP_PYTHON_OVERFLOW, K.CONTEXT_LENGTH),
+        (None, {"error": {"message": "model does not support tools"}}, K.STREAM),
+    ],
+)
+def test_other_errors_of_a_request_with_tools_keep_their_kind(status: int | None, body: object, kind: K) -> None:
+    default = K.STREAM if status is None else K.HTTP
+    assert classify_error(status, body, default=default, tools=True) is kind
+
+
+# --- request body ---------------------------------------------------------------------------------
+
+WEATHER = ToolSpec(
+    name="get_weather",
+    description="The weather in a city",
+    input_schema={"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+)
+CLOCK = ToolSpec(name="get_time", description="The time", input_schema={"type": "object", "properties": {}})
+WEATHER_WIRE = {
+    "type": "function",
+    "function": {"name": "get_weather", "description": "The weather in a city", "parameters": WEATHER.input_schema},
+}
+
+
+def tool_loop(*, with_text: bool = True) -> list[ChatMessage]:
+    """A question, the model's two calls (with some text before them), their results, and a follow-up."""
+    calls = (
+        ToolCallPart(call_id="c1", name="get_weather", arguments={"city": "Paris"}),
+        ToolCallPart(call_id="c2", name="get_time", arguments={}),
+    )
+    before = (ReasoningPart(text="SECRET"), TextPart(text="Let me look.")) if with_text else ()
+    return [
+        ChatMessage.text("system", "Be brief."),
+        ChatMessage.text("user", "Weather and time in Paris?"),
+        ChatMessage(role="assistant", parts=(*before, *calls)),
+        ChatMessage(
+            role="tool",
+            parts=(
+                ToolResultPart(call_id="c1", output='{"temp_c": 21}'),
+                ToolResultPart(call_id="c2", output="clock offline", is_error=True),
+            ),
+        ),
+        ChatMessage.text("user", "Thanks. And tomorrow?"),
+    ]
+
+
+def test_no_tools_means_no_tools_key_and_no_tool_choice() -> None:
+    body = build_request([ChatMessage.text("user", "hi")], "m", None)
+    assert "tools" not in body
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", "auto"),
+        (ForcedTool("get_time"), {"type": "function", "function": {"name": "get_time"}}),
+    ],
+)
+def test_tools_and_tool_choice(choice: ToolChoice, expected: object) -> None:
+    body = build_request([ChatMessage.text("user", "hi")], "m", 64, (WEATHER, CLOCK), choice)
+    assert body["tools"][0] == WEATHER_WIRE
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"]
+    assert body["tool_choice"] == expected
+
+
+def test_tool_choice_none_sends_no_tools_but_keeps_the_calls_in_the_history() -> None:
+    body = build_request(tool_loop(), "m", None, (WEATHER, CLOCK), "none")
+    assert "tools" not in body
+    assert "tool_choice" not in body
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "tool", "tool", "user"]
+
+
+def test_a_tool_loop_replayed_with_tools() -> None:
+    body = build_request(tool_loop(), "m", None, (WEATHER, CLOCK))
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather and time in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Let me look.",
+            "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}},
+                {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 21}'},
+        {"role": "tool", "tool_call_id": "c2", "content": "Error: clock offline"},
+        {"role": "user", "content": "Thanks. And tomorrow?"},
+    ]
+    assert b"SECRET" not in orjson.dumps(body)
+
+
+def test_an_assistant_message_of_calls_only_has_empty_content_never_null() -> None:
+    body = build_request(tool_loop(with_text=False), "m", None, (WEATHER, CLOCK))
+    assert body["messages"][2]["content"] == ""
+    assert b'"content":null' not in orjson.dumps(body)
+
+
+def test_without_tools_the_calls_and_results_go_as_text() -> None:
+    body = build_request(tool_loop(), "m", None)
+    assert "tools" not in body
+    assert body["messages"][2:] == [
+        {
+            "role": "assistant",
+            "content": 'Let me look.\n[called tool get_weather with {"city":"Paris"}]\n[called tool get_time with {}]',
+        },
+        {
+            "role": "user",
+            "content": '[result of get_weather: {"temp_c": 21}]\n[error from get_time: clock offline]'
+            "\n\nThanks. And tomorrow?",
+        },
+    ]
+
+
+def test_without_tools_results_before_an_assistant_message_stay_a_message_of_their_own() -> None:
+    messages = [*tool_loop(with_text=False)[:4], ChatMessage.text("assistant", "21 degrees; no clock.")]
+    body = build_request(messages, "m", None)
+    assert [m["role"] for m in body["messages"]] == ["system", "user", "assistant", "user", "assistant"]
+    assert (
+        body["messages"][2]["content"]
+        == '[called tool get_weather with {"city":"Paris"}]\n[called tool get_time with {}]'
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "with_tools", "without_tools"),
+    [
+        (ToolResultPart(call_id="c1", output=""), "(no output)", "[result of get_weather: (no output)]"),
+        (
+            ToolResultPart(call_id="c1", output=" ", is_error=True),
+            "Error: (no output)",
+            "[error from get_weather: (no output)]",
+        ),
+    ],
+)
+def test_an_empty_result_says_so(result: ToolResultPart, with_tools: str, without_tools: str) -> None:
+    messages = [
+        *tool_loop()[:2],
+        ChatMessage(role="assistant", parts=(ToolCallPart(call_id="c1", name="get_weather"),)),
+    ]
+    messages.append(ChatMessage(role="tool", parts=(result,)))
+    assert build_request(messages, "m", None, (WEATHER,))["messages"][-1]["content"] == with_tools
+    assert build_request(messages, "m", None)["messages"][-1]["content"] == without_tools
+
+
+def test_a_result_of_an_unknown_call_is_named_by_its_id() -> None:
+    messages = [ChatMessage(role="tool", parts=(ToolResultPart(call_id="c9", output="ok"),))]
+    assert build_request(messages, "m", None)["messages"] == [{"role": "user", "content": "[result of c9: ok]"}]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ChatMessage(role="user", parts=(ToolCallPart(call_id="c", name="f"),)),
+        ChatMessage(role="assistant", parts=(ToolResultPart(call_id="c", output="x"),)),
+        ChatMessage(role="tool", parts=(ToolResultPart(call_id="c", output="x"), TextPart(text="and text"))),
+        ChatMessage(role="system", parts=(ToolCallPart(call_id="c", name="f"),)),
+    ],
+)
+def test_tool_parts_out_of_place_are_refused(message: ChatMessage) -> None:
+    with pytest.raises(ProviderError) as caught:
+        build_request([message], "m", None, (WEATHER,))
+    assert caught.value.kind is K.BAD_REQUEST
+
+
+@pytest.mark.parametrize("tools", [(), (WEATHER,)])
+def test_a_forced_tool_that_is_not_offered_is_refused(tools: tuple[ToolSpec, ...]) -> None:
+    with pytest.raises(ProviderError) as caught:
+        build_request([ChatMessage.text("user", "hi")], "m", None, tools, ForcedTool("get_time"))
+    assert caught.value.kind is K.BAD_REQUEST
+    assert "get_time" in caught.value.message
+
+
+def test_prompt_chars_count_calls_and_tool_definitions() -> None:
+    plain = build_request([ChatMessage.text("user", "hello")], "m", None)
+    assert prompt_chars(plain) == 5
+    body = build_request(tool_loop(), "m", None, (WEATHER,))
+    text = sum(len(m["content"]) for m in body["messages"])
+    arguments = len('{"city":"Paris"}') + len("{}")
+    assert prompt_chars(body) == text + arguments + len(orjson.dumps(body["tools"]))
 
 
 # --- the per-token fast path ----------------------------------------------------------------------
@@ -288,6 +687,11 @@ _PAYLOADS = [
     b'{"object":"error","message":"boom"}',
     b'{"error":{"message":"boom"}}',
     b'{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}',
+    b'{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{"}}]}}]}',
+    b'{"choices":[{"delta":{"content":null,"tool_calls":[{"index":0,"function":{"arguments":"}"}}]}}]}',
+    b'{"choices":[{"delta":{"function_call":{"name":"g","arguments":"{}"}}}]}',
+    b'{"choices":[{"delta":{"tool_calls":[{"index":0,"function":{"arguments":7}}]}}]}',
+    b'{"choices":[{"delta":{},"finish_reason":"tool_calls"}]}',
     b'{"choices":[1]}',
     b'{"choices":{"0":{}}}',
     b'{"choices":[{"delta":"text"}]}',
@@ -307,6 +711,15 @@ def test_property_the_envelope_shortcut_translates_as_parsing_whole_does(payload
     assert (fast_events, fast_error) == (events, error)
     assert (fast.done, fast.saw_chunk, fast.finish_reason) == (each.done, each.saw_chunk, each.finish_reason)
     assert fast.partial_usage() == each.partial_usage()
+    assert ending(fast) == ending(each)
+
+
+def ending(translator: OpenAIStreamTranslator) -> tuple[list[ProviderEvent], str | None]:
+    """What the end of the stream gives: the last events, or the error's kind."""
+    try:
+        return translator.finish(), None
+    except ProviderError as exc:
+        return [], exc.kind.value
 
 
 @pytest.mark.parametrize("payload", [b'{"choices":[1]}', b'{"choices":{"0":{}}}', b'{"choices":[{"delta":"text"}]}'])

@@ -27,7 +27,7 @@ from parley.providers.anthropic_wire import (
     build_request,
     classify_error,
 )
-from parley.providers.base import ChatMessage, ProviderEvent
+from parley.providers.base import ChatMessage, ProviderEvent, ToolChoice, ToolSpec
 from parley.providers.http import NETWORK_ERRORS, UpstreamClient, UpstreamOptions
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "DEFAULT_ANTHROPIC_VERSION", "AnthropicProvider"]
@@ -99,6 +99,8 @@ class AnthropicProvider:
         *,
         model: str,
         max_tokens: int | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[Sequence[ProviderEvent]]:
         body = build_request(
             messages,
@@ -106,6 +108,8 @@ class AnthropicProvider:
             max_tokens=max_tokens or self._default_max_tokens,
             cache_ttl=self._cache_ttl,
             thinking_budget=self._thinking_budget,
+            tools=tools,
+            tool_choice=tool_choice,
         )
         return self._http.stream(orjson.dumps(body), AnthropicStreamTranslator, self._end)
 

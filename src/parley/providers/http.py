@@ -65,6 +65,18 @@ class AddressNotAllowedError(ProviderError):
         return False
 
 
+class ToolsUnsupportedError(ProviderError):
+    """The model server refuses tool calling; never retried, whatever the status (llama.cpp says
+    it with a 500)."""
+
+    def __init__(self, *, status: int | None = None) -> None:
+        super().__init__(Kind.TOOLS_UNSUPPORTED, status=status)
+
+    @property
+    def retryable(self) -> bool:
+        return False
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
     if not value:
@@ -239,8 +251,11 @@ class UpstreamClient:
         self._session = None
         self._owns_session = False
 
-    async def open(self, payload: bytes, *, headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
-        """POST and return a 2xx response (the caller closes it); ProviderError otherwise."""
+    async def open(
+        self, payload: bytes, *, headers: dict[str, str] | None = None, classify: Classify | None = None
+    ) -> aiohttp.ClientResponse:
+        """POST and return a 2xx response (the caller closes it); ProviderError otherwise, of the
+        kind `classify` (by default the client's) gives."""
         if self._refusal is not None:
             raise AddressNotAllowedError(self._refusal)
         try:
@@ -252,10 +267,10 @@ class UpstreamClient:
         if 200 <= response.status < 300:
             return response
         async with response:
-            raise await self.status_error(response)
+            raise await self.status_error(response, classify)
 
     async def stream(
-        self, payload: bytes, translator: Callable[[], T], end: EndOfStream[T]
+        self, payload: bytes, translator: Callable[[], T], end: EndOfStream[T], *, classify: Classify | None = None
     ) -> AsyncIterator[Sequence[ProviderEvent]]:
         """POST `payload` and yield its provider events, one batch per network read (never empty).
 
@@ -263,7 +278,8 @@ class UpstreamClient:
         events one read completes, they cost one generator step. Events that precede an in-stream
         error in the same read are yielded before the error is raised. `end` runs once the body
         ends and returns the last events (or raises: a stream that never finished, say). A
-        failure before anything was yielded is retried as `ProviderError.retryable` says.
+        failure before anything was yielded is retried as `ProviderError.retryable` says. An HTTP
+        error answer gets the kind `classify` gives (by default the client's).
         Leaving the generator early (the turn stopped, or failed) releases the response, which
         closes the connection: the server stops generating.
         """
@@ -271,7 +287,7 @@ class UpstreamClient:
         while True:
             yielded = False
             try:
-                response = await self.open(payload)
+                response = await self.open(payload, classify=classify)
                 reader = translator()
                 decoder = SSEDecoder()
                 async with response:
@@ -301,7 +317,7 @@ class UpstreamClient:
             logger.info("retrying %s in %.2fs (attempt %d)", self.label, delay, attempt)
             await self.sleep(delay)
 
-    async def status_error(self, response: aiohttp.ClientResponse) -> ProviderError:
+    async def status_error(self, response: aiohttp.ClientResponse, classify: Classify | None = None) -> ProviderError:
         status = response.status
         raw = b""
         try:
@@ -335,8 +351,11 @@ class UpstreamClient:
             parsed: object = orjson.loads(raw)
         except orjson.JSONDecodeError:
             parsed = text
+        kind = (classify or self._classify)(status, parsed)
+        if kind is Kind.TOOLS_UNSUPPORTED:
+            return ToolsUnsupportedError(status=status)
         return ProviderError(
-            self._classify(status, parsed),
+            kind,
             status=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
         )

@@ -4,7 +4,10 @@ The wire format lives in `openai_wire.py` (pure); this module does the HTTP thro
 `UpstreamClient`: connect-time address policy, retries before the first event, error
 classification, idle timeout and cancellation. One quirk handled here: llama-cpp-python answers
 an over-long streamed prompt with HTTP 200 and an empty body, so an empty stream is followed by
-one non-streamed probe that says what went wrong.
+one non-streamed probe that says what went wrong. It answers a streamed request with tools its
+chat format cannot stream (`chatml-function-calling` with `tool_choice` auto) the same way, and
+then the probe succeeds: an empty stream of a request with tools, that the probe does not
+explain, is a server that cannot stream tool calls.
 
 Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
 """
@@ -19,9 +22,9 @@ import aiohttp
 import orjson
 
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import ChatMessage, ProviderEvent
-from parley.providers.http import NETWORK_ERRORS, StreamFailedError, UpstreamClient, UpstreamOptions
-from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error
+from parley.providers.base import ChatMessage, ProviderEvent, ToolChoice, ToolSpec
+from parley.providers.http import NETWORK_ERRORS, Classify, StreamFailedError, UpstreamClient, UpstreamOptions
+from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error, prompt_chars
 
 __all__ = ["OpenAICompatibleProvider"]
 
@@ -32,6 +35,10 @@ Kind = ProviderErrorKind
 
 def _classify(status: int | None, body: object) -> ProviderErrorKind:
     return classify_error(status, body, default=Kind.HTTP)
+
+
+def _classify_with_tools(status: int | None, body: object) -> ProviderErrorKind:
+    return classify_error(status, body, default=Kind.HTTP, tools=True)
 
 
 class OpenAICompatibleProvider:
@@ -63,18 +70,23 @@ class OpenAICompatibleProvider:
         *,
         model: str,
         max_tokens: int | None = None,
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[Sequence[ProviderEvent]]:
-        body = build_request(messages, model, max_tokens)
-        prompt_chars = sum(len(m["content"]) for m in body["messages"])
+        body = build_request(messages, model, max_tokens, tools, tool_choice)
+        chars = prompt_chars(body)
+        classify = _classify_with_tools if "tools" in body else _classify
 
         async def end(translator: OpenAIStreamTranslator, _response: aiohttp.ClientResponse) -> list[ProviderEvent]:
             if not translator.saw_chunk:
-                raise await self._probe(body)
+                raise await self._probe(body, classify)
             return translator.finish()
 
-        return self._http.stream(orjson.dumps(body), lambda: OpenAIStreamTranslator(prompt_chars=prompt_chars), end)
+        return self._http.stream(
+            orjson.dumps(body), lambda: OpenAIStreamTranslator(prompt_chars=chars), end, classify=classify
+        )
 
-    async def _probe(self, body: dict[str, Any]) -> ProviderError:
+    async def _probe(self, body: dict[str, Any], classify: Classify) -> ProviderError:
         """Re-ask without streaming (1 token) after an empty stream, to learn why it was empty."""
         probe = {k: v for k, v in body.items() if k != "stream_options"}
         probe["stream"] = False
@@ -83,6 +95,7 @@ class OpenAICompatibleProvider:
         http = self._http
         # uvicorn closes the connection after such a failure, but aiohttp has already pooled it
         # (the body ended cleanly): the first try may get that dead socket.
+        answered = False
         for _ in range(2):
             try:
                 async with http.session().post(
@@ -93,7 +106,8 @@ class OpenAICompatibleProvider:
                     timeout=http.timeout,
                 ) as response:
                     if not 200 <= response.status < 300:
-                        return await http.status_error(response)
+                        return await http.status_error(response, classify)
+                    answered = True
                     break
             except aiohttp.ClientConnectionError as exc:
                 if isinstance(exc, TimeoutError):
@@ -102,5 +116,8 @@ class OpenAICompatibleProvider:
             except NETWORK_ERRORS as exc:
                 logger.warning("probe after an empty stream failed (%s): %s", type(exc).__name__, exc)
                 break
+        if answered and "tools" in body:
+            logger.warning("model server %s answers with tools only unstreamed: it cannot stream tool calls", http.url)
+            return StreamFailedError(Kind.TOOLS_UNSUPPORTED)
         logger.warning("model server %s sent an empty stream", http.url)
         return StreamFailedError(Kind.TRUNCATED)

@@ -1,10 +1,11 @@
 """OpenAI chat-completions wire translation: request bodies out, stream chunks in. Pure, no I/O.
 
-`build_request` makes the streaming body (no tools ever; reasoning never sent back);
-`OpenAIStreamTranslator` turns decoded SSE events into provider events and is tested byte-split
-against golden transcripts; `classify_error` maps an error answer, HTTP or in-stream, to a kind.
-Wire details follow `reference/protocols-security.md` §A (vLLM, llama.cpp, llama-cpp-python,
-Ollama quirks). Upstream error text goes to the log, never into an exception message.
+`build_request` makes the streaming body (tools, tool calls and results; reasoning never sent
+back); `OpenAIStreamTranslator` turns decoded SSE events into provider events and is tested
+byte-split against golden transcripts; `classify_error` maps an error answer, HTTP or in-stream,
+to a kind. Wire details follow `reference/protocols-security.md` §A and
+docs/providers-openai-compatible.md (vLLM, llama.cpp, llama-cpp-python, Ollama quirks). Upstream
+error text goes to the log, never into an exception message.
 
 Imports: standard library, orjson, parley.errors, parley.providers.*.
 """
@@ -17,13 +18,16 @@ from typing import Any
 
 import orjson
 
-from parley.errors import ProviderError, ProviderErrorKind
+from parley.errors import ProviderErrorKind
 from parley.providers.base import (
     ChatMessage,
     Finished,
+    ForcedTool,
     ProviderEvent,
-    ToolCallPart,
-    ToolResultPart,
+    ToolCallReady,
+    ToolCallStarted,
+    ToolChoice,
+    ToolSpec,
     Usage,
     add_reasoning,
     add_text,
@@ -32,8 +36,18 @@ from parley.providers.base import (
 from parley.providers.http import StreamFailedError
 from parley.providers.sse import ServerSentEvent
 from parley.providers.think import ThinkSplitter
+from parley.providers.tool_calls import (
+    arguments_json,
+    call_as_text,
+    check_tool_choice,
+    finished_arguments,
+    generated_call_id,
+    result_as_text,
+    result_output,
+    tool_parts,
+)
 
-__all__ = ["OpenAIStreamTranslator", "build_request", "classify_error"]
+__all__ = ["OpenAIStreamTranslator", "build_request", "classify_error", "prompt_chars"]
 
 logger = logging.getLogger("parley.providers")
 
@@ -46,15 +60,29 @@ _CONTEXT_MARKERS = (
     "prompt is too long",  # Anthropic-style relays
     "exceed context window",  # llama-cpp-python's log line, relayed by some wrappers
 )
-# Servers outside the OpenAI vocabulary (TGI and friends) name the same two endings differently.
-_FINISH_ALIASES = {"eos_token": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+# How servers say they cannot take tools, when the request carried some (any status: llama.cpp
+# says it with a 500, which must not be retried).
+_TOOLS_REFUSALS = (
+    "does not support tools",  # Ollama: "registry.ollama.ai/library/x does not support tools"
+    "tool-call-parser",  # vLLM: '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser'
+    "requires --jinja",  # llama.cpp: "tools param requires --jinja flag"
+    "unsupported param: tool_choice",  # llama.cpp without --jinja
+    "cannot use tools with stream",  # older llama.cpp
+    "support tool use",  # OpenRouter: "No endpoints found that support tool use"
+)
+# Servers outside the OpenAI vocabulary (TGI and friends) name the same two endings differently;
+# `function_call` is the legacy name of `tool_calls`.
+_FINISH_ALIASES = {"eos_token": "stop", "stop_sequence": "stop", "max_tokens": "length", "function_call": "tool_calls"}
 
 
 # --- error classification ------------------------------------------------------------------------
 
 
-def classify_error(status: int | None, body: object, *, default: ProviderErrorKind) -> ProviderErrorKind:
-    """The kind for an error answer: `body` is parsed JSON or plain text, `status` None in-stream."""
+def classify_error(
+    status: int | None, body: object, *, default: ProviderErrorKind, tools: bool = False
+) -> ProviderErrorKind:
+    """The kind for an error answer: `body` is parsed JSON or plain text, `status` None in-stream,
+    `tools` whether the request offered tools."""
     err: Any = body.get("error", body) if isinstance(body, dict) else body
     if isinstance(err, dict):
         fields = (err.get("message"), err.get("type"), err.get("code"))
@@ -67,6 +95,8 @@ def classify_error(status: int | None, body: object, *, default: ProviderErrorKi
         return Kind.CONTEXT_LENGTH
     if status is None:
         return default
+    if tools and status >= 400 and any(marker in text for marker in _TOOLS_REFUSALS):
+        return Kind.TOOLS_UNSUPPORTED
     if status in (401, 403):
         return Kind.AUTH
     if status == 404 and "model" in text:
@@ -87,11 +117,35 @@ def _int(value: object) -> int:
 # --- stream translation (pure) -------------------------------------------------------------------
 
 
+class _ToolCall:
+    """A call being streamed: its fragments gather here until the stream ends."""
+
+    __slots__ = ("arguments", "call_id", "index", "name", "ordinal", "wire_id")
+
+    def __init__(self, index: int, ordinal: int) -> None:
+        self.index = index  # the server's index (Ollama gives every call 0)
+        self.ordinal = ordinal  # its place among the reply's calls
+        self.wire_id = ""  # the id the server sent, if any
+        self.call_id = ""  # the id announced in ToolCallStarted
+        self.name = ""
+        self.arguments: list[str] = []
+
+
 class OpenAIStreamTranslator:
-    """Chat-completion chunks in, provider events out; one instance per upstream response."""
+    """Chat-completion chunks in, provider events out; one instance per upstream response.
+
+    Tool calls arrive as `delta.tool_calls` fragments gathered by `index`: vLLM sends the id and
+    name on the first fragment only, llama-cpp-python repeats them on every one (beside a legacy
+    `function_call` copy, ignored), Ollama sends each call whole, every one at index 0 (a new id
+    at a known index is a new call), some servers leave out `index` (the fragment's place in the
+    list stands in) or send `arguments` as an object. A call is announced when its name is known
+    and handed over complete at the end of the stream, in index order.
+    """
 
     __slots__ = (
-        "_chunks_with_text",
+        "_calls",
+        "_calls_at",
+        "_output_chunks",
         "_prompt_chars",
         "_template",
         "_templates_tried",
@@ -106,7 +160,9 @@ class OpenAIStreamTranslator:
         self._prompt_chars = prompt_chars
         self._think = think if think is not None else ThinkSplitter()
         self._usage: tuple[int, int, int] | None = None  # prompt, completion, cached
-        self._chunks_with_text = 0
+        self._output_chunks = 0  # chunks with text, reasoning or a call's fragment: ~ tokens
+        self._calls: list[_ToolCall] = []
+        self._calls_at: dict[int, _ToolCall] = {}  # the latest call at each wire index
         self._template: tuple[str, str] | None = None  # see feed
         self._templates_tried = 0
         self.done = False  # `[DONE]` was seen: stop reading
@@ -114,8 +170,8 @@ class OpenAIStreamTranslator:
         self.finish_reason: str | None = None
 
     def feed(self, events: Sequence[ServerSentEvent], out: list[ProviderEvent]) -> None:
-        """Translate a read's SSE events into `out`; raises ProviderError for in-stream errors and
-        tool calls, after the events that came before them.
+        """Translate a read's SSE events into `out`; raises ProviderError for in-stream errors,
+        after the events that came before them.
 
         A server sends every token of a reply in the same envelope: the chunks differ only in the
         content string. Once one such chunk has been parsed, its text before and after that
@@ -136,7 +192,7 @@ class OpenAIStreamTranslator:
                     content = None
                 if type(content) is str and sse.event == "message":
                     if content:
-                        self._chunks_with_text += 1
+                        self._output_chunks += 1
                         add_text(out, content)
                     continue
             self._chunk(sse, out)
@@ -179,8 +235,6 @@ class OpenAIStreamTranslator:
             self._delta(delta, out)
         reason = choice.get("finish_reason")
         if reason:
-            if reason in ("tool_calls", "function_call"):
-                raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
             self.finish_reason = str(reason)
             self._pieces(*self._think.finish(), out)
         elif (
@@ -195,13 +249,22 @@ class OpenAIStreamTranslator:
             self._template = _content_template(data, chunk) or self._template
 
     def finish(self) -> list[ProviderEvent]:
-        """End of stream: `[Usage, Finished]`, or a TRUNCATED error when no finish reason came."""
+        """End of stream: a `ToolCallReady` per call, `Usage`, `Finished`; a TRUNCATED error when no
+        finish reason came, a STREAM error for a call that never got a name."""
         if self.finish_reason is None:
             raise self.error(Kind.TRUNCATED)
+        out: list[ProviderEvent] = []
+        for call in sorted(self._calls, key=lambda c: c.index):  # stable: Ollama's 0s keep their order
+            if not call.name:
+                logger.warning("model server streamed a tool call without a name (index %d)", call.index)
+                raise self.error(Kind.STREAM)
+            out.append(
+                ToolCallReady(call_id=call.call_id, name=call.name, arguments=finished_arguments(call.arguments))
+            )
         usage = self.partial_usage()
         assert usage is not None  # a finish reason implies a chunk
         reason = self.finish_reason
-        return [usage, Finished(reason=_FINISH_ALIASES.get(reason, reason))]
+        return [*out, usage, Finished(reason=_FINISH_ALIASES.get(reason, reason))]
 
     def partial_usage(self) -> Usage | None:
         """Usage so far: the server's latest counts, else an estimate; None before any chunk."""
@@ -212,7 +275,7 @@ class OpenAIStreamTranslator:
             return Usage(input_tokens=max(0, prompt - cached), output_tokens=completion, cache_read_tokens=cached)
         return Usage(
             input_tokens=estimate_tokens(self._prompt_chars),
-            output_tokens=self._chunks_with_text,
+            output_tokens=self._output_chunks,
             estimated=True,
         )
 
@@ -228,16 +291,19 @@ class OpenAIStreamTranslator:
         self._usage = (_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")), cached)
 
     def _delta(self, delta: dict[str, Any], out: list[ProviderEvent]) -> None:
-        if delta.get("tool_calls") or delta.get("function_call"):
-            raise self.error(Kind.TOOL_CALLS_UNSUPPORTED)
         reasoning = delta.get("reasoning") or delta.get("reasoning_content")
         content = delta.get("content")
-        if not reasoning and not content:
+        calls = delta.get("tool_calls")
+        # llama-cpp-python sends a legacy `function_call` copy beside `tool_calls`; alone, it is
+        # the one call of an older server.
+        if not calls and (legacy := delta.get("function_call")):
+            calls = [{"index": 0, "function": legacy}]
+        if not reasoning and not content and not calls:
             return
-        self._chunks_with_text += 1
+        self._output_chunks += 1
         if reasoning and type(reasoning) is str:
             add_reasoning(out, reasoning)
-        if type(content) is str:
+        if content and type(content) is str:
             if self._think.passthrough:
                 add_text(out, content)
             else:
@@ -247,6 +313,44 @@ class OpenAIStreamTranslator:
         elif content:
             logger.warning("model server sent content of type %s; dropped", type(content).__name__)
             raise self.error(Kind.STREAM)
+        if calls:
+            self._take_calls(calls, out)
+
+    def _take_calls(self, fragments: object, out: list[ProviderEvent]) -> None:
+        """Gather one chunk's call fragments; announce each call once its name is known."""
+        if type(fragments) is not list:
+            raise self._odd_call(fragments)
+        for position, fragment in enumerate(fragments):
+            if type(fragment) is not dict:
+                raise self._odd_call(fragment)
+            function = fragment.get("function") or {}
+            if type(function) is not dict or type(function.get("arguments")) not in _ARGUMENT_TYPES:
+                raise self._odd_call(fragment)
+            index = fragment.get("index")
+            if type(index) is not int:
+                index = position
+            wire_id = fragment.get("id")
+            wire_id = wire_id if type(wire_id) is str else ""
+            call = self._calls_at.get(index)
+            if call is None or (wire_id and call.wire_id and wire_id != call.wire_id):
+                call = self._calls_at[index] = _ToolCall(index, len(self._calls))
+                self._calls.append(call)
+            if wire_id and not call.wire_id:
+                call.wire_id = wire_id
+            name = function.get("name")
+            if name and type(name) is str and not call.name:  # repeated names are copies
+                call.name = name
+                call.call_id = call.wire_id or generated_call_id(call.ordinal)
+                out.append(ToolCallStarted(call_id=call.call_id, name=name))
+            arguments = function.get("arguments")
+            if type(arguments) is str:
+                call.arguments.append(arguments)
+            elif arguments is not None:  # an object the server parsed already
+                call.arguments.append(arguments_json(arguments))
+
+    def _odd_call(self, fragment: object) -> StreamFailedError:
+        logger.warning("model server sent a tool call of an unknown shape: %.300r", fragment)
+        return self.error(Kind.STREAM)
 
     @staticmethod
     def _pieces(answer: str, thought: str, out: list[ProviderEvent]) -> None:
@@ -272,6 +376,8 @@ class OpenAIStreamTranslator:
                 logger.debug("dropped a content part of type %r", kind)
 
 
+# A call's arguments: text, an object some servers parse first, or none in this fragment.
+_ARGUMENT_TYPES = (str, dict, type(None))
 # A stream whose envelope changes from token to token (a per-chunk id or timestamp) stops learning
 # templates after this many, and goes on with whole-chunk parsing.
 _TEMPLATE_TRIES = 4
@@ -313,13 +419,63 @@ def _content_template(data: str, chunk: dict[str, Any]) -> tuple[str, str] | Non
     return (prefix, suffix) if probed == expected else None
 
 
-def build_request(messages: Sequence[ChatMessage], model: str, max_tokens: int | None) -> dict[str, Any]:
-    wire: list[dict[str, str]] = []
+def build_request(
+    messages: Sequence[ChatMessage],
+    model: str,
+    max_tokens: int | None,
+    tools: Sequence[ToolSpec] = (),
+    tool_choice: ToolChoice = "auto",
+) -> dict[str, Any]:
+    """The streaming body. Raises ProviderError(BAD_REQUEST) for a misplaced tool part or a forced
+    tool that is not offered.
+
+    With tools offered, calls go out as the assistant's `tool_calls` (its `content` "" when it
+    wrote none: llama-cpp-python answers null with HTTP 500) and results as one `tool` message
+    each, an error's text prefixed so the model knows it failed. Without tools they go as text,
+    the results in a user message that the next user message joins (many chat templates require
+    the roles to alternate). `tool_choice` "none" sends no `tools` at all (some servers refuse the
+    field, and the model must not call); the calls in the history stay as they are, which this
+    wire allows. An empty `tools` array is never sent. Reasoning is never sent back.
+    """
+    check_tool_choice(tools, tool_choice)
+    wire: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # call id -> tool name, for results written as text
+    results_as_text: dict[str, Any] | None = None
     for message in messages:
-        if any(isinstance(p, ToolCallPart | ToolResultPart) for p in message.parts):
-            raise ProviderError(Kind.BAD_REQUEST, "This provider cannot send tool calls or tool results to the model.")
-        # Reasoning parts are display-only: never sent back to a model.
-        wire.append({"role": message.role, "content": message.plain_text})
+        calls, results = tool_parts(message)
+        if message.role == "tool":
+            if tools:
+                wire += [
+                    {
+                        "role": "tool",
+                        "tool_call_id": r.call_id,
+                        "content": f"Error: {result_output(r)}" if r.is_error else result_output(r),
+                    }
+                    for r in results
+                ]
+            elif results:
+                results_as_text = {"role": "user", "content": "\n".join(result_as_text(r, names) for r in results)}
+                wire.append(results_as_text)
+            continue
+        content = message.plain_text
+        if message.role == "user" and results_as_text is not None and wire[-1] is results_as_text:
+            results_as_text["content"] += "\n\n" + content
+            continue
+        entry: dict[str, Any] = {"role": message.role, "content": content}
+        if calls:
+            names.update((call.call_id, call.name) for call in calls)
+            if tools:
+                entry["tool_calls"] = [
+                    {
+                        "id": call.call_id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": arguments_json(call.arguments)},
+                    }
+                    for call in calls
+                ]
+            else:
+                entry["content"] = "\n".join([*([content] if content else []), *map(call_as_text, calls)])
+        wire.append(entry)
     body: dict[str, Any] = {
         "model": model,
         "messages": wire,
@@ -328,4 +484,30 @@ def build_request(messages: Sequence[ChatMessage], model: str, max_tokens: int |
     }
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
+    if tools and tool_choice != "none":
+        body["tools"] = [
+            {
+                "type": "function",
+                "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+            }
+            for t in tools
+        ]
+        body["tool_choice"] = (
+            {"type": "function", "function": {"name": tool_choice.name}}
+            if isinstance(tool_choice, ForcedTool)
+            else "auto"
+        )
     return body
+
+
+def prompt_chars(body: dict[str, Any]) -> int:
+    """The characters of a request's prompt (messages, replayed calls, tool definitions), for an
+    estimate when the server counts no tokens."""
+    chars = 0
+    for message in body["messages"]:
+        chars += len(message["content"])
+        for call in message.get("tool_calls", ()):
+            chars += len(call["function"]["arguments"])
+    if "tools" in body:
+        chars += len(orjson.dumps(body["tools"]))
+    return chars
