@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx2
 import pytest
@@ -31,6 +31,7 @@ from tests.conftest import (
     APP_ROLE,
     TEMPLATE_DB,
     DatabaseUrls,
+    ServerFactory,
     Tenants,
     _seed,
     base_env,
@@ -42,6 +43,9 @@ from tests.support.live_server import LiveServer
 from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import ScriptedProvider
 from tests.support.sse_client import FrameReader, read_stream
+
+if TYPE_CHECKING:
+    from tests.api.tooling import Tools
 
 API = "/api/v1/ai"
 T = TypeVar("T")
@@ -227,3 +231,13 @@ def shared(tmp_path_factory: pytest.TempPathFactory, shared_database: DatabaseUr
         yield Shared(server=server, tenants=tenants, provider=provider)
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tools(make_server: ServerFactory, tenants: Tenants, tmp_path: Path) -> Tools:
+    """parley's tool world: the test MCP server, configured; start parley with `tools.start()`."""
+    from tests.api.tooling import Tools  # it imports this module
+
+    world = Tools(make_server, tenants, ScriptedProvider(), tmp_path / "ran.log", tmp_path / "mcp.json")
+    world.configure()
+    return world

@@ -176,7 +176,7 @@ def test_openapi_documents_the_message_body(shared: Shared) -> None:
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     assert schema == {"$ref": "#/components/schemas/SendMessageBody"}
     body = spec["components"]["schemas"]["SendMessageBody"]
-    assert set(body["properties"]) == {"content", "pageContext"}
+    assert set(body["properties"]) == {"content", "pageContext", "toolChoice"}
     assert body["required"] == ["content"]
 
 

@@ -105,7 +105,7 @@ def test_a_session_may_ask_for_an_allowed_model_only(make_server: ServerFactory,
         assert anthropic.requests[-1].json["model"] == "claude-haiku-4-5"
 
 
-def test_plan_routes_answer_501_on_both_providers(make_server: ServerFactory, tenants: Tenants) -> None:
+def test_plan_routes_answer_501_on_both_providers_without_tool_servers(make_server: ServerFactory, tenants: Tenants) -> None:
     with ScriptedAnthropic() as anthropic:
         for env in (
             {
@@ -126,7 +126,7 @@ def test_plan_routes_answer_501_on_both_providers(make_server: ServerFactory, te
                     r = c.post(f"/api/v1/ai/sessions/{sid}/{route}", json=body)
                     assert r.status_code == 501, (env, route, r.text)
                     assert r.json()["code"] == "NOT_SUPPORTED_ON_PROVIDER"
-                    assert env["MCP_LLM_PROVIDER"] in r.json()["error"]
+                    assert "PARLEY_MCP_CONFIG" in r.json()["error"]
 
 
 def _anthropic_server(make_server: ServerFactory, anthropic: ScriptedAnthropic, **env: str) -> object:

@@ -9,81 +9,17 @@ log file), and what the model was sent.
 
 from __future__ import annotations
 
-import json
-import sys
 import threading
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx2
-import pytest
 
-from parley.providers.base import ChatMessage, ForcedTool, ToolResultPart
+from parley.providers.base import ForcedTool
 from tests.api.conftest import API, FakeClock, assert_error, create_session, detail, send
+from tests.api.tooling import Tools, decide, pending_call, quoting_the_result, tool_results
 from tests.conftest import ServerFactory, Tenants, client
-from tests.support.live_server import LiveServer
 from tests.support.scripted_provider import Reply, ScriptedProvider, tool_call
-from tests.support.sse_client import Stream, read_stream
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def tool_results(messages: list[ChatMessage]) -> list[ToolResultPart]:
-    """Every tool result the model was sent, in order."""
-    return [p for m in messages if m.role == "tool" for p in m.parts if isinstance(p, ToolResultPart)]
-
-
-def quoting_the_result(messages: list[ChatMessage]) -> Reply:
-    """The model's answer after a tool ran: it quotes the last result it was given."""
-    return Reply(tokens=["Result: ", tool_results(messages)[-1].output])
-
-
-@dataclass
-class Tools:
-    """parley with the test tool server, and what the tools did."""
-
-    make_server: ServerFactory
-    tenants: Tenants
-    provider: ScriptedProvider
-    log: Path
-    config: Path
-
-    def configure(self, **server: Any) -> None:
-        entry = {
-            "command": sys.executable,
-            "args": ["-m", "tests.support.mcp_tools_server", "--log", str(self.log)],
-            "cwd": str(REPO),
-            "requireApproval": "destructive",
-            "trusted": True,
-            **server,
-        }
-        self.config.write_text(json.dumps({"mcpServers": {"t": entry}}))
-
-    def start(self, **env: str) -> LiveServer:
-        return self.make_server(self.provider, PARLEY_MCP_CONFIG=str(self.config), **env)
-
-    def ran(self) -> list[str]:
-        """The notes `record` wrote, one per run."""
-        return self.log.read_text().splitlines() if self.log.exists() else []
-
-
-@pytest.fixture
-def tools(make_server: ServerFactory, tenants: Tenants, tmp_path: Path) -> Tools:
-    world = Tools(make_server, tenants, ScriptedProvider(), tmp_path / "ran.log", tmp_path / "mcp.json")
-    world.configure()
-    return world
-
-
-def decide(c: httpx2.Client, sid: str, execution_id: str, **body: Any) -> Stream:
-    """Approve or deny one call; the continuation's stream, or the JSON answer."""
-    with c.stream("POST", f"{API}/sessions/{sid}/approve/{execution_id}", json=body) as r:
-        return read_stream(r)
-
-
-def pending_call(stream: Stream, index: int = 0) -> dict[str, Any]:
-    return stream.of("approval_required")[index].data
-
+from tests.support.sse_client import read_stream
 
 # --- approve, deny, expire ----------------------------------------------------------------------------
 
@@ -144,13 +80,15 @@ def test_a_denied_call_never_runs_and_the_model_hears_why(tools: Tools) -> None:
         assert second.types == ["message_start", "tool_result", "content_delta", "content_delta", "message_end", "done"]
         result = second.of("tool_result")[0].data
         assert result["isError"] is True
-        assert "declined" in result["output"] and "not today" in result["output"]
+        assert "declined" in result["output"]
+        assert "not today" in result["output"]
         execution = _executions(c, sid)[0]
     assert tools.ran() == []
     assert (execution["status"], execution["decisionReason"]) == ("denied", "not today")
     assert execution["decidedBy"] is not None
     sent = tool_results(tools.provider.calls[1])
-    assert sent[0].is_error and "not today" in sent[0].output
+    assert sent[0].is_error
+    assert "not today" in sent[0].output
 
 
 def test_a_call_not_decided_in_time_expires_and_the_next_message_tells_the_model(
@@ -165,15 +103,18 @@ def test_a_call_not_decided_in_time_expires_and_the_next_message_tells_the_model
         assert_error(c.post(f"{API}/sessions/{sid}/messages", json={"content": "hello?"}), 409, "approval_pending")
         clock.advance(minutes=11)
         r = c.post(f"{API}/sessions/{sid}/approve/{asked['executionId']}", json={"approved": True})
-        assert r.status_code == 409 and r.json()["code"] == "already_decided", r.text
+        assert r.status_code == 409, r.text
+        assert r.json()["code"] == "already_decided", r.text
         assert r.json()["status"] == "expired"
         later = send(c, sid, "hello?")
-        assert later.status == 200 and "done" in later.types
+        assert later.status == 200
+        assert "done" in later.types
         execution = _executions(c, sid)[0]
         parts = detail(c, sid)["messages"][1]["parts"]
     assert tools.ran() == []
     assert execution["status"] == "expired"
-    assert parts[-1]["type"] == "tool_result" and "in time" in parts[-1]["output"]
+    assert parts[-1]["type"] == "tool_result"
+    assert "in time" in parts[-1]["output"]
     assert "in time" in tool_results(tools.provider.calls[-1])[0].output
 
 
@@ -198,7 +139,8 @@ def test_partial_decisions_answer_json_until_the_last_one_streams(tools: Tools) 
         first = send(c, sid, "note a and b")
         a, b = pending_call(first, 0), pending_call(first, 1)
         r = c.post(f"{API}/sessions/{sid}/approve/{a['executionId']}", json={"approved": True})
-        assert r.status_code == 200 and r.json() == {"success": True, "approved": True, "pending": 1}
+        assert r.status_code == 200
+        assert r.json() == {"success": True, "approved": True, "pending": 1}
         assert tools.ran() == []  # approved, but its round waits for the other call
         last = decide(c, sid, b["executionId"], approved=False)
     assert last.types.count("tool_result") == 2
@@ -220,7 +162,8 @@ def test_several_calls_decided_in_one_request(tools: Tools) -> None:
         ]
         with c.stream("POST", f"{API}/sessions/{sid}/tool-decisions", json={"decisions": decisions}) as r:
             stream = read_stream(r)
-    assert stream.types.count("tool_use_start") == 2 and stream.text == "ok"
+    assert stream.types.count("tool_use_start") == 2
+    assert stream.text == "ok"
     assert sorted(tools.ran()) == ["a", "b"]
 
 
@@ -321,7 +264,8 @@ def test_always_allow_lets_the_tool_run_without_asking_for_the_rest_of_the_chat(
         asked = pending_call(send(c, sid, "note 1"))
         decide(c, sid, asked["executionId"], approved=True, always=True)
         second = send(c, sid, "note 2")
-        assert "approval_required" not in second.types and "tool_result" in second.types
+        assert "approval_required" not in second.types
+        assert "tool_result" in second.types
         assert detail(c, sid)["session"]["allowedTools"] == ["t__record"]
     assert tools.ran() == ["1", "2"]
 
@@ -347,7 +291,8 @@ def test_invalid_arguments_go_back_to_the_model_not_to_the_tool(tools: Tools) ->
     with client(tools.start(), tools.tenants.a1) as c:
         stream = send(c, create_session(c), "note something")
     result = stream.of("tool_result")[0].data
-    assert result["isError"] is True and "not valid" in result["output"]
+    assert result["isError"] is True
+    assert "not valid" in result["output"]
     assert "approval_required" not in stream.types
     assert tools.ran() == []
     assert "not valid" in stream.text
@@ -366,7 +311,8 @@ def test_a_tool_past_its_timeout_fails_and_the_turn_goes_on(tools: Tools) -> Non
     with client(tools.start(), tools.tenants.a1) as c:
         stream = send(c, create_session(c), "wait")
     result = stream.of("tool_result")[0].data
-    assert result["isError"] is True and "timed out" in result["output"]
+    assert result["isError"] is True
+    assert "timed out" in result["output"]
     assert stream.types[-2:] == ["message_end", "done"]
 
 
@@ -378,10 +324,11 @@ def test_oversized_output_is_capped_for_the_model_and_for_storage(tools: Tools) 
         stored = detail(c, sid)["messages"][1]["parts"][1]
     result = stream.of("tool_result")[0].data
     assert result["truncated"] is True
-    assert 256 * 1024 <= len(stored["output"].encode()) < 257 * 1024  # the stored cap and its marker
+    assert len(stored["output"].encode()) == 256 * 1024  # the stored cap, its marker included
+    assert stored["output"].endswith("showing the first 256 KB]")
     sent = tool_results(tools.provider.calls[1])[0].output
-    assert 32 * 1024 <= len(sent.encode()) < 33 * 1024
-    assert "truncated" in sent
+    assert len(sent.encode()) <= 32 * 1024
+    assert sent.endswith("showing the first 32 KB]")
 
 
 def test_tool_output_cannot_approve_anything(tools: Tools) -> None:
@@ -405,7 +352,8 @@ def test_a_changed_tool_definition_is_blocked(tools: Tools) -> None:
     with client(tools.start(), tools.tenants.a1) as c:
         stream = send(c, create_session(c), "note x")
     offered = [spec.name for spec in tools.provider.tools[0]]
-    assert "t__record" not in offered and "t__echo" in offered
+    assert "t__record" not in offered
+    assert "t__echo" in offered
     assert "parley tools approve" in stream.of("tool_result")[0].data["output"]
     assert tools.ran() == []
 
@@ -419,7 +367,8 @@ def test_rounds_are_capped_and_the_last_one_offers_no_tools(tools: Tools) -> Non
     )
     with client(tools.start(PARLEY_MAX_TOOL_ROUNDS="2"), tools.tenants.a1) as c:
         stream = send(c, create_session(c), "loop")
-    assert stream.types.count("tool_result") == 2 and stream.text == "enough"
+    assert stream.types.count("tool_result") == 2
+    assert stream.text == "enough"
     assert [len(offered) > 0 for offered in tools.provider.tools] == [True, True, False]
     assert tools.provider.choices[2] == "none"
 
@@ -492,7 +441,8 @@ def test_an_approved_plan_runs_its_steps_without_asking(tools: Tools, tenants: T
             run = read_stream(r)
         plans = detail(c, sid)["plans"]
     assert "approval_required" not in run.types
-    assert run.types.count("plan_step_start") == 2 and run.types.count("plan_step_complete") == 2
+    assert run.types.count("plan_step_start") == 2
+    assert run.types.count("plan_step_complete") == 2
     assert run.of("plan_complete")[0].data == {
         "type": "plan_complete",
         "planId": proposed["planId"],

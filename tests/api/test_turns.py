@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from parley.chat.history import NO_RESULT
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import ReasoningPart, TextPart, Usage
+from parley.providers.base import ReasoningPart, TextPart, ToolCallPart, ToolResultPart, Usage
 from tests.api.conftest import (
     API,
     FakeClock,
@@ -238,33 +239,34 @@ def test_max_turns_reached_is_409(make_server: ServerFactory, tenants: Tenants) 
 # --- failures ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("role", "parts"),
-    [
-        ("tool_use", [{"type": "tool_call", "call_id": "c1", "name": "reboot", "arguments": {}}]),
-        ("tool_result", None),
-        ("assistant", [{"type": "tool_call", "call_id": "c1", "name": "reboot", "arguments": {}}]),
-    ],
-)
-def test_tool_rows_in_history_are_refused_without_counting_the_turn(
-    make_server: ServerFactory, tenants: Tenants, role: str, parts: Any
+def test_a_stored_reply_with_tool_calls_is_replayed_to_a_server_without_tools(
+    make_server: ServerFactory, tenants: Tenants
 ) -> None:
+    """Tool rounds stay in the history when no tool server is configured (any more): the model
+    gets every call with a result (an error for one that has none), and the turn goes on."""
     provider = ScriptedProvider()
     server = make_server(provider)
+    parts = [
+        {"type": "text", "text": "Rebooting."},
+        {"type": "tool_call", "toolUseId": "c1", "toolName": "ops__reboot", "input": {"host": "db1"}},
+    ]
     with client(server, tenants.a1) as c:
         sid = create_session(c)
         send(c, sid, "before")
-        insert_message(tenants, sid, role=role, parts=parts)
-        refused = send(c, sid, "after")
-        again = send(c, sid, "again")  # nothing was left held: the same refusal, not 409
+        insert_message(tenants, sid, role="assistant", parts=parts)
+        after = send(c, sid, "after")
         body = detail(c, sid)
-    for answer in (refused, again):
-        assert answer.status == 400, (answer.status, answer.body, answer.types)
-        assert answer.body["code"] == "tool_use_in_history"
-        assert sid in answer.body["error"]
-    assert len(provider.calls) == 1
-    assert body["session"]["turnCount"] == 1
-    assert [m["content"] for m in body["messages"] if m["role"] == "user"] == ["before"]
+    assert after.types[-1] == "done"
+    assert "error" not in after.types
+    sent = provider.calls[1]
+    # The inserted reply has no place of its own in the session (position 0): it comes first.
+    assert [m.role for m in sent] == ["system", "assistant", "tool", "user", "assistant", "user"]
+    assert sent[1].parts == (
+        TextPart(text="Rebooting."),
+        ToolCallPart(call_id="c1", name="ops__reboot", arguments={"host": "db1"}),
+    )
+    assert sent[2].parts == (ToolResultPart(call_id="c1", output=NO_RESULT, is_error=True),)
+    assert body["session"]["turnCount"] == 2
 
 
 def test_provider_error_mid_reply_keeps_the_partial_text(make_server: ServerFactory, tenants: Tenants) -> None:

@@ -322,6 +322,7 @@ class ApprovalDesk:
             row = await repo.get_session(tx, tenant, session_id, owner_id=user_id)
             if row is None:
                 raise SessionNotFoundError()
+            self._require_tools()
             found = await repo.session_plans(tx, session_id, statuses)
         if not found:
             raise PlanNotFoundError()
@@ -329,14 +330,12 @@ class ApprovalDesk:
 
     async def decide_plan(self, tenant: Tenant, user_id: str, session_id: str, *, approved: bool) -> Decided:
         """Approve or reject the plan waiting for approval: a decision on the call that proposed it."""
-        self._require_tools()
         plan = await self._plan(tenant, user_id, session_id, ["pending"])
         return await self.decide(tenant, user_id, session_id, [Decision(plan["execution_id"], approved)])
 
     async def abort_plan(self, tenant: Tenant, user_id: str, session_id: str) -> Decided | None:
         """Abort the session's plan: a waiting one is rejected; a running one stops (its remaining
         steps will ask like any call). None when a running plan was aborted."""
-        self._require_tools()
         plan = await self._plan(tenant, user_id, session_id, ["pending", "approved"])
         if plan["status"] == "pending":
             return await self.decide(tenant, user_id, session_id, [Decision(plan["execution_id"], False)])
@@ -352,11 +351,11 @@ class ApprovalDesk:
     async def pause(self, tenant: Tenant, user_id: str, session_id: str, *, paused: bool) -> PauseState:
         """Pause (every call that requires approval asks, and a running plan is aborted) or resume
         the organization's approval mode for this session."""
-        self._require_tools()
         manager = self.manager
         aborted: list[str] = []
         async with manager.db.unit(tenant) as tx:
             row, now = await self._session(tx, tenant, user_id, session_id)
+            self._require_tools()
             await repo.set_approval_state(tx, session_id, now=now, paused=paused)
             if paused:
                 for plan in await repo.session_plans(tx, session_id, ["approved"]):

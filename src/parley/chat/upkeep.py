@@ -45,8 +45,10 @@ async def keep_turns(manager: SessionManager) -> None:
     now = manager.clock()
     renew_after = manager.policy.lease_ttl.total_seconds() / 3
     by_org: dict[str, list[tuple[str, RunningTurn]]] = {}
+    asked: dict[str, RunningTurn] = {}
     for live, turn in due:
         by_org.setdefault(live.org_id, []).append((live.id, turn))
+        asked[live.id] = turn
     states: list[tuple[str, str | None, str, object]] = []
     for org_id, turns in by_org.items():
         async with manager.db.unit(Tenant.for_org(org_id)) as tx:
@@ -63,11 +65,13 @@ async def keep_turns(manager: SessionManager) -> None:
                     turn.checkpointed_at = loop_now
             states += await repo.turn_states(tx, [session_id for session_id, _ in turns])
     for session_id, lease_token, status, stop_requested_at in states:
+        # Judged against the turn read for, not whatever runs now: the unit may have waited, and
+        # by now that turn may have ended and the session's next one begun.
+        running = asked[session_id]
         holder = manager.live.get(session_id)
-        running = holder.turn if holder is not None else None
-        if running is None:
+        if holder is None or holder.turn is not running:
             continue
-        if lease_token != running.lease_token:
+        if lease_token is not None and lease_token != running.lease_token:
             log.warning("session %s: the turn's lease was taken over; stopping it here", session_id)
             manager._stop(running, "close")
         elif status != "active":
