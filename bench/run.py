@@ -428,10 +428,10 @@ def main() -> None:
             for target in targets:
                 print(f"{load.key}: {target} ...", file=sys.stderr, flush=True)
                 results["loads"][load.key][target] = bench.run_load(target, load)
-        for key, spec in (("memory", PARLEY_TARGETS[0]), ("memory_redis", PARLEY_TARGETS[1])):
-            if not args.no_memory and spec.key in targets:
-                print(f"memory: {spec.key} with 1,000 open streams ...", file=sys.stderr, flush=True)
-                results[key] = bench.memory(spec)
+        for key, name in (("memory", "parley"), ("memory_redis", "parley+redis")):
+            if not args.no_memory and name in targets:
+                print(f"memory: {name} with 1,000 open streams ...", file=sys.stderr, flush=True)
+                results[key] = bench.memory(bench.parley[name].spec)
         if not args.no_context:
             print("context: 1,000 and 10,000 stored messages ...", file=sys.stderr, flush=True)
             results["context"] = _context(bench.python, workdir)
