@@ -13,7 +13,7 @@ help:
 	@echo "make demo        parley with a small local model (offline, no keys): chat at http://127.0.0.1:8000"
 	@echo "make test        the whole test suite (unit, API, end-to-end with a real model server)"
 	@echo "make run         parley serve (configure with MCP_LLM_* variables, see README)"
-	@echo "make bench       parley against a direct stream, a bare relay and LiteLLM (make bench-peers): one table"
+	@echo "make bench       parley (on SQLite, Redis, PostgreSQL) against a direct stream, a bare relay and LiteLLM: one table"
 	@echo "make lint | typecheck | format | install"
 
 $(STAMP): pyproject.toml

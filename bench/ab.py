@@ -6,9 +6,14 @@ database, and the medians are compared. Besides the loads of `make bench`, `wave
 100 paced streams released together (the first wave of `paced100`, which sets its p99).
 
     python -m bench.ab SRC_A SRC_B [--load wave|saturation|short|paced100|paced500] [--runs 8] [--scale 0.3]
+                                   [--database sqlite|postgres] [--redis] [--workers 1]
 
 SRC_* are directories that hold the `parley` package (for example a `git worktree` at another
-commit, plus `/src`). Prints the median TTFT p50/p99, server CPU per turn and tokens/s of each.
+commit, plus `/src`). `--database postgres` serves both from one database of a throwaway cluster
+(as the application role, as `make bench`'s parley-pg), `--redis` relays their turns through a
+throwaway Redis, `--workers` runs that many server processes each. Both trees must agree on the
+schema: the database is migrated once, by this tree. Prints the median TTFT p50/p99, server CPU
+per turn and tokens/s of each, and on PostgreSQL or Redis what they cost per turn too.
 """
 
 from __future__ import annotations
@@ -21,13 +26,42 @@ from typing import Any
 
 from bench.loads import LOADS, Load
 from bench.run import Bench, _workdir
+from bench.targets import ParleyTarget
 
 WAVE = Load("wave", "one wave of 100 paced streams released together", 32, 0.02, 0.02, 100, 100, 10, 30)
 
 
-def _figures(result: dict[str, Any], load: Load) -> tuple[float, float, float, float]:
+def _figures(result: dict[str, Any], load: Load) -> dict[str, float]:
     turns = max(1, result.get("turns", load.turns))
-    return (result["ttft_p50_ms"], result["ttft_p99_ms"], 1000 * result["server_cpu_s"] / turns, result["tokens_per_s"])
+    figures = {
+        "p50": result["ttft_p50_ms"],
+        "p99": result["ttft_p99_ms"],
+        "cpu": 1000 * result["server_cpu_s"] / turns,
+        "tokens": result["tokens_per_s"],
+    }
+    if "pg_cpu_s" in result:
+        figures["pg_cpu"] = 1000 * result["pg_cpu_s"] / turns
+    if "pg_statements" in result:
+        figures["pg_statements"] = result["pg_statements"] / turns
+    if "redis_cpu_s" in result:
+        figures["redis_cpu"] = 1000 * result["redis_cpu_s"] / turns
+    return figures
+
+
+def _line(name: str, src: str, rows: list[dict[str, float]]) -> str:
+    median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
+    text = (
+        f"{name} {src}: TTFT p50 {median['p50']:.1f} ms, p99 {median['p99']:.1f} ms; "
+        f"server CPU {median['cpu']:.2f} ms/turn; {median['tokens']:,.0f} tokens/s"
+    )
+    if "pg_cpu" in median:
+        text += f"; PostgreSQL CPU {median['pg_cpu']:.2f} ms/turn"
+    if "pg_statements" in median:
+        text += f", {median['pg_statements']:.1f} statements/turn"
+    if "redis_cpu" in median:
+        text += f"; Redis CPU {median['redis_cpu']:.2f} ms/turn"
+    each = ", ".join(f"{row['p99']:.0f}" for row in rows)
+    return text + f"  (p99 of each run: {each})"
 
 
 def main() -> None:
@@ -37,16 +71,19 @@ def main() -> None:
     parser.add_argument("--load", default="wave", choices=["wave", *(load.key for load in LOADS)])
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--scale", type=float, default=0.3, help="multiplies the turn counts of make bench's loads")
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--redis", action="store_true", help="PARLEY_REDIS_URL set to a throwaway Redis")
+    parser.add_argument("--workers", type=int, default=1, help="parley serve --workers")
     args = parser.parse_args()
     load = WAVE if args.load == "wave" else next(load for load in LOADS if load.key == args.load)
-    figures: dict[str, list[tuple[float, float, float, float]]] = {"A": [], "B": []}
+    spec = ParleyTarget("parley-ab", "A/B", args.database, redis=args.redis, workers=args.workers, default=False)
+    figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with _workdir() as workdir, ExitStack() as stack:
         bench = Bench(workdir, stack, args.scale)
-        bench.seed()
         saved = os.environ.get("PYTHONPATH")
         for name, src in (("A", args.src_a), ("B", args.src_b)):
             os.environ["PYTHONPATH"] = src  # inherited by the server's process
-            bench.start_parley(name)
+            bench.start_parley(spec, name)
         if saved is None:
             os.environ.pop("PYTHONPATH")
         else:
@@ -56,12 +93,7 @@ def main() -> None:
             for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
                 figures[name].append(_figures(bench.run_load(name, load), load))
     for name, src in (("A", args.src_a), ("B", args.src_b)):
-        rows = figures[name]
-        p50, p99, cpu, tokens = (statistics.median(row[i] for row in rows) for i in range(4))
-        print(
-            f"{name} {src}: TTFT p50 {p50:.1f} ms, p99 {p99:.1f} ms; server CPU {cpu:.2f} ms/turn; "
-            f"{tokens:,.0f} tokens/s  (p99 of each run: {', '.join(f'{row[1]:.0f}' for row in rows)})"
-        )
+        print(_line(name, src, figures[name]))
 
 
 if __name__ == "__main__":

@@ -115,6 +115,38 @@ def cpu_seconds(pids: Sequence[int]) -> float:
     return total / CLK_TCK
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds used so far by `root` and its descendants, those that already exited included.
+
+    A process's reaped children are in its cumulative children's time (cutime + cstime), so the
+    difference between two readings is exact even when processes come and go in between (a
+    database server's backends: a connection closed mid-run still counts).
+    """
+    total = 0
+    for pid in tree(root):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            total += sum(int(f) for f in fields[11:15])
+    return total / CLK_TCK
+
+
+def wait_idle(root: int, timeout: float = 30.0, quiet: float = 0.05) -> None:
+    """Wait until `root` and its descendants use under `quiet` CPU seconds in half a second.
+
+    A server with several workers answers its health check as soon as one is up; the others are
+    still starting, which the first load must not pay for.
+    """
+    deadline = time.monotonic() + timeout
+    before = tree_cpu_seconds(root)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = tree_cpu_seconds(root)
+        if now - before < quiet:
+            return
+        before = now
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of one process now."""
     fields = Path(f"/proc/{pid}/statm").read_text().split()

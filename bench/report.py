@@ -1,7 +1,8 @@
 """The one table `make bench` prints: every figure beside its same-run baseline, and the targets.
 
 Throughput cells read `value (ratio× direct)`, latency cells `value (+delta ms over direct)`.
-Memory is against the same parley process idle; context against sqlite3 fetching the same rows.
+The rows of PostgreSQL and Redis costs appear when a target measured them. Memory is against the
+same parley process (and Redis) idle; context against sqlite3 fetching the same rows.
 """
 
 from __future__ import annotations
@@ -10,8 +11,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.loads import Load
+from bench.targets import PARLEY_TARGETS
 
-NAMES = {"direct": "direct", "relay": "bare relay", "parley": "parley", "litellm": "LiteLLM proxy"}
+NAMES = {
+    "direct": "direct",
+    "relay": "bare relay",
+    **{t.key: t.title for t in PARLEY_TARGETS},
+    "litellm": "LiteLLM proxy",
+}
 Cell = Callable[[dict[str, Any], dict[str, Any] | None], str]
 
 
@@ -43,12 +50,15 @@ def _latency(key: str) -> Cell:
     return cell
 
 
-def _cpu(r: dict[str, Any], base: dict[str, Any] | None) -> str:
-    done = r.get("turns") or 0
-    cpu = r.get("server_cpu_s")
-    if not done or cpu is None:
-        return "-"
-    return f"{cpu / done * 1000:.2f}"
+def _per_turn(key: str, factor: float, digits: int) -> Cell:
+    def cell(r: dict[str, Any], base: dict[str, Any] | None) -> str:
+        done = r.get("turns") or 0
+        value = r.get(key)
+        if not done or value is None:
+            return "-"
+        return f"{value / done * factor:.{digits}f}"
+
+    return cell
 
 
 def _failures(r: dict[str, Any], base: dict[str, Any] | None) -> str:
@@ -58,15 +68,20 @@ def _failures(r: dict[str, Any], base: dict[str, Any] | None) -> str:
     return text
 
 
-ROWS: list[tuple[str, Cell]] = [
-    ("tokens/s", _ratio("tokens_per_s")),
-    ("turns/s", _ratio("turns_per_s")),
-    ("TTFT p50 ms", _latency("ttft_p50_ms")),
-    ("TTFT p99 ms", _latency("ttft_p99_ms")),
-    ("turn p50 ms", _latency("turn_p50_ms")),
-    ("turn p99 ms", _latency("turn_p99_ms")),
-    ("server CPU ms/turn", _cpu),
-    ("failures", _failures),
+# (label, cell, the key a target's result must have for the row to be shown: None for always)
+ROWS: list[tuple[str, Cell, str | None]] = [
+    ("tokens/s", _ratio("tokens_per_s"), None),
+    ("turns/s", _ratio("turns_per_s"), None),
+    ("TTFT p50 ms", _latency("ttft_p50_ms"), None),
+    ("TTFT p99 ms", _latency("ttft_p99_ms"), None),
+    ("turn p50 ms", _latency("turn_p50_ms"), None),
+    ("turn p99 ms", _latency("turn_p99_ms"), None),
+    ("server CPU ms/turn", _per_turn("server_cpu_s", 1000, 2), None),
+    ("PostgreSQL CPU ms/turn", _per_turn("pg_cpu_s", 1000, 2), "pg_cpu_s"),
+    ("PostgreSQL statements/turn", _per_turn("pg_statements", 1, 1), "pg_statements"),
+    ("PostgreSQL transactions/turn", _per_turn("pg_transactions", 1, 1), "pg_transactions"),
+    ("Redis CPU ms/turn", _per_turn("redis_cpu_s", 1000, 2), "redis_cpu_s"),
+    ("failures", _failures, None),
 ]
 
 
@@ -105,6 +120,26 @@ def _targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     return out
 
 
+def _memory_rows(results: dict[str, Any]) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for key, name in (("memory", "parley"), ("memory_redis", "parley+redis")):
+        memory = results.get(key)
+        if not memory:
+            continue
+        baseline = "the same process and Redis idle" if "redis_idle" in memory else "the same process idle"
+        rows.append([f"{name}, {memory.get('open_streams', 0):,} open streams (baseline: {baseline})"])
+        idle, peak, n = memory["rss_idle"], memory["rss_peak"], max(memory.get("open_streams", 0), 1)
+        rows.append(["  RSS idle → peak MB", f"{idle / 2**20:.1f} → {peak / 2**20:.1f}"])
+        rows.append(["  RSS per open stream KB", f"{(peak - idle) / n / 1024:.1f}"])
+        if "redis_idle" in memory:
+            r_idle, r_held, r_after = (memory[k] / 2**20 for k in ("redis_idle", "redis_held", "redis_after"))
+            rows.append(["  Redis used_memory idle → held MB", f"{r_idle:.1f} → {r_held:.1f}"])
+            rows.append(["  Redis MB per 1,000 open turns", f"{(r_held - r_idle) / n * 1000:.2f}"])
+            # Ended turns' frames stay in Redis for re-attach until their key expires.
+            rows.append(["  Redis MB per 1,000 turns, ended", f"{(r_after - r_idle) / n * 1000:.2f}"])
+    return rows
+
+
 def render(results: dict[str, Any], loads: Sequence[Load]) -> str:
     targets = results["targets"]
     header = ["", *(NAMES.get(t, t) for t in targets)]
@@ -115,14 +150,11 @@ def render(results: dict[str, Any], loads: Sequence[Load]) -> str:
             continue
         rows.append([load.title])
         base = per.get("direct")
-        for label, cell in ROWS:
+        for label, cell, needs in ROWS:
+            if needs is not None and not any(needs in per[t] for t in targets):
+                continue
             rows.append([f"  {label}", *(cell(per[t], None if t == "direct" else base) for t in targets)])
-    memory = results.get("memory")
-    if memory:
-        rows.append([f"parley, {memory.get('open_streams', 0):,} open streams (baseline: the same process idle)"])
-        idle, peak, n = memory["rss_idle"], memory["rss_peak"], max(memory.get("open_streams", 0), 1)
-        rows.append(["  RSS idle → peak MB", f"{idle / 2**20:.1f} → {peak / 2**20:.1f}"])
-        rows.append(["  RSS per open stream KB", f"{(peak - idle) / n / 1024:.1f}"])
+    rows += _memory_rows(results)
     context = results.get("context")
     if context:
         rows.append(["context build: history query + build_history (baseline: sqlite3 fetch of the same rows)"])
