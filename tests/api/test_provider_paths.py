@@ -105,7 +105,9 @@ def test_a_session_may_ask_for_an_allowed_model_only(make_server: ServerFactory,
         assert anthropic.requests[-1].json["model"] == "claude-haiku-4-5"
 
 
-def test_plan_routes_answer_501_on_both_providers_without_tool_servers(make_server: ServerFactory, tenants: Tenants) -> None:
+def test_plan_routes_answer_501_on_both_providers_without_tool_servers(
+    make_server: ServerFactory, tenants: Tenants
+) -> None:
     with ScriptedAnthropic() as anthropic:
         for env in (
             {

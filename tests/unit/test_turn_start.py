@@ -111,7 +111,9 @@ class OneRead:
     def __init__(self, *events: ProviderEvent) -> None:
         self.events = events
 
-    async def stream(self, messages: Any, *, model: str, max_tokens: int | None = None, **tools: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, messages: Any, *, model: str, max_tokens: int | None = None, **tools: Any
+    ) -> AsyncIterator[Any]:
         yield self.events
 
 
