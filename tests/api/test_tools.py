@@ -408,7 +408,9 @@ def test_tool_choice_forces_a_tool_and_an_unknown_one_is_refused(tools: Tools) -
         r = c.post(f"{API}/sessions/{sid}/messages", json={"content": "x", "toolChoice": "sometimes"})
         assert r.status_code == 422
     assert tools.provider.choices[0] == ForcedTool("t__echo")
-    assert tools.provider.choices[1] == "auto"  # only the first round is forced
+    # A forced tool is one call the person asked for: the model then answers, with no tools offered.
+    assert tools.provider.choices[1] == "none"
+    assert tools.provider.tools[1] == []
 
 
 # --- plans and pause -------------------------------------------------------------------------------------

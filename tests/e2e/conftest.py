@@ -14,10 +14,12 @@ install them (`python -m parley.local.install`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -31,6 +33,7 @@ from parley.local.model_server import (
     locate_model,
 )
 from parley.store import admin
+from parley.tools import demo_config
 from tests.support.parley_process import ParleyProcess
 from tests.support.sse_client import iter_frames
 from tests.support.tcp_proxy import TcpProxy
@@ -93,14 +96,20 @@ class Api:
     def interrupt(self, session_id: str) -> httpx2.Response:
         return self.http.post(f"/api/v1/ai/sessions/{session_id}/interrupt")
 
-    def turn(self, session_id: str, content: str, on_event: OnEvent | None = None) -> Turn:
+    def turn(self, session_id: str, content: str, on_event: OnEvent | None = None, **body: Any) -> Turn:
         """POST a message and read its whole SSE stream (until the server closes it)."""
+        return self.stream(f"/api/v1/ai/sessions/{session_id}/messages", {"content": content, **body}, on_event)
+
+    def decide(self, session_id: str, execution_id: str, *, approved: bool) -> Turn:
+        """Decide a tool call: the continuation's stream, or the JSON answer (in `body`)."""
+        return self.stream(f"/api/v1/ai/sessions/{session_id}/approve/{execution_id}", {"approved": approved})
+
+    def stream(self, path: str, body: dict[str, Any], on_event: OnEvent | None = None) -> Turn:
         started = time.monotonic()
         timeout = httpx2.Timeout(30.0, read=120.0)
-        path = f"/api/v1/ai/sessions/{session_id}/messages"
-        with self.http.stream("POST", path, json={"content": content}, timeout=timeout) as response:
+        with self.http.stream("POST", path, json=body, timeout=timeout) as response:
             turn = Turn(status=response.status_code)
-            if response.status_code != 200:
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
                 turn.body = response.read()
                 return turn
             for frame in iter_frames(response):
@@ -152,6 +161,7 @@ class E2E:
     token: str
     model: LocalModelServer
     proxy: TcpProxy
+    data_dir: Path
 
     def api(self) -> Api:
         return Api(self.parley.url, self.token)
@@ -159,7 +169,21 @@ class E2E:
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy) -> Iterator[E2E]:
-    data_dir = tmp_path_factory.mktemp("parley")
+    yield from _parley(tmp_path_factory.mktemp("parley"), model_server, proxy)
+
+
+@pytest.fixture(scope="session")
+def e2e_tools(
+    tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy
+) -> Iterator[E2E]:
+    """parley with the demo MCP server (the one `parley demo` runs), keeping its notes in `data_dir`."""
+    data_dir = tmp_path_factory.mktemp("parley-tools")
+    config = data_dir / "mcp.json"
+    config.write_text(json.dumps(demo_config(data_dir / "demo-tools")))
+    yield from _parley(data_dir, model_server, proxy, PARLEY_MCP_CONFIG=str(config))
+
+
+def _parley(data_dir: Path, model_server: LocalModelServer, proxy: TcpProxy, **extra: str) -> Iterator[E2E]:
     database_url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
     token = asyncio.run(_issue_token(database_url))
     env = {
@@ -176,10 +200,11 @@ def e2e(tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer
         "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),
         "PARLEY_UPSTREAM_RETRIES": "1",
         "PARLEY_CONNECT_TIMEOUT_SECONDS": "5",
+        **extra,
     }
     parley = ParleyProcess(env, free_port(), data_dir / "parley.log")
     parley.start()
-    yield E2E(parley=parley, token=token, model=model_server, proxy=proxy)
+    yield E2E(parley=parley, token=token, model=model_server, proxy=proxy, data_dir=data_dir)
     parley.stop()
 
 

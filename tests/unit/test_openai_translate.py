@@ -507,6 +507,32 @@ def test_tools_and_tool_choice(choice: ToolChoice, expected: object) -> None:
     assert body["tool_choice"] == expected
 
 
+def test_schemas_go_without_repetition_bounds_that_would_become_huge_grammars() -> None:
+    """llama.cpp writes `maxLength: 2000` out as 2000 nested grammar rules, and its server dies on
+    parsing them; parley checks the bounds itself once the call is complete."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string", "minLength": 1, "maxLength": 2000},
+            "tags": {"type": "array", "maxItems": 50, "items": {"type": "string", "maxLength": 30}},
+            "maxLength": {"type": "integer", "maximum": 10},  # a field that happens to bear the name
+        },
+        "required": ["text"],
+    }
+    tool = ToolSpec(name="add_note", description="Save a note.", input_schema=schema)
+    sent = build_request([ChatMessage.text("user", "hi")], "m", None, (tool,))["tools"][0]["function"]["parameters"]
+    assert sent == {
+        "type": "object",
+        "properties": {
+            "text": {"type": "string"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "maxLength": {"type": "integer", "maximum": 10},
+        },
+        "required": ["text"],
+    }
+    assert schema["properties"]["text"]["maxLength"] == 2000  # the tool's own schema is left whole
+
+
 def test_tool_choice_none_sends_no_tools_but_keeps_the_calls_in_the_history() -> None:
     body = build_request(tool_loop(), "m", None, (WEATHER, CLOCK), "none")
     assert "tools" not in body

@@ -235,9 +235,12 @@ def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
 
 
 def _round_tools(spec: TurnSpec, *, first_round: bool) -> tuple[list[provider.ToolSpec], ToolChoice]:
-    """The tools offered in the next round, and the choice: none once the round cap is reached."""
+    """The tools offered in the next round, and the choice. A forced tool is the person's request
+    for that one call: the rounds after it answer without tools, as do those past the round cap."""
     tools = spec.tools
     if tools is None or spec.reply.tool_rounds >= tools.max_rounds:
+        return [], "none"
+    if not first_round and isinstance(tools.choice, provider.ForcedTool):
         return [], "none"
     offered = tool_calls.offered_tools(tools.catalog, tools.policy)
     choice = tools.choice if first_round else "auto"

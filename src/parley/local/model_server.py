@@ -156,7 +156,7 @@ class LocalModelServer:
             "--n_ctx", str(self.n_ctx),
             "--host", self.host,
             "--port", str(self.port),
-            "--api_key", self.api_key,
+            f"--api_key={self.api_key}",  # one argument: a key may start with "-"
         ]  # fmt: skip
         if self.n_threads is not None:
             cmd += ["--n_threads", str(self.n_threads)]

@@ -42,6 +42,7 @@ from parley.providers.tool_calls import (
     check_tool_choice,
     finished_arguments,
     generated_call_id,
+    grammar_safe_schema,
     result_as_text,
     result_output,
     tool_parts,
@@ -488,7 +489,11 @@ def build_request(
         body["tools"] = [
             {
                 "type": "function",
-                "function": {"name": t.name, "description": t.description, "parameters": t.input_schema},
+                "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": grammar_safe_schema(t.input_schema),
+                },
             }
             for t in tools
         ]

@@ -102,3 +102,32 @@ def finished_arguments(pieces: Sequence[str]) -> str:
     """The arguments of a finished call as the model wrote them; none at all are an empty object."""
     arguments = "".join(pieces)
     return arguments if arguments.strip() else "{}"
+
+
+# Size bounds that llama.cpp's JSON-schema-to-grammar writes out as one nested rule per repetition:
+# a `maxLength` of a few hundred already exceeds what its grammar parser accepts, and the server
+# process dies on the request. The arguments are checked against the whole schema anyway, by the
+# caller, once the call is complete.
+_REPETITION_BOUNDS = frozenset({"minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties"})
+
+
+# Keywords whose value maps names to schemas: the names are kept whatever they are.
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"})
+
+
+def grammar_safe_schema(schema: Any) -> Any:
+    """`schema` without repetition bounds, at any depth (see `_REPETITION_BOUNDS`); for the
+    OpenAI-compatible wire, whose local servers may turn a tool's schema into a grammar."""
+    if isinstance(schema, list):
+        return [grammar_safe_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    safe: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in _REPETITION_BOUNDS:
+            continue
+        if key in _SCHEMA_MAPS and isinstance(value, dict):
+            safe[key] = {name: grammar_safe_schema(sub) for name, sub in value.items()}
+        else:
+            safe[key] = grammar_safe_schema(value)
+    return safe
