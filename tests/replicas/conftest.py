@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import DatabaseUrls, ServerFactory, Tenants, database_of_kind
 from tests.support.live_server import LiveServer
+from tests.support.parley_process import ParleyProcess
 from tests.support.redis import RedisServer
 from tests.support.scripted_upstream import ScriptedUpstream, TokenStream
 
@@ -60,3 +61,12 @@ def unrelayed(make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUp
     a = make_server(MCP_LLM_BASE_URL=upstream.base_url, PARLEY_NODE_NAME="machine-a")
     b = make_server(MCP_LLM_BASE_URL=upstream.base_url, PARLEY_NODE_NAME="machine-b")
     return Pair(a, b, tenants)
+
+
+@pytest.fixture
+def processes() -> Iterator[list[ParleyProcess]]:
+    """parley processes a test starts (append them); stopped after it."""
+    started: list[ParleyProcess] = []
+    yield started
+    for process in started:
+        process.stop()

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
-import pytest
 
 from parley.local.model_server import free_port
 from tests.api.conftest import API, assert_error, create_session, detail, open_events
@@ -37,14 +35,6 @@ def _process(tenants: Tenants, upstream: ScriptedUpstream, data_dir: Path, name:
     }
     data_dir.mkdir(parents=True, exist_ok=True)
     return ParleyProcess(environment, free_port(), data_dir / f"{name}.log")
-
-
-@pytest.fixture
-def processes() -> Iterator[list[ParleyProcess]]:
-    started: list[ParleyProcess] = []
-    yield started
-    for process in started:
-        process.stop()
 
 
 def _stream_then_kill(process: ParleyProcess, tenants: Tenants, seconds: float) -> tuple[str, str]:

@@ -5,6 +5,7 @@
 - `record(note)`: appends the note to FILE (one line per run) and says so: what a test counts to
   know how many times a call really ran.
 - `tally(count)`: also writes to FILE, but is marked neither read-only nor destructive.
+- `record_slowly(note, seconds)`: records, then takes its time (a crash while a call runs).
 - `echo(text)`: gives the text back (read-only).
 - `sleep(seconds)`: waits, then says so (timeouts, Stop while a tool runs).
 - `big(kilobytes)`: that much text (output caps).
@@ -51,6 +52,16 @@ def build(log: Path) -> FastMCP:
     @server.tool(description="Give the text back.", annotations=ToolAnnotations(readOnlyHint=True))
     def echo(text: str) -> str:
         return text
+
+    @server.tool(
+        description="Record a note, then take some seconds to finish.",
+        annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True),
+    )
+    async def record_slowly(note: str, seconds: float) -> str:
+        with log.open("a", encoding="utf-8") as out:
+            out.write(note + "\n")
+        await asyncio.sleep(seconds)
+        return f"recorded: {note}"
 
     @server.tool(description="Wait some seconds.", annotations=ToolAnnotations(readOnlyHint=True))
     async def sleep(seconds: float) -> str:
