@@ -293,7 +293,7 @@ class ToolServer:
         self, source: ReadStream, sink: MemoryObjectSendStream[SessionMessage | Exception], ended: asyncio.Event
     ) -> None:
         try:
-            async with sink:
+            async with source, sink:  # the relay owns both, as the session would own `source`
                 async for message in source:
                     await sink.send(message)
         finally:
