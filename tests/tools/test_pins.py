@@ -135,7 +135,7 @@ async def test_parley_tools_list_shows_each_status(db: Database, setup: Setup) -
     assert code == 0, stderr
     lines = stdout.splitlines()
     assert lines[0].startswith(f"server t (stdio: {sys.executable} ")
-    assert lines[0].endswith("): running, 10 tools")
+    assert lines[0].endswith("): running, 11 tools")
     assert lines[1] == (
         "server gone (stdio: /nonexistent/tool-server): down: FileNotFoundError: [Errno 2] No such file or "
         "directory: '/nonexistent/tool-server', 0 tools"
@@ -167,7 +167,7 @@ async def test_parley_tools_approve_refuses_what_it_cannot_approve(db: Database,
     assert code == 2
     code, stdout, stderr = await setup.cli("tools", "approve", "--all")
     assert code == 0, stderr
-    assert len(stdout.splitlines()) == 10
+    assert len(stdout.splitlines()) == 11
     assert all(pin.approved_at is not None for pin in (await pins(db)).values())
 
 
@@ -191,6 +191,6 @@ async def test_pins_are_read_again_when_the_database_comes_back(db: Database, se
             assert catalog.specs() == []
             await catalog.refresh_pins(db)
             assert all(tool.blocked is None for tool in catalog.tools())
-            assert len(catalog.specs()) == 10
+            assert len(catalog.specs()) == 11
     finally:
         await down.dispose()

@@ -3,6 +3,7 @@ stderr, a child that dies, one that cannot start, one that starts slowly, timeou
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -139,3 +140,37 @@ async def test_closing_the_catalog_ends_the_children(db: Database) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
     assert {row.state for row in catalog.describe().servers} == {"stopped"}
+
+
+async def test_a_child_killed_during_a_call_ends_the_call_with_the_reason(db: Database) -> None:
+    catalog = make_catalog({"t": stdio_entry()}, backoff=Backoff(first=1.0, most=1.0))
+    async with running(catalog, db, wait=30):
+        pid = int((await catalog.call(tool(catalog, "t__pid"), {})).text)
+        call = asyncio.create_task(catalog.call(tool(catalog, "t__sleep"), {"seconds": 30}))
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        output = await asyncio.wait_for(call, 5)
+        assert (output.is_error, output.text) == (
+            True,
+            "the tool server 't' stopped during the call; it is being restarted",
+        )
+
+
+async def test_a_line_that_is_not_json_rpc_is_logged_and_skipped(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = make_catalog({"noisy": stdio_entry("--garbage")})
+    async with running(catalog, db, wait=30):
+        assert (await catalog.call(tool(catalog, "noisy__echo"), {"text": "fine"})).text == "fine"
+    assert "tool server noisy sent something unreadable" in caplog.text
+
+
+async def test_a_very_long_stderr_line_is_logged_in_pieces(db: Database, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="parley.tools.stderr")
+    catalog = make_catalog({"t": stdio_entry()})
+    async with running(catalog, db, wait=30):
+        await catalog.call(tool(catalog, "t__shout"), {"text": "x" * 100_000 + "\nend"})
+        await eventually(lambda: any(r.getMessage() == "[t] end" for r in caplog.records))
+    pieces = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[t] x")]
+    assert len(pieces) >= 2  # a line longer than the pipe delivers at once is logged as it comes
+    assert all(len(piece) <= 4 + 4000 for piece in pieces)
