@@ -565,3 +565,24 @@ async def test_tools_seen_while_the_database_is_busy_are_pinned_later(
     finally:
         locker.close()
         await db.dispose()
+
+
+async def test_a_failure_to_take_in_a_listing_does_not_stop_the_server(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "parley.db"
+    db = await open_database(f"sqlite+aiosqlite:///{path}")
+    state: dict[str, Any] = {"names": ["grow"]}
+    catalog = make_catalog({"g": IN_PROCESS}, in_process={"g": lambda: growing_server(state)})
+    try:
+        async with running(catalog, db):
+            with sqlite3.connect(path) as schema:
+                schema.execute("DROP TABLE ai_tool_definitions")  # a store that has lost its table
+            grow = catalog.get("g__grow")
+            assert grow is not None
+            assert (await catalog.call(grow, {})).text == "grown"
+            await eventually(lambda: "the tools of server g could not be taken in" in caplog.text)
+            assert catalog.describe().servers[0].state == "running"
+            assert (await catalog.call(grow, {})).text == "grown"
+    finally:
+        await db.dispose()

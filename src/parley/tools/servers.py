@@ -126,7 +126,8 @@ class ToolServer:
         return self._connection is not None and not self._connection.closed.is_set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name=f"tool server {self.key}")
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"tool server {self.key}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Close the session (a stdio child has its stdin closed, then is terminated, then killed)."""
@@ -287,7 +288,10 @@ class ToolServer:
 
     async def _publish(self, tools: list[types.Tool]) -> None:
         self.tools = tools
-        await self._on_tools(self)
+        try:
+            await self._on_tools(self)
+        except Exception:  # the listing's consumer failed (its database, say): not the server's fault
+            log.exception("the tools of server %s could not be taken in", self.key)
 
     def _lost_reason(self) -> str:
         if isinstance(self.config, StdioServer):
