@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -357,6 +358,8 @@ def _tool_catalog() -> ToolCatalog:
         raise typer.Exit(2) from exc
     if not catalog.configured:
         raise _fail("no tool servers are configured: set PARLEY_MCP_CONFIG (see docs/tools.md)")
+    # What the servers' supervisors warn about (a server down, a tool blocked) is in the output.
+    logging.getLogger("parley.tools").setLevel(logging.ERROR)
     return catalog
 
 

@@ -112,3 +112,7 @@ def test_the_schema_offered_is_an_object_schema_or_none() -> None:
     assert object_schema({"type": "object", "properties": 5}) is None  # not a valid schema
     assert object_schema(None) is None
     assert object_schema([]) is None
+
+
+def test_arguments_nested_past_reading_are_refused() -> None:
+    assert refusal("[" * 100_000 + "]" * 100_000) == "The arguments are nested too deeply to read."

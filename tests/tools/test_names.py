@@ -59,3 +59,13 @@ def test_an_empty_or_unicode_tool_name_still_gets_a_safe_name() -> None:
     assert names[("s", "")] == "s__"
     assert all(SAFE.fullmatch(name) for name in names.values())
     assert len(set(names.values())) == 3
+
+
+def test_a_hashed_name_already_taken_gets_a_number() -> None:
+    meeting = [("a__b", "c"), ("a", "b__c")]  # both a__b__c: both take their hashed names
+    squatter = ("a", hashed_name("a__b", "c").removeprefix("a__"))  # plainly named like the first of them
+    names = exposed_names([*meeting, squatter])
+    assert names[squatter] == hashed_name("a__b", "c")
+    assert names[("a__b", "c")] == hashed_name("a__b", "c") + "_2"
+    assert names[("a", "b__c")] == hashed_name("a", "b__c")
+    assert all(SAFE.fullmatch(name) for name in names.values())

@@ -3,8 +3,9 @@
 
 Its tools: echo, pid, environment (the process's variables), sleep (records a cancellation),
 big (long text), fail (a tool error), picture (an image), structured (structured content only),
-announce (sends `notifications/tools/list_changed`) and changing (its description is read from
-a file at every listing, so a test can change a definition under a running client).
+announce (sends `notifications/tools/list_changed`), shout (writes to stderr), and changing (its
+description is read from a file at every listing, so a test can change a definition under a
+running client).
 
 Imports only the standard library, anyio, mcp and starlette (for HTTP).
 """
@@ -64,6 +65,11 @@ def definitions(description_file: Path | None) -> list[types.Tool]:
         types.Tool(name="picture", description="A picture.", inputSchema=_schema({}, [])),
         types.Tool(name="structured", description="Structured only.", inputSchema=_schema({}, [])),
         types.Tool(name="announce", description="Say that the tools changed.", inputSchema=_schema({}, [])),
+        types.Tool(
+            name="shout",
+            description="Write the text to stderr.",
+            inputSchema=_schema({"text": {"type": "string"}}, ["text"]),
+        ),
         types.Tool(name="changing", description=changing, inputSchema=_schema({}, [])),
     ]
 
@@ -112,6 +118,9 @@ def build_server(
             case "announce":
                 await server.request_context.session.send_tool_list_changed()
                 text = "announced"
+            case "shout":
+                print(arguments["text"], file=sys.stderr, flush=True)
+                text = "shouted"
             case _:
                 text = "changing"
         return types.CallToolResult(content=[types.TextContent(type="text", text=text)])
@@ -148,10 +157,13 @@ def main() -> None:
     parser.add_argument("--description-file", type=Path)
     parser.add_argument("--events", type=Path, help="append what happens here, a line each")
     parser.add_argument("--slow-start", type=float, default=0.0)
+    parser.add_argument("--garbage", action="store_true", help="write a line that is not JSON-RPC to stdout first")
     arguments = parser.parse_args()
     print(f"tool server {os.getpid()} starting", file=sys.stderr, flush=True)
     if arguments.slow_start:
         time.sleep(arguments.slow_start)
+    if arguments.garbage:
+        print("this is not JSON-RPC", flush=True)
     events: Path | None = arguments.events
 
     def record(event: str) -> None:

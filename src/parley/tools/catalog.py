@@ -36,7 +36,16 @@ from parley.tools.config import EMPTY, Approval, HttpServer, McpConfig, ServerCo
 from parley.tools.names import exposed_names
 from parley.tools.output import ToolOutput, error_output, result_output
 from parley.tools.pins import Definition, PinBook, PinStatus, blocked_reason
-from parley.tools.servers import DEFAULT_BACKOFF, Backoff, CallError, Connector, ServerState, ToolServer, open_transport
+from parley.tools.servers import (
+    DEFAULT_BACKOFF,
+    START_TIMEOUT,
+    Backoff,
+    CallError,
+    Connector,
+    ServerState,
+    ToolServer,
+    open_transport,
+)
 
 log = logging.getLogger("parley.tools")
 
@@ -92,10 +101,20 @@ class ToolCatalog:
     """The configured tool servers and the tools they offer (see the module docstring)."""
 
     def __init__(
-        self, config: McpConfig, *, connect: Connector = open_transport, backoff: Backoff = DEFAULT_BACKOFF
+        self,
+        config: McpConfig,
+        *,
+        connect: Connector = open_transport,
+        backoff: Backoff = DEFAULT_BACKOFF,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
+        """`connect` opens a server's transport (tests run servers in-process through it);
+        `backoff` paces restarts; `start_timeout` bounds a server's answer to `initialize` and to
+        a listing of its tools."""
         self._servers = {
-            key: ToolServer(key, server, connect=connect, on_tools=self._tools_listed, backoff=backoff)
+            key: ToolServer(
+                key, server, connect=connect, on_tools=self._tools_listed, backoff=backoff, start_timeout=start_timeout
+            )
             for key, server in config.servers.items()
         }
         self._pins = PinBook()
@@ -135,9 +154,10 @@ class ToolCatalog:
             for waiter in waiters:
                 waiter.cancel()
 
-    async def aclose(self) -> None:
-        """Stop every server (stdio children are terminated, then killed)."""
-        await asyncio.gather(*(server.stop() for server in self._servers.values()))
+    async def aclose(self, *, grace: float = 5.0) -> None:
+        """Stop every server: each closes its session (a stdio child is asked to exit, then
+        terminated, then killed) within `grace` seconds, or is cut off."""
+        await asyncio.gather(*(server.stop(grace) for server in self._servers.values()))
 
     async def refresh_pins(self, db: Database) -> None:
         """Read the pins again, so that an operator's `parley tools approve` reaches running servers."""
@@ -192,8 +212,7 @@ class ToolCatalog:
         """Pin the current definitions of the tools `names` (None: every tool), as their servers
         list them now; the names approved. `ToolNotFound` for a name no running server offers."""
         for server in self._servers.values():
-            if server.running:
-                await server.relist()
+            await server.relist()
         wanted = sorted(self._definitions) if names is None else list(dict.fromkeys(names))
         unknown = [name for name in wanted if name not in self._definitions]
         if unknown:

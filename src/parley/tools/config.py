@@ -214,12 +214,11 @@ def _server(
 ) -> tuple[ServerConfig | None, list[str]]:
     if not isinstance(entry, Mapping):
         return None, [f"{VARIABLE}: {where}: must be an object"]
-    model: type[ServerConfig]
     if ("command" in entry) == ("url" in entry):
         return None, [
             f"{VARIABLE}: {where}: give either `command` (a server on stdio) or `url` (a streamable HTTP server)"
         ]
-    model = StdioServer if "command" in entry else HttpServer
+    model: type[ServerConfig] = StdioServer if "command" in entry else HttpServer
     try:
         server = model.model_validate(entry)
     except ValidationError as exc:
@@ -234,8 +233,6 @@ def _describe(error: Any) -> str:
     location = ".".join(str(part) for part in error["loc"])
     if error["type"] == "extra_forbidden":
         return f"{location}: unknown key (parley's keys and the other clients' accepted ones are in docs/tools.md)"
-    if error["type"] == "missing":
-        return f"{location}: required"
     message = str(error["msg"]).removeprefix("Value error, ")
     shown = repr(error.get("input"))
     return f"{location}: {message} (got {shown[:80]}{'…' if len(shown) > 80 else ''})"

@@ -67,7 +67,7 @@ def _block_text(block: types.ContentBlock) -> str | None:
             return f"[resource: {uri}, {mime or 'binary'}, {_size(_base64_bytes(blob))}]"
         case types.ResourceLink(uri=uri, name=name):
             return f"[resource link: {name} {uri}]"
-    return None  # a content type newer than this SDK
+    return None  # a content type this SDK does not know (it validates what it reads, so none yet)
 
 
 def _base64_bytes(data: str) -> int:

@@ -54,7 +54,7 @@ Connector = Callable[[str, ServerConfig], AbstractAsyncContextManager[Streams]]
 ServerState = Literal["starting", "running", "restarting", "stopped"]
 
 INHERITED_VARIABLES = ("PATH", "HOME", "LANG")
-START_TIMEOUT = 30.0  # seconds for a server to answer `initialize` and list its tools
+START_TIMEOUT = 30.0  # seconds for a server to answer `initialize`, or to list its tools
 CALL_SLACK = 1.0  # the outer bound on a call, past the SDK's own read timeout
 _CLIENT = types.Implementation(name="parley", version=parley.__version__)
 _MAX_PAGES = 100  # of a tool listing: a server that keeps answering with cursors is cut off
@@ -102,6 +102,7 @@ class ToolServer:
         connect: Connector,
         on_tools: Callable[[ToolServer], Awaitable[None]],
         backoff: Backoff,
+        start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.key = key
         self.config = config
@@ -112,6 +113,7 @@ class ToolServer:
         self._connect = connect
         self._on_tools = on_tools
         self._backoff = backoff
+        self._start_timeout = start_timeout
         self._connection: _Connection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
@@ -124,7 +126,8 @@ class ToolServer:
         return self._connection is not None and not self._connection.closed.is_set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._supervise(), name=f"tool server {self.key}")
+        if self._task is None:
+            self._task = asyncio.create_task(self._supervise(), name=f"tool server {self.key}")
 
     async def stop(self, grace: float = 5.0) -> None:
         """Close the session (a stdio child has its stdin closed, then is terminated, then killed)."""
@@ -145,11 +148,16 @@ class ToolServer:
         self.state = "stopped"
 
     async def relist(self) -> None:
-        """List the tools again now (the supervisor does it; this waits until it has)."""
+        """List the tools again now, if the server runs; a listing that fails leaves the last one."""
         connection = self._connection
         if connection is None:
-            raise CallError(self._unavailable())
-        tools = await _list_tools(connection.session)
+            return
+        try:
+            with anyio.fail_after(self._start_timeout):
+                tools = await _list_tools(connection.session)
+        except Exception as exc:
+            log.warning("tool server %s could not list its tools again: %s", self.key, self._reason(exc))
+            return
         await self._publish(tools)
 
     # -- calls -------------------------------------------------------------------------------------
@@ -201,8 +209,6 @@ class ToolServer:
     def _unavailable(self) -> str:
         if self._stopping:
             return f"the tool server {self.key!r} is stopped"
-        if self.state == "starting":
-            return f"the tool server {self.key!r} is still starting"
         why = f" ({self.error})" if self.error else ""
         return f"the tool server {self.key!r} is not running{why}; it is being restarted"
 
@@ -215,7 +221,7 @@ class ToolServer:
             try:
                 await self._serve()
             except Exception as exc:
-                self.error = _reason(exc)
+                self.error = self._reason(exc)
             if self._stopping:
                 break
             self.state = "restarting"
@@ -246,7 +252,7 @@ class ToolServer:
                 ClientSession(relay_out, write, message_handler=self._on_message, client_info=_CLIENT)
             )
             try:
-                with anyio.fail_after(START_TIMEOUT):
+                with anyio.fail_after(self._start_timeout):
                     await session.initialize()
                     tools = await _list_tools(session)
             except Exception:
@@ -275,25 +281,40 @@ class ToolServer:
                 raise _Lost(self._lost_reason())
             if self._relist:
                 self._relist = False
-                with anyio.fail_after(START_TIMEOUT):
+                with anyio.fail_after(self._start_timeout):
                     tools = await _list_tools(session)
                 log.info("tool server %s changed its tools: now %d", self.key, len(tools))
                 await self._publish(tools)
 
     async def _publish(self, tools: list[types.Tool]) -> None:
         self.tools = tools
-        await self._on_tools(self)
+        try:
+            await self._on_tools(self)
+        except Exception:  # the listing's consumer failed (its database, say): not the server's fault
+            log.exception("the tools of server %s could not be taken in", self.key)
 
     def _lost_reason(self) -> str:
         if isinstance(self.config, StdioServer):
             return "the server process exited"
         return "the connection closed"
 
+    def _reason(self, exc: BaseException) -> str:
+        """What went wrong, in a line: the first exception inside task groups' exception groups."""
+        while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        if isinstance(exc, _Lost):
+            return str(exc)
+        if isinstance(exc, TimeoutError):
+            return f"it did not answer within {self._start_timeout:g} s"
+        if isinstance(exc, McpError):
+            return f"it answered with an error: {exc.error.message}"
+        return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
     async def _relay(
         self, source: ReadStream, sink: MemoryObjectSendStream[SessionMessage | Exception], ended: asyncio.Event
     ) -> None:
         try:
-            async with sink:
+            async with source, sink:  # the relay owns both, as the session would own `source`
                 async for message in source:
                     await sink.send(message)
         finally:
@@ -367,19 +388,6 @@ def _timed_out(tool: str, timeout: float) -> str:
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved, so that asyncio does not report it as never retrieved
-
-
-def _reason(exc: BaseException) -> str:
-    """What went wrong, in a line: the first exception inside task groups' exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    if isinstance(exc, _Lost | CallError):
-        return str(exc)
-    if isinstance(exc, TimeoutError):
-        return f"it did not start within {START_TIMEOUT:g} s"
-    if isinstance(exc, McpError):
-        return f"it answered with an error: {exc.error.message}"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 # -- transports ------------------------------------------------------------------------------------
