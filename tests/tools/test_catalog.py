@@ -144,7 +144,7 @@ async def test_calls_and_what_they_give_back(db: Database) -> None:
             return await catalog.call(found, arguments)
 
         echo = await call("echo", {"text": "héllo"})
-        assert (echo.text, echo.for_model, echo.is_error, echo.truncated) == ("héllo", "héllo", False, False)
+        assert (echo.text, echo.is_error, echo.truncated) == ("héllo", False, False)
         assert echo.duration_ms >= 0
         failed = await call("fail", {"message": "no such file"})
         assert (failed.text, failed.is_error) == ("no such file", True)

@@ -7,7 +7,7 @@ import base64
 import pytest
 from mcp import types
 
-from parley.tools.output import MODEL_LIMIT, cap_utf8, error_output, result_output, result_text
+from parley.tools.output import MODEL_LIMIT, cap_utf8, error_output, for_model, result_output, result_text
 
 URI = "file:///reports/q1.txt"
 
@@ -59,14 +59,8 @@ def test_media_and_resources_become_placeholders() -> None:
 
 def test_a_tool_error_is_an_error_output() -> None:
     output = result_output(result(text("no such file"), error=True), max_bytes=4096, duration_ms=7)
-    assert (output.text, output.for_model, output.is_error, output.truncated, output.duration_ms) == (
-        "no such file",
-        "no such file",
-        True,
-        False,
-        7,
-    )
-    assert error_output("down", duration_ms=3) == type(output)("down", "down", True, False, 3)
+    assert (output.text, output.is_error, output.truncated, output.duration_ms) == ("no such file", True, False, 7)
+    assert error_output("down", duration_ms=3) == type(output)("down", True, False, 3)
 
 
 def test_a_short_text_is_not_cut() -> None:
@@ -92,11 +86,12 @@ def test_the_stored_and_the_model_caps() -> None:
     big = "ü" * 200_000  # 400,000 bytes
     output = result_output(result(text(big)), max_bytes=262144, duration_ms=1)
     assert len(output.text.encode()) <= 262144
-    assert len(output.for_model.encode()) <= MODEL_LIMIT
     assert output.text.endswith("\n[… output truncated: 390 KB, showing the first 256 KB]")
-    assert output.for_model.endswith("\n[… output truncated: 390 KB, showing the first 32 KB]")
     assert output.truncated
-    assert big.startswith(output.for_model.rpartition("\n")[0])
+    model = for_model(output.text)
+    assert len(model.encode()) <= MODEL_LIMIT
+    assert model.endswith("\n[… output truncated: 255 KB, showing the first 32 KB]")  # of what is stored
+    assert big.startswith(model.rpartition("\n")[0])
     medium = "x" * 40_000
     output = result_output(result(text(medium)), max_bytes=262144, duration_ms=1)
     assert output.text == medium
@@ -107,6 +102,6 @@ def test_the_stored_and_the_model_caps() -> None:
 
 def test_the_model_never_gets_more_than_is_stored() -> None:
     output = result_output(result(text("y" * 10_000)), max_bytes=2048, duration_ms=1)
-    assert output.for_model == output.text
+    assert for_model(output.text) == output.text
     assert len(output.text.encode()) <= 2048
     assert output.truncated

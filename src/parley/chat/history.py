@@ -9,7 +9,7 @@ into what a provider sends: an assistant message with the round's calls, a `tool
 one result per call (in call order), and so on. A call without a stored result (its turn was
 interrupted while it ran) gets a synthetic error result: every provider requires one per call.
 A result is stored as people see it (up to its server's cap); the model reads at most
-MODEL_LIMIT bytes of it, cut here, the same way every time it is replayed.
+MODEL_LIMIT bytes of it (`for_model`), cut here, the same way every time it is replayed.
 
 Stored part shapes (the API shows them as they are):
     {"type": "text", "text"}  {"type": "reasoning", "text"}
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from parley.providers.base import ChatMessage, Part, TextPart, ToolCallPart, ToolResultPart
-from parley.tools.output import MODEL_LIMIT, cap_utf8
+from parley.tools.output import for_model
 
 HistoryRow = tuple[str, str | None, Any]  # (role, content, content_parts)
 
@@ -84,7 +84,7 @@ def replay_reply(parts: Sequence[Any]) -> list[ChatMessage]:
             calls.append(call_id)
         elif kind == "tool_result":
             call_id = str(part.get("toolUseId") or "")
-            output, _ = cap_utf8(str(part.get("output") or ""), MODEL_LIMIT)
+            output = for_model(str(part.get("output") or ""))
             results[call_id] = ToolResultPart(call_id=call_id, output=output, is_error=bool(part.get("isError")))
             answered = True
         # reasoning is display-only; unknown kinds are skipped

@@ -1,5 +1,6 @@
-"""A tool call's result as parley keeps it: text for people and the database, a shorter text for
-the model, both cut at a byte limit without splitting a character and marked when cut.
+"""A tool call's result as parley keeps it: text for people and the database, cut at the server's
+byte limit without splitting a character and marked when cut. The model reads at most
+MODEL_LIMIT bytes of it (`for_model`, applied where results are replayed: chat/history.py).
 
 Text contents are joined; structured content stands in as compact JSON when there is no text;
 images, audio and resources become short placeholders (`[image: image/png, 12 KB]`).
@@ -22,24 +23,26 @@ class ToolOutput:
     """What a call gave back (or why it gave nothing)."""
 
     text: str  # stored and shown: at most the server's maxOutputBytes of UTF-8, marked when cut
-    for_model: str  # at most MODEL_LIMIT bytes (and never more than `text` holds), marked when cut
     is_error: bool
-    truncated: bool  # for_model was cut
+    truncated: bool  # the model does not get all of it (see `for_model`)
     duration_ms: int
 
 
 def result_output(result: types.CallToolResult, *, max_bytes: int, duration_ms: int) -> ToolOutput:
     full = result_text(result)
-    text, _ = cap_utf8(full, max_bytes)
-    for_model, truncated = cap_utf8(full, min(MODEL_LIMIT, max_bytes))
-    return ToolOutput(
-        text=text, for_model=for_model, is_error=result.isError, truncated=truncated, duration_ms=duration_ms
-    )
+    text, cut = cap_utf8(full, max_bytes)
+    truncated = cut or len(text.encode()) > MODEL_LIMIT
+    return ToolOutput(text=text, is_error=result.isError, truncated=truncated, duration_ms=duration_ms)
 
 
 def error_output(message: str, *, duration_ms: int) -> ToolOutput:
     """A call that failed before or outside the tool: the reason, for people and the model alike."""
-    return ToolOutput(text=message, for_model=message, is_error=True, truncated=False, duration_ms=duration_ms)
+    return ToolOutput(text=message, is_error=True, truncated=False, duration_ms=duration_ms)
+
+
+def for_model(text: str) -> str:
+    """What the model reads of a stored result: at most MODEL_LIMIT bytes, marked when cut."""
+    return cap_utf8(text, MODEL_LIMIT)[0]
 
 
 def result_text(result: types.CallToolResult) -> str:
