@@ -1,5 +1,6 @@
-"""The Redis relay on its own: entry ids are the frames' ids, a gap is said, a dead producer ends
-its followers' streams, and the token path never waits."""
+"""The Redis relay on its own: an entry holds a flush's frames under the id of its last one, a
+reader resumes inside an entry, a gap is said, a dead producer ends its followers' streams, and
+the token path never waits."""
 
 from __future__ import annotations
 
@@ -39,25 +40,33 @@ async def test_frames_go_out_under_their_ids_and_a_follower_reads_them_to_the_en
         relay.track("s1", 7, frames)
         frames += encode(ContentDelta(["a", "b"]), 7, 1)
         relay.dirty("s1", 7)
+        client = redis.Redis.from_url(redis_server.url)
+        async with asyncio.timeout(5):
+            while not await client.exists(stream_key("s1")):  # the first flush went out
+                await asyncio.sleep(0.01)
         follower = relay.follow(
             "s1", stream=7, after=(7, 1), owner=None, is_last=is_done_frame, lost=_lost, gap=_gap_frame
         )
         frames += encode(Done(), 7, 3)
         relay.dirty("s1", 7, final=True)
         read = await _read_all(follower)
-        client = redis.Redis.from_url(redis_server.url)
         entries = await client.xrange(stream_key("s1"))
         await client.aclose()
     finally:
         await relay.close()
-    assert read == frames[1:]  # after 7-1
-    assert [entry_id for entry_id, _ in entries] == [b"7-1", b"7-2", b"7-3"]
+    assert read == frames[1:]  # after 7-1, which was inside the first entry
+    # One entry per flush: the read's two deltas together, then `done`.
+    assert [(entry_id, list(fields)) for entry_id, fields in entries] == [
+        (b"7-2", [b"1", b"2"]),
+        (b"7-3", [b"3"]),
+    ]
 
 
 async def test_a_missing_entry_is_said_as_a_gap_and_a_dead_producer_ends_the_stream(redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(redis_server.url)
     for seq in (1, 2, 4):  # 3 never arrived
-        await client.xadd(stream_key("s2"), {"f": encode(ContentDelta([f"t{seq}"]), 5, seq)[0]}, id=f"5-{seq}")
+        frame = encode(ContentDelta([f"t{seq}"]), 5, seq)[0]
+        await client.xadd(stream_key("s2"), {str(seq): frame}, id=f"5-{seq}")
     relay = RedisRelay(redis_server.url, process="host/1/a")
     await relay.start(_noop)
     try:

@@ -4,13 +4,15 @@ Redis carries what one process streams to readers on other processes, and wakes 
 runs a turn when another one is asked to stop or close it. The database stays the truth: losing
 Redis loses cross-process re-attach and the fast wake-up, never data (`docs/architecture.md`).
 
-- **Streams.** A running turn's frames go to the Redis Stream `parley:stream:<session>`, one entry
-  per frame, whose entry id is the frame's SSE id (`<stream number>-<seq>`). The token path never
-  waits on Redis: publishing marks the turn dirty, and one flusher task sends what each dirty turn
-  has not sent yet, all turns in one pipelined round trip. A turn's first entry trims the previous
+- **Streams.** A running turn's frames go to the Redis Stream `parley:stream:<session>`: one entry
+  per flush of a turn, holding the frames that flush sends (a field per frame, named by its
+  sequence number), whose entry id is the SSE id of its last frame (`<stream number>-<seq>`). The
+  token path never waits on Redis: publishing marks the turn dirty, and one flusher task sends
+  what each dirty turn has not sent yet, all turns in one pipelined round trip: one entry per turn
+  per wake-up, however many tokens the read brought. A turn's first entry trims the previous
   turn's (MINID); later ones use NOMKSTREAM, so a stream that vanished mid-turn (Redis restarted)
-  is noticed, and written again whole from the turn's frames in memory. Every flush renews the
-  key's expiry.
+  is noticed, and written again whole from the turn's frames in memory. The key's expiry is set
+  with a turn's first entry and renewed with its last.
 - **Following.** `follow` feeds a `Subscription` from XREAD: a replay after the reader's last id,
   then the live entries, until `done`. Entry ids that skip a number are a gap: it is said, never
   skipped silently. A producer that stops refreshing its liveness key (`parley:alive:<process>`)
@@ -164,40 +166,44 @@ class RedisRelay:
         if not batch:
             return
         pipe = self._redis.pipeline(transaction=False)
-        plan: list[tuple[StreamRef, _Outgoing, int]] = []
+        plan: list[tuple[StreamRef, _Outgoing, int, int]] = []  # turn, its frames, sent up to, commands
         for ref, out in batch:
             key = stream_key(ref[0])
             upto = len(out.frames)
-            for seq in range(out.sent + 1, upto + 1):
-                first = seq == 1
-                pipe.xadd(
-                    key,
-                    {"f": out.frames[seq - 1]},
-                    id=f"{out.stream}-{seq}",
-                    nomkstream=not first,
-                    minid=f"{out.stream}-0" if first else None,
-                    approximate=False,
-                )
-            pipe.pexpire(key, _STREAM_TTL_MS)
-            plan.append((ref, out, upto))
+            if upto <= out.sent:
+                continue
+            first = out.sent == 0
+            frames = {str(seq): out.frames[seq - 1] for seq in range(out.sent + 1, upto + 1)}
+            pipe.xadd(
+                key,
+                frames,  # type: ignore[arg-type]  # field names are str, values bytes
+                id=f"{out.stream}-{upto}",
+                nomkstream=not first,
+                minid=f"{out.stream}-0" if first else None,
+                approximate=False,
+            )
+            commands = 1
+            if first or out.final:
+                pipe.pexpire(key, _STREAM_TTL_MS)
+                commands += 1
+            plan.append((ref, out, upto, commands))
+        if not plan:
+            return
         results = await pipe.execute(raise_on_error=False)
         self.available = True
         at = 0
-        for ref, out, upto in plan:
-            count = upto - out.sent
-            written = results[at : at + count]
-            at += count + 1
-            lost = any(r is None for r in written)  # NOMKSTREAM and no stream: Redis lost it
-            if lost:
+        for ref, out, upto, commands in plan:
+            written = results[at]
+            at += commands
+            if written is None:  # NOMKSTREAM and no stream: Redis lost it
                 log.warning("the live stream of session %s vanished from Redis; writing it again", ref[0])
                 out.sent = 0
                 state.dirty.add(ref)
                 self._wake.set()
                 continue
             # An id not above the stream's top was written by an earlier flush that timed out.
-            failed = [r for r in written if isinstance(r, Exception) and "equal or smaller" not in str(r)]
-            if failed:
-                raise failed[0]
+            if isinstance(written, Exception) and "equal or smaller" not in str(written):
+                raise written
             out.sent = upto
             if out.final and out.sent == len(out.frames):
                 del state.outgoing[ref]
@@ -275,15 +281,20 @@ class RedisRelay:
                 if entry[0] > last[0] and last[1] > 0:  # the next turn began: this one's end never came
                     sub.put([*lost(last), END])
                     return
-                expected = (entry[0], last[1] + 1)
-                if entry != expected:
-                    sub.put([gap(last, entry)])
-                frame: bytes = fields[b"f"]
-                sub.put([frame])
-                last = entry
-                if is_last(frame):
-                    sub.put([END])
-                    return
+                batch: list[bytes] = []
+                for name, frame in fields.items():
+                    seq = (entry[0], int(name))
+                    if seq <= last:
+                        continue  # the reader has it (its id was inside this entry)
+                    if seq != (entry[0], last[1] + 1):
+                        batch.append(gap(last, seq))
+                    batch.append(frame)
+                    last = seq
+                    if is_last(frame):
+                        sub.put([*batch, END])
+                        return
+                if batch:
+                    sub.put(batch)
 
     # -- liveness and control ------------------------------------------------------------------------
 
