@@ -41,12 +41,26 @@ def error_response(exc: ParleyError, headers: Mapping[str, str] | None = None) -
     return JSONResponse(body, status_code=exc.status_code, headers=all_headers or None)
 
 
+# Strict write bodies refuse look-alikes ("yes", "5"); say which JSON type the field takes.
+_STRICT_TYPE_MESSAGES = {
+    "bool_type": "must be a JSON boolean (true or false)",
+    "int_type": "must be a JSON integer",
+    "string_type": "must be a JSON string",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
+}
+
+
 def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     """`loc: msg` of the first five errors, without the body/query/path prefixes."""
     parts = []
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        where = tuple(err.get("loc", ()))
+        loc = ".".join(str(p) for p in where if p not in ("body", "query", "path"))
+        message = str(err.get("msg"))
+        if where[:1] == ("body",):
+            message = _STRICT_TYPE_MESSAGES.get(err.get("type", ""), message)
+        parts.append(f"{loc or 'body'}: {message.removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
