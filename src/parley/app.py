@@ -217,7 +217,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     app.router.routes.insert(0, send_message_route)  # first: every turn matches it before the others
-    install_openapi(app)
+    install_openapi(app, models=settings.models)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:

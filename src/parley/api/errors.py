@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from parley.errors import (
     MalformedJSONError,
@@ -77,6 +78,19 @@ async def _authentication_refusal(request: Request) -> JSONResponse | None:
     return None
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers, for `Allow` on 405: Starlette names only those of the first
+    route that matched the path, and here each method of a path is a route of its own. Asked of
+    the routes themselves (`matches`), whatever groups them; a mount (the page's files) answers
+    every method and refuses the others itself, so it is not asked."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
+    allowed = [m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+    return ", ".join(allowed)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ParleyError)
     async def _parley(_: Request, exc: ParleyError) -> JSONResponse:
@@ -101,7 +115,10 @@ def install_error_handlers(app: FastAPI) -> None:
             if refusal is not None:
                 return refusal
         message = exc.detail if isinstance(exc.detail, str) else None
-        return error_response(error_for_status(exc.status_code, message), exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
+        return error_response(error_for_status(exc.status_code, message), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
