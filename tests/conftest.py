@@ -197,7 +197,7 @@ def make_server(data_dir: Path, tenants: Tenants) -> Iterator[ServerFactory]:
         app = create_app(settings, provider=provider, **(app_kwargs or {}))
         if app_hook is not None:
             app_hook(app)  # before the server starts, as a deployment would change it
-        server = LiveServer(app).start()
+        server = LiveServer(app, max_header_bytes=settings.max_header_bytes).start()
         started.append(server)
         return server
 

@@ -31,7 +31,7 @@ from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.ownership import ProcessName
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
-from parley.errors import PayloadTooLargeError
+from parley.errors import PayloadTooLargeError, RequestTimeoutError
 from parley.providers.base import Provider
 from parley.providers.eager_body import use_eager_body_writes
 from parley.store.db import Database, head_revision
@@ -210,31 +210,56 @@ def create_app(
         version=__version__,
         summary="Multi-tenant AI chat sessions streamed over server-sent events.",
         lifespan=lifespan,
+        # Starlette would answer `/static` or `/api/v1/ai/sessions/` with a redirect to an absolute
+        # URL built from the client's Host header; every path has one spelling here, the rest 404.
+        redirect_slashes=False,
     )
     install_error_handlers(app)
     app.include_router(router)
     app.router.routes.insert(0, send_message_route)  # first: every turn matches it before the others
-    install_openapi(app)
+    install_openapi(app, models=settings.models)
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES, timeout=settings.body_timeout_seconds)
     mount_web(app)
     return app
 
 
 class BodyLimitMiddleware:
-    """Refuse bodies larger than `max_bytes` (413): by Content-Length before reading, and by
-    counting for chunked bodies, which announce no length."""
+    """Read every request body before the app, within limits: larger than `max_bytes` is 413 (by
+    Content-Length before reading, by counting for chunked bodies, which announce no length), and
+    a body that has not arrived `timeout` seconds after the headers is 408. Without the deadline, a
+    client that sends less than its Content-Length holds the request open for as long as it likes.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Bodies are small (`MAX_BODY_BYTES`): the app gets the one read here, replayed."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout = timeout
 
-    def _refusal(self) -> JSONResponse:
+    def _too_large(self) -> JSONResponse:
         return error_response(PayloadTooLargeError(f"The request body is larger than {self.max_bytes} bytes."))
+
+    def _too_slow(self) -> JSONResponse:
+        error = RequestTimeoutError(f"The request body did not arrive within {self.timeout:g} seconds.")
+        return error_response(error, {"Connection": "close"})  # the rest of the body is never read
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        """The body, or None if the client left; stops reading once it is past the limit."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes or not message.get("more_body", False):
+                return b"".join(chunks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -243,29 +268,26 @@ class BodyLimitMiddleware:
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
-                await self._refusal()(scope, receive, send)
+            if not length.isdigit() or int(length) == 0:
+                await self.app(scope, receive, send)  # no body (an invalid length never gets here)
                 return
+            if int(length) > self.max_bytes:
+                await self._too_large()(scope, receive, send)
+                return
+        elif b"chunked" not in headers.get(b"transfer-encoding", b""):
             await self.app(scope, receive, send)
             return
-        if b"chunked" not in headers.get(b"transfer-encoding", b""):
-            await self.app(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.timeout):
+                body = await self._read(receive)
+        except TimeoutError:
+            await self._too_slow()(scope, receive, send)
             return
-        # A chunked body announces no length: read it here, up to the limit, then replay it.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client left
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                await self._refusal()(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
+        if body is None:
+            return  # the client left
+        if len(body) > self.max_bytes:
+            await self._too_large()(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Message:

@@ -233,7 +233,13 @@ def tokens_list(
 
 @tokens.command("revoke")
 def tokens_revoke(token_id: str) -> None:
-    """Revoke a token by id; it stops working at once."""
+    """Revoke a token by id.
+
+    A server that has not accepted it lately refuses it from now on. A running
+    server that accepted it in the last PARLEY_AUTH_CACHE_SECONDS (default 5 s) may accept it until
+    that time has passed, each server process on its own; set PARLEY_AUTH_CACHE_SECONDS=0 on the
+    servers for revocation that takes effect immediately.
+    """
     from parley.store import admin
 
     if not _run(admin.revoke_token, token_id):

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     system_prompt: str | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT")
     system_prompt_file: Path | None = Field(None, validation_alias="PARLEY_SYSTEM_PROMPT_FILE")
     page_context_max_bytes: int = Field(4096, ge=0, le=65536, validation_alias="PARLEY_PAGE_CONTEXT_MAX_BYTES")
+    # The request line and headers together (431 past it); checked by the HTTP protocol, before the app.
+    max_header_bytes: int = Field(16384, ge=1024, le=1024 * 1024, validation_alias="PARLEY_MAX_HEADER_BYTES")
+    # How long a request body may take to arrive once its headers are in (408 past it).
+    body_timeout_seconds: float = Field(10.0, gt=0, le=3600, validation_alias="PARLEY_BODY_TIMEOUT_SECONDS")
     allowed_models: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias="PARLEY_ALLOWED_MODELS"
     )

@@ -12,6 +12,8 @@ policy of both providers.
     │   └── ModelNotAllowedError         400 model_not_allowed
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
+    ├── HeaderTooLargeError              431 header_too_large
+    ├── RequestTimeoutError              408 request_timeout
     ├── AuthenticationError              401 unauthorized
     ├── BudgetExhaustedError             402 budget_exhausted (a reply cut at its reservation)
     │   ├── DailyBudgetExhaustedError    402 daily_budget_exhausted
@@ -111,6 +113,22 @@ class PayloadTooLargeError(ParleyError):
     code = "content_too_large"
     status_code = 413
     default_message = "The request is too large."
+
+
+class HeaderTooLargeError(ParleyError):
+    """The request line and headers exceed the server's limit (answered before the app runs)."""
+
+    code = "header_too_large"
+    status_code = 431
+    default_message = "The request headers are too large."
+
+
+class RequestTimeoutError(ParleyError):
+    """The client announced a body and stopped sending it before the body read timeout."""
+
+    code = "request_timeout"
+    status_code = 408
+    default_message = "The request body did not arrive in time."
 
 
 class AuthenticationError(ParleyError):

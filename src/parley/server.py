@@ -28,6 +28,7 @@ from fastapi import FastAPI
 
 from parley.app import create_app
 from parley.config import Settings, load_settings
+from parley.http_protocol import ParleyConfig
 
 log = logging.getLogger("parley")
 
@@ -90,18 +91,18 @@ def run_server(settings: Settings, host: str, port: int, *, log_level: str = "in
         "host": host,
         "port": port,
         "loop": _event_loop(),
-        "http": "httptools",
+        "max_header_bytes": settings.max_header_bytes,  # ParleyConfig: the httptools protocol with a head limit
         "log_level": log_level,
         "access_log": False,
         "timeout_graceful_shutdown": 15,
     }
     if workers > 1:
         os.environ["PARLEY_LOG_LEVEL"] = log_level  # each worker loads its settings from the environment
-        run_workers(uvicorn.Config("parley.server:app_from_environment", factory=True, **options), workers)
+        run_workers(ParleyConfig("parley.server:app_from_environment", factory=True, **options), workers)
         return
     app = create_app(settings)
     tune_gc()
-    ParleyServer(uvicorn.Config(app, **options), app).run()
+    ParleyServer(ParleyConfig(app, **options), app).run()
 
 
 def _run_worker(config: uvicorn.Config, sockets: list[socket.socket]) -> None:

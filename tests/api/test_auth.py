@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from parley import cli
 from parley.store import admin
 from parley.store.db import Database
-from tests.api.conftest import API, Shared, assert_error, create_session, detail
-from tests.conftest import ServerFactory, Tenants, client
+from tests.api.conftest import API, Shared, assert_error, create_session, detail, wait_until
+from tests.conftest import DatabaseUrls, ServerFactory, Tenants, client
 from tests.support.scripted_provider import ScriptedProvider
 from tests.support.sse_client import read_stream
 
@@ -216,3 +219,42 @@ def test_a_token_revoked_while_the_server_runs_stops_working(make_server: Server
         assert c.get(f"{API}/sessions").status_code == 200
         asyncio.run(issue_and_revoke(token_id))
         assert_error(c.get(f"{API}/sessions"), 401, "unauthorized")
+
+
+def test_revocation_takes_effect_within_the_auth_cache_time_as_the_cli_says(
+    make_server: ServerFactory, tenants: Tenants, database: DatabaseUrls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`parley tokens revoke` says what a running server does: a token it accepted lately may pass
+    for up to PARLEY_AUTH_CACHE_SECONDS (5 s by default) more, and not longer."""
+    runner = CliRunner()
+    help_text = " ".join(runner.invoke(cli.app, ["tokens", "revoke", "--help"], terminal_width=200).output.split())
+    assert "at once" not in help_text
+    assert "PARLEY_AUTH_CACHE_SECONDS (default 5 s)" in help_text
+    assert "PARLEY_AUTH_CACHE_SECONDS=0" in help_text
+
+    server = make_server(ScriptedProvider())  # the default cache time
+    token_id, token = asyncio.run(_issue_token(tenants))
+    monkeypatch.setenv("DATABASE_URL", database.app)
+    monkeypatch.setenv("DATABASE_ADMIN_URL", database.admin)
+    with client(server, token) as c:
+        accepted_at = time.monotonic()
+        assert c.get(f"{API}/sessions").status_code == 200  # now in the server's cache
+        result = runner.invoke(cli.app, ["tokens", "revoke", token_id])
+        assert result.exit_code == 0, result.output
+        if time.monotonic() - accepted_at < 4:  # within the window the help text announces
+            assert c.get(f"{API}/sessions").status_code == 200
+        wait_until(lambda: c.get(f"{API}/sessions").status_code == 401, timeout=7, interval=0.25)
+        assert time.monotonic() - accepted_at < 5 + 1.5
+    with client(server, token) as fresh:  # and a new connection is refused too
+        assert_error(fresh.get(f"{API}/sessions"), 401, "unauthorized")
+
+
+async def _issue_token(tenants: Tenants) -> tuple[str, str]:
+    db = Database(tenants.database_url)
+    try:
+        user = await admin.find_user(db, "a2@example.test")
+        assert user is not None
+        issued = await admin.create_token(db, user_id=user["id"], org_id=user["org_id"])
+        return issued.id, issued.token
+    finally:
+        await db.dispose()

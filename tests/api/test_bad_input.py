@@ -194,3 +194,76 @@ def test_without_a_valid_token_every_bad_request_is_401_first(shared: Shared, si
     with shared.client(shared.tenants.a1) as c:
         _untouched(c, sid)
         assert_error(c.get(f"{API}/sessions", params={"limit": 1000}), 422, "validation_error")
+
+
+NON_FINITE = ["1e400", "-1e400", "NaN", "Infinity", "-Infinity"]
+
+
+@pytest.mark.parametrize("literal", NON_FINITE)
+@pytest.mark.parametrize("where", ["top", "nested"])
+def test_a_page_context_with_a_non_finite_number_is_422_and_stores_nothing(
+    shared: Shared, sid: str, literal: str, where: str
+) -> None:
+    """JSON parsers read these as inf or nan, which would be stored as null: refused instead."""
+    context = f'{{"a": {literal}}}' if where == "top" else f'{{"a": {{"b": [1, {literal}]}}}}'
+    with shared.client(shared.tenants.a1) as c:
+        before = c.get(f"{API}/sessions", params={"limit": 50}).json()["total"]
+        r = c.post(f"{API}/sessions", content=f'{{"pageContext": {context}}}'.encode(), headers=JSON)
+        assert "pageContext" in assert_error(r, 422, "validation_error")["error"]
+        assert c.get(f"{API}/sessions", params={"limit": 50}).json()["total"] == before
+        raw = f'{{"content": "x", "pageContext": {context}}}'.encode()
+        with c.stream("POST", f"{API}/sessions/{sid}/messages", content=raw, headers=JSON) as r:
+            answer = read_stream(r)
+        assert answer.status == 422, answer.body
+        assert answer.body["code"] == "validation_error"
+        assert "pageContext" in answer.body["error"]
+        _untouched(c, sid)
+
+
+def test_a_page_context_with_large_finite_numbers_is_stored_as_sent(shared: Shared, sid: str) -> None:
+    context = {"big": 1.7976931348623157e308, "small": -5e-324, "n": [0.5, -2]}
+    with shared.client(shared.tenants.a1) as c:
+        created = create_session(c, pageContext=context)
+        assert detail(c, created)["session"]["contextSnapshot"] == context
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("PUT", "/budget", {"enabled": "yes"}, "enabled"),
+        ("PUT", "/budget", {"enabled": 1}, "enabled"),
+        ("PUT", "/budget", {"enabled": "false"}, "enabled"),
+        ("PUT", "/budget", {"dailyBudgetCents": "5"}, "dailyBudgetCents"),
+        ("PUT", "/budget", {"monthlyBudgetCents": "0.5"}, "monthlyBudgetCents"),
+        ("PUT", "/budget", {"monthlyBudgetCents": True}, "monthlyBudgetCents"),
+        ("PUT", "/budget", {"dailyBudgetCents": 123456789012.123456}, "dailyBudgetCents"),
+        ("PUT", "/budget", {"maxTurnsPerSession": "5"}, "maxTurnsPerSession"),
+        ("PUT", "/budget", {"maxTurnsPerSession": 5.0}, "maxTurnsPerSession"),
+        ("PUT", "/budget", {"messagesPerMinutePerUser": True}, "messagesPerMinutePerUser"),
+        ("POST", "/sessions/{sid}/pause", {"paused": "yes"}, "paused"),
+        ("POST", "/sessions/{sid}/approve-plan", {"approved": 1}, "approved"),
+    ],
+)
+def test_write_bodies_take_json_types_strictly(
+    shared: Shared, sid: str, method: str, path: str, body: dict[str, Any], field: str
+) -> None:
+    """A boolean is a JSON boolean, an integer a JSON integer, money a JSON number: a string or
+    another type that looks alike is refused, and nothing changes."""
+    with shared.client(shared.tenants.a1) as c:
+        r = c.request(method, API + path.format(sid=sid), json=body)
+        message = assert_error(r, 422, "validation_error")["error"]
+        assert message.startswith(f"{field}: "), message
+        assert "Value error" not in message, message
+        assert c.get(f"{API}/usage").json()["budget"] is None
+        _untouched(c, sid)
+
+
+def test_budget_cents_are_json_numbers_read_exactly(shared: Shared) -> None:
+    with shared.client(shared.tenants.b1) as c:
+        r = c.put(f"{API}/budget", json={"dailyBudgetCents": 0.000001, "monthlyBudgetCents": 123456789.123456})
+        assert r.status_code == 200, r.text
+        budget = r.json()["budget"]
+        assert (budget["dailyBudgetCents"], budget["monthlyBudgetCents"]) == ("0.000001", "123456789.123456")
+        r = c.put(f"{API}/budget", json={"enabled": False, "dailyBudgetCents": None})
+        assert r.status_code == 200, r.text
+        assert (r.json()["budget"]["enabled"], r.json()["budget"]["dailyBudgetCents"]) == (False, None)

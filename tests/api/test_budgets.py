@@ -40,7 +40,7 @@ def test_budget_is_set_partially_and_shown_with_usage(make_server: ServerFactory
         assert budget["dailyBudgetCents"] == "100"
         assert budget["monthlyBudgetCents"] is None
         assert budget["messagesPerMinutePerUser"] == 20
-        budget = put_budget(c, monthlyBudgetCents="250.5")
+        budget = put_budget(c, monthlyBudgetCents=250.5)
         assert (budget["dailyBudgetCents"], budget["monthlyBudgetCents"]) == ("100", "250.5")
         sid = create_session(c)
         assert send(c, sid).types[-1] == "done"
@@ -108,7 +108,7 @@ def test_spent_budget_gives_402_with_reset_time(make_server: ServerFactory, tena
     with client(server, tenants.a1) as c:
         sid = create_session(c)
         assert send(c, sid).types[-1] == "done"
-        put_budget(c, dailyBudgetCents="0.0075")  # exactly what the first turn cost
+        put_budget(c, dailyBudgetCents=0.0075)  # exactly what the first turn cost
         r = c.post(f"{API}/sessions/{sid}/messages", json={"content": "more"})
         assert r.status_code == 402
         body = r.json()
@@ -134,7 +134,7 @@ def test_max_tokens_is_lowered_to_what_the_budget_can_pay(make_server: ServerFac
     server = make_server(provider, MCP_LLM_MAX_TOKENS="4096")
     with client(server, tenants.a1) as c:
         sid = create_session(c)
-        put_budget(c, dailyBudgetCents="0.5")
+        put_budget(c, dailyBudgetCents=0.5)
         assert send(c, sid).types[-1] == "done"
         (max_tokens,) = provider.max_tokens
         # 0.5 cents minus the worst-case input (the prompt's bytes), at 0.0015 cents per output token.
@@ -148,7 +148,7 @@ def test_a_conversation_too_long_for_the_budget_is_refused_before_the_model(
     server = make_server(provider)
     with client(server, tenants.a1) as c:
         sid = create_session(c)
-        put_budget(c, dailyBudgetCents="0.5")
+        put_budget(c, dailyBudgetCents=0.5)
         r = c.post(f"{API}/sessions/{sid}/messages", json={"content": "x" * 9000})  # 2.7 cents of input, at most
         assert r.status_code == 402
         assert r.json()["code"] == "budget_insufficient"
@@ -166,7 +166,7 @@ def test_a_server_that_ignores_max_tokens_is_cut_off_at_the_reservation(
     server = make_server(provider)
     with client(server, tenants.a1) as c:
         sid = create_session(c)
-        put_budget(c, dailyBudgetCents="0.3")
+        put_budget(c, dailyBudgetCents=0.3)
         stream = send(c, sid)
         (max_tokens,) = provider.max_tokens
         assert max_tokens is not None
@@ -191,7 +191,7 @@ def test_fifty_parallel_turns_never_spend_past_the_budget(make_server: ServerFac
     server = make_server(ScriptedProvider(reply), PARLEY_DB_POOL_SIZE="60")
     budget = Decimal(2)
     with client(server, tenants.a1) as c:
-        put_budget(c, dailyBudgetCents=str(budget))
+        put_budget(c, dailyBudgetCents=int(budget))
         sessions = [create_session(c) for _ in range(50)]
 
     def turn(sid: str) -> tuple[int, str]:
@@ -227,7 +227,7 @@ def test_reservations_hold_across_two_server_processes(make_server: ServerFactor
     second = make_server(ScriptedProvider(reply))
     budget = Decimal(1)
     with client(first, tenants.a1) as c:
-        put_budget(c, dailyBudgetCents=str(budget))
+        put_budget(c, dailyBudgetCents=int(budget))
         sessions = [create_session(c) for _ in range(16)]
 
     def turn(job: tuple[int, str]) -> int:

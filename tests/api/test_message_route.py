@@ -103,8 +103,7 @@ def test_validation_messages_name_each_field(shared: Shared) -> None:
         sid = create_session(c)
         message = _refused(_post(c, sid, b'{"content": 1, "pageContext": [], "x": 0}'), 422, "validation_error")
     assert message == (
-        "content: Input should be a valid string; pageContext: Input should be an object; "
-        "x: Extra inputs are not permitted"
+        "content: must be a JSON string; pageContext: must be a JSON object; x: Extra inputs are not permitted"
     )
 
 

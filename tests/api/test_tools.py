@@ -390,7 +390,7 @@ def test_a_budget_reached_between_rounds_ends_the_turn(tools: Tools, tenants: Te
     )
     server = tools.start()
     with client(server, tenants.a1) as c:
-        assert c.put(f"{API}/budget", json={"dailyBudgetCents": "1"}).status_code == 200
+        assert c.put(f"{API}/budget", json={"dailyBudgetCents": 1}).status_code == 200
         stream = send(c, create_session(c), "echo hi")
     assert stream.types.count("tool_result") == 1
     assert stream.of("error")[0].data["code"] in ("daily_budget_exhausted", "budget_insufficient")

@@ -22,6 +22,8 @@ TENANT_TABLES = (
     "ai_budget_reservations",
     "ai_tool_executions",
     "ai_action_plans",
+    "organizations",
+    "users",
 )
 
 
@@ -81,9 +83,14 @@ async def app_conn(pg_database: DatabaseUrls) -> AsyncIterator[asyncpg.Connectio
         await conn.close()
 
 
-async def as_tenant(conn: asyncpg.Connection, scope: str, orgs: str) -> None:
+async def as_tenant(conn: asyncpg.Connection, scope: str, orgs: str, user_id: str = "") -> None:
+    """The settings `Database.unit` sets for a tenant, transaction-local."""
     await conn.execute(
-        "SELECT set_config('parley.scope', $1, true), set_config('parley.org_ids', $2, true)", scope, orgs
+        "SELECT set_config('parley.scope', $1, true), set_config('parley.org_ids', $2, true), "
+        "set_config('parley.user_id', $3, true)",
+        scope,
+        orgs,
+        user_id,
     )
 
 
@@ -107,7 +114,7 @@ async def test_every_tenant_table_has_forced_rls_and_a_policy(app_conn: asyncpg.
     }
 
 
-@pytest.mark.parametrize("table", ["ai_sessions", "ai_messages", "ai_cost_usage"])
+@pytest.mark.parametrize("table", ["ai_sessions", "ai_messages", "ai_cost_usage", "organizations", "users"])
 async def test_no_tenant_settings_see_nothing(app_conn: asyncpg.Connection, seeded: dict[str, str], table: str) -> None:
     assert await app_conn.fetchval(f"SELECT count(*) FROM {table}") == 0
 
@@ -192,3 +199,89 @@ async def test_an_unknown_scope_sees_nothing(app_conn: asyncpg.Connection, seede
     async with app_conn.transaction():
         await as_tenant(app_conn, "admin", seeded["org_a"])
         assert await app_conn.fetchval("SELECT count(*) FROM ai_sessions") == 0
+
+
+async def test_org_b_sees_only_its_own_organization_and_users(
+    app_conn: asyncpg.Connection, seeded: dict[str, str]
+) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_b"])
+        assert [r["name"] for r in await app_conn.fetch("SELECT name FROM organizations")] == ["org_b"]
+        assert [r["id"] for r in await app_conn.fetch("SELECT id FROM users")] == [seeded["user_b"]]
+        assert await app_conn.fetchval("SELECT count(*) FROM users WHERE org_id = $1", seeded["org_a"]) == 0
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "partner", f"{seeded['org_a']},{seeded['org_b']}")
+        assert await app_conn.fetchval("SELECT count(*) FROM organizations") == 2
+        assert await app_conn.fetchval("SELECT count(*) FROM users") == 2
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "system", "")
+        assert await app_conn.fetchval("SELECT count(*) FROM organizations") == 2
+        assert await app_conn.fetchval("SELECT count(*) FROM users") == 2
+
+
+async def test_a_user_outside_any_visible_organization_sees_only_itself(
+    app_conn: asyncpg.Connection, seeded: dict[str, str], pg_database: DatabaseUrls
+) -> None:
+    """A user without an organization (a partner's or an administrator's) reads its own row."""
+    loner = str(uuid.uuid4())
+    owner = await asyncpg.connect(_dsn(pg_database.admin))
+    try:
+        await owner.execute("SELECT set_config('parley.scope', 'system', false)")
+        await owner.execute("INSERT INTO users VALUES ($1, NULL, 'loner@x', 'loner', $2)", loner, NOW)
+    finally:
+        await owner.close()
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"], user_id=loner)
+        assert {r["id"] for r in await app_conn.fetch("SELECT id FROM users")} == {seeded["user_a"], loner}
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"], user_id=seeded["user_b"])
+        assert {r["id"] for r in await app_conn.fetch("SELECT id FROM users")} == {seeded["user_a"], seeded["user_b"]}
+
+
+async def test_org_a_cannot_change_or_add_to_org_b_tenant_rows(
+    app_conn: asyncpg.Connection, seeded: dict[str, str]
+) -> None:
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        assert (
+            await app_conn.execute("UPDATE organizations SET name = 'x' WHERE id = $1", seeded["org_b"]) == "UPDATE 0"
+        )
+        assert await app_conn.execute("UPDATE users SET name = 'x' WHERE id = $1", seeded["user_b"]) == "UPDATE 0"
+        assert await app_conn.execute("DELETE FROM users WHERE org_id = $1", seeded["org_b"]) == "DELETE 0"
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await app_conn.execute(
+                "INSERT INTO users VALUES ($1, $2, 'mole@x', 'mole', $3)", str(uuid.uuid4()), seeded["org_b"], NOW
+            )
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            await app_conn.execute("UPDATE users SET org_id = $1 WHERE id = $2", seeded["org_b"], seeded["user_a"])
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT * FROM ai_sessions",
+        "SELECT * FROM ai_messages",
+        "SELECT * FROM organizations",
+        "SELECT * FROM users",
+        "SELECT * FROM api_tokens",
+        "SELECT * FROM ai_tool_executions",
+    ],
+)
+async def test_policies_read_the_tenant_settings_once_per_statement(
+    app_conn: asyncpg.Connection, seeded: dict[str, str], query: str
+) -> None:
+    """current_setting() runs in InitPlans (once per statement), and the visibility function is
+    inlined: the filter on each row compares columns with the InitPlans' results."""
+    async with app_conn.transaction():
+        await as_tenant(app_conn, "organization", seeded["org_a"])
+        plan = [r[0] for r in await app_conn.fetch(f"EXPLAIN (VERBOSE, COSTS OFF) {query}")]
+    text = "\n".join(plan)
+    assert "InitPlan" in text, text
+    assert "parley_org_visible" not in text, text  # inlined, not called per row
+    for line in plan:
+        if "current_setting" in line:
+            assert line.lstrip().startswith("Output:"), text  # only as the output of an InitPlan

@@ -15,19 +15,29 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from parley.http_protocol import ParleyConfig
 from parley.server import ParleyServer
 
 
 class LiveServer:
-    def __init__(self, app: Any, *, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", max_header_bytes: int | None = None) -> None:
         self.app = app
         self.host = host
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, 0))
         self.port: int = self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5)
-        self.server = ParleyServer(config, app) if isinstance(app, FastAPI) else uvicorn.Server(config)
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "access_log": False,
+            "lifespan": "on",
+            "timeout_graceful_shutdown": 5,
+        }
+        if isinstance(app, FastAPI):  # parley as `parley serve` runs it: its HTTP protocol and limits
+            limit = {} if max_header_bytes is None else {"max_header_bytes": max_header_bytes}
+            self.server: uvicorn.Server = ParleyServer(ParleyConfig(app, **limit, **options), app)
+        else:
+            self.server = uvicorn.Server(uvicorn.Config(app, **options))
         self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self.port}", daemon=True)
         self.failure: BaseException | None = None
 

@@ -33,6 +33,8 @@ def test_a_full_openai_compatible_config_validates() -> None:
     assert s.session_idle_ttl_seconds == 7200
     assert s.session_max_age_seconds == 86400
     assert s.max_live_sessions == 200
+    assert s.max_header_bytes == 16 * 1024
+    assert s.body_timeout_seconds == 10
     assert s.effective_database_url.startswith("sqlite+aiosqlite:///")
 
 
@@ -169,6 +171,8 @@ def test_production_never_allows_metadata_even_when_allow_listed() -> None:
         ("MCP_LLM_PRICE_OUTPUT_PER_M_USD", "abc"),
         ("PARLEY_TURN_TIMEOUT_SECONDS", "0"),
         ("PARLEY_MAX_LIVE_SESSIONS", "many"),
+        ("PARLEY_MAX_HEADER_BYTES", "100"),
+        ("PARLEY_BODY_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_bad_numbers_name_their_variable(name: str, value: str) -> None:

@@ -108,7 +108,7 @@ def test_rate_limit_budget_and_network_refusals_are_explained(
 ) -> None:
     server = web_server(ScriptedProvider(Reply(tokens=["Fine", " now."])))
     with client(server, tenants.a1) as api:
-        budget = {"messagesPerMinutePerUser": 1, "monthlyBudgetCents": "500"}
+        budget = {"messagesPerMinutePerUser": 1, "monthlyBudgetCents": 500}
         assert api.put("/api/v1/ai/budget", json=budget).status_code == 200
     chat = open_page(server).sign_in(tenants.a1)
     # The budget shows as a labelled meter; the unlimited (null) daily budget shows none.
@@ -125,7 +125,7 @@ def test_rate_limit_budget_and_network_refusals_are_explained(
     assert chat.composer.input_value() == "Two"
 
     with client(server, tenants.a1) as api:
-        budget = {"messagesPerMinutePerUser": None, "monthlyBudgetCents": "0"}
+        budget = {"messagesPerMinutePerUser": None, "monthlyBudgetCents": 0}
         assert api.put("/api/v1/ai/budget", json=budget).status_code == 200
     chat.composer.press("Enter")
     text = banner_text(chat, "monthly_budget_exhausted")

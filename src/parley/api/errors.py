@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from parley.errors import (
     MalformedJSONError,
@@ -41,12 +42,26 @@ def error_response(exc: ParleyError, headers: Mapping[str, str] | None = None) -
     return JSONResponse(body, status_code=exc.status_code, headers=all_headers or None)
 
 
+# Strict write bodies refuse look-alikes ("yes", "5"); say which JSON type the field takes.
+_STRICT_TYPE_MESSAGES = {
+    "bool_type": "must be a JSON boolean (true or false)",
+    "int_type": "must be a JSON integer",
+    "string_type": "must be a JSON string",
+    "dict_type": "must be a JSON object",
+    "list_type": "must be a JSON array",
+}
+
+
 def describe_validation_errors(errors: Sequence[Mapping[str, Any]]) -> str:
     """`loc: msg` of the first five errors, without the body/query/path prefixes."""
     parts = []
     for err in errors[:5]:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path"))
-        parts.append(f"{loc or 'body'}: {err.get('msg')}")
+        where = tuple(err.get("loc", ()))
+        loc = ".".join(str(p) for p in where if p not in ("body", "query", "path"))
+        message = str(err.get("msg"))
+        if where[:1] == ("body",):
+            message = _STRICT_TYPE_MESSAGES.get(err.get("type", ""), message)
+        parts.append(f"{loc or 'body'}: {message.removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -61,6 +76,19 @@ async def _authentication_refusal(request: Request) -> JSONResponse | None:
     except ParleyError as exc:
         return error_response(exc)
     return None
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the path answers, for `Allow` on 405: Starlette names only those of the first
+    route that matched the path, and here each method of a path is a route of its own. Asked of
+    the routes themselves (`matches`), whatever groups them; a mount (the page's files) answers
+    every method and refuses the others itself, so it is not asked."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
+    allowed = [m for m in _METHODS if any(r.matches({**request.scope, "method": m})[0] is Match.FULL for r in routes)]
+    return ", ".join(allowed)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -87,7 +115,10 @@ def install_error_handlers(app: FastAPI) -> None:
             if refusal is not None:
                 return refusal
         message = exc.detail if isinstance(exc.detail, str) else None
-        return error_response(error_for_status(exc.status_code, message), exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405 and (allowed := _allowed_methods(request)):
+            headers = {**(headers or {}), "Allow": allowed}
+        return error_response(error_for_status(exc.status_code, message), headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

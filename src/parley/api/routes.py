@@ -7,6 +7,7 @@ in the caller's organizations (others: 404). Turns answer with the SSE stream of
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -87,14 +88,35 @@ router = APIRouter(prefix=PREFIX, tags=["ai"])
 
 
 def check_page_context(svc: Services, context: dict[str, Any] | None) -> None:
+    """Refuse a page context that would not be stored as sent, or is over the size limit."""
     if context is None:
         return
     try:
         size = len(orjson.dumps(context))
     except orjson.JSONEncodeError as exc:  # integers past 64 bits, deep nesting, lone surrogates
         raise ValidationFailedError(f"pageContext cannot be stored: {exc}.") from None
+    if _has_non_finite(context):  # orjson would store them as null
+        raise ValidationFailedError(
+            "pageContext: numbers must be finite (NaN, Infinity and numbers beyond ±1.8e308 cannot be stored)."
+        )
     if size > svc.page_context_max_bytes:
         raise PayloadTooLargeError(f"pageContext is {size} bytes; the limit is {svc.page_context_max_bytes}.")
+
+
+def _has_non_finite(value: object) -> bool:
+    """Whether a parsed JSON value holds a float that is NaN or infinite (the JSON parsers read
+    `NaN`, `Infinity` and `1e400` that way). Iterative: orjson has already bounded the depth."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 @router.post("/sessions", status_code=201)

@@ -1,21 +1,61 @@
-"""Request bodies (pydantic, at the edge only) and response shapes (camelCase, as clients read them)."""
+"""Request bodies (pydantic, at the edge only) and response shapes (camelCase, as clients read them).
+
+Write bodies are strict: a boolean must be a JSON boolean, an integer a JSON integer, a string a
+JSON string, so `"yes"` never passes for `true` nor `"5"` for `5`. Money is the one JSON number
+read as `Decimal` (`JsonCents`).
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from parley.billing.cost import decimal_text
 from parley.providers.base import ForcedTool, ToolChoice
 from parley.store.sql import Record
 
+# A double holds any decimal of up to 15 significant digits exactly (DBL_DIG); past that, the
+# number the client wrote may not be the one parsed, and money must not change silently.
+EXACT_DIGITS = 15
+
+
+def _json_cents(value: object) -> object:
+    """A JSON number as an exact `Decimal`; strings and booleans are refused, as strict mode does."""
+    if value is None or isinstance(value, Decimal):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    if isinstance(value, int):
+        return Decimal(value)
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    exact = Decimal(repr(value))  # the shortest text that reads back as this double
+    if len(exact.as_tuple().digits) > EXACT_DIGITS:
+        raise ValueError(f"has more than {EXACT_DIGITS} significant digits, which cannot be read exactly")
+    return exact
+
+
+MAX_CENTS = 10**12
+JsonCents = Annotated[
+    Annotated[Decimal, Field(ge=0, le=MAX_CENTS, decimal_places=6)] | None,
+    BeforeValidator(_json_cents),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "number", "minimum": 0, "maximum": MAX_CENTS}, {"type": "null"}],
+            "description": "Cents as a JSON number, at most 6 decimal places; null means unlimited.",
+        }
+    ),
+]
+WRITE_BODY = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
+
 
 class CreateSessionBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = WRITE_BODY
 
     title: str | None = Field(None, max_length=255)
     page_context: dict[str, Any] | None = Field(None, alias="pageContext")
@@ -24,13 +64,13 @@ class CreateSessionBody(BaseModel):
 
 
 class ForcedToolBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     name: str = Field(..., min_length=1, max_length=64)
 
 
 class SendMessageBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = WRITE_BODY
 
     content: str
     page_context: dict[str, Any] | None = Field(None, alias="pageContext")
@@ -45,7 +85,7 @@ class SendMessageBody(BaseModel):
 class DecisionBody(BaseModel):
     """`POST /sessions/{id}/approve/{executionId}`: approve or deny one tool call."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     approved: bool
     reason: str | None = Field(None, max_length=1000)
@@ -59,13 +99,13 @@ class ToolDecision(DecisionBody):
 class ToolDecisionsBody(BaseModel):
     """`POST /sessions/{id}/tool-decisions`: decide several calls at once, all or none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     decisions: list[ToolDecision] = Field(..., min_length=1, max_length=50)
 
 
 class RenameBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     title: str = Field(..., min_length=1, max_length=255)
 
@@ -73,11 +113,11 @@ class RenameBody(BaseModel):
 class BudgetBody(BaseModel):
     """Partial update: only the fields sent change; null means unlimited, 0 means none."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = WRITE_BODY
 
     enabled: bool | None = None
-    daily_budget_cents: Decimal | None = Field(None, alias="dailyBudgetCents", ge=0, le=10**12, decimal_places=6)
-    monthly_budget_cents: Decimal | None = Field(None, alias="monthlyBudgetCents", ge=0, le=10**12, decimal_places=6)
+    daily_budget_cents: JsonCents = Field(None, alias="dailyBudgetCents")
+    monthly_budget_cents: JsonCents = Field(None, alias="monthlyBudgetCents")
     max_turns_per_session: int | None = Field(None, alias="maxTurnsPerSession", ge=1, le=10_000)
     messages_per_minute_per_user: int | None = Field(None, alias="messagesPerMinutePerUser", ge=0, le=100_000)
     messages_per_hour_per_org: int | None = Field(None, alias="messagesPerHourPerOrg", ge=0, le=10_000_000)
@@ -94,13 +134,13 @@ class BudgetBody(BaseModel):
 
 
 class PlanApprovalBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     approved: bool
 
 
 class PauseBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = WRITE_BODY
 
     paused: bool
 
