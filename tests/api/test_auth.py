@@ -34,6 +34,7 @@ SESSION_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/sessions/{sid}/approve/00000000-0000-4000-8000-000000000000", {"approved": True}),
     ("POST", "/sessions/{sid}/tool-decisions", {"decisions": [{"executionId": "x", "approved": True}]}),
     ("GET", "/sessions/{sid}/tool-executions", None),
+    ("GET", "/sessions/{sid}/tools", None),
 ]
 OTHER_ROUTES: list[tuple[str, str, Any]] = [
     ("POST", "/sessions", {}),

@@ -270,6 +270,27 @@ def test_always_allow_lets_the_tool_run_without_asking_for_the_rest_of_the_chat(
     assert tools.ran() == ["1", "2"]
 
 
+def test_the_tools_a_session_may_use_say_which_ask(tools: Tools, tenants: Tenants) -> None:
+    tools.configure(tools={"tally": {"enabled": False}, "echo": {"requireApproval": "always"}})
+    with client(tools.start(), tenants.a1) as c:
+        sid = create_session(c)
+        listed = {t["name"]: t for t in c.get(f"{API}/sessions/{sid}/tools").json()["data"]}
+        assert c.put(f"{API}/budget", json={"approvalMode": "auto_approve"}).status_code == 200
+        relaxed = {t["name"]: t["asks"] for t in c.get(f"{API}/sessions/{sid}/tools").json()["data"]}
+    assert "t__tally" not in listed
+    record = listed["t__record"]
+    assert (record["title"], record["server"], record["requireApproval"]) == ("record", "t", "destructive")
+    assert (record["readOnly"], record["destructive"], record["asks"], record["alwaysAllowed"]) == (
+        False,
+        True,
+        True,
+        False,
+    )
+    assert record["inputSchema"]["required"] == ["note"]
+    assert (listed["t__big"]["asks"], listed["t__echo"]["asks"]) == (False, True)
+    assert (relaxed["t__record"], relaxed["t__echo"], relaxed["t__big"]) == (True, True, False)
+
+
 # --- what runs without asking, and what never runs ----------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from parley.api.schemas import (
     plan_view,
     session_detail,
     session_summary,
+    tool_view,
     usage_view,
 )
 from parley.api.sse import sse_response
@@ -178,6 +179,13 @@ async def get_session(session_id: str, svc: ServicesDep, who: PrincipalDep) -> d
         "pendingExecutions": [execution_view(row) for row in found.pending_executions],
         "plans": [plan_view(row) for row in found.plans],
     }
+
+
+@router.get("/sessions/{session_id}/tools")
+async def session_tools(session_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
+    """The tools this session's model may use, and which of them ask before a call."""
+    tools = await svc.approvals.session_tools(who.tenant, who.user_id, session_id)
+    return {"data": [tool_view(entry) for entry in tools]}
 
 
 @router.get("/sessions/{session_id}/tool-executions")

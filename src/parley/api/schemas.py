@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from parley.billing.cost import decimal_text
+from parley.chat.approvals import SessionTool
 from parley.providers.base import ForcedTool, ToolChoice
 from parley.store.sql import Record
 
@@ -234,6 +235,22 @@ def execution_view(row: Record) -> dict[str, Any]:
         "createdAt": _iso(row["created_at"]),
         "startedAt": _iso(row["started_at"]),
         "completedAt": _iso(row["completed_at"]),
+    }
+
+
+def tool_view(entry: SessionTool) -> dict[str, Any]:
+    tool = entry.tool
+    return {
+        "name": tool.name,
+        "title": tool.title or tool.tool,
+        "description": tool.description,
+        "server": tool.server,
+        "inputSchema": tool.input_schema,
+        "requireApproval": tool.approval,
+        "readOnly": tool.read_only,
+        "destructive": tool.destructive,
+        "asks": entry.asks,
+        "alwaysAllowed": entry.always_allowed,
     }
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from parley.billing.budget import (
     Allowance,
@@ -83,14 +83,26 @@ def limits_of(budget: BudgetLimits | Record | None) -> Limits:
     )
 
 
-def approval_mode(budget: BudgetLimits | None) -> ApprovalMode:
-    mode = budget.approval_mode if budget is not None else None
+def approval_mode(budget: BudgetLimits | Record | None) -> ApprovalMode:
+    """The organization's approval mode, from its budget (the admission's projection or the row)."""
+    if budget is None:
+        return "per_step"
+    mode = budget["approval_mode"] if isinstance(budget, dict) else budget.approval_mode
     return next((known for known in APPROVAL_MODES if known == mode), "per_step")
 
 
-async def approval_policy(
-    tx: Tx, row: TurnSession, mode: ApprovalMode, *, allowed: list[str] | None = None
-) -> ApprovalPolicy:
+class ApprovalState(Protocol):
+    """What a session row says about approvals (a TurnSession, or the whole row's fields)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def approvals_paused(self) -> bool: ...
+    @property
+    def allowed_tools(self) -> list[str] | None: ...
+
+
+async def approval_policy(tx: Tx, row: ApprovalState, mode: ApprovalMode) -> ApprovalPolicy:
     """The session's approval policy as stored: its organization's mode, its pause, its
     always-allowed tools, and the plan it carries out (action_plan mode)."""
     plan = None
@@ -103,7 +115,7 @@ async def approval_policy(
     return ApprovalPolicy(
         mode=mode,
         paused=row.approvals_paused,
-        allowed=frozenset(allowed if allowed is not None else row.allowed_tools or ()),
+        allowed=frozenset(row.allowed_tools or ()),
         plan=plan,
     )
 

@@ -54,6 +54,7 @@ from parley.store import repositories as repo
 from parley.store.repositories import TurnSession
 from parley.store.sql import Record, Tx
 from parley.store.tenancy import Tenant
+from parley.tools import CatalogTool
 
 if TYPE_CHECKING:
     from parley.chat.sessions import SessionManager
@@ -76,6 +77,20 @@ class Decided:
 
     stream: Subscription | None
     pending: int
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTool:
+    tool: CatalogTool
+    asks: bool  # a call would wait for the owner's decision (outside a running plan)
+    always_allowed: bool  # the owner chose "always allow" for it in this chat
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredApprovals:
+    id: str
+    approvals_paused: bool
+    allowed_tools: list[str] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +329,26 @@ class ApprovalDesk:
                     {"status": "failed", "is_error": True, "error_message": entry.refusal, "completed_at": now},
                 )
         return decided
+
+    # -- what a session may use ----------------------------------------------------------------------
+
+    async def session_tools(self, tenant: Tenant, user_id: str, session_id: str) -> list[SessionTool]:
+        """The tools the session's model may call now, and whether a call of each would ask."""
+        async with self.manager.db.unit(tenant, readonly=True) as tx:
+            found = await repo.get_session(tx, tenant, session_id, owner_id=user_id)
+            if found is None:
+                raise SessionNotFoundError()
+            state = _StoredApprovals(found["id"], found["approvals_paused"], found["allowed_tools"])
+            mode = approval_mode(await repo.get_budget(tx, found["org_id"]))
+            policy = await approval_policy(tx, state, mode)
+        catalog = self.manager.tools
+        if catalog is None:
+            return []
+        return [
+            SessionTool(tool=tool, asks=policy.asks(tool), always_allowed=tool.name in policy.allowed)
+            for tool in catalog.tools()
+            if tool.blocked is None
+        ]
 
     # -- plans -----------------------------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ class CatalogTool:
     destructive: bool  # destructiveHint (true by default), believed from a trusted server only
     timeout: float  # seconds
     blocked: str | None  # why it may not run (its definition changed since approved), else None
+    title: str = ""  # a name for people (the tool's title, else its annotations' title)
 
 
 class ToolNotFound(LookupError):
@@ -322,6 +323,7 @@ def _entry(
         destructive=not read_only and not (hints is not None and hints.destructiveHint is False),
         timeout=config.timeout_seconds,
         blocked=blocked,
+        title=tool.title or (tool.annotations.title if tool.annotations is not None else None) or "",
     )
 
 
