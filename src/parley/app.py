@@ -145,6 +145,7 @@ def create_app(
             prices=price_lookup(settings),
             max_tool_rounds=settings.max_tool_rounds,
             approval_ttl=timedelta(seconds=settings.approval_timeout_seconds),
+            max_reply_chars=settings.max_reply_chars,
         )
         now = clock or (lambda: datetime.now(UTC))
         catalog_of_tools = tools or ToolCatalog.from_config_file(

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     node_name: str | None = Field(None, min_length=1, max_length=64, validation_alias="PARLEY_NODE_NAME")
     heartbeat_seconds: float = Field(15.0, gt=0, le=15.0, validation_alias="PARLEY_HEARTBEAT_SECONDS")
     default_max_turns: int = Field(50, ge=1, le=10_000, validation_alias="PARLEY_MAX_TURNS")
+    # A reply (one model round) stops past this many characters, its text kept: about 50,000 tokens.
+    max_reply_chars: int = Field(200_000, ge=1_000, le=50_000_000, validation_alias="PARLEY_MAX_REPLY_CHARS")
     # Model rounds of one reply that may end in tool calls; the round after answers without tools.
     max_tool_rounds: int = Field(8, ge=1, le=64, validation_alias="PARLEY_MAX_TOOL_ROUNDS")
     # How long a tool call waits for a person's decision before it expires.
@@ -278,6 +280,11 @@ def startup_warnings(s: Settings) -> list[str]:
         )
     if s.production and s.effective_database_url.startswith("sqlite"):
         warnings.append("PARLEY_ENV=production on SQLite: tenant isolation is enforced by parley only.")
+    if s.max_output_tokens * 4 > s.max_reply_chars:
+        warnings.append(
+            f"PARLEY_MAX_REPLY_CHARS ({s.max_reply_chars}) is below what {s.max_output_tokens} output tokens may "
+            "hold (about 4 characters each): long replies will stop with reply_too_large."
+        )
     return warnings
 
 

@@ -38,6 +38,7 @@ policy of both providers.
     ├── HttpError                        4xx/5xx http_error (any other HTTP-level refusal)
     ├── NotSupportedOnProviderError      501 NOT_SUPPORTED_ON_PROVIDER
     ├── ToolRoundLimitError              500 tool_round_limit (an error event only)
+    ├── ReplyTooLargeError               500 reply_too_large (an error event only)
     ├── TurnTimeoutError                 504 turn_timeout
     ├── ServerRestartingError            503 server_restarting
     ├── TurnLostError                    503 turn_lost
@@ -349,6 +350,15 @@ class NotSupportedOnProviderError(ParleyError):
     default_message = "This action is not supported on the configured provider."
 
 
+class ReplyTooLargeError(ParleyError):
+    """The reply passed the size a reply may have (PARLEY_MAX_REPLY_CHARS); what came is kept."""
+
+    code = "reply_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The reply was stopped at {limit:,} characters, the most one reply may have here.")
+
+
 class ToolRoundLimitError(ParleyError):
     """The model kept calling tools past the turn's limit of rounds."""
 
@@ -416,6 +426,7 @@ class ProviderErrorKind(StrEnum):
     TRUNCATED = "truncated"  # stream ended without a finish reason
     MODEL_NOT_FOUND = "model_not_found"
     BAD_REQUEST = "upstream_bad_request"
+    PROTOCOL = "upstream_protocol"  # a 2xx answer that is no reply stream (a web page, say)
 
 
 _PROVIDER_MESSAGES: dict[ProviderErrorKind, str] = {
@@ -435,6 +446,10 @@ _PROVIDER_MESSAGES: dict[ProviderErrorKind, str] = {
     ProviderErrorKind.TRUNCATED: "The model server ended the reply without finishing it.",
     ProviderErrorKind.MODEL_NOT_FOUND: "The configured model does not exist on the model server.",
     ProviderErrorKind.BAD_REQUEST: "The model server rejected the request.",
+    ProviderErrorKind.PROTOCOL: (
+        "The model server's address answered with something that is not a model's reply. Ask an administrator "
+        "to check the model server's URL."
+    ),
 }
 
 # Which failures of a model server may succeed on a second try (only ever before anything of the

@@ -183,7 +183,7 @@ def test_dropped_stream_is_upstream_stream_with_the_partial_text_kept(
     reply = body["messages"][1]
     assert (reply["content"], reply["finishReason"]) == ("tok0 tok1 tok2 ", "upstream_stream")
     assert reply["usageEstimated"] is True  # no counts from the server: estimated, and billed
-    assert body["session"]["totalOutputTokens"] == 3
+    assert body["session"]["totalOutputTokens"] == 4  # by its text: 15 characters, about 4 tokens
 
 
 @pytest.mark.parametrize(
@@ -268,3 +268,94 @@ def test_a_leaving_client_does_not_close_the_upstream(
         assert upstream.requests[0].completed.wait(3)
         wait_until(lambda: detail(c, sid)["session"]["turnCount"] == 1, timeout=3)
         assert detail(c, sid)["messages"][1]["content"] == "".join(f"tok{i} " for i in range(15))
+
+
+# --- what a failed or hostile answer costs --------------------------------------------------------
+
+
+def _billed(body: Any) -> tuple[Any, Any, Any, Any]:
+    reply = body["messages"][-1]
+    return reply["inputTokens"], reply["outputTokens"], reply["costCents"], body["session"]["totalCostCents"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [Stall(), Stream(chunks=TokenStream(n=2).chunks, header_delay=5)],
+    ids=["stalled-connection", "no-response-head"],
+)
+def test_a_turn_that_got_no_answer_costs_nothing(
+    make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream, answer: Any
+) -> None:
+    upstream.enqueue(answer)
+    stream, body = _one_turn(make_server, tenants, upstream.base_url)
+    assert _error(stream)["code"] == "upstream_timeout"
+    assert _billed(body)[1:] in ((0, "0", "0"), (None, None, "0"))
+    assert not body["messages"][-1]["inputTokens"]
+
+
+def test_a_refused_connection_costs_nothing(make_server: ServerFactory, tenants: Tenants) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        _, body = _one_turn(make_server, tenants, f"http://127.0.0.1:{s.getsockname()[1]}/v1")
+    assert not body["messages"][-1]["inputTokens"]
+    assert not body["messages"][-1]["outputTokens"]
+    assert body["session"]["totalCostCents"] == "0"
+
+
+def test_a_web_page_where_the_stream_belongs_is_a_protocol_error(
+    make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream
+) -> None:
+    page = f"<!doctype html><html><body>Welcome to nginx! {SECRET}</body></html>"
+    upstream.enqueue(Reply(200, page, headers={"Content-Type": "text/html; charset=utf-8"}))
+    stream, body = _one_turn(make_server, tenants, upstream.base_url, PARLEY_UPSTREAM_RETRIES="2")
+    assert _error(stream) == {
+        "type": "error",
+        "code": "upstream_protocol",
+        "message": ProviderError(ProviderErrorKind.PROTOCOL).message,
+    }
+    _no_leak(stream, body)
+    assert len(upstream.requests) == 1  # never retried: the address is wrong, not busy
+    assert not body["messages"][-1]["outputTokens"]
+
+
+def test_a_huge_reply_without_usage_is_stopped_and_billed_by_its_text(
+    make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream
+) -> None:
+    """One delta of 8 MiB and no usage chunk: the reply stops at the size a reply may have, and
+    is billed by what it holds (about four characters a token), not as one token."""
+    huge = "lorem ipsum " * (8 * 1024 * 1024 // 12)
+    upstream.enqueue(
+        Stream(chunks=[_chunk({"role": "assistant", "content": huge}), _chunk({}, "stop"), b"data: [DONE]\n\n"])
+    )
+    stream, body = _one_turn(make_server, tenants, upstream.base_url)
+    assert _error(stream) == {
+        "type": "error",
+        "code": "reply_too_large",
+        "message": "The reply was stopped at 200,000 characters, the most one reply may have here.",
+    }
+    reply = body["messages"][-1]
+    assert len(reply["content"]) == 200_000
+    assert reply["content"] == huge[:200_000]
+    assert reply["outputTokens"] == 50_000
+    assert reply["usageEstimated"] is True
+    assert reply["finishReason"] == "reply_too_large"
+    assert body["session"]["totalOutputTokens"] == 50_000
+
+
+def test_a_packed_reply_is_cut_at_the_budget_by_its_text(
+    make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream
+) -> None:
+    """A metered turn is cut where its reservation ends even when the server packs many tokens
+    into one piece."""
+    packed = "word " * 40_000  # 200,000 characters in one piece: about 50,000 tokens
+    upstream.enqueue(Stream(chunks=[_chunk({"content": packed}), _chunk({}, "stop"), b"data: [DONE]\n\n"]))
+    server = _serve(make_server, upstream.base_url, MCP_LLM_MAX_TOKENS="100")
+    with client(server, tenants.a1) as c:
+        assert c.put(f"{API}/budget", json={"dailyBudgetCents": 1000}).status_code == 200
+        sid = create_session(c)
+        stream = send(c, sid, "hello")
+        body = detail(c, sid)
+    assert _error(stream)["code"] == "budget_exhausted"
+    reply = body["messages"][-1]
+    assert len(reply["content"]) <= 100 * 6  # cut within the 100 tokens' worth of text
+    assert reply["outputTokens"] <= 150  # billed by its text, at most the reservation

@@ -166,6 +166,14 @@ def test_message_delta_usage_overwrites_and_never_adds() -> None:
     assert finished == Finished(reason="stop")
 
 
+def test_negative_counts_from_a_server_count_as_zero() -> None:
+    translator = AnthropicStreamTranslator()
+    feed_one(translator, start(input_tokens=-10, cache_read_input_tokens=-3, output_tokens=1))
+    feed_one(translator, delta("end_turn", output_tokens=-40))
+    feed_one(translator, STOP)
+    assert translator.finish()[0] == Usage(input_tokens=0, output_tokens=0, cache_read_tokens=0)
+
+
 def test_input_tokens_stay_uncached_only() -> None:
     # Anthropic's input buckets are disjoint: input_tokens must not be reduced by the cache.
     translator = AnthropicStreamTranslator()

@@ -133,6 +133,13 @@ def test_partial_usage_prefers_the_servers_latest_counts() -> None:
     assert translator.partial_usage() == Usage(input_tokens=30, output_tokens=2, cache_read_tokens=20)
 
 
+def test_negative_counts_from_a_server_count_as_zero() -> None:
+    translator = OpenAIStreamTranslator(prompt_chars=9)
+    usage = {"prompt_tokens": -500, "completion_tokens": -1, "prompt_tokens_details": {"cached_tokens": -7}}
+    feed_one(translator, chunk({"content": "a"}, finish="stop", usage=usage))
+    assert translator.finish()[0] == Usage(input_tokens=0, output_tokens=0, cache_read_tokens=0)
+
+
 def test_no_partial_usage_before_any_chunk() -> None:
     translator = OpenAIStreamTranslator(prompt_chars=9)
     assert translator.partial_usage() is None

@@ -84,6 +84,7 @@ class SessionPolicy:
     prices: Callable[[str], Prices] = field(default=lambda _model: Prices())  # by model id
     max_tool_rounds: int = 8
     approval_ttl: timedelta = timedelta(minutes=10)
+    max_reply_chars: int = 200_000
 
 
 @dataclass(slots=True, eq=False)
@@ -415,6 +416,7 @@ class SessionManager:
                 on_stream_task=partial(_set_stream_task, turn),
                 reply=turn.reply,
                 tools=turn.tools,
+                max_reply_chars=self.policy.max_reply_chars,
                 count_turn=resume is None,
             )
             # Queued before the response starts, so its first write carries it.

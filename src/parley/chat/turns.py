@@ -55,6 +55,7 @@ from parley.errors import (
     BudgetExhaustedError,
     ParleyError,
     ProviderError,
+    ReplyTooLargeError,
     ServerRestartingError,
     SessionExpiredError,
     ToolRoundLimitError,
@@ -67,6 +68,10 @@ from parley.tools import ToolCatalog
 log = logging.getLogger("parley.turns")
 
 MAX_PARALLEL_CALLS = 8
+# A metered reply is cut when its text passes this many characters per token it may have: lenient
+# (English runs about 4.5 characters a token) so an honest server's last tokens are never cut,
+# and still a wall for one that packs a whole reply into one piece. Billing counts 4 (base.py).
+CUT_CHARS_PER_TOKEN = 6
 AWAITING_APPROVAL = "awaiting_approval"  # the finish reason of a reply whose calls wait
 
 
@@ -88,7 +93,8 @@ class Reply:
 
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
-    chunks: int = 0
+    chunks: int = 0  # pieces of this round's text and reasoning
+    chars: int = 0  # their characters
     usage: Usage | None = None
     finish_reason: str | None = None
     started: bool = False  # a model round began (and so called the provider)
@@ -128,6 +134,12 @@ class Reply:
         self.text, self.reasoning, self.calls = [], [], []
         self.finish_reason = None
 
+    @property
+    def output_estimate(self) -> int:
+        """This round's output in tokens as counted here: by its pieces, or by its text when that
+        says more (about four characters a token)."""
+        return max(self.chunks, estimate_tokens(self.chars))
+
 
 @dataclass(frozen=True, slots=True)
 class TurnOutcome:
@@ -139,8 +151,6 @@ class TurnOutcome:
     reached_provider: bool = True
 
 
-# A server that ignores max_tokens is cut off where the budget reservation ends.
-BUDGET_CUT_OFF = TurnOutcome(finish_reason=BudgetExhaustedError.code, error=BudgetExhaustedError(), completed=False)
 PAUSED = TurnOutcome(finish_reason=AWAITING_APPROVAL, error=None, completed=True)
 
 
@@ -203,7 +213,7 @@ class TurnSpec:
     prompt: list[ChatMessage]  # everything before the reply: system prompt, history, the message
     model: str
     max_tokens: int | None
-    output_limit: int | None  # metered: stop the stream past this many output chunks
+    output_limit: int | None  # metered: stop the stream past this many output tokens (as counted here)
     turn_timeout: float
     provider: Provider
     prices: Prices
@@ -214,6 +224,7 @@ class TurnSpec:
     on_stream_task: Callable[[asyncio.Task[TurnOutcome]], None]
     reply: Reply = field(default_factory=lambda: Reply())  # what arrived so far (checkpointed while it grows)
     tools: TurnTools | None = None
+    max_reply_chars: int = 200_000  # a reply stops past this many characters (reply_too_large)
     count_turn: bool = True  # False for a continuation: its turn was counted when it began
 
 
@@ -287,8 +298,9 @@ async def _consume(spec: TurnSpec, reply: Reply, offered: list[provider.ToolSpec
             )
             async with aclosing(stream) as batches:  # type: ignore[type-var]
                 async for batch in batches:  # one per network read
-                    if _take(spec, batch, reply, limit):
-                        return BUDGET_CUT_OFF  # leaving the block closes the upstream stream
+                    cut = _take(spec, batch, reply, limit)
+                    if cut is not None:  # leaving the block closes the upstream stream
+                        return TurnOutcome(finish_reason=cut.code, error=cut, completed=False)
     except TimeoutError:
         minutes = spec.turn_timeout / 60
         shown = f"{minutes:g} minutes" if spec.turn_timeout >= 60 else f"{spec.turn_timeout:g} seconds"
@@ -311,27 +323,37 @@ async def _consume(spec: TurnSpec, reply: Reply, offered: list[provider.ToolSpec
     return TurnOutcome(finish_reason=reply.finish_reason or "stop", error=None, completed=True)
 
 
-def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: int) -> bool:
-    """Keep and publish one read's events; True when the output limit cut the reply short.
+def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: int) -> ParleyError | None:
+    """Keep and publish one read's events; the error that cut the reply short, if one did.
 
     Runs once per read: a run of answer (or reasoning) pieces is kept and published as one event.
+    What was produced is measured by its text as well as its pieces: a server that packs a whole
+    reply into one piece is cut off (CUT_CHARS_PER_TOKEN) and billed (`Reply.output_estimate`) by
+    the text it sent.
     """
-    cut_off = False
     for event in batch:
         if isinstance(event, provider.TextDelta | provider.ReasoningDelta):
             pieces = event.texts
-            if reply.chunks + len(pieces) > limit:
-                pieces = pieces[: max(limit - reply.chunks, 0)]
-                cut_off = True
+            size = sum(map(len, pieces))
+            chars = reply.chars + size
+            cut: ParleyError | None = None
+            if (
+                reply.chunks + len(pieces) > limit
+                or chars > limit * CUT_CHARS_PER_TOKEN
+                or chars > spec.max_reply_chars
+            ):
+                pieces, cut = _cut(spec, reply, pieces, limit)
+                size = sum(map(len, pieces))
             reply.chunks += len(pieces)
+            reply.chars += size
             if type(event) is provider.TextDelta:
                 reply.text += pieces
                 spec.publish(ContentDelta(pieces))
             else:
                 reply.reasoning += pieces
                 spec.publish(ReasoningDelta(pieces))
-            if cut_off:
-                break
+            if cut is not None:
+                return cut
         elif type(event) is Usage:
             reply.usage = event
         elif type(event) is Finished:
@@ -339,16 +361,43 @@ def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: i
         elif type(event) is provider.ToolCallReady:
             reply.calls.append(event)
         # ToolCallStarted: the call shows once it is complete (tool_use_start or approval_required)
-    return cut_off
+    return None
+
+
+def _cut(spec: TurnSpec, reply: Reply, pieces: list[str], limit: int) -> tuple[list[str], ParleyError]:
+    """The pieces that still fit the output limit (metered turns) and the reply's size cap, and
+    why the rest does not."""
+    kept: list[str] = []
+    chunks, chars = reply.chunks, reply.chars
+    for piece in pieces:
+        if chunks + 1 > limit:
+            return kept, BudgetExhaustedError()
+        budget_room = limit * CUT_CHARS_PER_TOKEN - chars
+        size_room = spec.max_reply_chars - chars
+        room = min(size_room, budget_room)
+        if len(piece) > room:
+            if room > 0:
+                kept.append(piece[:room])
+            if size_room <= budget_room:
+                return kept, ReplyTooLargeError(spec.max_reply_chars)
+            return kept, BudgetExhaustedError()
+        kept.append(piece)
+        chunks += 1
+        chars += len(piece)
+    raise AssertionError("_cut is called only for pieces that pass a limit")
 
 
 def _token_counts(messages: Sequence[ChatMessage], reply: Reply) -> TokenCounts:
-    """The usage of the model round that just ended (or was cut)."""
+    """The usage of the model round that just ended (or was cut): the server's counts, else (or
+    past them, when they are the provider's own estimate) what was counted here."""
     usage = reply.usage
     if usage is not None:
+        output = usage.output_tokens
+        if usage.estimated:
+            output = max(output, reply.output_estimate)
         return TokenCounts(
             input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
+            output_tokens=output,
             cache_read_tokens=usage.cache_read_tokens,
             cache_write_tokens=usage.cache_write_tokens,
             estimated=usage.estimated,
@@ -356,8 +405,8 @@ def _token_counts(messages: Sequence[ChatMessage], reply: Reply) -> TokenCounts:
     if reply.chunks == 0:
         return TokenCounts()  # nothing produced: nothing billed
     # Stopped or failed without server counts: count what we saw, and say it is an estimate.
-    prompt_chars = sum(len(m.plain_text) for m in messages)
-    return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=reply.chunks, estimated=True)
+    prompt_chars = sum(len(m.sent_text) for m in messages)
+    return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=reply.output_estimate, estimated=True)
 
 
 def _record(
@@ -377,7 +426,7 @@ def _record(
     cents = cost_cents(tokens, spec.prices)
     reply.settled = reply.settled + tokens
     reply.settled_cents += cents
-    reply.usage, reply.chunks = None, 0
+    reply.usage, reply.chunks, reply.chars = None, 0, 0
     return TurnRecord(
         message_id=spec.message_id,
         text=reply.answer(),

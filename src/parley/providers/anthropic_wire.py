@@ -255,7 +255,8 @@ def classify_error(status: int | None, body: object, *, default: ProviderErrorKi
 
 
 def _int(value: object) -> int | None:
-    return value if type(value) is int else None
+    """A count from the server, never below zero (a negative count would lower a bill)."""
+    return max(value, 0) if type(value) is int else None
 
 
 # --- stream translation --------------------------------------------------------------------------

@@ -291,6 +291,8 @@ class UpstreamClient:
                 reader = translator()
                 decoder = SSEDecoder()
                 async with response:
+                    if response.content_type == "text/html":
+                        raise await self._not_a_stream(response)
                     content = response.content
                     while not reader.done:
                         try:
@@ -316,6 +318,18 @@ class UpstreamClient:
             attempt += 1
             logger.info("retrying %s in %.2fs (attempt %d)", self.label, delay, attempt)
             await self.sleep(delay)
+
+    async def _not_a_stream(self, response: aiohttp.ClientResponse) -> ProviderError:
+        """A 2xx web page where a reply stream belongs: a wrong base URL, a captive portal, a proxy's
+        page. Said as such (the start of the page goes to the log), never retried."""
+        try:
+            head = await response.content.read(300)
+        except NETWORK_ERRORS:
+            head = b""
+        logger.warning(
+            "%s %s answered %d with a web page, not a stream: %.300r", self.label, self.url, response.status, head
+        )
+        return ProviderError(ProviderErrorKind.PROTOCOL)
 
     async def status_error(self, response: aiohttp.ClientResponse, classify: Classify | None = None) -> ProviderError:
         status = response.status

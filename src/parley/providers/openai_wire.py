@@ -112,7 +112,8 @@ def classify_error(
 
 
 def _int(value: object) -> int:
-    return value if type(value) is int else 0
+    """A count from the server: an int, never below zero (a negative count would lower a bill)."""
+    return max(value, 0) if type(value) is int else 0
 
 
 # --- stream translation (pure) -------------------------------------------------------------------
