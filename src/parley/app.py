@@ -28,6 +28,7 @@ from parley.chat import upkeep
 from parley.chat.approvals import ApprovalDesk
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
+from parley.chat.context import resolve_window
 from parley.chat.ownership import ProcessName
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
@@ -146,6 +147,9 @@ def create_app(
             max_tool_rounds=settings.max_tool_rounds,
             approval_ttl=timedelta(seconds=settings.approval_timeout_seconds),
             max_reply_chars=settings.max_reply_chars,
+            context_strategy=settings.context_strategy,
+            # Anthropic caches the prompt's prefix: drop old exchanges eight at a time so it stays put.
+            context_block=8 if settings.llm_provider == "anthropic" else 1,
         )
         now = clock or (lambda: datetime.now(UTC))
         catalog_of_tools = tools or ToolCatalog.from_config_file(
@@ -162,6 +166,19 @@ def create_app(
             process=ProcessName.current(settings.node_name),
             tools=catalog_of_tools,
         )
+        manager.window = await resolve_window(
+            configured=settings.context_window,
+            provider=upstream,
+            provider_name=settings.llm_provider,
+            model=settings.model,
+        )
+        if manager.window is None:
+            log.warning(
+                "the model's context window is unknown (set MCP_LLM_CONTEXT_WINDOW): histories are sent whole "
+                "until the model server says a prompt is too long"
+            )
+        else:
+            log.info("context window: %d tokens (%s)", manager.window.tokens, manager.window.source)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         manager.relay = await open_relay(redis_url, process=manager.owner, on_control=manager.on_control)
         await upkeep.recover_orphans(manager, at_start=True)  # a predecessor's turns, at once

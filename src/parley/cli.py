@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar, cast
 
 import typer
 
-from parley.config import database_url_from_env, describe, load_settings, startup_warnings
+from parley.config import Settings, database_url_from_env, describe, load_settings, startup_warnings
 from parley.errors import ConfigError
 from parley.store.db import Database
 from parley.store.tenancy import Scope
@@ -76,12 +76,36 @@ def check_config() -> None:
     except ConfigError as exc:
         _config_problems(exc)
         raise typer.Exit(2) from exc
-    width = max(len(name) for name, _ in describe(settings))
-    for name, value in describe(settings):
+    rows = [*describe(settings), ("context window", _window_line(settings))]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
         typer.echo(f"{name.ljust(width)}  {value}")
     for warning in startup_warnings(settings):
         typer.echo(f"warning: {warning}", err=True)
     typer.echo("configuration OK")
+
+
+def _window_line(settings: Settings) -> str:
+    """The model's context window and where it comes from (the model server is asked if need be)."""
+    from parley.app import build_provider
+    from parley.chat.context import resolve_window
+
+    async def ask() -> str:
+        provider = build_provider(settings)
+        try:
+            window = await resolve_window(
+                configured=settings.context_window,
+                provider=provider,
+                provider_name=settings.llm_provider,
+                model=settings.model,
+            )
+        finally:
+            await provider.aclose()
+        if window is None:
+            return "unknown: the model server does not say (set MCP_LLM_CONTEXT_WINDOW)"
+        return f"{window.tokens:,} tokens, from {window.source}"
+
+    return asyncio.run(ask())
 
 
 def _run(fn: Callable[..., Awaitable[T]], *args: object, **kwargs: object) -> T:

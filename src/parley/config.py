@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias="MCP_LLM_ALLOWED_HOSTS"
     )
     llm_max_tokens: int = Field(1024, ge=1, le=1_000_000, validation_alias="MCP_LLM_MAX_TOKENS")
+    # The model's context window in tokens (prompt and reply): else asked of the model server, or
+    # taken from the Claude model table.
+    context_window: int | None = Field(None, ge=512, le=10_000_000, validation_alias="MCP_LLM_CONTEXT_WINDOW")
+    # trim: drop the oldest exchanges that do not fit; summarize: and have the model summarize them.
+    context_strategy: Literal["trim", "summarize"] = Field("trim", validation_alias="PARLEY_CONTEXT_STRATEGY")
     price_input_per_m_usd: Decimal = Field(Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_INPUT_PER_M_USD")
     price_output_per_m_usd: Decimal = Field(Decimal(0), ge=0, validation_alias="MCP_LLM_PRICE_OUTPUT_PER_M_USD")
     database_url: str = Field("", validation_alias="DATABASE_URL")

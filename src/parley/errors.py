@@ -12,6 +12,7 @@ policy of both providers.
     │   └── ModelNotAllowedError         400 model_not_allowed
     ├── ValidationFailedError            422 validation_error
     ├── PayloadTooLargeError             413 content_too_large
+    │   └── MessageTooLongForModelError  413 message_too_long_for_model
     ├── HeaderTooLargeError              431 header_too_large
     ├── RequestTimeoutError              408 request_timeout
     ├── AuthenticationError              401 unauthorized
@@ -130,6 +131,18 @@ class RequestTimeoutError(ParleyError):
     code = "request_timeout"
     status_code = 408
     default_message = "The request body did not arrive in time."
+
+
+class MessageTooLongForModelError(PayloadTooLargeError):
+    """The message, with the system prompt and room for a reply, does not fit the model's window."""
+
+    code = "message_too_long_for_model"
+
+    def __init__(self, window: int) -> None:
+        super().__init__(
+            f"This message is too long for the model, which sees {window:,} tokens at once (the reply included). "
+            "Send a shorter message."
+        )
 
 
 class AuthenticationError(ParleyError):
@@ -478,11 +491,13 @@ class ProviderError(ParleyError):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        window: int | None = None,
     ) -> None:
         super().__init__(message or _PROVIDER_MESSAGES[kind])
         self.kind = kind
         self.status = status
         self.retry_after = retry_after
+        self.window = window  # the context window a CONTEXT_LENGTH answer stated, if it did
 
     def error_code(self) -> str:
         return self.kind.value

@@ -198,6 +198,7 @@ def _parley(data_dir: Path, model_server: LocalModelServer, proxy: TcpProxy, **e
         "MCP_LLM_MODEL": model_server.model,
         "MCP_LLM_API_KEY": model_server.api_key,
         "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),
+        "MCP_LLM_CONTEXT_WINDOW": str(model_server.n_ctx),  # as `parley demo` says it: the server does not
         "PARLEY_UPSTREAM_RETRIES": "1",
         "PARLEY_CONNECT_TIMEOUT_SECONDS": "5",
         **extra,

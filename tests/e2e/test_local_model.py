@@ -7,6 +7,7 @@ recording proxy between them shows what parley actually sent it.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import time
 from typing import Any
@@ -133,7 +134,7 @@ def test_stop_keeps_the_partial_reply_and_the_next_turn_starts_promptly(e2e: E2E
 
 
 @pytest.mark.timeout(90)
-def test_prompt_longer_than_the_context_window_fails_with_context_length(e2e: E2E, api: Api) -> None:
+def test_a_message_longer_than_the_context_window_is_refused_before_the_model(e2e: E2E, api: Api) -> None:
     prompt = long_prompt(9_000)
     tokenized = httpx2.post(
         e2e.model.base_url.removesuffix("/v1") + "/extras/tokenize",
@@ -145,14 +146,36 @@ def test_prompt_longer_than_the_context_window_fails_with_context_length(e2e: E2
     assert len(tokenized.json()["tokens"]) > e2e.model.n_ctx, "the prompt must overflow the window"
 
     session = api.create_session()
+    sent_before = len(e2e.proxy.chat_requests())
     turn = api.turn(session["id"], prompt)
-    assert turn.status == 200, turn.body
-    assert turn.types[-2:] == ["error", "done"], turn.types
-    assert turn.first("error")["code"] == "context_length"
-    assert "message_end" not in turn.types
+    assert turn.status == 413, turn.body
+    assert json.loads(turn.body)["code"] == "message_too_long_for_model"
+    assert len(e2e.proxy.chat_requests()) == sent_before  # the model never saw it
 
     stored = api.get_session(session["id"])
-    assert assistant_messages(stored) == []
+    assert stored["messages"] == []
+
+
+@pytest.mark.timeout(600)
+def test_twenty_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> None:
+    """The window is 2,048 tokens and each answer up to 256: from the sixth turn or so the history
+    no longer fits whole. Every turn is answered, and the cut is announced."""
+    session = api.create_session()
+    turns = [api.turn(session["id"], f"Tell me a long story about a {animal}.") for animal in ANIMALS]
+    for turn in turns:
+        assert_completed(turn)
+    cuts = [turn.first("context_trimmed")["droppedMessages"] for turn in turns if "context_trimmed" in turn.types]
+    assert cuts, "the history outgrew the window: the cut must be announced"
+    assert cuts == sorted(cuts)
+    assert len(assistant_messages(api.get_session(session["id"]))) == 20  # everything is kept
+    last = e2e.proxy.chat_requests()[-1]
+    assert last["messages"][-1] == {"role": "user", "content": f"Tell me a long story about a {ANIMALS[-1]}."}
+
+
+ANIMALS = [
+    "cat", "dog", "fox", "owl", "bear", "wolf", "hare", "crow", "seal", "deer",
+    "frog", "goat", "lion", "mole", "newt", "orca", "puma", "swan", "toad", "yak",
+]  # fmt: skip
 
 
 @pytest.mark.timeout(150)

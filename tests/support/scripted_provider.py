@@ -17,6 +17,7 @@ import orjson
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import (
     ChatMessage,
+    ContextWindow,
     Finished,
     ProviderEvent,
     ReasoningDelta,
@@ -62,6 +63,7 @@ class ScriptedProvider:
         self.calls: list[list[ChatMessage]] = []
         self.max_tokens: list[int | None] = []
         self.tools: list[list[ToolSpec]] = []  # the tools offered, per request
+        self.window: ContextWindow | None = None  # what it says of its context window
         self.choices: list[ToolChoice] = []
         self.opened = 0
         self.closed = 0
@@ -113,6 +115,9 @@ class ScriptedProvider:
                 raise ProviderError(ProviderErrorKind.TRUNCATED)
         finally:
             self.closed += 1
+
+    async def context_window(self, model: str) -> ContextWindow | None:
+        return self.window
 
     async def aclose(self) -> None:
         return None

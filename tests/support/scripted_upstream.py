@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -62,6 +63,10 @@ End = Literal["close", "drop", "reset", "stall"]
 
 def _frame(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def json_text(value: Any) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode() if value is not None else ""
 
 
 def sse_event(obj: Any) -> bytes:
@@ -319,8 +324,20 @@ _STREAM_HEAD = b"content-type: text/event-stream\r\ncache-control: no-cache\r\nt
 class ScriptedUpstream:
     """The scripted server; see the module docstring. Start/stop it with `with` or `async with`."""
 
-    def __init__(self, *, model: str = "scripted-model", default: Script | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        model: str = "scripted-model",
+        default: Script | None = None,
+        window: int | None = None,
+        says_window: Literal["vllm", "llama.cpp", "ollama"] | None = None,
+    ) -> None:
         self.model = model
+        # Enforce a context window as vLLM does (prompt tokens counted as characters / 4, plus
+        # max_tokens): a longer request gets its 400 context_length_exceeded answer.
+        self.window = window
+        self.says_window = says_window  # which server's probe states the window
+        self.overflows = 0
         self._default: Script = default if default is not None else TokenStream(model=model)
         self._scripts: deque[Script] = deque()
         self._requests: list[RecordedRequest] = []
@@ -480,13 +497,45 @@ class ScriptedUpstream:
 
     async def _serve(self, request: RecordedRequest, conn: _Connection) -> bool:
         """Answer one request; False when the connection must close afterwards."""
+        window, says = self.window, self.says_window
         if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
-            model = {"id": self.model, "object": "model", "owned_by": "scripted"}
+            model: dict[str, Any] = {"id": self.model, "object": "model", "owned_by": "scripted"}
+            if window is not None and says == "vllm":
+                model["max_model_len"] = window
             models = {"object": "list", "data": [model]}
             return await self._reply(Reply(200, models), request, conn)
+        if request.method == "GET" and request.path == "/props" and window is not None and says == "llama.cpp":
+            return await self._reply(Reply(200, {"default_generation_settings": {"n_ctx": window}}), request, conn)
+        if request.method == "POST" and request.path == "/api/show" and window is not None and says == "ollama":
+            show = {"model_info": {"llama.context_length": 131072}, "parameters": f"num_ctx {window}\nstop <|eot|>"}
+            return await self._reply(Reply(200, show), request, conn)
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return await self._reply(Reply(404, {"error": {"message": "no such route"}}), request, conn)
+        if window is not None and isinstance(request.json, dict):
+            asked = self.prompt_tokens(request.json) + int(request.json.get("max_tokens") or 0)
+            if asked > window:
+                with self._lock:
+                    self._requests.append(request)
+                    self.overflows += 1
+                message = (
+                    f"This model's maximum context length is {window} tokens. However, you requested {asked} "
+                    "tokens. Please reduce the length of the messages or completion."
+                )
+                body = {"error": {"message": message, "type": "BadRequestError", "code": 400}}
+                return await self._reply(Reply(400, body), request, conn)
         return await self._record_and_play(request, conn)
+
+    def _counted(self, script: Script, request: RecordedRequest) -> Script:
+        """A windowed server reports the prompt tokens it counted, as a real one does."""
+        if self.window is not None and isinstance(script, TokenStream) and isinstance(request.json, dict):
+            return dataclasses.replace(script, prompt_tokens=self.prompt_tokens(request.json))
+        return script
+
+    @staticmethod
+    def prompt_tokens(body: dict[str, Any]) -> int:
+        """The prompt's tokens as the windowed server counts them: characters / 4, plus 8 a message."""
+        messages = body.get("messages") or []
+        return sum(len(json_text(m.get("content"))) // 4 + 8 for m in messages if isinstance(m, dict))
 
     async def _record_and_play(self, request: RecordedRequest, conn: _Connection) -> bool:
         """Record a request on the scripted route and answer it with the next script."""
@@ -495,7 +544,7 @@ class ScriptedUpstream:
             script = self._scripts.popleft() if self._scripts else self._default
         self._active += 1
         try:
-            return await self._play(script, request, conn)
+            return await self._play(self._counted(script, request), request, conn)
         finally:
             self._active -= 1
 

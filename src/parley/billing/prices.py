@@ -23,10 +23,12 @@ from parley.billing.cost import Prices
 __all__ = [
     "CACHE_READ_MULTIPLIER",
     "CACHE_WRITE_MULTIPLIERS",
+    "CLAUDE_CONTEXT_WINDOW",
     "CLAUDE_PRICES",
     "DEFAULT_ANTHROPIC_MODEL",
     "PRICES_EFFECTIVE_FROM",
     "CacheTTL",
+    "claude_context_window",
     "claude_prices",
     "parse_price_overrides",
     "prices_for",
@@ -72,6 +74,16 @@ def claude_prices(input_per_m_usd: Decimal, output_per_m_usd: Decimal, *, cache_
         cache_read_per_m_usd=input_per_m_usd * CACHE_READ_MULTIPLIER,
         cache_write_per_m_usd=input_per_m_usd * CACHE_WRITE_MULTIPLIERS[cache_ttl],
     )
+
+
+# Every Claude model of the table sees 200,000 tokens at once (prompt and reply); the larger
+# windows some offer need a beta header parley does not send.
+CLAUDE_CONTEXT_WINDOW = 200_000
+
+
+def claude_context_window(model: str) -> int | None:
+    """The window of a Claude model of the table (a dated or -latest variant too), else None."""
+    return CLAUDE_CONTEXT_WINDOW if any(key in CLAUDE_PRICES for key in _candidates(model)) else None
 
 
 def _candidates(model: str) -> list[str]:

@@ -16,6 +16,7 @@ Imports chat, billing, providers and store; never the web layer.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -31,7 +32,14 @@ from parley.billing.budget import (
     plan_turn,
 )
 from parley.billing.cost import Prices
-from parley.chat.history import build_history
+from parley.chat.context import (
+    DEFAULT_TOKENS_PER_CHAR,
+    Fitted,
+    Strategy,
+    fit_rows,
+    with_summary,
+)
+from parley.chat.history import HistoryRow
 from parley.chat.prompt import render_system_prompt, title_from
 from parley.chat.tool_calls import (
     APPROVAL_MODES,
@@ -66,6 +74,21 @@ class Admission:
     stream: int  # the number of the turn's event stream
     user_position: int  # the user message's place in the session; the reply takes the next one
     policy: ApprovalPolicy  # who decides the turn's tool calls
+    fitted: Fitted  # what of the history the model is sent
+    rows: Sequence[HistoryRow]  # the whole history as stored, to fit again tighter
+    base_system_prompt: str  # the system prompt without a summary
+    fixed_chars: int  # the system prompt, the message and the tool definitions
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContextPlan:
+    """How the history is fitted to the model's window (see chat/context.py)."""
+
+    window: int | None = None  # None: unknown, the history is sent whole
+    tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR
+    strategy: Strategy = "trim"
+    block: int = 1
+    tools_chars: int = 0  # the tool definitions sent with every request
 
 
 def limits_of(budget: BudgetLimits | Record | None) -> Limits:
@@ -194,6 +217,7 @@ async def admit(
     max_tokens: int | None,
     prices: Prices,
     page_context: dict[str, Any] | None,
+    context: ContextPlan | None = None,
 ) -> Admission:
     if row.awaiting_approval is not None:
         await close_expired_round(tx, row, now)
@@ -220,9 +244,23 @@ async def admit(
         raise TurnInProgressError()
 
     stored = await repo.history_rows(tx, row.id)
-    history = build_history(stored)
-    context = page_context if page_context is not None else row.context_snapshot
-    system_prompt = render_system_prompt(row.system_prompt or "", context)
+    snapshot = page_context if page_context is not None else row.context_snapshot
+    system_prompt = render_system_prompt(row.system_prompt or "", snapshot)
+    plan = context or ContextPlan()
+    fixed_chars = len(system_prompt) + len(text) + plan.tools_chars
+    fitted, _ = fit_rows(
+        stored,
+        fixed_chars=fixed_chars,
+        window=plan.window,
+        max_tokens=max_tokens,
+        tokens_per_char=plan.tokens_per_char,
+        strategy=plan.strategy,
+        block=plan.block,
+    )
+    history = fitted.history
+    base_system_prompt = system_prompt
+    if fitted.summary is not None:
+        system_prompt = with_summary(system_prompt, fitted.summary.text)
     allowance, reservation_id = await reserve(
         tx,
         row.org_id,
@@ -230,7 +268,7 @@ async def admit(
         limits,
         texts=[system_prompt, *(m.sent_text for m in history), text] if limits.spends_are_limited else [],
         prices=prices,
-        max_tokens=max_tokens,
+        max_tokens=fitted.max_tokens,
         now=now,
         ttl=reservation_ttl,
     )
@@ -256,4 +294,8 @@ async def admit(
         stream=stream,
         user_position=position,
         policy=await approval_policy(tx, row, approval_mode(budget)),
+        fitted=fitted,
+        rows=stored,
+        base_system_prompt=base_system_prompt,
+        fixed_chars=fixed_chars,
     )

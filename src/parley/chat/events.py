@@ -6,6 +6,8 @@ Wire contract (camelCase payloads; `data` is the whole event object including `t
     message_end{inputTokens, outputTokens, cacheReadTokens, cacheWriteTokens, costUsd, usageEstimated}
     title_updated{title}  error{code, message}  done{}
     stream_gap{afterId, nextId}: frames between the two ids were lost in transit (they are stored)
+    context_trimmed{droppedMessages, summarized}: the model does not see the session's first
+        droppedMessages stored messages (a summary of them when summarized)
 
 Tools (a reply may hold several model rounds; see chat/turns.py):
 
@@ -105,6 +107,16 @@ class StreamGap:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ContextTrimmed:
+    """The model is not sent the session's first `dropped_messages` stored messages (they do not
+    fit its window); `summarized`: a summary of them is sent instead."""
+
+    type: Literal["context_trimmed"] = "context_trimmed"
+    dropped_messages: int
+    summarized: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ToolUseStart:
     """A tool call starts running (it needed no approval, or was approved)."""
 
@@ -193,6 +205,7 @@ StreamEvent = (
     | TurnError
     | Done
     | StreamGap
+    | ContextTrimmed
     | ToolUseStart
     | ToolResult
     | ApprovalRequired

@@ -27,11 +27,22 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
+import orjson
+
 from parley.billing.budget import Allowance
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.bus.redis import RedisRelay
-from parley.chat.admission import Admission, admit, limits_of, reserve
+from parley.chat.admission import Admission, ContextPlan, admit, limits_of, reserve
+from parley.chat.context import (
+    DEFAULT_TOKENS_PER_CHAR,
+    MARGIN,
+    MIN_TOKENS_PER_CHAR,
+    Fitted,
+    Strategy,
+    conversation_of,
+    fit,
+)
 from parley.chat.events import (
     Done,
     MessageStart,
@@ -46,9 +57,10 @@ from parley.chat.events import (
 from parley.chat.ownership import ProcessName
 from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.tool_calls import ApprovalPolicy, PlannedCall
-from parley.chat.turns import CallUpdate, Reply, TurnOutcome, TurnRecord, TurnSpec, TurnTools, start_turn
+from parley.chat.turns import CallUpdate, Reply, TurnContext, TurnOutcome, TurnRecord, TurnSpec, TurnTools, start_turn
 from parley.errors import (
     NoTurnRunningError,
+    ParleyError,
     PayloadTooLargeError,
     ResumeUnavailableError,
     SessionClosedError,
@@ -58,7 +70,7 @@ from parley.errors import (
     TurnLostError,
     ValidationFailedError,
 )
-from parley.providers.base import ChatMessage, ForcedTool, Provider, ToolChoice
+from parley.providers.base import ChatMessage, ContextWindow, ForcedTool, Provider, ToolChoice
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
@@ -85,6 +97,8 @@ class SessionPolicy:
     max_tool_rounds: int = 8
     approval_ttl: timedelta = timedelta(minutes=10)
     max_reply_chars: int = 200_000
+    context_strategy: Strategy = "trim"
+    context_block: int = 1  # exchanges dropped together (a provider's cached prefix stays put)
 
 
 @dataclass(slots=True, eq=False)
@@ -117,6 +131,7 @@ class LiveSession:
     last_activity: datetime
     channel: SessionChannel
     turn: RunningTurn | None = None
+    tokens_per_char: float | None = None  # as the model server counted this session's prompts
 
 
 def _now() -> datetime:
@@ -140,6 +155,7 @@ class SessionManager:
         self.db = db
         self.provider = provider
         self.tools = tools if tools is not None and tools.configured else None
+        self.window: ContextWindow | None = None  # the model's context window (app.py resolves it)
         self.policy = policy
         self.clock = clock
         self.process = process or ProcessName.current()
@@ -285,8 +301,26 @@ class SessionManager:
                     max_tokens=self.policy.max_tokens,
                     prices=self.policy.prices(row.model),
                     page_context=page_context,
+                    context=self._context_plan(session_id),
                 )
         return admission, row, now, orphan, expired
+
+    def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> ContextPlan:
+        """How the session's history is fitted to the window (see chat/context.py)."""
+        live = self.live.get(session_id)
+        ratio = live.tokens_per_char if live is not None and live.tokens_per_char else DEFAULT_TOKENS_PER_CHAR
+        tools_chars = (
+            sum(len(orjson.dumps(spec.input_schema)) + len(spec.description) for spec in self.tools.specs())
+            if self.tools is not None
+            else 0
+        )
+        return ContextPlan(
+            window=self.window.tokens if self.window is not None else None,
+            tokens_per_char=ratio * tighter,
+            strategy=self.policy.context_strategy,
+            block=self.policy.context_block,
+            tools_chars=tools_chars,
+        )
 
     def _start(
         self, row: TurnSession, now: datetime, text: str, lease: str, admission: Admission, tool_choice: ToolChoice
@@ -318,7 +352,52 @@ class SessionManager:
             policy=admission.policy,
             tool_choice=tool_choice,
             title=admission.title,
+            context=self._turn_context(row.id, admission),
         )
+
+    def _turn_context(self, session_id: str, admission: Admission) -> TurnContext:
+        """What the turn needs to know of its history's fit."""
+        fitted = admission.fitted
+        return TurnContext(
+            system_prompt=admission.base_system_prompt,
+            dropped=fitted.dropped_rows,
+            summary=fitted.summary,
+            to_summarize=fitted.to_summarize,
+            refit=partial(self._refit, session_id, admission),
+            calibrate=partial(self._calibrate, session_id),
+        )
+
+    def _calibrate(self, session_id: str, tokens_per_char: float) -> None:
+        live = self.live.get(session_id)
+        if live is not None:
+            live.tokens_per_char = min(max(tokens_per_char * MARGIN, MIN_TOKENS_PER_CHAR), 2.0)
+
+    def _refit(self, session_id: str, admission: Admission, stated: int | None) -> Fitted | None:
+        """Fit the history tighter after the server said the prompt is too long: to the window it
+        stated (kept from now on), with a ratio a half higher. None when nothing more can go."""
+        if stated is not None and (self.window is None or stated < self.window.tokens):
+            log.warning("the model server says its context window is %d tokens; fitting histories to it", stated)
+            self.window = ContextWindow(tokens=stated, source="the model server's overflow error")
+        window = self.window.tokens if self.window is not None else None
+        if window is None:
+            return None
+        conversation = conversation_of(admission.rows)
+        plan = self._context_plan(session_id, tighter=1.5)
+        try:
+            fitted = fit(
+                conversation,
+                fixed_chars=admission.fixed_chars,
+                window=window,
+                max_tokens=admission.max_tokens,
+                tokens_per_char=plan.tokens_per_char,
+                strategy="trim",
+                block=plan.block,
+            )
+        except ParleyError:
+            return None
+        if fitted.dropped_rows <= admission.fitted.dropped_rows and len(fitted.history) >= len(admission.history):
+            return None
+        return fitted
 
     def start_continuation(
         self,
@@ -373,6 +452,7 @@ class SessionManager:
         tool_choice: ToolChoice = "auto",
         resume: list[PlannedCall] | None = None,
         title: str | None = None,
+        context: TurnContext | None = None,
     ) -> Subscription:
         """Run a turn (or a continuation) whose lease this process holds: its live session, its
         stream, its task. The subscription is made before anything is published."""
@@ -417,6 +497,7 @@ class SessionManager:
                 reply=turn.reply,
                 tools=turn.tools,
                 max_reply_chars=self.policy.max_reply_chars,
+                context=context,
                 count_turn=resume is None,
             )
             # Queued before the response starts, so its first write carries it.

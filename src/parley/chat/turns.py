@@ -34,9 +34,11 @@ from typing import Any
 from parley.billing.budget import Allowance
 from parley.billing.cost import Prices, TokenCounts, cents_to_usd, cost_cents
 from parley.chat import tool_calls
+from parley.chat.context import SUMMARY_TOKENS, Fitted, Summary, summary_request, with_summary
 from parley.chat.events import (
     ApprovalRequired,
     ContentDelta,
+    ContextTrimmed,
     Done,
     MessageEnd,
     PlanApprovalRequired,
@@ -55,6 +57,7 @@ from parley.errors import (
     BudgetExhaustedError,
     ParleyError,
     ProviderError,
+    ProviderErrorKind,
     ReplyTooLargeError,
     ServerRestartingError,
     SessionExpiredError,
@@ -103,6 +106,8 @@ class Reply:
     parts_size: int = 0  # how much they hold, for checkpoints
     tool_rounds: int = 0  # model rounds that ended in tool calls
     settled: TokenCounts = field(default_factory=TokenCounts)  # usage of the rounds before
+    extra: TokenCounts = field(default_factory=TokenCounts)  # usage outside a round (a summary), not yet recorded
+    prompt_chars: int = 0  # the characters of the current round's prompt
     settled_cents: Decimal = Decimal(0)
     model_seconds: float = 0.0  # time spent waiting for the model, across rounds
 
@@ -205,6 +210,19 @@ class TurnTools:
 
 
 @dataclass(slots=True, kw_only=True)
+class TurnContext:
+    """How the history was fitted to the model's window (chat/context.py), for what the turn says
+    and does about it: announce the cut, summarize what was dropped, fit again on an overflow."""
+
+    system_prompt: str  # as rendered, without a summary
+    dropped: int  # stored messages the model is not sent
+    summary: Summary | None  # a stored summary in use
+    to_summarize: list[ChatMessage]  # dropped now, to be summarized (summarize strategy)
+    refit: Callable[[int | None], Fitted | None] | None = None  # fit tighter (a window an error stated)
+    calibrate: Callable[[float], None] | None = None  # tokens per character, as the server counted
+
+
+@dataclass(slots=True, kw_only=True)
 class TurnSpec:
     """One turn's inputs and collaborators (constructor seams, no globals)."""
 
@@ -225,6 +243,7 @@ class TurnSpec:
     reply: Reply = field(default_factory=lambda: Reply())  # what arrived so far (checkpointed while it grows)
     tools: TurnTools | None = None
     max_reply_chars: int = 200_000  # a reply stops past this many characters (reply_too_large)
+    context: TurnContext | None = None
     count_turn: bool = True  # False for a continuation: its turn was counted when it began
 
 
@@ -240,7 +259,7 @@ def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
         reply.started = True  # a continuation: the reply exists, a Stop keeps it as it is
         first = asyncio.create_task(_resume(spec, tools, tools.resume))
     else:
-        first = asyncio.create_task(_consume(spec, reply, *_round_tools(spec, first_round=True)))
+        first = asyncio.create_task(_first_round(spec, reply))
     spec.on_stream_task(first)
     return asyncio.create_task(_run_turn(spec, reply, first), name=f"turn:{spec.session_id}")
 
@@ -284,6 +303,102 @@ async def _run_turn(spec: TurnSpec, reply: Reply, phase: asyncio.Task[TurnOutcom
         return
 
 
+async def _first_round(spec: TurnSpec, reply: Reply) -> TurnOutcome:
+    """The turn's first model round, after what its history needs: a summary of what no longer
+    fits (summarize strategy), the announcement of the cut; and one more try, fitted tighter, when
+    the server says the prompt is too long before it said anything else."""
+    context = spec.context
+    if context is not None:
+        reply.started = True
+        summarized = False
+        if context.to_summarize:
+            summarized = await _summarize(spec, context, reply)
+        if context.dropped:
+            _announce_cut(spec, reply, context.dropped, summarized or context.summary is not None)
+    outcome = await _consume(spec, reply, *_round_tools(spec, first_round=True))
+    error = outcome.error
+    if (
+        context is not None
+        and context.refit is not None
+        and isinstance(error, ProviderError)
+        and error.kind is ProviderErrorKind.CONTEXT_LENGTH
+        and reply.chunks == 0
+        and not reply.calls
+    ):
+        fitted = context.refit(error.window)
+        if fitted is not None:
+            spec.prompt = [
+                ChatMessage.text("system", with_summary(context.system_prompt, _summary_text(context, reply))),
+                *fitted.history,
+                spec.prompt[-1],
+            ]
+            spec.max_tokens = (
+                fitted.max_tokens
+                if spec.max_tokens is None
+                else min(spec.max_tokens, fitted.max_tokens or spec.max_tokens)
+            )
+            _announce_cut(spec, reply, fitted.dropped_rows, context.summary is not None)
+            reply.usage = None
+            outcome = await _consume(spec, reply, *_round_tools(spec, first_round=True))
+    return outcome
+
+
+def _summary_text(context: TurnContext, reply: Reply) -> str | None:
+    for part in reversed(reply.parts):
+        if part.get("type") == "summary":
+            return str(part["text"])
+    return context.summary.text if context.summary is not None else None
+
+
+def _announce_cut(spec: TurnSpec, reply: Reply, dropped: int, summarized: bool) -> None:
+    """Tell the readers, and keep in the reply (for the page after a reload), what the model does
+    not see."""
+    reply.parts = [p for p in reply.parts if p.get("type") != "context_trimmed"]
+    reply.parts.insert(0, {"type": "context_trimmed", "droppedMessages": dropped, "summarized": summarized})
+    spec.publish(ContextTrimmed(dropped_messages=dropped, summarized=summarized))
+
+
+async def _summarize(spec: TurnSpec, context: TurnContext, reply: Reply) -> bool:
+    """Condense what was dropped (and the summary before it) with one model call; the new summary
+    goes into the system prompt and the reply's parts. False, and the turn goes on trimmed, when
+    the call fails. Its usage is billed with the turn's first round."""
+    request = summary_request(context.summary.text if context.summary is not None else None, context.to_summarize)
+    pieces: list[str] = []
+    usage: Usage | None = None
+    try:
+        async with asyncio.timeout(spec.turn_timeout - reply.model_seconds):
+            stream = spec.provider.stream(request, model=spec.model, max_tokens=SUMMARY_TOKENS)
+            async with aclosing(stream) as batches:  # type: ignore[type-var]
+                async for batch in batches:
+                    for event in batch:
+                        if type(event) is provider.TextDelta:
+                            pieces += event.texts
+                        elif type(event) is Usage:
+                            usage = event
+    except (ProviderError, TimeoutError) as exc:
+        log.warning("session %s: summarizing the dropped history failed (%r); trimming instead", spec.session_id, exc)
+        return False
+    text = "".join(pieces).strip()
+    if usage is not None:
+        reply.extra = reply.extra + TokenCounts(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            estimated=usage.estimated,
+        )
+    else:
+        chars = sum(len(m.sent_text) for m in request)
+        reply.extra = reply.extra + TokenCounts(
+            input_tokens=estimate_tokens(chars), output_tokens=estimate_tokens(len(text)), estimated=True
+        )
+    if not text:
+        return False
+    reply.add_part({"type": "summary", "text": text, "covers": context.dropped})
+    spec.prompt[0] = ChatMessage.text("system", with_summary(context.system_prompt, text))
+    return True
+
+
 async def _consume(spec: TurnSpec, reply: Reply, offered: list[provider.ToolSpec], choice: ToolChoice) -> TurnOutcome:
     """One model round."""
     reply.started = True
@@ -291,6 +406,7 @@ async def _consume(spec: TurnSpec, reply: Reply, offered: list[provider.ToolSpec
     remaining = spec.turn_timeout - reply.model_seconds
     started = time.monotonic()
     messages = spec.prompt if not reply.parts else [*spec.prompt, *replay_reply(reply.parts)]
+    reply.prompt_chars = sum(len(m.sent_text) for m in messages)
     try:
         async with asyncio.timeout(max(remaining, 0.001)):
             stream = spec.provider.stream(
@@ -422,7 +538,14 @@ def _record(
 ) -> TurnRecord:
     """The write of the reply as it stands, with the usage of the round that just ended (taken
     out of `reply`: the next write adds only what comes after)."""
-    tokens = _token_counts(spec.prompt, reply)
+    round_tokens = _token_counts(spec.prompt, reply)
+    context = spec.context
+    if context is not None and context.calibrate is not None and not round_tokens.estimated and reply.prompt_chars:
+        prompt_tokens = round_tokens.input_tokens + round_tokens.cache_read_tokens + round_tokens.cache_write_tokens
+        if prompt_tokens:
+            context.calibrate(prompt_tokens / reply.prompt_chars)
+    tokens = round_tokens + reply.extra
+    reply.extra = TokenCounts()
     cents = cost_cents(tokens, spec.prices)
     reply.settled = reply.settled + tokens
     reply.settled_cents += cents

@@ -32,7 +32,7 @@ from parley.store import admin
 
 DEMO_ORG = "demo"
 DEMO_EMAIL = "demo@parley.local"
-DEMO_MAX_TOKENS = "512"  # the 135M model has a 2,048-token window; leave room for history
+DEMO_MAX_TOKENS = "512"  # the 135M model has a 2,048-token window: history is fitted to the rest
 WATCHDOG_INTERVAL = 2.0
 
 
@@ -104,6 +104,7 @@ def demo_settings(model: LocalModelServer, data_dir: Path) -> Settings:
             "MCP_LLM_BASE_URL": model.base_url,
             "MCP_LLM_MODEL": model.model,
             "MCP_LLM_API_KEY": model.api_key,
+            "MCP_LLM_CONTEXT_WINDOW": str(model.n_ctx),  # its server does not say: the demo knows
         }
     )
     return load_settings(env)

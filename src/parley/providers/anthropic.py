@@ -27,7 +27,7 @@ from parley.providers.anthropic_wire import (
     build_request,
     classify_error,
 )
-from parley.providers.base import ChatMessage, ProviderEvent, ToolChoice, ToolSpec
+from parley.providers.base import ChatMessage, ContextWindow, ProviderEvent, ToolChoice, ToolSpec
 from parley.providers.http import NETWORK_ERRORS, UpstreamClient, UpstreamOptions
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "DEFAULT_ANTHROPIC_VERSION", "AnthropicProvider"]
@@ -89,6 +89,10 @@ class AnthropicProvider:
         self._cache_ttl: CacheTTL = cache_ttl
         self._thinking_budget = thinking_budget
         self._default_max_tokens = default_max_tokens
+
+    async def context_window(self, model: str) -> ContextWindow | None:
+        """Anthropic's API does not say; the window comes from the model table (billing/prices.py)."""
+        return None
 
     async def aclose(self) -> None:
         await self._http.aclose()

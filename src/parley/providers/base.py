@@ -208,6 +208,14 @@ class Finished:
 ProviderEvent = TextDelta | ReasoningDelta | ToolCallStarted | ToolCallReady | Usage | Finished
 
 
+@dataclass(frozen=True, slots=True)
+class ContextWindow:
+    """How many tokens a model sees at once (prompt and reply together), and who said so."""
+
+    tokens: int
+    source: str
+
+
 class Provider(Protocol):
     """A configured model endpoint.
 
@@ -229,6 +237,11 @@ class Provider(Protocol):
         tools: Sequence[ToolSpec] = (),
         tool_choice: ToolChoice = "auto",
     ) -> AsyncIterator[Sequence[ProviderEvent]]: ...
+
+    async def context_window(self, model: str) -> ContextWindow | None:
+        """What the model server says the model's window is (best effort, a few seconds at most),
+        or None when it does not say."""
+        ...
 
     async def aclose(self) -> None:
         """Release pooled connections."""

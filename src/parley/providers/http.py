@@ -28,6 +28,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import ProviderEvent, Usage
+from parley.providers.context import stated_window
 from parley.providers.sse import ServerSentEvent, SSEDecoder
 from parley.providers.url_policy import address_refusal, host_refusals
 
@@ -372,6 +373,7 @@ class UpstreamClient:
             kind,
             status=status,
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            window=stated_window(parsed) if kind is Kind.CONTEXT_LENGTH else None,
         )
 
     def retry_delay(self, exc: ProviderError, attempt: int) -> float | None:

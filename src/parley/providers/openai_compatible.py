@@ -15,14 +15,15 @@ Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import aiohttp
 import orjson
 
 from parley.errors import ProviderError, ProviderErrorKind
-from parley.providers.base import ChatMessage, ProviderEvent, ToolChoice, ToolSpec
+from parley.providers.base import ChatMessage, ContextWindow, ProviderEvent, ToolChoice, ToolSpec
+from parley.providers.context import window_from_models, window_from_ollama, window_from_props
 from parley.providers.http import NETWORK_ERRORS, Classify, StreamFailedError, UpstreamClient, UpstreamOptions
 from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error, prompt_chars
 
@@ -53,8 +54,9 @@ class OpenAICompatibleProvider:
             "Content-Type": "application/json",
         }
         self._probe_headers = {**headers, "Accept": "application/json"}
+        self._base_url = base_url.rstrip("/")
         self._http = UpstreamClient(
-            url=base_url.rstrip("/") + "/chat/completions",
+            url=self._base_url + "/chat/completions",
             headers=headers,
             classify=_classify,
             label="model server",
@@ -63,6 +65,36 @@ class OpenAICompatibleProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def context_window(self, model: str) -> ContextWindow | None:
+        """Ask the server, as each kind of server can be asked (providers/context.py); None when
+        none of them says. Each probe waits a few seconds at most and is never retried."""
+        origin = self._base_url.removesuffix("/v1")
+        probes: tuple[tuple[str, str, dict[str, Any] | None, Callable[[Any], int | None], str], ...] = (
+            (
+                "GET",
+                self._base_url + "/models",
+                None,
+                lambda b: window_from_models(b, model),
+                "/v1/models (max_model_len)",
+            ),
+            ("GET", origin + "/props", None, window_from_props, "llama.cpp's /props (n_ctx)"),
+            ("POST", origin + "/api/show", {"model": model}, window_from_ollama, "Ollama's /api/show (num_ctx)"),
+        )
+        timeout = aiohttp.ClientTimeout(total=3)
+        for method, url, payload, read, source in probes:
+            try:
+                async with self._http.session().request(
+                    method, url, json=payload, headers=self._probe_headers, allow_redirects=False, timeout=timeout
+                ) as response:
+                    if response.status != 200:
+                        continue
+                    tokens = read(await response.json(content_type=None))
+            except (*NETWORK_ERRORS, ValueError):
+                continue
+            if tokens is not None:
+                return ContextWindow(tokens=tokens, source=f"the model server's {source}")
+        return None
 
     def stream(
         self,

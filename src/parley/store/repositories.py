@@ -570,9 +570,12 @@ async def list_messages(tx: Tx, session_id: str) -> list[Record]:
     return await tx.records(_LIST_MESSAGES, {"session_id": session_id})
 
 
-# The parts are decoded only where the stored JSON may hold a tool part: a long history of plain
-# text costs no JSON parsing.
-_MAY_HOLD_TOOL = cast(messages.c.content_parts, Text).contains('"tool_', autoescape=True)
+# The parts are decoded only where the stored JSON may hold a tool part or a summary: a long history
+# of plain text costs no JSON parsing.
+_PARTS_TEXT = cast(messages.c.content_parts, Text)
+_MAY_HOLD_TOOL = or_(
+    _PARTS_TEXT.contains('"tool_', autoescape=True), _PARTS_TEXT.contains('"summary"', autoescape=True)
+)
 _HISTORY = (
     select(messages.c.role, messages.c.content, case((_MAY_HOLD_TOOL, messages.c.content_parts), else_=None))
     .where(messages.c.session_id == bindparam("session_id"))
@@ -582,7 +585,8 @@ _HISTORY = (
 
 async def history_rows(tx: Tx, session_id: str) -> Sequence[HistoryRow]:
     """(role, content, content_parts) of a session in order; `content_parts` is None unless it may
-    hold a tool part. Read at admission, before the current message is written, so it excludes it."""
+    hold a tool part or a summary. Read at admission, before the current message is written, so it
+    excludes it."""
     return await tx.rows(_HISTORY, {"session_id": session_id})
 
 
