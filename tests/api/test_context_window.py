@@ -6,6 +6,7 @@ a request whose prompt, counted as characters / 4, plus `max_tokens`, passes it 
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -177,5 +178,5 @@ def test_anthropic_drops_in_blocks_so_the_cached_prefix_stays_put(make_server: S
     cuts = [t.of("context_trimmed")[0].data["droppedMessages"] if t.of("context_trimmed") else 0 for t in turns]
     assert cuts[-1] > 0
     assert all(cut % 16 == 0 for cut in cuts)  # eight exchanges at a time
-    changes = sum(1 for a, b in zip(firsts, firsts[1:], strict=False) if a != b)
+    changes = sum(1 for a, b in itertools.pairwise(firsts) if a != b)
     assert changes < len(set(cuts)) + 1  # the first message sent changes only when a block goes
