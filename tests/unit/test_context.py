@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from parley.chat.context import (
     PER_MESSAGE,
     SAFETY,
+    Plan,
     conversation_of,
     estimate,
     fit,
@@ -34,13 +35,13 @@ def rows(exchanges: int, answer: str = ANSWER) -> list[tuple[str, str | None, An
 
 
 def test_the_whole_history_goes_when_it_fits_and_the_reply_cap_is_kept() -> None:
-    fitted, grouped = fit_rows(rows(3), fixed_chars=100, window=4096, max_tokens=512, tokens_per_char=1 / 3)
+    fitted, grouped = fit_rows(rows(3), Plan(window=4096, tokens_per_char=1 / 3), fixed_chars=100, max_tokens=512)
     assert (len(fitted.history), fitted.dropped_rows, fitted.max_tokens) == (6, 0, 512)
     assert grouped is None  # counted, never grouped
 
 
 def test_the_oldest_whole_exchanges_are_dropped_and_the_reply_still_fits() -> None:
-    fitted, _ = fit_rows(rows(10), fixed_chars=100, window=1000, max_tokens=200, tokens_per_char=1 / 3)
+    fitted, _ = fit_rows(rows(10), Plan(window=1000, tokens_per_char=1 / 3), fixed_chars=100, max_tokens=200)
     assert fitted.dropped_rows % 2 == 0
     assert fitted.dropped_rows > 0
     assert fitted.history[0].plain_text == f"question {fitted.dropped_rows // 2:02}"  # starts at a question
@@ -53,7 +54,7 @@ def test_the_oldest_whole_exchanges_are_dropped_and_the_reply_still_fits() -> No
 
 
 def test_a_reply_cap_above_what_is_left_is_lowered() -> None:
-    fitted, _ = fit_rows(rows(1), fixed_chars=100, window=1000, max_tokens=4096, tokens_per_char=1 / 3)
+    fitted, _ = fit_rows(rows(1), Plan(window=1000, tokens_per_char=1 / 3), fixed_chars=100, max_tokens=4096)
     assert fitted.max_tokens is not None
     assert fitted.max_tokens < 1000
     assert fitted.dropped_rows == 0
@@ -61,20 +62,22 @@ def test_a_reply_cap_above_what_is_left_is_lowered() -> None:
 
 def test_a_message_that_cannot_fit_alone_is_refused() -> None:
     with pytest.raises(MessageTooLongForModelError) as refused:
-        fit_rows(rows(2), fixed_chars=3000, window=1000, max_tokens=200, tokens_per_char=1 / 3)
+        fit_rows(rows(2), Plan(window=1000, tokens_per_char=1 / 3), fixed_chars=3000, max_tokens=200)
     assert refused.value.status_code == 413
     assert refused.value.code == "message_too_long_for_model"
 
 
 def test_an_unknown_window_sends_everything() -> None:
-    fitted, _ = fit_rows(rows(50), fixed_chars=100, window=None, max_tokens=200, tokens_per_char=1 / 3)
+    fitted, _ = fit_rows(rows(50), Plan(window=None, tokens_per_char=1 / 3), fixed_chars=100, max_tokens=200)
     assert (len(fitted.history), fitted.dropped_rows, fitted.max_tokens) == (100, 0, 200)
 
 
 def test_blocks_keep_the_first_kept_exchange_in_place_as_the_conversation_grows() -> None:
     starts = []
     for length in range(10, 40):
-        fitted, _ = fit_rows(rows(length), fixed_chars=100, window=2000, max_tokens=200, tokens_per_char=1 / 3, block=8)
+        fitted, _ = fit_rows(
+            rows(length), Plan(window=2000, tokens_per_char=1 / 3, block=8), fixed_chars=100, max_tokens=200
+        )
         assert (fitted.dropped_rows // 2) % 8 == 0
         starts.append(fitted.dropped_rows)
     assert len(set(starts)) <= 5  # the drop point moves in steps of eight exchanges, not every turn
@@ -89,7 +92,7 @@ def test_a_tool_call_stays_with_its_results() -> None:
     stored = [*rows(4), ("user", "use the tool", None), ("assistant", "done", parts), *rows(2)]
     for window in range(700, 2000, 50):
         try:
-            fitted, _ = fit_rows(stored, fixed_chars=100, window=window, max_tokens=100, tokens_per_char=1 / 3)
+            fitted, _ = fit_rows(stored, Plan(window=window, tokens_per_char=1 / 3), fixed_chars=100, max_tokens=100)
         except MessageTooLongForModelError:
             continue
         calls = {p.call_id for m in fitted.history for p in m.parts if isinstance(p, ToolCallPart)}
@@ -105,14 +108,14 @@ def test_a_stored_summary_stands_for_the_messages_it_covers() -> None:
     assert conversation.summary is not None
     assert conversation.summary.covers == 8
     fitted = fit(
-        conversation, fixed_chars=100, window=4000, max_tokens=200, tokens_per_char=1 / 3, strategy="summarize"
+        conversation, Plan(window=4000, tokens_per_char=1 / 3, strategy="summarize"), fixed_chars=100, max_tokens=200
     )
     assert fitted.summary == conversation.summary
     assert fitted.dropped_rows == 8
     assert fitted.history[0].plain_text == "question 04"
     assert fitted.to_summarize == []  # the summary covers what is dropped
     tighter = fit(
-        conversation, fixed_chars=100, window=800, max_tokens=200, tokens_per_char=1 / 3, strategy="summarize"
+        conversation, Plan(window=800, tokens_per_char=1 / 3, strategy="summarize"), fixed_chars=100, max_tokens=200
     )
     assert tighter.dropped_rows > 8
     assert tighter.to_summarize[0].plain_text == "question 04"  # what is dropped beyond it, to extend it
@@ -133,7 +136,7 @@ def test_whatever_the_lengths_the_prompt_and_reply_fit_the_window(lengths: list[
     for i, length in enumerate(lengths):
         stored += [("user", f"q{i}", None), ("assistant", "a" * length, None)]
     try:
-        fitted, _ = fit_rows(stored, fixed_chars=200, window=window, max_tokens=256, tokens_per_char=0.3)
+        fitted, _ = fit_rows(stored, Plan(window=window, tokens_per_char=0.3), fixed_chars=200, max_tokens=256)
     except MessageTooLongForModelError:
         return
     prompt = estimate(200 + sum(len(m.sent_text) for m in fitted.history), len(fitted.history) + 2, 0.3)

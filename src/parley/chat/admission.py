@@ -32,13 +32,7 @@ from parley.billing.budget import (
     plan_turn,
 )
 from parley.billing.cost import Prices
-from parley.chat.context import (
-    DEFAULT_TOKENS_PER_CHAR,
-    Fitted,
-    Strategy,
-    fit_rows,
-    with_summary,
-)
+from parley.chat.context import Fitted, Plan, fit_rows, with_summary
 from parley.chat.history import HistoryRow
 from parley.chat.prompt import render_system_prompt, title_from
 from parley.chat.tool_calls import (
@@ -78,17 +72,6 @@ class Admission:
     rows: Sequence[HistoryRow]  # the whole history as stored, to fit again tighter
     base_system_prompt: str  # the system prompt without a summary
     fixed_chars: int  # the system prompt, the message and the tool definitions
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContextPlan:
-    """How the history is fitted to the model's window (see chat/context.py)."""
-
-    window: int | None = None  # None: unknown, the history is sent whole
-    tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR
-    strategy: Strategy = "trim"
-    block: int = 1
-    tools_chars: int = 0  # the tool definitions sent with every request
 
 
 def limits_of(budget: BudgetLimits | Record | None) -> Limits:
@@ -217,7 +200,7 @@ async def admit(
     max_tokens: int | None,
     prices: Prices,
     page_context: dict[str, Any] | None,
-    context: ContextPlan | None = None,
+    context: Plan | None = None,
 ) -> Admission:
     if row.awaiting_approval is not None:
         await close_expired_round(tx, row, now)
@@ -246,17 +229,9 @@ async def admit(
     stored = await repo.history_rows(tx, row.id)
     snapshot = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", snapshot)
-    plan = context or ContextPlan()
+    plan = context or Plan()
     fixed_chars = len(system_prompt) + len(text) + plan.tools_chars
-    fitted, _ = fit_rows(
-        stored,
-        fixed_chars=fixed_chars,
-        window=plan.window,
-        max_tokens=max_tokens,
-        tokens_per_char=plan.tokens_per_char,
-        strategy=plan.strategy,
-        block=plan.block,
-    )
+    fitted, _ = fit_rows(stored, plan, fixed_chars=fixed_chars, max_tokens=max_tokens)
     history = fitted.history
     base_system_prompt = system_prompt
     if fitted.summary is not None:

@@ -44,8 +44,6 @@ from parley.errors import (
     ExecutionNotFoundError,
     NotSupportedOnProviderError,
     PlanNotFoundError,
-    SessionClosedError,
-    SessionExpiredError,
     SessionNotFoundError,
     TurnInProgressError,
 )
@@ -131,7 +129,7 @@ class ApprovalDesk:
         """Decide calls of the session, all or none (any refusal rolls the whole batch back)."""
         manager = self.manager
         async with manager.db.unit(tenant) as tx:
-            row, now = await self._session(tx, tenant, user_id, session_id)
+            row, now = await self.manager.lock_open_session(tx, tenant, user_id, session_id)
             allowed = list(row.allowed_tools or ())
             for decision in decisions:
                 call = await self._decide_one(tx, row, decision, user_id=user_id, now=now)
@@ -172,18 +170,6 @@ class ApprovalDesk:
             manager.release_claim(message_id)
             raise
         return Decided(stream=stream, pending=0)
-
-    async def _session(self, tx: Tx, tenant: Tenant, user_id: str, session_id: str) -> tuple[TurnSession, datetime]:
-        """The session's row, locked (decisions queue here), if the caller owns it and it is open."""
-        row = await repo.session_for_turn(tx, session_id)
-        now = self.manager.clock()
-        if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
-            raise SessionNotFoundError()
-        if row.status == "closed":
-            raise SessionClosedError()
-        if row.status == "expired":
-            raise SessionExpiredError()
-        return row, now
 
     async def _decide_one(self, tx: Tx, row: TurnSession, decision: Decision, *, user_id: str, now: datetime) -> Record:
         decided = await repo.decide_execution(
@@ -389,7 +375,7 @@ class ApprovalDesk:
         manager = self.manager
         aborted: list[str] = []
         async with manager.db.unit(tenant) as tx:
-            row, now = await self._session(tx, tenant, user_id, session_id)
+            row, now = await self.manager.lock_open_session(tx, tenant, user_id, session_id)
             self._require_tools()
             await repo.set_approval_state(tx, session_id, now=now, paused=paused)
             if paused:

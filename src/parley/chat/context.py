@@ -40,6 +40,19 @@ MIN_REPLY = 64  # a reply shorter than this is not worth asking for
 SUMMARY_TOKENS = 400  # the most a summary may take
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """How histories are fitted: the window (None: unknown, everything is sent), the tokens per
+    character (calibrated per session), the strategy, the block size, and the characters of the
+    tool definitions every request carries."""
+
+    window: int | None = None
+    tokens_per_char: float = DEFAULT_TOKENS_PER_CHAR
+    strategy: Strategy = "trim"
+    block: int = 1
+    tools_chars: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Summary:
     """A stored summary: it stands for the session's first `covers` stored messages."""
@@ -117,20 +130,12 @@ class Fitted:
         return self.dropped_rows > 0
 
 
-def fit(
-    conversation: Conversation,
-    *,
-    fixed_chars: int,
-    window: int | None,
-    max_tokens: int | None,
-    tokens_per_char: float,
-    strategy: Strategy = "trim",
-    block: int = 1,
-) -> Fitted:
-    """The newest whole exchanges that fit `window` beside `fixed_chars` (system prompt, page
-    context, tool definitions and the message) and a reply; raises MessageTooLongForModelError
+def fit(conversation: Conversation, plan: Plan, *, fixed_chars: int, max_tokens: int | None) -> Fitted:
+    """The newest whole exchanges that fit the plan's window beside `fixed_chars` (system prompt,
+    page context, tool definitions and the message) and a reply; raises MessageTooLongForModelError
     when even those alone leave no room for a reply. Everything, when the window is unknown."""
     exchanges = conversation.exchanges
+    window, tokens_per_char, strategy, block = plan.window, plan.tokens_per_char, plan.strategy, plan.block
     if window is None:
         return Fitted(conversation.messages, 0, max_tokens, None, [])
     summary = conversation.summary if strategy == "summarize" else None
@@ -164,18 +169,12 @@ def fit(
 
 
 def fit_rows(
-    rows: Sequence[HistoryRow],
-    *,
-    fixed_chars: int,
-    window: int | None,
-    max_tokens: int | None,
-    tokens_per_char: float,
-    strategy: Strategy = "trim",
-    block: int = 1,
+    rows: Sequence[HistoryRow], plan: Plan, *, fixed_chars: int, max_tokens: int | None
 ) -> tuple[Fitted, Conversation | None]:
     """`fit` for stored rows, and the conversation it grouped them into (None when it did not need
     to). The usual turn, whose history fits whole, is only counted, never grouped."""
-    if window is None or strategy == "trim":
+    window, tokens_per_char = plan.window, plan.tokens_per_char
+    if window is None or plan.strategy == "trim":
         history = build_history(rows)
         if window is None:
             return Fitted(history, 0, max_tokens, None, []), None
@@ -185,16 +184,7 @@ def fit_rows(
             cap = window - prompt - SAFETY
             return Fitted(history, 0, cap if max_tokens is None or cap < max_tokens else max_tokens, None, []), None
     conversation = conversation_of(rows)
-    fitted = fit(
-        conversation,
-        fixed_chars=fixed_chars,
-        window=window,
-        max_tokens=max_tokens,
-        tokens_per_char=tokens_per_char,
-        strategy=strategy,
-        block=block,
-    )
-    return fitted, conversation
+    return fit(conversation, plan, fixed_chars=fixed_chars, max_tokens=max_tokens), conversation
 
 
 def _first_after(exchanges: Sequence[Exchange], rows: int) -> int:

@@ -33,12 +33,13 @@ from parley.billing.budget import Allowance
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.bus.redis import RedisRelay
-from parley.chat.admission import Admission, ContextPlan, admit, limits_of, reserve
+from parley.chat.admission import Admission, admit, limits_of, reserve
 from parley.chat.context import (
     DEFAULT_TOKENS_PER_CHAR,
     MARGIN,
     MIN_TOKENS_PER_CHAR,
     Fitted,
+    Plan,
     Strategy,
     conversation_of,
     fit,
@@ -75,6 +76,7 @@ from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
 from parley.store.repositories import HeldLease, TurnSession, TurnTotals
+from parley.store.sql import Tx
 from parley.store.tenancy import Tenant
 from parley.tools import ToolCatalog
 
@@ -271,14 +273,7 @@ class SessionManager:
         admission: Admission | None = None
         orphan: HeldLease | None = None
         async with self.db.unit(tenant) as tx:
-            row = await repo.session_for_turn(tx, session_id)  # locks the row: admissions queue here
-            now = self.clock()  # after the lock: the message's time is its place in the queue
-            if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
-                raise SessionNotFoundError()
-            if row.status == "closed":
-                raise SessionClosedError()
-            if row.status == "expired":
-                raise SessionExpiredError()
+            row, now = await self.lock_open_session(tx, tenant, user_id, session_id)
             if row.lease_token is not None:
                 held = await repo.held_lease(tx, row.id)
                 if held is None or not self.is_orphaned(held, now):
@@ -305,7 +300,23 @@ class SessionManager:
                 )
         return admission, row, now, orphan, expired
 
-    def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> ContextPlan:
+    async def lock_open_session(
+        self, tx: Tx, tenant: Tenant, user_id: str, session_id: str
+    ) -> tuple[TurnSession, datetime]:
+        """The session's row, locked (what changes a session's turn queues here), and the time
+        after the lock (a message's place in the queue); 404 unless the caller owns it, 409/410
+        when it is closed or expired."""
+        row = await repo.session_for_turn(tx, session_id)
+        now = self.clock()
+        if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
+            raise SessionNotFoundError()
+        if row.status == "closed":
+            raise SessionClosedError()
+        if row.status == "expired":
+            raise SessionExpiredError()
+        return row, now
+
+    def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> Plan:
         """How the session's history is fitted to the window (see chat/context.py)."""
         live = self.live.get(session_id)
         ratio = live.tokens_per_char if live is not None and live.tokens_per_char else DEFAULT_TOKENS_PER_CHAR
@@ -314,7 +325,7 @@ class SessionManager:
             if self.tools is not None
             else 0
         )
-        return ContextPlan(
+        return Plan(
             window=self.window.tokens if self.window is not None else None,
             tokens_per_char=ratio * tighter,
             strategy=self.policy.context_strategy,
@@ -381,17 +392,13 @@ class SessionManager:
         window = self.window.tokens if self.window is not None else None
         if window is None:
             return None
-        conversation = conversation_of(admission.rows)
-        plan = self._context_plan(session_id, tighter=1.5)
+        plan = dataclasses.replace(self._context_plan(session_id, tighter=1.5), strategy="trim")
         try:
             fitted = fit(
-                conversation,
+                conversation_of(admission.rows),
+                plan,
                 fixed_chars=admission.fixed_chars,
-                window=window,
                 max_tokens=admission.max_tokens,
-                tokens_per_char=plan.tokens_per_char,
-                strategy="trim",
-                block=plan.block,
             )
         except ParleyError:
             return None
@@ -571,21 +578,7 @@ class SessionManager:
                 lease_token=turn.lease_token,
                 release=ends,
             )
-            whole = record.message_tokens
-            await repo.upsert_message(
-                tx,
-                message_id=record.message_id,
-                session_id=session_id,
-                position=turn.position,
-                role="assistant",
-                content=record.text,
-                parts=record.parts,
-                tokens=(whole.input_tokens, whole.output_tokens, whole.cache_read_tokens, whole.cache_write_tokens),
-                cost_cents=record.message_cents - turn.unbilled_cents,
-                usage_estimated=whole.estimated,
-                finish_reason=record.finish_reason,
-                created_at=now,
-            )
+            await write_reply(tx, session_id, turn, record.now, record=record)
             final = ends and not record.awaiting  # the reply is over: it counts as a message
             if not tokens.is_zero or (final and record.text):
                 await repo.add_cost_usage(tx, org_id, totals=totals, now=now, messages=1 if final else 0)
@@ -608,18 +601,7 @@ class SessionManager:
                 if update.plan_done:
                     changes |= {"status": "completed", "completed_at": now}
                 await repo.update_plan(tx, update.plan_id, changes, only_if=["approved"])
-            await repo.upsert_message(
-                tx,
-                message_id=turn.lease_token,
-                session_id=session_id,
-                position=turn.position,
-                role="assistant",
-                content=turn.reply.answer(),
-                parts=update.parts,
-                created_at=now,
-                keep_finished=True,
-            )
-        turn.checkpointed_chars = turn.reply.size()
+            await write_reply(tx, session_id, turn, now)
 
     async def _reserve(
         self, org_id: str, session_id: str, model: str, turn: RunningTurn, messages: list[ChatMessage]
@@ -885,6 +867,37 @@ class SessionManager:
         for live in self.live.values():
             live.channel.close()
         self.live.clear()
+
+
+async def write_reply(
+    tx: Tx, session_id: str, turn: RunningTurn, now: datetime, *, record: TurnRecord | None = None
+) -> None:
+    """Store a turn's reply: with a record, as it ends a round or the turn (with its usage);
+    without one, as it stands, a checkpoint (never over a reply that is already finished)."""
+    reply = turn.reply
+    if record is None:
+        content, parts, tokens, cents, estimated, finish = reply.answer(), reply.stored_parts(), None, None, False, None
+    else:
+        whole = record.message_tokens
+        tokens = (whole.input_tokens, whole.output_tokens, whole.cache_read_tokens, whole.cache_write_tokens)
+        content, parts, estimated, finish = record.text, record.parts, whole.estimated, record.finish_reason
+        cents = record.message_cents - turn.unbilled_cents
+    await repo.upsert_message(
+        tx,
+        message_id=turn.lease_token,
+        session_id=session_id,
+        position=turn.position,
+        role="assistant",
+        content=content,
+        parts=parts,
+        tokens=tokens,
+        cost_cents=cents,
+        usage_estimated=estimated,
+        finish_reason=finish,
+        created_at=now,
+        keep_finished=record is None,
+    )
+    turn.checkpointed_chars = reply.size()
 
 
 def _set_stream_task(turn: RunningTurn, task: asyncio.Task[TurnOutcome]) -> None:

@@ -184,11 +184,10 @@ class TurnRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallUpdate:
-    """A call's row changes (status, output...), written with the reply as it stands."""
+    """A call's row changes (status, output...), written with the reply as it stands (`Reply`)."""
 
     execution_id: str
     changes: dict[str, Any]
-    parts: list[dict[str, Any]]
     plan_id: str | None = None  # the running plan it advances
     plan_step: int | None = None  # ... to this step index
     plan_done: bool = False
@@ -755,7 +754,6 @@ async def _run_call(spec: TurnSpec, tools: TurnTools, call: PlannedCall) -> None
                 "duration_ms": int((time.monotonic() - started) * 1000),
                 "completed_at": spec.clock(),
             },
-            parts=reply.stored_parts(),
         )
         try:
             await asyncio.shield(tools.store_call(update))
@@ -783,7 +781,6 @@ async def _run_call(spec: TurnSpec, tools: TurnTools, call: PlannedCall) -> None
             "duration_ms": output.duration_ms,
             "completed_at": spec.clock(),
         },
-        parts=reply.stored_parts(),
         plan_id=plan.id if plan is not None and call.plan_step is not None else None,
         plan_step=call.plan_step + 1 if call.plan_step is not None else None,
         plan_done=plan_done,

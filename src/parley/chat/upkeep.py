@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 
+from parley.chat import sessions
 from parley.chat.sessions import RunningTurn, SessionManager
 from parley.store import repositories as repo
-from parley.store.sql import Tx
 from parley.store.tenancy import Tenant
 
 log = logging.getLogger("parley.upkeep")
@@ -61,7 +60,8 @@ async def keep_turns(manager: SessionManager) -> None:
                     )
                     turn.renewed = loop_now
                 if checkpoint:
-                    await _checkpoint(tx, session_id, turn, now)
+                    if turn.reply.size() > turn.checkpointed_chars:  # it grew
+                        await sessions.write_reply(tx, session_id, turn, now)
                     turn.checkpointed_at = loop_now
             states += await repo.turn_states(tx, [session_id for session_id, _ in turns])
     for session_id, lease_token, status, stop_requested_at in states:
@@ -79,26 +79,6 @@ async def keep_turns(manager: SessionManager) -> None:
             asyncio.get_running_loop().create_task(manager._drop(session_id, reason=reason))
         elif stop_requested_at is not None:
             manager._stop(running, "interrupt")
-
-
-async def _checkpoint(tx: Tx, session_id: str, turn: RunningTurn, now: datetime) -> None:
-    """Store the reply as it stands, if it grew (never over a reply that is already finished)."""
-    reply = turn.reply
-    size = reply.size()
-    if size <= turn.checkpointed_chars:
-        return
-    await repo.upsert_message(
-        tx,
-        message_id=turn.lease_token,
-        session_id=session_id,
-        position=turn.position,
-        role="assistant",
-        content=reply.answer(),
-        parts=reply.stored_parts(),
-        created_at=now,
-        keep_finished=True,
-    )
-    turn.checkpointed_chars = size
 
 
 async def recover_orphans(manager: SessionManager, *, at_start: bool = False) -> int:

@@ -640,6 +640,39 @@ _UPSERT_UNFINISHED_REPLY = _UPSERT_MESSAGE.on_conflict_do_update(
 )
 
 
+def _message_params(
+    *,
+    message_id: str,
+    session_id: str,
+    position: int,
+    role: str,
+    content: str,
+    parts: list[dict[str, Any]],
+    created_at: datetime,
+    tokens: tuple[int, int, int, int] | None,
+    cost_cents: Decimal | None,
+    usage_estimated: bool,
+    finish_reason: str | None,
+) -> dict[str, Any]:
+    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
+    return {
+        "id": message_id,
+        "session_id": session_id,
+        "position": position,
+        "role": role,
+        "content": content,
+        "content_parts": parts,
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "cache_read_tokens": cache_read,
+        "cache_write_tokens": cache_write,
+        "cost_cents": cost_cents,
+        "usage_estimated": usage_estimated,
+        "finish_reason": finish_reason,
+        "created_at": created_at,
+    }
+
+
 async def insert_message(
     tx: Tx,
     *,
@@ -655,23 +688,19 @@ async def insert_message(
     usage_estimated: bool = False,
     finish_reason: str | None = None,
 ) -> None:
-    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
-    params = {
-        "id": message_id or new_id(),
-        "session_id": session_id,
-        "position": position,
-        "role": role,
-        "content": content,
-        "content_parts": parts,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "cost_cents": cost_cents,
-        "usage_estimated": usage_estimated,
-        "finish_reason": finish_reason,
-        "created_at": created_at,
-    }
+    params = _message_params(
+        message_id=message_id or new_id(),
+        session_id=session_id,
+        position=position,
+        role=role,
+        content=content,
+        parts=parts,
+        created_at=created_at,
+        tokens=tokens,
+        cost_cents=cost_cents,
+        usage_estimated=usage_estimated,
+        finish_reason=finish_reason,
+    )
     await tx.run(_INSERT_MESSAGE, params)
 
 
@@ -693,23 +722,19 @@ async def upsert_message(
 ) -> None:
     """Write a reply by its id: a checkpoint (no finish reason yet), or the final version over it.
     `keep_finished` leaves a reply that already has a finish reason as it is."""
-    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
-    params = {
-        "id": message_id,
-        "session_id": session_id,
-        "position": position,
-        "role": role,
-        "content": content,
-        "content_parts": parts,
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "cache_read_tokens": cache_read,
-        "cache_write_tokens": cache_write,
-        "cost_cents": cost_cents,
-        "usage_estimated": usage_estimated,
-        "finish_reason": finish_reason,
-        "created_at": created_at,
-    }
+    params = _message_params(
+        message_id=message_id,
+        session_id=session_id,
+        position=position,
+        role=role,
+        content=content,
+        parts=parts,
+        created_at=created_at,
+        tokens=tokens,
+        cost_cents=cost_cents,
+        usage_estimated=usage_estimated,
+        finish_reason=finish_reason,
+    )
     await tx.run(_UPSERT_UNFINISHED_REPLY if keep_finished else _UPSERT_REPLY, params)
 
 
@@ -923,11 +948,16 @@ _EXECUTION_DEFAULTS = {
 _INSERT_EXECUTION = insert(executions)
 
 
+async def _insert_session_rows(
+    tx: Tx, statement: Any, defaults: dict[str, Any], org_id: str, session_id: str, rows: Sequence[dict[str, Any]]
+) -> None:
+    if rows:
+        await tx.run_many(statement, [{**defaults, **row, "org_id": org_id, "session_id": session_id} for row in rows])
+
+
 async def insert_executions(tx: Tx, org_id: str, session_id: str, rows: Sequence[dict[str, Any]]) -> None:
     """Store calls as the turn first sees them (see `AiToolExecution` for their statuses)."""
-    if rows:
-        params = [{**_EXECUTION_DEFAULTS, **row, "org_id": org_id, "session_id": session_id} for row in rows]
-        await tx.run_many(_INSERT_EXECUTION, params)
+    await _insert_session_rows(tx, _INSERT_EXECUTION, _EXECUTION_DEFAULTS, org_id, session_id, rows)
 
 
 _START_EXECUTIONS = (
@@ -1109,9 +1139,7 @@ _INSERT_PLAN = insert(plans)
 
 
 async def insert_plans(tx: Tx, org_id: str, session_id: str, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        params = [{**_PLAN_DEFAULTS, **row, "org_id": org_id, "session_id": session_id} for row in rows]
-        await tx.run_many(_INSERT_PLAN, params)
+    await _insert_session_rows(tx, _INSERT_PLAN, _PLAN_DEFAULTS, org_id, session_id, rows)
 
 
 _SESSION_PLANS = (
