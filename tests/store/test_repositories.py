@@ -299,3 +299,28 @@ async def test_a_tenant_of_several_organizations_lists_sessions_in_any_of_them(d
         assert [row["id"] for row in listed] == expected
         assert total == len(expected)
         assert (found is not None) == bool(expected)
+
+
+async def test_one_pooled_connection_carries_no_tenant_from_one_unit_to_the_next(
+    tenants: Tenants, database: DatabaseUrls
+) -> None:
+    """Tenant settings are the transaction's own: a connection goes back to the pool without a reset
+    round trip, and the next unit on it, for another tenant, sees nothing of the first's."""
+    single = Database(tenants.database_url, pool_size=1)
+    try:
+        orm = await _orm_session(single, tenants.org_a, context=None)
+        async with single.unit(Tenant.for_org(tenants.org_a)) as tx:
+            assert await repo.get_session(tx, Tenant.for_org(tenants.org_a), orm.id) is not None
+        async with single.unit(Tenant.for_org(tenants.org_b), readonly=True) as tx:
+            seen = await repo.session_for_turn(tx, orm.id) if database.kind == "sqlite" else None
+            if database.kind == "postgres":  # RLS: org B's transaction, on org A's former connection
+                rows = await repo.list_sessions(
+                    tx, Tenant.system(), owner_id=orm.user_id or "", status=None, offset=0, limit=10
+                )
+                assert rows == ([], 0)
+        if database.kind == "sqlite":
+            assert seen is not None  # no RLS on SQLite: parley's own filters guard it
+        async with single.unit(Tenant.for_org(tenants.org_a)) as tx:  # the connection still works
+            assert await repo.get_session(tx, Tenant.for_org(tenants.org_a), orm.id) is not None
+    finally:
+        await single.dispose()

@@ -16,6 +16,7 @@ run Alembic migrations.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -41,9 +42,28 @@ log = logging.getLogger("parley.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _REVISION = select(table("alembic_version", column("version_num", String)).c.version_num)
 _SET_TENANT = (
-    "SELECT set_config('parley.scope', $1, true), set_config('parley.org_ids', $2, true), "
-    "set_config('parley.user_id', $3, true)"
+    "SELECT set_config('parley.scope', {}, true), set_config('parley.org_ids', {}, true), "
+    "set_config('parley.user_id', {}, true)"
 )
+
+
+def _literal(value: str) -> str:
+    """A SQL string literal (standard_conforming_strings: only the quote is special)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _begin(tenant: Tenant, readonly: bool) -> str:
+    """BEGIN and the tenant's transaction-local settings, sent as one simple query: one round trip."""
+    settings = _SET_TENANT.format(_literal(tenant.scope), _literal(tenant.org_list), _literal(tenant.user_id or ""))
+    return f"BEGIN{' READ ONLY' if readonly else ''}; {settings}"
+
+
+async def _keep_connection_state(_conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs when it goes back: nothing (asyncpg rolls back an open
+    transaction itself). parley keeps no session state on a connection (its settings are
+    transaction-local, it never LISTENs, takes advisory locks or leaves cursors open), so the
+    default reset (RESET ALL, CLOSE ALL, UNLISTEN *, pg_advisory_unlock_all: a round trip per unit)
+    would reset nothing."""
 
 
 class Database:
@@ -100,9 +120,16 @@ class Database:
             return
         pool = await self._postgres_pool()
         with _unavailable_as_503():
-            async with pool.acquire(timeout=self.pool_timeout) as conn, conn.transaction(readonly=readonly):
-                await conn.execute(_SET_TENANT, tenant.scope, tenant.org_list, tenant.user_id or "")
-                yield PostgresTx(conn)
+            async with pool.acquire(timeout=self.pool_timeout) as conn:
+                await conn.execute(_begin(tenant, readonly))
+                try:
+                    yield PostgresTx(conn)
+                except BaseException:
+                    if not conn.is_closed():
+                        with contextlib.suppress(Exception):  # a broken connection is dropped on release
+                            await conn.execute("ROLLBACK")
+                    raise
+                await conn.execute("COMMIT")
 
     async def _postgres_pool(self) -> asyncpg.Pool:
         if self._pg_pool is not None:
@@ -119,6 +146,7 @@ class Database:
                         min_size=0,
                         max_size=self.pool_size,
                         init=_init_postgres_connection,
+                        reset=_keep_connection_state,
                         server_settings={"application_name": "parley"},
                         timeout=self.pool_timeout,
                     )
