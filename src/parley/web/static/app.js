@@ -485,7 +485,8 @@ function showDetail(detail, hidden = null) {
   const last = messages[messages.length - 1];
   if (last && last.role === 'assistant' && last.finishReason === 'awaiting_approval') {
     const parts = storedParts(last);
-    desk.setReply({ sessionId: detail.session.id, messageId: last.id, view: lastView, parts, reasoning: last.reasoning || '' });
+    const reasoning = last.reasoning || '';
+    desk.setReply({ sessionId: detail.session.id, messageId: last.id, view: lastView, parts, reasoning });
     desk.fillDecided(parts);
   }
 }
@@ -807,7 +808,8 @@ function finishTurn(turn) {
   if (desk.waiting() > 0 && turn.sessionId === desk.sessionId) {
     // Its calls wait: this reply goes on when they are decided, and the cards have the focus.
     view.setStatus('Waits for your decision on its tool calls.', 'pending');
-    desk.setReply({ sessionId: turn.sessionId, messageId: turn.messageId, view, parts: turn.parts, reasoning: turn.reasoning });
+    const { sessionId, messageId, parts, reasoning } = turn;
+    desk.setReply({ sessionId, messageId, view, parts, reasoning });
     if ([dom.input, dom.stop, document.body].includes(document.activeElement)) desk.focusFirst();
   }
   refreshAfterTurn();

@@ -39,7 +39,7 @@ function planFrom(data, planId) {
     planId,
     executionId: data.executionId,
     title: data.title,
-    steps: (data.steps || []).map((step) => ({ toolName: step.toolName, input: step.input, reasoning: step.reasoning })),
+    steps: (data.steps || []).map(({ toolName, input, reasoning }) => ({ toolName, input, reasoning })),
     status: data.status || 'pending',
     currentStep: data.currentStep || 0,
     expiresAt: data.expiresAt,
@@ -178,11 +178,17 @@ export class ToolDesk {
     switch (type) {
       case 'approval_required':
         this.approvals.set(data.executionId, approvalFrom(data, data.executionId));
-        this.#announceAbout(data.toolName, (tool) => `parley asks before running ${tool}. Approve or deny it in the conversation.`);
+        this.#announceAbout(
+          data.toolName,
+          (tool) => `parley asks before running ${tool}. Approve or deny it in the conversation.`,
+        );
         break;
       case 'plan_approval_required':
         this.plans.set(data.executionId, planFrom(data, data.planId));
-        this.announce(`parley proposes a plan of ${plural(data.steps.length, 'step', 'steps')}: ${data.title}. Approve or reject it in the conversation.`);
+        this.announce(
+          `parley proposes a plan of ${plural(data.steps.length, 'step', 'steps')}: ${data.title}. ` +
+            'Approve or reject it in the conversation.',
+        );
         break;
       case 'plan_step_start':
       case 'plan_step_complete': {
@@ -226,7 +232,11 @@ export class ToolDesk {
   async fillDecided(parts) {
     const answered = new Set(parts.filter((p) => p.type === 'tool_result').map((p) => p.toolUseId));
     const unknown = parts.filter(
-      (p) => p.type === 'tool_call' && p.toolName !== PLAN_TOOL && !answered.has(p.toolUseId) && !this.approvals.has(p.executionId),
+      (p) =>
+        p.type === 'tool_call' &&
+        p.toolName !== PLAN_TOOL &&
+        !answered.has(p.toolUseId) &&
+        !this.approvals.has(p.executionId),
     );
     if (unknown.length === 0) return;
     const generation = this.generation;

@@ -59,9 +59,8 @@ export function applyReplyEvent(parts, type, data) {
 
 /** A call is listed once: an approved call's tool_use_start follows its approval_required. */
 function addCall(parts, call) {
-  const known = parts.find(
-    (p) => p.type === 'tool_call' && ((call.executionId && p.executionId === call.executionId) || (call.toolUseId && p.toolUseId === call.toolUseId)),
-  );
+  const same = (p, key) => call[key] && p[key] === call[key];
+  const known = parts.find((p) => p.type === 'tool_call' && (same(p, 'executionId') || same(p, 'toolUseId')));
   if (!known) parts.push(call);
 }
 

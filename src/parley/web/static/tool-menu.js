@@ -37,7 +37,8 @@ export function matchTools(tools, query) {
  */
 export function resolveToolCommand(tools, { query, content }) {
   if (!query) {
-    throw new ApiError(0, 'tool_not_named', 'Name a tool after /tool, as in “/tool calculator 2+3*4”, or pick one from Tools.');
+    const example = 'as in “/tool calculator 2+3*4”, or pick one from Tools';
+    throw new ApiError(0, 'tool_not_named', `Name a tool after /tool, ${example}.`);
   }
   const found = matchTools(tools, query);
   if (found.length === 1) return { tool: found[0], content: content || found[0].title || found[0].name };
@@ -45,7 +46,8 @@ export function resolveToolCommand(tools, { query, content }) {
     const known = tools.length ? ` Its tools: ${tools.map(label).join(', ')}.` : ' This chat has no tools.';
     throw new ApiError(0, 'unknown_tool', `No tool of this chat is called “${query}”.${known}`);
   }
-  throw new ApiError(0, 'ambiguous_tool', `“${query}” could be ${found.map(label).join(' or ')}. Type more of the name.`);
+  const choices = found.map(label).join(' or ');
+  throw new ApiError(0, 'ambiguous_tool', `“${query}” could be ${choices}. Type more of the name.`);
 }
 
 const label = (tool) => (tool.title && tool.title !== tool.name ? `${tool.title} (${tool.name})` : tool.name);
