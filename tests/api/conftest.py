@@ -236,8 +236,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory, shared_database: DatabaseUr
 @pytest.fixture
 def tools(make_server: ServerFactory, tenants: Tenants, tmp_path: Path) -> Tools:
     """parley's tool world: the test MCP server, configured; start parley with `tools.start()`."""
-    from tests.api.tooling import Tools  # it imports this module
+    from tests.api.tooling import tool_world  # it imports this module
 
-    world = Tools(make_server, tenants, ScriptedProvider(), tmp_path / "ran.log", tmp_path / "mcp.json")
-    world.configure()
-    return world
+    return tool_world(make_server, tenants, tmp_path)

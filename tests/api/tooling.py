@@ -65,6 +65,13 @@ class Tools:
         return self.log.read_text().splitlines() if self.log.exists() else []
 
 
+def tool_world(make_server: ServerFactory, tenants: Tenants, directory: Path) -> Tools:
+    """The test tool server configured in `directory`, the model scripted; nothing started yet."""
+    world = Tools(make_server, tenants, ScriptedProvider(), directory / "ran.log", directory / "mcp.json")
+    world.configure()
+    return world
+
+
 def decide(c: httpx2.Client, sid: str, execution_id: str, **body: Any) -> Stream:
     """Approve or deny one call; the continuation's stream, or the JSON answer."""
     with c.stream("POST", f"{API}/sessions/{sid}/approve/{execution_id}", json=body) as r:

@@ -21,7 +21,8 @@ from parley.app import create_app
 from parley.config import load_settings
 from parley.providers.base import Provider
 from parley.web import mount_web
-from tests.conftest import Tenants, base_env
+from tests.api.tooling import Tools, tool_world
+from tests.conftest import ServerFactory, Tenants, base_env
 from tests.support.live_server import LiveServer
 from tests.support.tcp_proxy import TcpProxy
 
@@ -66,6 +67,13 @@ def web_server(data_dir: Path, tenants: Tenants) -> Iterator[WebServerFactory]:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def tools(make_server: ServerFactory, tenants: Tenants, tmp_path: Path) -> Tools:
+    """parley with the test MCP tool server (tests/support/mcp_tools_server.py), as the API tests
+    have it; start it with `tools.start()` (the page is part of every app)."""
+    return tool_world(make_server, tenants, tmp_path)
 
 
 @pytest.fixture

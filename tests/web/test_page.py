@@ -132,8 +132,9 @@ def test_reload_mid_reply_resumes_to_the_end(
     )
     saved = chat.saved_turn()
     assert saved is not None
-    assert re.fullmatch(r"\d+\.\d+", saved["lastEventId"])
-    assert saved["content"].startswith("w00 w01")
+    assert re.fullmatch(r"\d+-\d+", saved["lastEventId"])
+    assert [part["type"] for part in saved["parts"]] == ["text"]
+    assert saved["parts"][0]["text"].startswith("w00 w01")
 
     chat.page.reload()
     chat.page.locator("#workspace").wait_for(state="visible")
@@ -146,7 +147,7 @@ def test_reload_mid_reply_resumes_to_the_end(
     assert chat.page.locator("article.message.assistant .meta").inner_text().startswith("10 in · 3 out tokens")
     assert len(resumed) == 1
     last_event_id = resumed[0].get("last-event-id", "")
-    assert re.fullmatch(r"\d+\.\d+", last_event_id), resumed[0]
+    assert re.fullmatch(r"\d+-\d+", last_event_id), resumed[0]
     assert "authorization" in resumed[0]
     assert chat.saved_turn() is None
     assert provider.opened == 1, "the reload must re-attach, not send the message again"
@@ -183,7 +184,7 @@ def test_a_dropped_connection_reattaches_and_the_reply_goes_on(
     assert chat.assistant.inner_text() == "".join(tokens).strip()
     assert chat.banner.is_hidden()
     assert len(resumed) >= 1
-    assert re.fullmatch(r"\d+\.\d+", resumed[0].get("last-event-id", "")), resumed[0]
+    assert re.fullmatch(r"\d+-\d+", resumed[0].get("last-event-id", "")), resumed[0]
     assert provider.opened == 1
 
 

@@ -191,8 +191,8 @@ def test_sse_parser_and_retry_after(web_server: WebServerFactory, open_page: Ope
                 for await (const e of readEvents(body(chunks), { onComment: (c) => comments.push(c) })) events.push(e);
                 return { events, comments };
             };
-            const whole = 'id: 1.0\\nevent: message_start\\ndata: {"a":1}\\n\\n: ping\\n\\n'
-                + 'id: 1.1\\r\\nevent: content_delta\\r\\ndata: line1\\r\\ndata: line2\\r\\n\\r\\n'
+            const whole = 'id: 1-0\\nevent: message_start\\ndata: {"a":1}\\n\\n: ping\\n\\n'
+                + 'id: 1-1\\r\\nevent: content_delta\\r\\ndata: line1\\r\\ndata: line2\\r\\n\\r\\n'
                 + 'data:no-space\\rid\\r\\r'
                 + 'event: done\\ndata: {}\\n\\nevent: lost\\ndata: never dispatched';
             // Every way of splitting the bytes gives the same events, including CR|LF splits.

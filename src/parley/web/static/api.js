@@ -7,7 +7,8 @@ const BASE = '/api/v1/ai';
 
 export class ApiError extends Error {
   /**
-   * @param {number} status HTTP status (0 when the server could not be reached)
+   * @param {number} status HTTP status (0 when the server could not be reached, or the page itself
+   *   refused the request before sending it)
    * @param {string} code machine-readable code from the error envelope
    * @param {string} message human-readable message from the error envelope
    * @param {number|null} retryAfter seconds to wait, from a Retry-After header
@@ -49,6 +50,15 @@ async function errorFrom(response) {
     // Not the JSON envelope (a proxy's error page, say): keep the status line.
   }
   return new ApiError(response.status, code, message, parseRetryAfter(response.headers.get('Retry-After')), details);
+}
+
+function isStream(response) {
+  return (response.headers.get('Content-Type') || '').startsWith('text/event-stream');
+}
+
+function unexpected(response, message) {
+  response.body?.cancel().catch(() => {});
+  return new ApiError(response.status, 'unexpected_response', message);
 }
 
 export class Api {
@@ -94,12 +104,24 @@ export class Api {
     const headers = { Accept: 'text/event-stream' };
     if (lastEventId) headers['Last-Event-ID'] = lastEventId;
     const response = await this.#fetch(method, path, { body, headers, signal });
-    const type = response.headers.get('Content-Type') || '';
-    if (!type.startsWith('text/event-stream')) {
-      response.body?.cancel().catch(() => {});
-      throw new ApiError(response.status, 'unexpected_response', 'The server did not answer with a stream.');
-    }
+    if (!isStream(response)) throw unexpected(response, 'The server did not answer with a stream.');
     return response;
+  }
+
+  /**
+   * A decision on tool calls or a plan. The answer is JSON while other calls of the reply still
+   * wait, or the continuation's SSE stream when this decision settled the last of them.
+   * @returns {Promise<{stream: Response}|{result: object}>}
+   */
+  async #decision(path, body, signal) {
+    const headers = { Accept: 'text/event-stream, application/json' };
+    const response = await this.#fetch('POST', path, { body, headers, signal });
+    if (isStream(response)) return { stream: response };
+    try {
+      return { result: await response.json() };
+    } catch {
+      throw unexpected(response, 'The server answered the decision with something other than JSON or a stream.');
+    }
   }
 
   usage() {
@@ -130,8 +152,33 @@ export class Api {
     return this.#json('DELETE', `/sessions/${encodeURIComponent(id)}`);
   }
 
-  sendMessage(id, content, signal) {
-    return this.stream('POST', `/sessions/${encodeURIComponent(id)}/messages`, { body: { content }, signal });
+  /** @param {{name: string}|null} toolChoice a tool the model must call now, or null to let it choose */
+  sendMessage(id, content, signal, toolChoice = null) {
+    const body = toolChoice ? { content, toolChoice } : { content };
+    return this.stream('POST', `/sessions/${encodeURIComponent(id)}/messages`, { body, signal });
+  }
+
+  listTools(id) {
+    return this.#json('GET', `/sessions/${encodeURIComponent(id)}/tools`);
+  }
+
+  toolExecutions(id) {
+    return this.#json('GET', `/sessions/${encodeURIComponent(id)}/tool-executions`);
+  }
+
+  /** @param {{approved: boolean, reason?: string, always?: boolean}} decision */
+  decide(id, executionId, decision, signal) {
+    const path = `/sessions/${encodeURIComponent(id)}/approve/${encodeURIComponent(executionId)}`;
+    return this.#decision(path, decision, signal);
+  }
+
+  /** Several calls at once, all or none: `[{executionId, approved, reason?, always?}]`. */
+  decideMany(id, decisions, signal) {
+    return this.#decision(`/sessions/${encodeURIComponent(id)}/tool-decisions`, { decisions }, signal);
+  }
+
+  decidePlan(id, approved, signal) {
+    return this.#decision(`/sessions/${encodeURIComponent(id)}/approve-plan`, { approved }, signal);
   }
 
   attach(id, lastEventId, signal) {

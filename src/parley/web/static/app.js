@@ -2,15 +2,21 @@
 //
 // State lives in this module; the DOM is updated from it by small render functions. What must
 // survive a reload lives in sessionStorage (per tab, gone when the tab closes): the token, the
-// open session, and, while a turn runs, the turn's last event id and the text received so far,
-// so a reloaded page shows the partial reply and re-attaches with Last-Event-ID.
+// open session, and, while a turn runs, the turn's last event id and the reply's parts received
+// so far, so a reloaded page shows the partial reply and re-attaches with Last-Event-ID. Tool
+// calls that wait for a decision live on the server and are read back with the chat
+// (approvals.js).
 
 import { Api, ApiError } from './api.js';
+import { ToolDesk } from './approvals.js';
+import { applyReplyEvent } from './reply.js';
 import { readEvents } from './sse.js';
+import { ToolMenu, parseToolCommand, resolveToolCommand } from './tool-menu.js';
 import {
   MessageView,
   describeError,
   el,
+  finishKind,
   finishLabel,
   formatCents,
   formatCount,
@@ -58,6 +64,12 @@ const dom = {
   send: $('send'),
   stop: $('stop'),
   hint: $('composer-hint'),
+  allowedTools: $('allowed-tools'),
+  toolAnnouncer: $('tool-announcer'),
+  toolsButton: $('tools-button'),
+  toolMenu: $('tool-menu'),
+  toolList: $('tool-list'),
+  toolMenuStatus: $('tool-menu-status'),
 };
 const DEFAULT_HINT = dom.hint.textContent;
 
@@ -73,19 +85,37 @@ const state = {
   searchSeq: 0,
   openSeq: 0,
   closeArmed: 0, // timer of the two-step "Close chat" confirmation
+  creating: null, // the request creating the open chat, while it runs
   unloading: false,
 };
 
+// The open chat's tool calls that wait for a decision, its plans and tools.
+const desk = new ToolDesk({
+  announcer: dom.toolAnnouncer,
+  onContinuation: (reply, response) => continueReply(reply, response),
+  onResync: () => {
+    if (state.current && !state.turn) openSession(state.current.id, { keepBanner: true });
+  },
+  onError: (err) => handleError(err),
+  onChange: () => {
+    updateComposer();
+    renderAllowedTools();
+  },
+});
+
 const isAbort = (err) => err && err.name === 'AbortError';
+const setText = (node, text) => {
+  if (node.textContent !== text) node.textContent = text;
+};
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- storage ---------------------------------------------------------------------------
 
 function saveTurn(turn) {
   if (!turn.sessionId) return;
-  const { sessionId, lastEventId, messageId, content, reasoning, usage, error } = turn;
+  const { sessionId, lastEventId, messageId, parts, reasoning, usage, error } = turn;
   try {
-    const saved = { sessionId, lastEventId, messageId, content, reasoning, usage, error };
+    const saved = { sessionId, lastEventId, messageId, parts, reasoning, usage, error };
     sessionStorage.setItem(TURN_KEY, JSON.stringify(saved));
   } catch {
     // Storage full or disabled: the reply still streams, it just cannot survive a reload.
@@ -190,6 +220,7 @@ function signOut(message = '') {
   state.api = null;
   state.current = null;
   state.sessions = [];
+  desk.reset(null, null);
   for (const key of [TOKEN_KEY, SESSION_KEY, TURN_KEY]) sessionStorage.removeItem(key);
   clearBanner();
   dom.sessionList.replaceChildren();
@@ -405,24 +436,65 @@ function appendMessage(view) {
   return view;
 }
 
+function assistantView() {
+  return new MessageView('assistant', { blockView: (block) => desk.viewFor(block) });
+}
+
+/** A stored reply's parts: text, reasoning, tool calls and results as stored, else its text alone. */
+function storedParts(message) {
+  if (Array.isArray(message.parts) && message.parts.length > 0) return message.parts;
+  return message.content ? [{ type: 'text', text: message.content }] : [];
+}
+
 function storedMessageView(message) {
-  const view = new MessageView(message.role);
-  view.render(message.content || '', message.reasoning || '');
-  if (message.role === 'assistant') {
-    const label = finishLabel(message.finishReason);
-    if (label) view.setStatus(label, message.finishReason === 'interrupted' ? 'info' : 'error');
-    if (message.outputTokens || message.inputTokens) view.setMeta(usageText(message));
+  if (message.role === 'user') {
+    const view = new MessageView('user');
+    view.render(message.content || '');
+    return view;
   }
+  const view = assistantView();
+  view.renderParts(storedParts(message), message.reasoning || '');
+  const label = finishLabel(message.finishReason);
+  if (label) view.setStatus(label, finishKind(message.finishReason));
+  if (message.outputTokens || message.inputTokens) view.setMeta(usageText(message));
   return view;
 }
 
+/** Show the stored conversation; returns the view of its last message. */
 function showMessages(messages) {
   dom.messages.replaceChildren(dom.emptyState);
   dom.emptyState.hidden = messages.length > 0;
+  let last = null;
   for (const message of messages) {
-    if (message.role === 'user' || message.role === 'assistant') dom.messages.append(storedMessageView(message).el);
+    if (message.role !== 'user' && message.role !== 'assistant') continue;
+    last = storedMessageView(message);
+    dom.messages.append(last.el);
   }
   scrollToBottom();
+  return last;
+}
+
+/**
+ * Show a chat as stored, with its tool state: the calls and plans that wait, and the tools
+ * always allowed. `hidden` is a reply left out (one a resumed stream redraws).
+ */
+function showDetail(detail, hidden = null) {
+  const messages = detail.messages.filter((m) => m.id !== hidden);
+  desk.reset(state.api, detail.session.id, detail);
+  const lastView = showMessages(messages);
+  const last = messages[messages.length - 1];
+  if (last && last.role === 'assistant' && last.finishReason === 'awaiting_approval') {
+    const parts = storedParts(last);
+    const reasoning = last.reasoning || '';
+    desk.setReply({ sessionId: detail.session.id, messageId: last.id, view: lastView, parts, reasoning });
+    desk.fillDecided(parts);
+  }
+}
+
+function renderAllowedTools() {
+  const titles = desk.allowedTitles();
+  dom.allowedTools.hidden = titles.length === 0;
+  setText(dom.allowedTools, titles.length ? `Always allowed in this chat: ${titles.join(', ')}` : '');
 }
 
 function renderChatHeader() {
@@ -440,12 +512,15 @@ function updateComposer() {
   const session = state.current;
   const ended = session && session.status !== 'active';
   const busy = Boolean(state.turn);
+  const waiting = desk.waiting() > 0;
   dom.input.disabled = busy || ended;
-  dom.send.disabled = busy || ended;
+  dom.send.disabled = busy || ended || waiting;
+  dom.toolsButton.disabled = Boolean(ended);
   dom.closeButton.disabled = busy;
-  dom.hint.textContent = ended
-    ? `This chat is ${session.status}. Start a new chat to go on.`
-    : DEFAULT_HINT;
+  let hint = DEFAULT_HINT;
+  if (ended) hint = `This chat is ${session.status}. Start a new chat to go on.`;
+  else if (waiting) hint = 'parley waits for your decision on a tool call above: approve or deny it to go on.';
+  setText(dom.hint, hint);
 }
 
 function newChat() {
@@ -454,13 +529,14 @@ function newChat() {
   state.current = null;
   sessionStorage.removeItem(SESSION_KEY);
   clearBanner();
+  desk.reset(state.api, null);
   showMessages([]);
   renderChatHeader();
   markCurrentInList();
   closeNav();
 }
 
-async function openSession(id, { resume = null } = {}) {
+async function openSession(id, { resume = null, keepBanner = false } = {}) {
   detachTurn();
   closeNav();
   const seq = ++state.openSeq;
@@ -480,20 +556,25 @@ async function openSession(id, { resume = null } = {}) {
   if (seq !== state.openSeq) return; // another chat was opened meanwhile
   state.current = detail.session;
   sessionStorage.setItem(SESSION_KEY, id);
-  clearBanner();
-  showMessages(detail.messages);
+  if (!keepBanner) clearBanner();
+  const messages = detail.messages;
+  const last = messages[messages.length - 1];
+  let resuming = null;
+  if (resume && resume.sessionId === id) {
+    // A reply is stored while it streams (checkpoints) without a finish reason: it is over
+    // once it has one (awaiting_approval included: that stream ended).
+    const stored = messages.find((m) => m.id === resume.messageId);
+    const finished = resume.messageId ? Boolean(stored && stored.finishReason) : last && last.role === 'assistant';
+    if (finished) clearSavedTurn(); // it finished while the page reloaded, and is shown below
+    else resuming = resume;
+  }
+  showDetail(detail, resuming ? resuming.messageId : null);
   renderChatHeader();
   markCurrentInList();
   closeNav();
 
-  const messages = detail.messages;
-  const last = messages[messages.length - 1];
-  if (resume && resume.sessionId === id) {
-    const stored = resume.messageId
-      ? messages.some((m) => m.id === resume.messageId)
-      : last && last.role === 'assistant';
-    if (stored) clearSavedTurn(); // it finished while the page reloaded, and is shown above
-    else await resumeTurn(resume);
+  if (resuming) {
+    await resumeTurn(resuming);
   } else if (detail.session.status === 'active' && last && last.role === 'user') {
     // The last message has no reply yet: a turn may be running (another tab, a lost
     // connection). Join it from its start; 409 no_turn_running just means there is none.
@@ -511,7 +592,8 @@ function beginTurn(sessionId, saved = {}) {
     view: null,
     lastEventId: saved.lastEventId ?? null,
     messageId: saved.messageId ?? null,
-    content: saved.content ?? '',
+    // Copies: deltas extend the last text part in place.
+    parts: (saved.parts ?? []).map((part) => ({ ...part })),
     reasoning: saved.reasoning ?? '',
     usage: saved.usage ?? null,
     error: saved.error ?? null,
@@ -522,15 +604,16 @@ function beginTurn(sessionId, saved = {}) {
   };
   state.turn = turn;
   setBusy(true);
+  desk.setStreaming(true);
   return turn;
 }
 
 function ensureView(turn) {
   if (!turn.view) {
-    turn.view = appendMessage(new MessageView('assistant'));
+    turn.view = appendMessage(assistantView());
     turn.view.setStreaming(true);
-    turn.view.render(turn.content, turn.reasoning);
-    if (!turn.content) turn.view.setStatus('Thinking…', 'pending');
+    turn.view.renderParts(turn.parts, turn.reasoning);
+    if (turn.parts.length === 0) turn.view.setStatus('Thinking…', 'pending');
   }
   return turn.view;
 }
@@ -540,8 +623,8 @@ function renderTurn(turn) {
   if (!turn.view) return;
   const started = performance.now();
   const stick = nearBottom();
-  turn.view.render(turn.content, turn.reasoning);
-  if (turn.content) turn.view.setStatus('');
+  turn.view.renderParts(turn.parts, turn.reasoning);
+  if (turn.parts.length > 0) turn.view.setStatus('');
   if (stick) scrollToBottom();
   saveTurn(turn); // with the render, not after every delta: it writes the whole reply so far
   turn.renderedAt = performance.now();
@@ -578,8 +661,18 @@ function applyEvent(turn, type, data) {
       turn.messageId = data.messageId;
       break;
     case 'content_delta':
-      turn.content += data.delta;
+    case 'tool_use_start':
+    case 'tool_result':
+    case 'approval_required':
+    case 'plan_approval_required':
+      applyReplyEvent(turn.parts, type, data);
+      if (type !== 'content_delta' && turn.sessionId === desk.sessionId) desk.onEvent(type, data);
       queueRender(turn);
+      break;
+    case 'plan_step_start':
+    case 'plan_step_complete':
+    case 'plan_complete':
+      if (turn.sessionId === desk.sessionId) desk.onEvent(type, data);
       break;
     case 'reasoning_delta':
       turn.reasoning += data.delta;
@@ -689,7 +782,7 @@ async function settleFromServer(turn) {
     const detail = await state.api.getSession(turn.sessionId);
     if (state.current && state.current.id === turn.sessionId && !state.turn) {
       state.current = detail.session;
-      showMessages(detail.messages);
+      showDetail(detail);
       renderChatHeader();
     }
   } catch (err) {
@@ -710,10 +803,15 @@ function finishTurn(turn) {
   } else {
     view.setStatus('Stopped', 'info'); // done without message_end or error: the turn was stopped
   }
-  if (!turn.content && !turn.reasoning) {
-    view.body.replaceChildren(el('p', { className: 'hint', textContent: 'No reply.' }));
-  }
+  if (turn.parts.length === 0 && !turn.reasoning) view.showEmpty();
   endTurn(turn);
+  if (desk.waiting() > 0 && turn.sessionId === desk.sessionId) {
+    // Its calls wait: this reply goes on when they are decided, and the cards have the focus.
+    view.setStatus('Waits for your decision on its tool calls.', 'pending');
+    const { sessionId, messageId, parts, reasoning } = turn;
+    desk.setReply({ sessionId, messageId, view, parts, reasoning });
+    if ([dom.input, dom.stop, document.body].includes(document.activeElement)) desk.focusFirst();
+  }
   refreshAfterTurn();
 }
 
@@ -732,6 +830,46 @@ function endTurn(turn) {
   state.turn = null;
   clearSavedTurn();
   setBusy(false);
+  desk.setStreaming(false);
+}
+
+/** A decision settled the reply's last waiting call: its continuation streams into the same reply. */
+async function continueReply(reply, response) {
+  if (state.turn || !state.current || !reply || reply.sessionId !== state.current.id) {
+    response.body?.cancel().catch(() => {});
+    if (state.current) openSession(state.current.id); // show what the server has instead
+    return;
+  }
+  clearBanner();
+  desk.setReply(null);
+  const { sessionId, messageId, parts, reasoning, view } = reply;
+  const turn = beginTurn(sessionId, { messageId, parts, reasoning });
+  turn.view = view;
+  view.setStreaming(true);
+  view.setStatus('');
+  saveTurn(turn); // a reload from here on re-attaches to the continuation
+  if ((await consume(turn, response)) === 'dropped') await reattach(turn);
+}
+
+/** The open chat's id, creating it first for a new chat; null when another chat was opened meanwhile. */
+async function ensureSession() {
+  if (state.current) return state.current.id;
+  const seq = state.openSeq;
+  // One request however many ask at once (a first message sent while the tools menu opens).
+  state.creating ??= state.api.createSession().finally(() => {
+    state.creating = null;
+  });
+  const session = await state.creating;
+  if (seq !== state.openSeq) return null;
+  if (state.current) return state.current.id; // adopted by the other caller
+  state.current = session;
+  sessionStorage.setItem(SESSION_KEY, session.id);
+  desk.reset(state.api, session.id);
+  desk.setStreaming(Boolean(state.turn));
+  upsertSession(session);
+  renderChatHeader();
+  markCurrentInList();
+  return session.id;
 }
 
 /** Leave the running turn's stream (switching chats, signing out); it goes on server-side. */
@@ -751,25 +889,34 @@ function refreshAfterTurn() {
 async function send(text) {
   if (!state.api || state.turn || !text.trim()) return;
   if (state.current && state.current.status !== 'active') return;
+  if (desk.waiting() > 0) {
+    desk.focusFirst(); // the server refuses messages while calls wait
+    return;
+  }
+  const command = parseToolCommand(text);
   clearBanner();
   const turn = beginTurn(state.current ? state.current.id : null);
   dom.input.value = '';
   const userView = appendMessage(new MessageView('user'));
-  userView.render(text);
+  userView.render(command && command.content ? command.content : text);
   try {
     if (!turn.sessionId) {
-      const session = await state.api.createSession();
+      turn.sessionId = await ensureSession();
+      if (!turn.sessionId || turn !== state.turn) return;
+    }
+    let content = text;
+    let toolChoice = null;
+    if (command) {
+      const forced = resolveToolCommand(await desk.listTools({ fresh: true }), command);
       if (turn !== state.turn) return;
-      state.current = session;
-      turn.sessionId = session.id;
-      sessionStorage.setItem(SESSION_KEY, session.id);
-      upsertSession(session);
-      renderChatHeader();
-      markCurrentInList();
+      content = forced.content;
+      toolChoice = { name: forced.tool.name };
+      userView.render(content);
+      userView.setMeta(`Asked parley to use ${forced.tool.title || forced.tool.name}`);
     }
     ensureView(turn);
     saveTurn(turn); // from here on a reload re-attaches
-    const response = await state.api.sendMessage(turn.sessionId, text, turn.controller.signal);
+    const response = await state.api.sendMessage(turn.sessionId, content, turn.controller.signal, toolChoice);
     if ((await consume(turn, response)) === 'dropped') await reattach(turn);
   } catch (err) {
     if (isAbort(err) || turn !== state.turn) return;
@@ -780,6 +927,10 @@ async function send(text) {
     endTurn(turn);
     if (!dom.input.value) dom.input.value = text;
     handleError(err);
+    if (err instanceof ApiError && err.code === 'approval_pending' && state.current) {
+      // Calls wait that this page did not know of (decided on another device, say): show them.
+      openSession(state.current.id, { keepBanner: true });
+    }
     if (err instanceof ApiError && ['session_expired', 'session_closed'].includes(err.code) && state.current) {
       state.current.status = err.code === 'session_expired' ? 'expired' : 'closed';
       upsertSession(state.current);
@@ -900,6 +1051,16 @@ function toggleNav() {
 // ---- wiring --------------------------------------------------------------------------------
 
 function wire() {
+  new ToolMenu({
+    button: dom.toolsButton,
+    panel: dom.toolMenu,
+    list: dom.toolList,
+    status: dom.toolMenuStatus,
+    input: dom.input,
+    // The tools are those of a chat: a new chat is created when its tools are first asked for.
+    loadTools: async () => ((await ensureSession()) ? desk.listTools({ fresh: true }) : null),
+    onError: (err) => handleError(err),
+  });
   dom.signInForm.addEventListener('submit', (event) => {
     event.preventDefault();
     // An empty field retries with the token kept from before (after a failed restore).

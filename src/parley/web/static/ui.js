@@ -3,6 +3,7 @@
 // Everything here creates nodes with createElement and text nodes; no function takes markup.
 
 import { MarkdownStream } from './markdown.js';
+import { replyBlocks } from './reply.js';
 
 /** Create an element; `props` sets properties (className, id, …) and `attrs` attributes. */
 export function el(tag, { attrs = {}, ...props } = {}, ...children) {
@@ -70,7 +71,15 @@ export function finishLabel(reason) {
   if (!reason || reason === 'stop') return null;
   if (reason === 'interrupted') return 'Stopped';
   if (reason === 'length') return 'Cut off at the length limit';
+  if (reason === 'awaiting_approval') return 'Waits for your decision on its tool calls.';
+  if (reason === 'approval_expired') return 'Its tool calls were not approved in time.';
   return `Failed (${reason})`;
+}
+
+/** How a finish reason's label is shown: `info`, `pending` or `error`. */
+export function finishKind(reason) {
+  if (reason === 'awaiting_approval') return 'pending';
+  return reason === 'interrupted' || reason === 'approval_expired' ? 'info' : 'error';
 }
 
 /** Banner text for an API error: the message, what to do next, and the code. */
@@ -91,6 +100,15 @@ export function describeError(err, now = Date.now()) {
   return { code, message };
 }
 
+/** "4 min 10 s", "42 s": a time left, rounded up to the second. */
+export function formatTimeLeft(ms) {
+  const seconds = Math.max(0, Math.ceil(ms / 1000));
+  if (seconds < 60) return `${seconds} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${seconds % 60} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
 /** "at 14:05" today, else "on 1 Dec, 00:00", in the reader's locale and time zone. */
 export function formatWhen(at, now = Date.now()) {
   const date = new Date(at);
@@ -100,11 +118,31 @@ export function formatWhen(at, now = Date.now()) {
     : `on ${date.toLocaleString(undefined, { day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit' })}`;
 }
 
-/** A message of the conversation; the assistant's carries reasoning and a status line. */
+/** A run of the reply's text, rendered as Markdown; a streaming one renders only its open end. */
+class TextBlock {
+  constructor(key) {
+    this.key = key;
+    this.text = null;
+    this.el = el('div', { className: 'content markdown' });
+    this.markdown = new MarkdownStream(this.el);
+  }
+
+  update(block) {
+    if (block.text === this.text) return;
+    this.text = block.text;
+    this.markdown.render(block.text);
+  }
+}
+
+/**
+ * A message of the conversation. The user's is plain text. The assistant's carries reasoning,
+ * its reply as blocks (text, tool calls, plans: see reply.js) and a status line; `blockView`
+ * makes the view of a block that is not text (`{key, el, update(block), setStreaming?}`).
+ */
 export class MessageView {
-  constructor(role) {
+  constructor(role, { blockView = null } = {}) {
     this.role = role;
-    this.content = '';
+    this.blockView = blockView;
     this.reasoning = '';
     this.reasoningText = el('div', { className: 'reasoning-text' });
     this.reasoningSummary = el('summary', { textContent: 'Reasoning' });
@@ -114,9 +152,9 @@ export class MessageView {
       this.reasoningSummary,
       this.reasoningText,
     );
-    this.body = el('div', { className: role === 'user' ? 'content plain' : 'content markdown' });
-    // A streaming reply grows: its finished blocks are rendered once, not again on every frame.
-    this.markdown = role === 'user' ? null : new MarkdownStream(this.body);
+    this.blocks = []; // the views of the reply's blocks, in order
+    this.body = el('div', { className: role === 'user' ? 'content plain' : 'reply' });
+    this.actions = el('div', { className: 'reply-actions' }); // buttons about the whole reply
     this.meta = el('p', { className: 'meta', hidden: true });
     this.status = el('p', { className: 'status', hidden: true });
     this.el = el(
@@ -125,18 +163,32 @@ export class MessageView {
       el('p', { className: 'role', textContent: role === 'user' ? 'You' : 'parley' }),
       this.reasoningBox,
       this.body,
+      this.actions,
       this.status,
       this.meta,
     );
   }
 
-  /** Show the whole text so far (Markdown for the assistant, plain text for the user). */
-  render(content, reasoning = '') {
-    if (content !== this.content || !this.body.hasChildNodes()) {
-      this.content = content;
-      if (this.role === 'user') this.body.textContent = content;
-      else this.markdown.render(content);
-    }
+  /** Show the user's text, as plain text. */
+  render(content) {
+    this.body.textContent = content;
+  }
+
+  /** Show the reply's parts so far; blocks already shown are updated, not rebuilt. */
+  renderParts(parts, reasoning = '') {
+    const blocks = replyBlocks(parts);
+    let kept = 0;
+    while (kept < blocks.length && kept < this.blocks.length && this.blocks[kept].key === blocks[kept].key) kept++;
+    for (const stale of this.blocks.splice(kept)) stale.el.remove();
+    if (this.blocks.length === 0) this.body.replaceChildren(); // "No reply." goes once a block comes
+    blocks.forEach((block, index) => {
+      if (index >= kept) {
+        const view = block.kind === 'text' ? new TextBlock(block.key) : this.blockView(block);
+        this.blocks.push(view);
+        this.body.append(view.el);
+      }
+      this.blocks[index].update(block);
+    });
     if (reasoning !== this.reasoning) {
       this.reasoning = reasoning;
       this.reasoningText.textContent = reasoning; // reasoning is shown as plain text, dimmed
@@ -145,11 +197,17 @@ export class MessageView {
     }
   }
 
+  /** A reply that ended without text, tool calls or reasoning. */
+  showEmpty() {
+    if (this.blocks.length === 0) this.body.replaceChildren(el('p', { className: 'hint', textContent: 'No reply.' }));
+  }
+
   setStreaming(streaming) {
     this.el.classList.toggle('streaming', streaming);
     // Screen readers announce the reply once it is complete, not once per token.
     this.el.setAttribute('aria-busy', String(streaming));
     this.reasoningSummary.textContent = streaming && this.reasoning ? 'Reasoning…' : 'Reasoning';
+    for (const block of this.blocks) block.setStreaming?.(streaming);
   }
 
   setMeta(text) {

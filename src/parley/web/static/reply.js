@@ -1,0 +1,134 @@
+// A reply as parts, and the blocks it is shown as. Pure: no DOM, no requests.
+//
+// A reply is model rounds: text, tool calls, their results, more text. The stream's events are
+// added to a list of parts of the very shapes `GET /sessions/{id}` stores (`{type: 'text', text}`,
+// `{type: 'tool_call', toolUseId, toolName, input, executionId}`, `{type: 'tool_result',
+// toolUseId, toolName, output, isError, truncated}`), so a reply streaming now and one read back
+// after a reload are shown by the same code.
+
+/** The built-in tool through which the model proposes a plan (parley's own, never a server's). */
+export const PLAN_TOOL = 'propose_action_plan';
+
+/**
+ * Add a stream event to a reply's parts; true when it was one of the reply's own events.
+ * A delta extends the last text part, or starts one after a tool call (a new model round).
+ */
+export function applyReplyEvent(parts, type, data) {
+  switch (type) {
+    case 'content_delta': {
+      const last = parts[parts.length - 1];
+      if (last && last.type === 'text') last.text += data.delta;
+      else parts.push({ type: 'text', text: data.delta });
+      return true;
+    }
+    case 'tool_use_start':
+    case 'approval_required':
+      addCall(parts, {
+        type: 'tool_call',
+        toolUseId: data.toolUseId,
+        toolName: data.toolName,
+        input: data.input,
+        executionId: data.executionId,
+      });
+      return true;
+    case 'plan_approval_required':
+      // The event names the plan's call by its execution, not by its tool-use id; the result
+      // that settles it is matched to it by its tool's name (see replyBlocks).
+      addCall(parts, {
+        type: 'tool_call',
+        toolUseId: null,
+        toolName: PLAN_TOOL,
+        input: { title: data.title, steps: data.steps },
+        executionId: data.executionId,
+      });
+      return true;
+    case 'tool_result':
+      parts.push({
+        type: 'tool_result',
+        toolUseId: data.toolUseId,
+        toolName: data.toolName,
+        output: data.output,
+        isError: Boolean(data.isError),
+        truncated: Boolean(data.truncated),
+      });
+      return true;
+    default:
+      return false;
+  }
+}
+
+/** A call is listed once: an approved call's tool_use_start follows its approval_required. */
+function addCall(parts, call) {
+  const same = (p, key) => call[key] && p[key] === call[key];
+  const known = parts.find((p) => p.type === 'tool_call' && (same(p, 'executionId') || same(p, 'toolUseId')));
+  if (!known) parts.push(call);
+}
+
+/**
+ * The blocks a reply is shown as, in order: `{kind: 'text', key, text}` (adjacent text parts
+ * joined as the stored content joins them), `{kind: 'tool', key, call, result}` (a call with its
+ * result, when it came) and `{kind: 'plan', key, call, result}`. Keys stay the same while a reply
+ * grows, so a view can keep what it already shows.
+ */
+export function replyBlocks(parts) {
+  const blocks = [];
+  const calls = new Map();
+  for (const [index, part] of (parts || []).entries()) {
+    if (!part || typeof part !== 'object') continue;
+    if (part.type === 'text') {
+      if (!part.text) continue;
+      const last = blocks[blocks.length - 1];
+      if (last && last.kind === 'text') last.text += `\n\n${part.text}`;
+      else blocks.push({ kind: 'text', key: `text:${index}`, text: part.text });
+    } else if (part.type === 'tool_call') {
+      const plan = part.toolName === PLAN_TOOL;
+      const block = {
+        kind: plan ? 'plan' : 'tool',
+        key: `${plan ? 'plan' : 'tool'}:${part.executionId || part.toolUseId || index}`,
+        call: part,
+        result: null,
+      };
+      blocks.push(block);
+      if (part.toolUseId) calls.set(part.toolUseId, block);
+    } else if (part.type === 'tool_result') {
+      let block = calls.get(part.toolUseId);
+      if (!block && part.toolName === PLAN_TOOL) {
+        block = blocks.find((b) => b.kind === 'plan' && !b.result && !b.call.toolUseId);
+      }
+      if (block) block.result = part;
+      else blocks.push({ kind: 'tool', key: `result:${part.toolUseId || index}`, call: null, result: part });
+    }
+  }
+  return blocks;
+}
+
+/** The reply's text as stored in `content`: its text parts, joined by blank lines. */
+export function replyText(parts) {
+  return (parts || [])
+    .filter((p) => p && p.type === 'text' && p.text)
+    .map((p) => p.text)
+    .join('\n\n');
+}
+
+/** A tool's arguments as indented JSON text. */
+export function formatInput(input) {
+  try {
+    return JSON.stringify(input ?? {}, null, 2) ?? String(input);
+  } catch {
+    return String(input);
+  }
+}
+
+/** A tool's output: indented when it is a JSON object or array, else exactly as given. */
+export function formatOutput(output) {
+  const text = String(output ?? '');
+  const start = text.trimStart()[0];
+  if (start === '{' || start === '[') {
+    try {
+      return JSON.stringify(JSON.parse(text), null, 2);
+    } catch {
+      // Not JSON after all (or cut short by the output cap): shown as it is.
+    }
+  }
+  return text;
+}
