@@ -392,6 +392,7 @@ def test_openapi_lists_every_route(shared: Shared) -> None:
         f"{API}/sessions/{{session_id}}/tool-decisions": {"post"},
         f"{API}/sessions/{{session_id}}/tool-executions": {"get"},
         f"{API}/sessions/{{session_id}}/tools": {"get"},
+        f"{API}/tools": {"get"},
         f"{API}/usage": {"get"},
         "/healthz": {"get"},
     }

@@ -287,6 +287,12 @@ def test_the_tools_a_session_may_use_say_which_ask(tools: Tools, tenants: Tenant
         False,
     )
     assert record["inputSchema"]["required"] == ["note"]
+    with client(tools.start(), tenants.a1) as c:  # before any session: the organization's view
+        new = {t["name"]: t["asks"] for t in c.get(f"{API}/tools").json()["data"]}
+        other = c.get(f"{API}/tools", params={"orgId": tenants.org_b})
+    assert new["t__record"] is True
+    assert new["t__big"] is False
+    assert other.status_code == 403
     assert (listed["t__big"]["asks"], listed["t__echo"]["asks"]) == (False, True)
     assert (relaxed["t__record"], relaxed["t__echo"], relaxed["t__big"]) == (True, True, False)
 
@@ -459,6 +465,7 @@ def test_an_approved_plan_runs_its_steps_without_asking(tools: Tools, tenants: T
         assert first.types[-3:] == ["plan_approval_required", "message_end", "done"]
         proposed = first.of("plan_approval_required")[0].data
         assert [s["toolName"] for s in proposed["steps"]] == ["t__record", "t__record"]
+        assert proposed["toolUseId"].startswith("call_")
         assert detail(c, sid)["plans"][0]["status"] == "pending"
         with c.stream("POST", f"{API}/sessions/{sid}/approve-plan", json={"approved": True}) as r:
             run = read_stream(r)

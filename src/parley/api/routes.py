@@ -181,6 +181,16 @@ async def get_session(session_id: str, svc: ServicesDep, who: PrincipalDep) -> d
     }
 
 
+@router.get("/tools")
+async def tools(
+    svc: ServicesDep, who: PrincipalDep, org_id: Annotated[str | None, Query(alias="orgId", max_length=36)] = None
+) -> dict[str, Any]:
+    """The tools a new session may use (before there is one), and which of them ask."""
+    org = svc.catalog.resolve_org(who.caller, org_id)
+    listed = await svc.approvals.org_tools(who.tenant, org)
+    return {"data": [tool_view(entry) for entry in listed]}
+
+
 @router.get("/sessions/{session_id}/tools")
 async def session_tools(session_id: str, svc: ServicesDep, who: PrincipalDep) -> dict[str, Any]:
     """The tools this session's model may use, and which of them ask before a call."""

@@ -336,6 +336,18 @@ class ApprovalDesk:
             if tool.blocked is None
         ]
 
+    async def org_tools(self, tenant: Tenant, org_id: str) -> list[SessionTool]:
+        """The tools a new session of the organization may use, and which of them ask."""
+        async with self.manager.db.unit(tenant, readonly=True) as tx:
+            mode = approval_mode(await repo.get_budget(tx, org_id))
+        policy = ApprovalPolicy(mode=mode)
+        catalog = self.manager.tools
+        if catalog is None:
+            return []
+        return [
+            SessionTool(tool=t, asks=policy.asks(t), always_allowed=False) for t in catalog.tools() if t.blocked is None
+        ]
+
     # -- plans -----------------------------------------------------------------------------------------
 
     async def _plan(self, tenant: Tenant, user_id: str, session_id: str, statuses: Sequence[str]) -> Record:

@@ -15,7 +15,7 @@ Tools (a reply may hold several model rounds; see chat/turns.py):
     tool_result{toolUseId, toolName, output, isError, truncated}: what it gave back (or why not)
     approval_required{executionId, toolUseId, toolName, input, description, expiresAt}: a call
         waits for a person; the stream then ends (message_end, done) and a decision continues it
-    plan_approval_required{planId, executionId, title, steps, expiresAt}
+    plan_approval_required{planId, executionId, toolUseId, title, steps, expiresAt}
     plan_step_start{planId, stepIndex, toolName}  plan_step_complete{planId, stepIndex, toolName, isError}
     plan_complete{planId, status}  approval_mode_changed{mode}
 
@@ -159,6 +159,7 @@ class PlanApprovalRequired:
     type: Literal["plan_approval_required"] = "plan_approval_required"
     plan_id: str
     execution_id: str
+    tool_use_id: str
     title: str
     steps: list[dict[str, Any]]
     expires_at: str

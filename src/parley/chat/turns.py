@@ -845,6 +845,7 @@ async def _pause(spec: TurnSpec, tools: TurnTools, waiting: Sequence[PlannedCall
                 PlanApprovalRequired(
                     plan_id=call.plan_id or "",
                     execution_id=call.execution_id,
+                    tool_use_id=call.call_id,
                     title=str(call.arguments.get("title") or ""),
                     steps=[{**step, "status": "pending"} for step in call.arguments.get("steps") or []],
                     expires_at=shown,
