@@ -215,8 +215,9 @@ def test_the_pages_tool_helpers(web_server: WebServerFactory, open_page: OpenPag
                 ['content_delta', { delta: 'look.' }],
                 ['approval_required', { executionId: 'e1', toolUseId: 'u1', toolName: 'files__read', input: {} }],
                 ['tool_use_start', { executionId: 'e1', toolUseId: 'u1', toolName: 'files__read', input: {} }],
-                ['plan_approval_required', { executionId: 'e2', planId: 'p', title: 'T', steps: [] }],
+                ['plan_approval_required', { executionId: 'e2', toolUseId: 'u9', planId: 'p', title: 'T', steps: [] }],
                 ['tool_result', { toolUseId: 'u1', toolName: 'files__read', output: 'ok', isError: false }],
+                ['tool_result', { toolUseId: 'u8', toolName: 'propose_action_plan', output: 'other plan' }],
                 ['tool_result', { toolUseId: 'u9', toolName: 'propose_action_plan', output: 'approved' }],
                 ['tool_result', { toolUseId: 'u5', toolName: 'files__read', output: 'lone', isError: true }],
                 ['content_delta', { delta: 'Done.' }],
@@ -260,9 +261,10 @@ def test_the_pages_tool_helpers(web_server: WebServerFactory, open_page: OpenPag
     assert result["blocks"] == [
         ["text", "text:0", "Let me look."],
         ["tool", "tool:e1", "ok"],  # its approval and its start are one call
-        ["plan", "plan:e2", "approved"],  # the plan's result is matched by the plan tool's name
+        ["plan", "plan:e2", "approved"],  # the plan's result is matched by its call's id
+        ["tool", "result:u8", "other plan"],  # not by the plan tool's name
         ["tool", "result:u5", "lone"],
-        ["text", "text:6", "Done."],
+        ["text", "text:7", "Done."],
     ]
     assert result["text"] == "Let me look.\n\nDone."
     assert result["outputs"] == ['{\n  "a": [\n    1\n  ]\n}', " [1,2", "14", "<b>"]

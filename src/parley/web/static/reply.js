@@ -32,11 +32,9 @@ export function applyReplyEvent(parts, type, data) {
       });
       return true;
     case 'plan_approval_required':
-      // The event names the plan's call by its execution, not by its tool-use id; the result
-      // that settles it is matched to it by its tool's name (see replyBlocks).
       addCall(parts, {
         type: 'tool_call',
-        toolUseId: null,
+        toolUseId: data.toolUseId,
         toolName: PLAN_TOOL,
         input: { title: data.title, steps: data.steps },
         executionId: data.executionId,
@@ -91,10 +89,7 @@ export function replyBlocks(parts) {
       blocks.push(block);
       if (part.toolUseId) calls.set(part.toolUseId, block);
     } else if (part.type === 'tool_result') {
-      let block = calls.get(part.toolUseId);
-      if (!block && part.toolName === PLAN_TOOL) {
-        block = blocks.find((b) => b.kind === 'plan' && !b.result && !b.call.toolUseId);
-      }
+      const block = calls.get(part.toolUseId);
       if (block) block.result = part;
       else blocks.push({ kind: 'tool', key: `result:${part.toolUseId || index}`, call: null, result: part });
     }
