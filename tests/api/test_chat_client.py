@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from parley.client.chat import Api
+from parley.client.api import Api
 from tests.api.conftest import create_session, detail
 from tests.conftest import ServerFactory, Tenants, client
 from tests.support.scripted_provider import Reply, ScriptedProvider
