@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.json import JSON
@@ -35,9 +35,10 @@ INPUT_CHARS = 100  # of a tool call's arguments shown on its line
 _LINE_END = re.compile(r"\r\n?|\n")  # how markdown-it splits lines, so its line numbers are ours
 
 
-def make_console() -> Console:
-    """The client's console: model and tool text is shown as written, never read as markup or emoji."""
-    return Console(markup=False, highlight=False, emoji=False)
+def make_console(file: IO[str] | None = None, width: int | None = None) -> Console:
+    """The client's console (on stdout unless `file`): model and tool text is shown as written,
+    never read as markup or emoji."""
+    return Console(file=file, width=width, markup=False, highlight=False, emoji=False)
 
 
 # -- Markdown, block by block -------------------------------------------------------------------
@@ -82,8 +83,9 @@ class Prefixed:
             lines.pop(0)
         style = console.get_style(self.style)
         for index, line in enumerate(lines):
-            yield Segment(self.first if index == 0 else self.rest, style)
-            yield from line
+            if line:
+                yield Segment(self.first if index == 0 else self.rest, style)
+                yield from line
             yield Segment.line()
 
 
@@ -205,22 +207,26 @@ def tool_call(data: Mapping[str, Any]) -> Text:
     return line
 
 
-def tool_result(data: Mapping[str, Any], lines: int = OUTPUT_LINES) -> Text:
+def tool_result(data: Mapping[str, Any], lines: int = OUTPUT_LINES) -> RenderableType:
     """`tool_result`: the first `lines` of its output, each on one screen line, marked `error` when
     it failed and `output truncated` when parley cut it."""
     output = str(data.get("output", "")).rstrip("\n").splitlines() or [""]
     failed = bool(data.get("isError"))
     style = "red" if failed else "dim"
-    shown = Text(no_wrap=True, overflow="ellipsis")
-    shown.append("  ✗ error: " if failed else "  ← ", style="bold red" if failed else "green")
-    for index, line in enumerate(output[:lines]):
-        shown.append(("" if index == 0 else "\n" + INDENT) + line, style=style)
+
+    def line(mark: str, text: str, text_style: str = style, mark_style: str = "") -> Text:
+        shown = Text(mark, style=mark_style, no_wrap=True, overflow="ellipsis")
+        shown.append(text, style=text_style)
+        return shown
+
+    mark, mark_style = ("  ✗ error: ", "bold red") if failed else ("  ← ", "green")
+    shown = [line(mark, output[0], mark_style=mark_style)] + [line(INDENT, text) for text in output[1:lines]]
     if len(output) > lines:
         more = len(output) - lines
-        shown.append(f"\n{INDENT}… {more} more line{'s' if more > 1 else ''}", style="dim")
+        shown.append(line(INDENT, f"… {more} more line{'s' if more > 1 else ''}", "dim"))
     if data.get("truncated"):
-        shown.append(f"\n{INDENT}[output truncated]", style="yellow")
-    return shown
+        shown.append(line(INDENT, "[output truncated]", "yellow"))
+    return Group(*shown)  # a Group: print() would join bare Texts into one, and wrap them
 
 
 def approval_card(call: Mapping[str, Any], index: int = 1, count: int = 1) -> RenderableType:
@@ -304,9 +310,8 @@ class Render:
         elif kind == "plan_approval_required":
             steps = len(data.get("steps") or [])
             self.note(
-                f"the model proposes a plan, {data.get('title')!r} ({steps} steps): decide it on the web page; "
-                "this terminal decides single calls only",
-                style="yellow",
+                f"the model proposes a plan, {data.get('title')!r} ({steps} steps): decide plans on the web page",
+                "yellow",
             )
         elif kind == "approval_mode_changed":
             self.note(f"[approval mode: {data.get('mode')}]")

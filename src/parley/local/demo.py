@@ -185,7 +185,7 @@ def _parley_command() -> str:
         return str(beside)
 
 
-def _banner(url: str, token: str, fresh: bool, data_dir: Path, tools_config: Path | None) -> str:
+def banner(url: str, token: str, fresh: bool, data_dir: Path, tools_config: Path | None) -> str:
     state = "new token issued" if fresh else "token reused"
     chat = f"{_parley_command()} chat --url {url} --token {token}"
     return f"""
@@ -239,7 +239,7 @@ def _hangup_as_terminate(_signum: int, _frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce(host: str, port: int, banner: str) -> None:
+def _announce(host: str, port: int, text: str) -> None:
     """Print the banner once parley answers, so it is not buried under the startup log."""
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     deadline = time.monotonic() + 60
@@ -251,7 +251,7 @@ def _announce(host: str, port: int, banner: str) -> None:
         except (OSError, ValueError):
             pass  # not listening yet
         time.sleep(0.2)
-    print(banner, flush=True)
+    print(text, flush=True)
 
 
 def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str | None = None) -> int:
@@ -286,8 +286,8 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str 
         model.start()
         settings = demo_settings(model, root)
         token, fresh = asyncio.run(ensure_demo_identity(settings.effective_database_url, demo_dir))
-        banner = _banner(f"http://{host}:{port}", token, fresh, root, settings.mcp_config)
-        threading.Thread(target=_announce, args=(host, port, banner), daemon=True).start()
+        text = banner(f"http://{host}:{port}", token, fresh, root, settings.mcp_config)
+        threading.Thread(target=_announce, args=(host, port, text), daemon=True).start()
         watchdog.start()
         run_server(settings, host, port)
     except ModelServerError as exc:
