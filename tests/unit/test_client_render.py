@@ -18,6 +18,7 @@ from parley.client.render import (
     markdown,
     short_input,
     split_finished,
+    stored_reply,
     tool_call,
     tool_result,
     usage_footer,
@@ -203,6 +204,28 @@ def test_the_usage_footer() -> None:
     assert usage_footer({"inputTokens": 7, "outputTokens": 3, "costUsd": None, "usageEstimated": True}) == (
         "[7 in · 3 out tokens · cost n/a (estimated)]"
     )
+
+
+def test_a_stored_reply_is_shown_as_it_was_streamed() -> None:
+    message = {
+        "content": "It is noon.",
+        "parts": [
+            {"type": "reasoning", "text": "The clock."},
+            {"type": "tool_call", "toolName": "demo__now", "input": {"timezone": "UTC"}},
+            {"type": "tool_result", "toolName": "demo__now", "output": "12:00 UTC", "isError": False},
+            {"type": "text", "text": "It is **noon**."},
+            {"type": "something new"},
+        ],
+    }
+    assert shown(stored_reply(message), width=60).splitlines() == [
+        "ai> The clock.",
+        '  → demo__now(timezone="UTC")',
+        "  ← 12:00 UTC",
+        "ai> It is noon.",
+    ]
+    # A reply stored without parts (or without text parts) shows its content.
+    assert shown(stored_reply({"content": "Hello", "parts": None})) == "ai> Hello\n"
+    assert shown(stored_reply({"content": "", "parts": []})) == ""
 
 
 # -- one stream -----------------------------------------------------------------------------------

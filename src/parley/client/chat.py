@@ -41,16 +41,7 @@ from rich.console import Console
 
 from parley.client.api import Api, ApiError, Out
 from parley.client.lines import LineReader, line_reader
-from parley.client.render import (
-    AI_PREFIX,
-    Prefixed,
-    Render,
-    approval_card,
-    make_console,
-    markdown,
-    tool_call,
-    tool_result,
-)
+from parley.client.render import Render, approval_card, make_console, stored_reply
 from parley.client.tool_names import ToolNameError, find_tool
 
 HELP = (
@@ -398,25 +389,10 @@ class Chat:
             if m["role"] == "user":
                 self.say(f"you> {m['content']}")
                 continue
-            self.show_parts(m)
+            self.console.print(stored_reply(m))
             reason = m.get("finishReason")
             suffix = f", {reason}" if reason and reason not in ("stop", "end_turn") else ""
             self.say(f"    [{m.get('inputTokens')} in · {m.get('outputTokens')} out tokens{suffix}]", style="dim")
-
-    def show_parts(self, message: dict[str, Any]) -> None:
-        """A stored reply as it was streamed: reasoning, text, tool calls and their results."""
-        parts = list(message.get("parts") or [])
-        if message.get("content") and not any(p.get("type") == "text" for p in parts):
-            parts.append({"type": "text", "text": message["content"]})
-        for part in parts:
-            kind = part.get("type")
-            if kind in ("text", "reasoning"):
-                style = "dim" if kind == "reasoning" else ""
-                self.console.print(Prefixed(markdown(str(part.get("text", "")), style=style), AI_PREFIX, style=style))
-            elif kind == "tool_call":
-                self.console.print(tool_call(part))
-            elif kind == "tool_result":
-                self.console.print(tool_result(part))
 
     def usage(self) -> None:
         data = self.api.call("GET", "/api/v1/ai/usage")
@@ -463,7 +439,7 @@ def run_chat(
     if not url or not token:
         print("parley chat: need --url and --token (or PARLEY_URL and PARLEY_TOKEN)", file=sys.stderr)
         return 2
-    chat = Chat(Api(url, token), StateFile(), console or make_console(), lines or line_reader())
+    chat = Chat(Api(url, token), StateFile(), make_console(), line_reader())
     try:
         detail = chat.start(session_id)
         if detail is None:

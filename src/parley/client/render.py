@@ -65,6 +65,11 @@ def markdown(text: str, *, style: str = "") -> Markdown:
     return Markdown(text, hyperlinks=False, style=style)
 
 
+def reply_text(text: str, *, style: str = "", first: str = AI_PREFIX) -> Prefixed:
+    """A reply's text (or reasoning, dimmed) as Markdown, under `ai> `."""
+    return Prefixed(markdown(text.strip("\r\n"), style=style), first, style=style)
+
+
 class Prefixed:
     """A renderable narrowed by the prefix's width, `first` before its first line, `rest` before the
     others; without the empty lines around it or the spaces that pad its lines (copied text stays clean)."""
@@ -175,9 +180,9 @@ class ReplyText:
             self._print(rest)
 
     def _block(self, text: str) -> RenderableType:
-        first = AI_PREFIX if self.blocks == 0 else INDENT
-        body = Prefixed(markdown(text.strip("\r\n"), style=self.style), first, style=self.style)
-        return body if self.blocks == 0 else Group(Text(""), body)
+        if self.blocks == 0:
+            return reply_text(text, style=self.style)
+        return Group(Text(""), reply_text(text, style=self.style, first=INDENT))
 
     def _print(self, text: str) -> None:
         self.console.print(self._block(text))  # above the growing block, while Live runs
@@ -241,6 +246,23 @@ def approval_card(call: Mapping[str, Any], index: int = 1, count: int = 1) -> Re
     arguments = JSON.from_data(call.get("input") or {}, indent=2, ensure_ascii=False)
     parts.append(Prefixed(arguments, "  ", "  "))
     return Group(*parts)
+
+
+def stored_reply(message: Mapping[str, Any]) -> RenderableType:
+    """A stored reply (`GET /sessions/{id}`) as it was streamed: reasoning, text, tool calls, results."""
+    parts = [part for part in message.get("parts") or [] if isinstance(part, Mapping)]
+    if message.get("content") and not any(part.get("type") == "text" for part in parts):
+        parts.append({"type": "text", "text": message["content"]})
+    shown: list[RenderableType] = []
+    for part in parts:
+        kind = part.get("type")
+        if kind in ("text", "reasoning"):
+            shown.append(reply_text(str(part.get("text", "")), style="dim" if kind == "reasoning" else ""))
+        elif kind == "tool_call":
+            shown.append(tool_call(part))
+        elif kind == "tool_result":
+            shown.append(tool_result(part))
+    return Group(*shown)
 
 
 # -- one stream -----------------------------------------------------------------------------------
