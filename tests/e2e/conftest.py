@@ -7,6 +7,10 @@
 The proxy exists because the model server keeps no request log: it is how a test proves that
 history really reaches the model. It forwards bytes untouched, both ways, as they arrive.
 
+`scripted_tools` is the same parley with the demo tools in front of a scripted model server
+(`tests/support/scripted_upstream.py`) instead: for the replies the small model cannot be made to
+give on demand (a given tool call with given arguments, a Markdown answer).
+
 Nothing here is skipped: without llama-cpp-python or the model the suite FAILS and says how to
 install them (`python -m parley.local.install`).
 """
@@ -14,7 +18,7 @@ install them (`python -m parley.local.install`).
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +29,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from parley.local.demo import notes_dir, write_demo_tools_config
 from parley.local.model_server import (
     LocalModelServer,
     ModelServerError,
@@ -33,8 +38,8 @@ from parley.local.model_server import (
     locate_model,
 )
 from parley.store import admin
-from parley.tools import demo_config
 from tests.support.parley_process import ParleyProcess
+from tests.support.scripted_upstream import ScriptedUpstream
 from tests.support.sse_client import iter_frames
 from tests.support.tcp_proxy import TcpProxy
 
@@ -156,34 +161,71 @@ async def _issue_token(database_url: str) -> str:
 
 
 @dataclass
-class E2E:
+class Parley:
+    """A running parley, an API token of its one user, and its data directory."""
+
     parley: ParleyProcess
     token: str
-    model: LocalModelServer
-    proxy: TcpProxy
     data_dir: Path
 
     def api(self) -> Api:
         return Api(self.parley.url, self.token)
 
+    @property
+    def notes(self) -> Path:
+        """The demo tools' notes file (with the demo tools configured)."""
+        return notes_dir(self.data_dir) / "notes.jsonl"
+
+
+@dataclass
+class E2E(Parley):
+    model: LocalModelServer
+    proxy: TcpProxy
+
+
+@dataclass
+class Scripted(Parley):
+    upstream: ScriptedUpstream
+
 
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy) -> Iterator[E2E]:
-    yield from _parley(tmp_path_factory.mktemp("parley"), model_server, proxy)
+    data_dir = tmp_path_factory.mktemp("parley")
+    with _parley(data_dir, f"{proxy.url}/v1", model_server.model, model_server.api_key) as (parley, token):
+        yield E2E(parley=parley, token=token, data_dir=data_dir, model=model_server, proxy=proxy)
 
 
 @pytest.fixture(scope="session")
 def e2e_tools(
     tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy
 ) -> Iterator[E2E]:
-    """parley with the demo MCP server (the one `parley demo` runs), keeping its notes in `data_dir`."""
+    """parley with the demo MCP server, configured as `parley demo` does: notes in `notes`."""
     data_dir = tmp_path_factory.mktemp("parley-tools")
-    config = data_dir / "mcp.json"
-    config.write_text(json.dumps(demo_config(data_dir / "demo-tools")))
-    yield from _parley(data_dir, model_server, proxy, PARLEY_MCP_CONFIG=str(config))
+    config = str(write_demo_tools_config(data_dir))
+    base_url = f"{proxy.url}/v1"
+    with _parley(data_dir, base_url, model_server.model, model_server.api_key, PARLEY_MCP_CONFIG=config) as started:
+        parley, token = started
+        yield E2E(parley=parley, token=token, data_dir=data_dir, model=model_server, proxy=proxy)
 
 
-def _parley(data_dir: Path, model_server: LocalModelServer, proxy: TcpProxy, **extra: str) -> Iterator[E2E]:
+@pytest.fixture
+def scripted_tools(tmp_path: Path) -> Iterator[Scripted]:
+    """parley with the demo MCP server, in front of a scripted model server (enqueue its replies)."""
+    config = str(write_demo_tools_config(tmp_path))
+    upstream = ScriptedUpstream().start()
+    try:
+        with _parley(tmp_path, upstream.base_url, upstream.model, "scripted-key", PARLEY_MCP_CONFIG=config) as started:
+            parley, token = started
+            yield Scripted(parley=parley, token=token, data_dir=tmp_path, upstream=upstream)
+    finally:
+        upstream.stop()
+
+
+@contextlib.contextmanager
+def _parley(
+    data_dir: Path, base_url: str, model: str, api_key: str, **extra: str
+) -> Iterator[tuple[ParleyProcess, str]]:
+    """`parley serve` on SQLite in `data_dir`, on the model server at `base_url`; and a token."""
     database_url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
     token = asyncio.run(_issue_token(database_url))
     env = {
@@ -194,9 +236,9 @@ def _parley(data_dir: Path, model_server: LocalModelServer, proxy: TcpProxy, **e
         "PARLEY_DATA_DIR": str(data_dir),
         "DATABASE_URL": database_url,
         "MCP_LLM_PROVIDER": "openai-compatible",
-        "MCP_LLM_BASE_URL": f"{proxy.url}/v1",
-        "MCP_LLM_MODEL": model_server.model,
-        "MCP_LLM_API_KEY": model_server.api_key,
+        "MCP_LLM_BASE_URL": base_url,
+        "MCP_LLM_MODEL": model,
+        "MCP_LLM_API_KEY": api_key,
         "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),
         "MCP_LLM_CONTEXT_WINDOW": str(model_server.n_ctx),  # as `parley demo` says it: the server does not
         "PARLEY_UPSTREAM_RETRIES": "1",
@@ -205,8 +247,10 @@ def _parley(data_dir: Path, model_server: LocalModelServer, proxy: TcpProxy, **e
     }
     parley = ParleyProcess(env, free_port(), data_dir / "parley.log")
     parley.start()
-    yield E2E(parley=parley, token=token, model=model_server, proxy=proxy, data_dir=data_dir)
-    parley.stop()
+    try:
+        yield parley, token
+    finally:
+        parley.stop()
 
 
 @pytest.fixture

@@ -2,18 +2,25 @@
 
 Installs the local model stack if missing, starts llama-cpp-python on a free loopback port, makes
 the demo organization, user and API token, and runs parley in this process until Ctrl-C. Every
-piece of state lives under `<data_dir>/demo/` (model API key, raw demo token, model server log)
-and `<data_dir>/parley.db`, so a second run reuses it all and is up in seconds.
+piece of state lives under `<data_dir>/demo/` (model API key, raw demo token, model server log,
+the demo tools' configuration), `<data_dir>/demo-tools/` (the notes) and `<data_dir>/parley.db`,
+so a second run reuses it all and is up in seconds.
+
+Unless the operator names tool servers of their own (`PARLEY_MCP_CONFIG`), parley runs with the
+demo tool server (`parley.tools.demo_config`): a clock, a calculator and notes, the notes asking
+for approval before they are written.
 
 A watchdog thread restarts the model server if it dies; meanwhile parley keeps serving and
 turns fail with `upstream_unavailable`, which is what a client of a real deployment would see.
 
-May import: parley.config, parley.errors, parley.store.admin, parley.server and parley.local.
+May import: parley.config, parley.errors, parley.store.admin, parley.server, parley.tools.demo and
+parley.local.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -22,6 +29,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from parley.config import Settings, default_data_dir, load_settings
@@ -29,6 +37,7 @@ from parley.errors import ConfigError
 from parley.local.install import InstallError, ensure_local_model
 from parley.local.model_server import LocalModelServer, ModelServerError, port_is_free
 from parley.store import admin
+from parley.tools.demo import demo_config
 
 DEMO_ORG = "demo"
 DEMO_EMAIL = "demo@parley.local"
@@ -88,14 +97,35 @@ async def ensure_demo_identity(database_url: str, demo_dir: Path) -> tuple[str, 
         await db.dispose()
 
 
-def demo_settings(model: LocalModelServer, data_dir: Path) -> Settings:
-    """openai-compatible settings pointed at the local model, SQLite under `data_dir`.
+def demo_tools_config_path(data_dir: Path) -> Path:
+    return data_dir / "demo" / "mcp.json"
 
-    Built from an explicit environment: PARLEY_* tuning variables pass through, but the provider,
-    database and data directory are the demo's own, whatever the shell exports.
+
+def write_demo_tools_config(data_dir: Path) -> Path:
+    """Write the demo tool server's `PARLEY_MCP_CONFIG` file, `<data_dir>/demo/mcp.json`, with its
+    notes in `<data_dir>/demo-tools/`; returns the file's path."""
+    path = demo_tools_config_path(data_dir)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.write_text(json.dumps(demo_config(notes_dir(data_dir)), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def notes_dir(data_dir: Path) -> Path:
+    """Where the demo tools keep their notes (`notes.jsonl`)."""
+    return data_dir / "demo-tools"
+
+
+def demo_environment(model: LocalModelServer, data_dir: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment parley's settings are read from: openai-compatible, pointed at the local
+    model, SQLite under `data_dir`, and the demo tools unless `environ` names tool servers.
+
+    PARLEY_* tuning variables of `environ` pass through, but the provider, database and data
+    directory are the demo's own, whatever the shell exports.
     """
-    env = {k: v for k, v in os.environ.items() if k.startswith("PARLEY_")}
-    env.setdefault("MCP_LLM_MAX_TOKENS", os.environ.get("MCP_LLM_MAX_TOKENS", DEMO_MAX_TOKENS))
+    env = {k: v for k, v in environ.items() if k.startswith("PARLEY_")}
+    env.setdefault("MCP_LLM_MAX_TOKENS", environ.get("MCP_LLM_MAX_TOKENS", DEMO_MAX_TOKENS))
+    if not env.get("PARLEY_MCP_CONFIG", "").strip():
+        env["PARLEY_MCP_CONFIG"] = str(write_demo_tools_config(data_dir))
     env.update(
         {
             "PARLEY_ENV": "development",  # production refuses a plain-http loopback model URL
@@ -107,7 +137,12 @@ def demo_settings(model: LocalModelServer, data_dir: Path) -> Settings:
             "MCP_LLM_CONTEXT_WINDOW": str(model.n_ctx),  # its server does not say: the demo knows
         }
     )
-    return load_settings(env)
+    return env
+
+
+def demo_settings(model: LocalModelServer, data_dir: Path) -> Settings:
+    """The demo's settings, from `demo_environment` and this process's environment."""
+    return load_settings(demo_environment(model, data_dir, os.environ))
 
 
 class Watchdog(threading.Thread):
@@ -151,8 +186,9 @@ def _parley_command() -> str:
         return str(beside)
 
 
-def _banner(url: str, token: str, fresh: bool, data_dir: Path) -> str:
+def banner(url: str, token: str, fresh: bool, data_dir: Path, tools_config: Path | None) -> str:
     state = "new token issued" if fresh else "token reused"
+    chat = f"{_parley_command()} chat --url {url} --token {token}"
     return f"""
 parley demo is running at {url}  (Ctrl-C to stop)
   data:   {data_dir}
@@ -161,13 +197,32 @@ parley demo is running at {url}  (Ctrl-C to stop)
 Chat in a browser: open {url} and paste the token.
 
 Chat in a terminal:
-  {_parley_command()} chat --url {url} --token {token}
-
+  {chat}
+{_tools_help(data_dir, tools_config)}
 Or with curl:
   curl -s -X POST {url}/api/v1/ai/sessions -H "Authorization: Bearer {token}" \\
        -H "Content-Type: application/json" -d '{{"title": "hello"}}'
   curl -N -X POST {url}/api/v1/ai/sessions/<id>/messages -H "Authorization: Bearer {token}" \\
        -H "Content-Type: application/json" -d '{{"content": "Hello! Who are you?"}}'
+"""
+
+
+def _tools_help(data_dir: Path, tools_config: Path | None) -> str:
+    """How to try the tools parley runs with: the demo's own, or the operator's."""
+    if tools_config is None:
+        return ""
+    if tools_config != demo_tools_config_path(data_dir):
+        return f"""
+Tools: the servers named in PARLEY_MCP_CONFIG ({tools_config}); `/tools` in the terminal chat lists them.
+"""
+    return f"""
+Try the demo tools (the time, a calculator, notes); the model calls one when you name it:
+  in the browser: the tools menu, or type  /tool calculator 2+3*4
+  in the terminal chat:
+    /tools                     the tools, and which ask before they run
+    /tool calculator 2+3*4     the calculator runs at once
+    /tool add_note buy milk    asks for your approval first: [y]es / [n]o / [a]lways
+  notes are saved in {notes_dir(data_dir) / "notes.jsonl"}
 """
 
 
@@ -185,7 +240,7 @@ def _hangup_as_terminate(_signum: int, _frame: object) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _announce(host: str, port: int, banner: str) -> None:
+def _announce(host: str, port: int, text: str) -> None:
     """Print the banner once parley answers, so it is not buried under the startup log."""
     probe_host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     deadline = time.monotonic() + 60
@@ -197,7 +252,7 @@ def _announce(host: str, port: int, banner: str) -> None:
         except (OSError, ValueError):
             pass  # not listening yet
         time.sleep(0.2)
-    print(banner, flush=True)
+    print(text, flush=True)
 
 
 def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str | None = None) -> int:
@@ -232,8 +287,8 @@ def run_demo(*, host: str = "127.0.0.1", port: int = 8000, data_dir: Path | str 
         model.start()
         settings = demo_settings(model, root)
         token, fresh = asyncio.run(ensure_demo_identity(settings.effective_database_url, demo_dir))
-        banner = _banner(f"http://{host}:{port}", token, fresh, root)
-        threading.Thread(target=_announce, args=(host, port, banner), daemon=True).start()
+        text = banner(f"http://{host}:{port}", token, fresh, root, settings.mcp_config)
+        threading.Thread(target=_announce, args=(host, port, text), daemon=True).start()
         watchdog.start()
         run_server(settings, host, port)
     except ModelServerError as exc:
