@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from sqlalchemy import String, column, select, table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from parley import metrics
 from parley.errors import ServiceUnavailableError
 from parley.store.commit_group import CommitGroup
 from parley.store.sql import PostgresTx, SqliteTx, Tx
@@ -80,14 +82,17 @@ class Database:
 
         On SQLite a writing unit is committed (with its loop round's group) before this returns, so
         no caller acts on a write that is not durable; `readonly` units start deferred and run
-        beside writers.
+        beside writers. How long it waited for its connection (or SQLite's write turn) goes to
+        `parley_db_wait_seconds`.
         """
+        waiting = time.perf_counter()
         if self.dialect == "sqlite":
             with _unavailable_as_503():
                 if readonly:
                     conn = self._sqlite_pool.take()
                     try:
                         conn.execute("BEGIN")
+                        metrics.db_waited(time.perf_counter() - waiting)
                         try:
                             yield SqliteTx(conn)
                         finally:
@@ -96,11 +101,13 @@ class Database:
                         self._sqlite_pool.give_back(conn)
                 else:
                     async with self._commit_group.unit() as conn:
+                        metrics.db_waited(time.perf_counter() - waiting)
                         yield SqliteTx(conn)
             return
         pool = await self._postgres_pool()
         with _unavailable_as_503():
             async with pool.acquire(timeout=self.pool_timeout) as conn, conn.transaction(readonly=readonly):
+                metrics.db_waited(time.perf_counter() - waiting)
                 await conn.execute(_SET_TENANT, tenant.scope, tenant.org_list, tenant.user_id or "")
                 yield PostgresTx(conn)
 
