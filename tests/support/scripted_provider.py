@@ -66,6 +66,8 @@ class ScriptedProvider:
         self.opened = 0
         self.closed = 0
         self.closed_event = asyncio.Event()
+        self.unreachable: str | None = None  # what probe() answers (None: the server is up)
+        self.probes = 0
 
     def enqueue(self, *replies: Script) -> None:
         self.replies.extend(replies)
@@ -113,6 +115,10 @@ class ScriptedProvider:
                 raise ProviderError(ProviderErrorKind.TRUNCATED)
         finally:
             self.closed += 1
+
+    async def probe(self) -> str | None:
+        self.probes += 1
+        return self.unreachable
 
     async def aclose(self) -> None:
         return None

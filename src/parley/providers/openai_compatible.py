@@ -53,6 +53,7 @@ class OpenAICompatibleProvider:
             "Content-Type": "application/json",
         }
         self._probe_headers = {**headers, "Accept": "application/json"}
+        self._models_url = base_url.rstrip("/") + "/models"
         self._http = UpstreamClient(
             url=base_url.rstrip("/") + "/chat/completions",
             headers=headers,
@@ -63,6 +64,10 @@ class OpenAICompatibleProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def probe(self) -> str | None:
+        """GET `/models`: the cheapest request every OpenAI-compatible server answers."""
+        return await self._http.probe(self._models_url, self._probe_headers)
 
     def stream(
         self,
