@@ -33,6 +33,8 @@ from prometheus_client import (
 )
 
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+if os.environ.get(MULTIPROC_DIR):  # the metrics below open their files in it as they are made
+    os.makedirs(os.environ[MULTIPROC_DIR], exist_ok=True)
 
 TURN_OUTCOMES = ("completed", "error", "interrupted", "awaiting_approval")
 TOKEN_DIRECTIONS = ("input", "output", "cache_read", "cache_write")
