@@ -331,6 +331,7 @@ class ScriptedUpstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
         self.port = 0
+        self.models_reply: Reply | None = None  # how GET /v1/models answers (None: the model list)
 
     # --- control (any thread) --------------------------------------------------------------------
 
@@ -481,6 +482,8 @@ class ScriptedUpstream:
     async def _serve(self, request: RecordedRequest, conn: _Connection) -> bool:
         """Answer one request; False when the connection must close afterwards."""
         if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
+            if self.models_reply is not None:
+                return await self._reply(self.models_reply, request, conn)
             model = {"id": self.model, "object": "model", "owned_by": "scripted"}
             models = {"object": "list", "data": [model]}
             return await self._reply(Reply(200, models), request, conn)
