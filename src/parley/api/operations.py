@@ -81,7 +81,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok", "version": __version__}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready: the reasons are in `reasons`."}})
+@router.get("/readyz")
 async def readyz(request: Request) -> dict[str, Any]:
     """Readiness: the database answers at the right schema and the model server is reachable."""
     readiness: Readiness = request.app.state.services.readiness
