@@ -1,4 +1,5 @@
-"""The browser chat page: serves `/` (index.html) and `/static/{path}` from this package.
+"""The browser pages: the chat at `/` (index.html), the review of flagged conversations at
+`/admin` (admin.html, for admin tokens), and their files at `/static/{path}`, from this package.
 
 The page is static HTML, CSS and ES modules under `parley/web/static/` that use only the public
 HTTP API; nothing is built or fetched from elsewhere. Starlette's `StaticFiles` serves them (path
@@ -76,12 +77,17 @@ class CommonSecurityHeaders:
 
 
 def mount_web(app: FastAPI) -> None:
-    """Serve the chat page at `/` and its files at `/static/{path}`, with the security headers."""
+    """Serve the chat page at `/`, the review page at `/admin` and their files at `/static/{path}`,
+    with the security headers."""
     files = PageFiles(packages=[("parley.web", "static")])
 
     async def page(request: Request) -> Response:
         return await files.get_response("index.html", request.scope)
 
+    async def review_page(request: Request) -> Response:
+        return await files.get_response("admin.html", request.scope)
+
     app.add_api_route("/", page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/admin", review_page, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount("/static", files, name="static")
     app.add_middleware(CommonSecurityHeaders)
