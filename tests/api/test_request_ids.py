@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from parley.local.model_server import free_port
 from tests.api.conftest import API, Shared, create_session
+from tests.api.test_http_edges import exchange, parse
 from tests.conftest import ServerFactory, Tenants, base_env, client
 from tests.support.parley_process import ParleyProcess
 from tests.support.scripted_provider import ScriptedProvider
@@ -49,6 +50,13 @@ def test_every_answer_carries_a_request_id(shared: Shared) -> None:
         assert turn.headers["x-request-id"] == "turn-1"
         refused = c.post(f"{API}/sessions/{'0' * 36}/messages", json={"content": "hi"}, headers={"X-Request-ID": "e"})
         assert (refused.status_code, refused.headers["x-request-id"]) == (404, "e")
+
+
+def test_a_head_refused_before_the_app_still_gets_an_id(shared: Shared) -> None:
+    raw = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n"
+    status, headers, _ = parse(exchange(shared.server, raw)[0])
+    assert status == 431
+    assert NEW_ID.fullmatch(headers["x-request-id"])
 
 
 @pytest.mark.parametrize(

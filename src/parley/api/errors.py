@@ -28,7 +28,6 @@ from parley.errors import (
     ValidationFailedError,
     error_for_status,
 )
-from parley.web import COMMON_HEADERS
 
 log = logging.getLogger("parley.api")
 
@@ -146,6 +145,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Answered by the outermost middleware, outside the one that adds the common headers.
+        # Answered by Starlette's error middleware, inside the request context's (which stamps it).
         log.exception("unhandled error", exc_info=exc)
-        return error_response(ParleyError(), COMMON_HEADERS)
+        return error_response(ParleyError())
