@@ -1,7 +1,9 @@
 """create_app(settings): wires the store, provider, session manager and routes.
 
 The lifespan owns every long-lived resource (engine, upstream HTTP pool, background maintenance)
-and closes them in reverse order; running turns are stopped and persisted on shutdown.
+and closes them in reverse order; running turns are stopped and persisted on shutdown. The
+request context (request id, client address) is the outermost layer, outside even the handler of
+unexpected errors, so every answer carries `X-Request-ID` (`api/request_context.py`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from parley import __version__
+from parley.api import admin, operations
 from parley.api.auth import PrincipalCache
 from parley.api.errors import error_response, install_error_handlers
 from parley.api.openapi import install_openapi
+from parley.api.request_context import RequestContextMiddleware
 from parley.api.routes import Services, router, send_message_route
 from parley.billing.cost import Prices
 from parley.billing.prices import claude_prices, parse_price_overrides, prices_for
@@ -30,6 +34,7 @@ from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
 from parley.chat.context import resolve_window
 from parley.chat.ownership import ProcessName
+from parley.chat.review import ReviewDesk
 from parley.chat.sessions import SessionManager, SessionPolicy
 from parley.config import MAX_CONTENT_CHARS, Settings, startup_warnings
 from parley.errors import PayloadTooLargeError, RequestTimeoutError
@@ -198,12 +203,17 @@ def create_app(
             approvals=ApprovalDesk(manager),
             catalog=catalog,
             budgets=BudgetService(db, catalog, clock=now),
+            review=ReviewDesk(db, clock=now),
+            readiness=operations.Readiness(db, upstream),
             auth_cache=PrincipalCache(ttl=settings.auth_cache_seconds),
             heartbeat=settings.heartbeat_seconds,
             page_context_max_bytes=settings.page_context_max_bytes,
             provider_name=settings.llm_provider,
+            clock=now,
         )
-        background = asyncio.create_task(upkeep.run(manager, settings.sweep_interval_seconds))
+        background = asyncio.create_task(
+            upkeep.run(manager, settings.sweep_interval_seconds, audit_retention_days=settings.audit_retention_days)
+        )
         log.info("parley %s ready: provider=%s model=%s", __version__, settings.llm_provider, settings.model)
         # On Python 3.11, model requests would otherwise leave one loop round late.
         restore_task_factory = use_eager_body_writes(asyncio.get_running_loop())
@@ -223,7 +233,7 @@ def create_app(
             await db.dispose()
             restore_task_factory()
 
-    app = FastAPI(
+    app = ParleyApp(
         title="parley",
         version=__version__,
         summary="Multi-tenant AI chat sessions streamed over server-sent events.",
@@ -234,16 +244,23 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(admin.router)
+    app.include_router(operations.router)
     app.router.routes.insert(0, send_message_route)  # first: every turn matches it before the others
     install_openapi(app, models=settings.models)
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    if settings.metrics_token is not None:
+        operations.install_metrics_route(app, settings.metrics_token.get_secret_value())
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES, timeout=settings.body_timeout_seconds)
     mount_web(app)
     return app
+
+
+class ParleyApp(FastAPI):
+    """FastAPI with the request context outside its whole middleware stack (see the docstring)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return RequestContextMiddleware(super().build_middleware_stack())
 
 
 class BodyLimitMiddleware:

@@ -201,6 +201,10 @@ def tokens_create(
     scope: Annotated[str, typer.Option(help="organization, partner or system.")] = "organization",
     read_only: Annotated[bool, typer.Option("--read-only", help="Read permission only.")] = False,
     partner: Annotated[str | None, typer.Option(help="Partner id (partner scope).")] = None,
+    is_admin: Annotated[
+        bool,
+        typer.Option("--admin", help="Reads every session of its organizations, unflags them, reads the audit trail."),
+    ] = False,
 ) -> None:
     """Issue a token for a user; it is printed once and stored hashed."""
     from parley.store import admin
@@ -220,6 +224,7 @@ def tokens_create(
             can_write=not read_only,
             name=name,
             partner_id=partner,
+            is_admin=is_admin,
         )
 
     try:
@@ -247,6 +252,7 @@ def tokens_list(
         rows = await admin.list_tokens(db, user_id=user_id)
         return [
             f"{t['id']}  {t['prefix']}…  {t['name']}  scope={t['scope']}  {'rw' if t['can_write'] else 'ro'}"
+            + ("  admin" if t["is_admin"] else "")
             + ("  REVOKED" if t["revoked_at"] else "")
             for t in rows
         ]

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     )
     # The tool servers (a JSON file in the `mcpServers` shape; docs/tools.md); unset: no tools.
     mcp_config: Path | None = Field(None, validation_alias="PARLEY_MCP_CONFIG")
+    # Operations (docs/operations.md): log lines as text or JSON; how long audit events are kept;
+    # /metrics on an address of its own (host:port) and/or on the API's port behind a token.
+    log_format: Literal["text", "json"] = Field("text", validation_alias="PARLEY_LOG_FORMAT")
+    audit_retention_days: int = Field(365, ge=1, le=36500, validation_alias="PARLEY_AUDIT_RETENTION_DAYS")
+    metrics_address: str | None = Field(None, validation_alias="PARLEY_METRICS_ADDRESS")
+    metrics_token: SecretStr | None = Field(None, validation_alias="PARLEY_METRICS_TOKEN")
 
     anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_model: str = Field(DEFAULT_ANTHROPIC_MODEL, min_length=1, validation_alias="ANTHROPIC_MODEL")
@@ -121,6 +127,7 @@ class Settings(BaseSettings):
         "anthropic_base_url",
         "anthropic_prices",
         "mcp_config",
+        "metrics_address",
         mode="before",
     )
     @classmethod
@@ -141,6 +148,11 @@ class Settings(BaseSettings):
     @property
     def production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def metrics_listen(self) -> tuple[str, int] | None:
+        """(host, port) of PARLEY_METRICS_ADDRESS, or None when unset (or not host:port)."""
+        return parse_address(self.metrics_address) if self.metrics_address else None
 
     @property
     def effective_database_url(self) -> str:
@@ -226,7 +238,16 @@ def _cross_field_problems(s: Settings) -> list[str]:
     url = s.database_url
     if url and not (url.startswith("sqlite+aiosqlite://") or url.startswith("postgresql+asyncpg://")):
         problems.append("DATABASE_URL: must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
-    return problems + _tool_config_problems(s)
+    return problems + _metrics_problems(s) + _tool_config_problems(s)
+
+
+def _metrics_problems(s: Settings) -> list[str]:
+    problems: list[str] = []
+    if s.metrics_address is not None and s.metrics_listen is None:
+        problems.append("PARLEY_METRICS_ADDRESS: expected host:port, such as 127.0.0.1:9464")
+    if s.metrics_token is not None and len(s.metrics_token.get_secret_value().strip()) < 16:
+        problems.append("PARLEY_METRICS_TOKEN: at least 16 characters (a scraper's bearer token)")
+    return problems
 
 
 def _tool_config_problems(s: Settings) -> list[str]:
@@ -235,6 +256,15 @@ def _tool_config_problems(s: Settings) -> list[str]:
     from parley.tools.config import config_problems  # the MCP SDK loads only when tools are configured
 
     return config_problems(s.mcp_config, production=s.production, allowed_hosts=s.llm_allowed_hosts)
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """`host:port` (`[::1]:9464` for IPv6) as (host, port); None when it is not one."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    return host, int(port)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:

@@ -45,6 +45,7 @@ policy of both providers.
     ├── TurnLostError                    503 turn_lost
     ├── ResumeUnavailableError           503 resume_unavailable
     ├── ServiceUnavailableError          503 service_unavailable
+    │   └── NotReadyError                503 not_ready (/readyz, with the reasons)
     ├── ProviderError                    502 <kind>  (upstream model server; see ProviderErrorKind)
     └── ConfigError                      (never rendered: refuses boot)
 """
@@ -422,6 +423,20 @@ class ServiceUnavailableError(ParleyError):
     code = "service_unavailable"
     status_code = 503
     default_message = "The service is temporarily unavailable. Please try again."
+
+
+class NotReadyError(ServiceUnavailableError):
+    """`/readyz`: the database, its schema or the model server is not usable; `reasons` say which."""
+
+    code = "not_ready"
+    default_message = "parley is not ready."
+
+    def __init__(self, reasons: list[str]) -> None:
+        super().__init__("Not ready: " + "; ".join(reasons) + ".")
+        self.reasons = reasons
+
+    def extra(self) -> dict[str, object]:
+        return {"reasons": self.reasons}
 
 
 class ProviderErrorKind(StrEnum):

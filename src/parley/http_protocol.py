@@ -23,6 +23,8 @@ from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from parley.api.errors import error_response
+from parley.api.request_context import HEADER as REQUEST_ID
+from parley.api.request_context import new_request_id
 from parley.errors import HeaderTooLargeError
 from parley.web import COMMON_HEADERS
 
@@ -76,7 +78,8 @@ class HeaderLimitedProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         error = HeaderTooLargeError(f"The request line and headers are larger than {self.max_header_bytes} bytes.")
-        response = error_response(error, {**COMMON_HEADERS, "Connection": "close"})
+        # Answered before the app (and its request context) sees the request: an id of its own.
+        response = error_response(error, {**COMMON_HEADERS, REQUEST_ID: new_request_id(), "Connection": "close"})
         head = [b"HTTP/1.1 431 Request Header Fields Too Large\r\n"]
         for name, value in [*self.server_state.default_headers, *response.raw_headers]:
             head.append(name + b": " + value + b"\r\n")

@@ -24,6 +24,7 @@ TENANT_TABLES = (
     "ai_action_plans",
     "organizations",
     "users",
+    "ai_audit_events",
 )
 
 

@@ -143,7 +143,8 @@ def tool_use_stream(
 
 
 class ScriptedAnthropic(ScriptedUpstream):
-    """`ScriptedUpstream` on Anthropic's route; `base_url` is the bare origin, as the SDK's is."""
+    """`ScriptedUpstream` on Anthropic's route; `base_url` is the bare origin, as the SDK's is.
+    GET /v1/models lists the model (or answers `models_reply`), and is recorded."""
 
     def __init__(self, *, default: Script | None = None) -> None:
         super().__init__(model="claude-scripted", default=default if default is not None else message_stream())
@@ -153,6 +154,11 @@ class ScriptedAnthropic(ScriptedUpstream):
         return f"http://127.0.0.1:{self.port}"
 
     async def _serve(self, request: RecordedRequest, conn: _Connection) -> bool:
+        if request.method == "GET" and request.path == "/v1/models":
+            with self._lock:
+                self._requests.append(request)
+            models = {"data": [{"type": "model", "id": self.model}], "has_more": False}
+            return await self._reply(self.models_reply or Reply(200, models), request, conn)
         if request.method != "POST" or request.path != "/v1/messages":
             return await self._reply(Reply(404, error_body("not_found_error", "Not Found")), request, conn)
         return await self._record_and_play(request, conn)

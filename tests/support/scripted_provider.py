@@ -68,6 +68,8 @@ class ScriptedProvider:
         self.opened = 0
         self.closed = 0
         self.closed_event = asyncio.Event()
+        self.unreachable: str | None = None  # what probe() answers (None: the server is up)
+        self.probes = 0
 
     def enqueue(self, *replies: Script) -> None:
         self.replies.extend(replies)
@@ -118,6 +120,10 @@ class ScriptedProvider:
 
     async def context_window(self, model: str) -> ContextWindow | None:
         return self.window
+
+    async def probe(self) -> str | None:
+        self.probes += 1
+        return self.unreachable
 
     async def aclose(self) -> None:
         return None

@@ -348,6 +348,7 @@ class ScriptedUpstream:
         self._tasks: set[asyncio.Task[None]] = set()
         self._active = 0
         self.port = 0
+        self.models_reply: Reply | None = None  # how GET /v1/models answers (None: the model list)
 
     # --- control (any thread) --------------------------------------------------------------------
 
@@ -499,6 +500,8 @@ class ScriptedUpstream:
         """Answer one request; False when the connection must close afterwards."""
         window, says = self.window, self.says_window
         if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
+            if self.models_reply is not None:
+                return await self._reply(self.models_reply, request, conn)
             model: dict[str, Any] = {"id": self.model, "object": "model", "owned_by": "scripted"}
             if window is not None and says == "vllm":
                 model["max_model_len"] = window

@@ -2,7 +2,8 @@
 
 A token is looked up by its SHA-256 digest; revoked or expired tokens and tokens of unknown users
 are refused with 401. The principal carries scope, the organizations it may see, the user and
-whether it may write; routes check `require_write` (403).
+whether it may write (and review: `is_admin`); routes check `require_write` (403). A revoked
+token's use is recorded in the audit trail (`ai.security.revoked_token_used`).
 
 Accepted tokens are cached in-process for `PARLEY_AUTH_CACHE_SECONDS` (5 s by default; the app
 owns the cache; by digest, never the raw token), so a client streaming turns does not pay a
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from parley.chat import audit
 from parley.chat.catalog import Caller
 from parley.errors import AuthenticationError, PermissionDeniedError
 from parley.store import repositories as repo
@@ -34,6 +36,7 @@ class Principal:
     org_ids: frozenset[str]
     home_org_id: str | None
     can_write: bool
+    is_admin: bool = False
 
     @property
     def tenant(self) -> Tenant:
@@ -41,7 +44,7 @@ class Principal:
 
     @property
     def caller(self) -> Caller:
-        return Caller(tenant=self.tenant, user_id=self.user_id, home_org_id=self.home_org_id)
+        return Caller(tenant=self.tenant, user_id=self.user_id, home_org_id=self.home_org_id, is_admin=self.is_admin)
 
     def require_write(self) -> None:
         if not self.can_write:
@@ -117,16 +120,28 @@ async def authenticate(db: Database, authorization: str | None, *, cache: Princi
         token = await repo.find_token(tx, digest)
         if token is None:
             raise AuthenticationError("Invalid token.")
-        if token["revoked_at"] is not None:
-            raise AuthenticationError("This token was revoked.")
-        if token["expires_at"] is not None and token["expires_at"] <= datetime.now(UTC):
+        revoked = token["revoked_at"] is not None
+        org_ids: frozenset[str]
+        if revoked:
+            org_ids = frozenset()
+        elif token["expires_at"] is not None and token["expires_at"] <= datetime.now(UTC):
             raise AuthenticationError("This token has expired.")
-        if token["scope"] == "organization":
+        elif token["scope"] == "organization":
             org_ids = frozenset({token["org_id"]}) if token["org_id"] else frozenset()
         elif token["scope"] == "partner" and token["partner_id"]:
             org_ids = frozenset(await repo.org_ids_of_partner(tx, token["partner_id"]))
         else:
             org_ids = frozenset()
+    if revoked:
+        await audit.record_refusal(
+            db,
+            audit.TOKEN_REVOKED,
+            org_id=token["org_id"],
+            user_id=token["user_id"],
+            now=datetime.now(UTC),
+            detail={"tokenId": token["id"]},
+        )
+        raise AuthenticationError("This token was revoked.")
     scope: Scope = token["scope"]
     principal = Principal(
         token_id=token["id"],
@@ -135,6 +150,7 @@ async def authenticate(db: Database, authorization: str | None, *, cache: Princi
         org_ids=org_ids,
         home_org_id=token["org_id"],
         can_write=token["can_write"],
+        is_admin=token["is_admin"],
     )
     if cache is not None:
         cache.put(digest, principal, token["expires_at"])

@@ -2,7 +2,9 @@
 
 Maps parley's error tree, FastAPI's validation errors (malformed JSON -> 400, schema -> 422),
 Starlette's HTTP errors (unknown route, wrong method) and anything unexpected (500, logged, never
-shown) to the envelope.
+shown) to the envelope. A 404 for a session that exists in an organization the caller cannot see
+is recorded in the audit trail (`ai.security.cross_tenant_access`) on the way out: every session
+route raises `SessionNotFoundError`, so this is the one place that sees them all.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ from parley.errors import (
     MalformedJSONError,
     ParleyError,
     RateLimitedError,
+    SessionNotFoundError,
     ValidationFailedError,
     error_for_status,
 )
-from parley.web import COMMON_HEADERS
 
 log = logging.getLogger("parley.api")
 
@@ -78,6 +80,25 @@ async def _authentication_refusal(request: Request) -> JSONResponse | None:
     return None
 
 
+async def _note_foreign_session(request: Request) -> None:
+    """After a 404 on a session route: record it if the session is another organization's."""
+    from parley.chat.audit import note_foreign_session
+
+    services = getattr(request.app.state, "services", None)
+    principal = getattr(request.state, "principal", None)
+    session_id = request.path_params.get("session_id")
+    if services is None or principal is None or not isinstance(session_id, str):
+        return
+    await note_foreign_session(
+        services.db,
+        principal.tenant,
+        user_id=principal.user_id,
+        home_org_id=principal.home_org_id,
+        session_id=session_id,
+        now=services.clock(),
+    )
+
+
 _METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 
 
@@ -93,7 +114,9 @@ def _allowed_methods(request: Request) -> str:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ParleyError)
-    async def _parley(_: Request, exc: ParleyError) -> JSONResponse:
+    async def _parley(request: Request, exc: ParleyError) -> JSONResponse:
+        if isinstance(exc, SessionNotFoundError):
+            await _note_foreign_session(request)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
@@ -122,6 +145,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        # Answered by the outermost middleware, outside the one that adds the common headers.
+        # Answered by Starlette's error middleware, inside the request context's (which stamps it).
         log.exception("unhandled error", exc_info=exc)
-        return error_response(ParleyError(), COMMON_HEADERS)
+        return error_response(ParleyError())

@@ -34,6 +34,11 @@ ERROR_SCHEMA: dict[str, Any] = {
         "code": {"type": "string", "description": "A stable code to branch on."},
         "resetsAt": {"type": "string", "description": "402: when the budget resets (ISO 8601, UTC)."},
         "retryAfter": {"type": "integer", "description": "429: seconds until a request may pass."},
+        "reasons": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "503 from /readyz: why parley cannot serve turns now.",
+        },
     },
     "additionalProperties": False,
 }
@@ -42,7 +47,7 @@ ERROR_STATUSES: dict[int, str] = {
     400: "The body is not JSON, or asks for something not allowed here.",
     401: "A valid bearer token is required.",
     402: "The organization's budget cannot pay for this turn.",
-    403: "The token may not do this: read-only, another organization, or AI disabled.",
+    403: "The token may not do this: read-only, another organization, AI disabled, or not an admin token.",
     404: "No such session for this token.",
     408: "The body did not arrive within PARLEY_BODY_TIMEOUT_SECONDS.",
     409: "A turn is running, none is, or the session is closed or at its turn limit.",
@@ -52,7 +57,7 @@ ERROR_STATUSES: dict[int, str] = {
     429: "Rate limited.",
     500: "Internal error.",
     501: "Not supported here: tool decisions and plans need a tool server.",
-    503: "The database or the server running the turn is unavailable; try again.",
+    503: "The database, the model server or the server running the turn is unavailable; try again.",
 }
 
 # What an operation may answer beyond what its shape implies (see `_statuses`).
@@ -68,6 +73,12 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", f"{PREFIX}/sessions/{{session_id}}/approve-plan"): {409, 410, 501},
     ("post", f"{PREFIX}/sessions/{{session_id}}/abort-plan"): {409, 410, 501},
     ("get", f"{PREFIX}/usage"): {403},
+    # Admin tokens only (`parley tokens create --admin`).
+    ("get", f"{PREFIX}/admin/sessions"): {403},
+    ("get", f"{PREFIX}/admin/sessions/{{session_id}}"): {403},
+    ("get", f"{PREFIX}/admin/security-events"): {403},
+    ("get", f"{PREFIX}/admin/tool-executions"): {403},
+    ("get", "/readyz"): {503},
 }
 
 

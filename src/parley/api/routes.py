@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
@@ -42,9 +44,13 @@ from parley.api.sse import sse_response
 from parley.chat.approvals import ApprovalDesk, Decided, Decision
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import SessionCatalog
+from parley.chat.review import ReviewDesk
 from parley.chat.sessions import SessionManager
 from parley.errors import PayloadTooLargeError, ValidationFailedError
 from parley.store.db import Database
+
+if TYPE_CHECKING:
+    from parley.api.operations import Readiness
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +62,13 @@ class Services:
     approvals: ApprovalDesk
     catalog: SessionCatalog
     budgets: BudgetService
+    review: ReviewDesk
+    readiness: Readiness
     auth_cache: PrincipalCache
     heartbeat: float
     page_context_max_bytes: int
     provider_name: str
+    clock: Callable[[], datetime]
 
 
 async def services(request: Request) -> Services:  # async: a sync dependency runs in a thread
@@ -70,8 +79,12 @@ async def services(request: Request) -> Services:  # async: a sync dependency ru
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-async def principal(svc: ServicesDep, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return await authenticate(svc.db, authorization, cache=svc.auth_cache)
+async def principal(
+    request: Request, svc: ServicesDep, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    who = await authenticate(svc.db, authorization, cache=svc.auth_cache)
+    request.state.principal = who  # for the error handlers (api/errors.py)
+    return who
 
 
 PrincipalDep = Annotated[Principal, Depends(principal)]
@@ -230,6 +243,7 @@ class SendMessage:
         request = Request(scope, receive)
         svc: Services = scope["app"].state.services
         who = await authenticate(svc.db, request.headers.get("authorization"), cache=svc.auth_cache)
+        request.state.principal = who
         body = await _message_body(await request.body())
         who.require_write()
         check_page_context(svc, body.page_context)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -146,11 +146,30 @@ class PauseBody(BaseModel):
     paused: bool
 
 
+class FlagBody(BaseModel):
+    """`POST /sessions/{id}/flag`: an optional note for the reviewer."""
+
+    model_config = WRITE_BODY
+
+    reason: str | None = Field(None, max_length=1000)
+
+
 StatusFilter = Literal["active", "closed", "expired"]
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """A UTC time as clients read it: ISO 8601 with `Z`."""
     return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+_iso = iso
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """A time from a query: one without an offset is read as UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _cents(value: Decimal | None) -> str | None:
@@ -172,19 +191,51 @@ def session_summary(row: Record) -> dict[str, Any]:
 
 
 def session_detail(row: Record) -> dict[str, Any]:
-    return session_summary(row) | {
-        "approvalsPaused": row["approvals_paused"],
-        "allowedTools": row["allowed_tools"] or [],
-        "userId": row["user_id"],
-        "type": row["type"],
-        "maxTurns": row["max_turns"],
-        "systemPrompt": row["system_prompt"],
-        "contextSnapshot": row["context_snapshot"],
-        "totalInputTokens": row["total_input_tokens"],
-        "totalOutputTokens": row["total_output_tokens"],
-        "totalCacheReadTokens": row["total_cache_read_tokens"],
-        "totalCacheWriteTokens": row["total_cache_write_tokens"],
-        "updatedAt": _iso(row["updated_at"]),
+    return (
+        session_summary(row)
+        | {
+            "approvalsPaused": row["approvals_paused"],
+            "allowedTools": row["allowed_tools"] or [],
+            "userId": row["user_id"],
+            "type": row["type"],
+            "maxTurns": row["max_turns"],
+            "systemPrompt": row["system_prompt"],
+            "contextSnapshot": row["context_snapshot"],
+            "totalInputTokens": row["total_input_tokens"],
+            "totalOutputTokens": row["total_output_tokens"],
+            "totalCacheReadTokens": row["total_cache_read_tokens"],
+            "totalCacheWriteTokens": row["total_cache_write_tokens"],
+            "updatedAt": _iso(row["updated_at"]),
+        }
+        | flag_view(row)
+    )
+
+
+def flag_view(row: Record) -> dict[str, Any]:
+    return {
+        "flaggedAt": _iso(row["flagged_at"]),
+        "flaggedBy": row["flagged_by"],
+        "flagReason": row["flag_reason"],
+    }
+
+
+def admin_session_view(row: Record) -> dict[str, Any]:
+    """A session as an admin lists it: whose it is, and its flag."""
+    return session_summary(row) | {"userId": row["user_id"], "userEmail": row.get("user_email")} | flag_view(row)
+
+
+def audit_view(row: Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "createdAt": _iso(row["created_at"]),
+        "action": row["action"],
+        "orgId": row["org_id"],
+        "userId": row["actor_user_id"],
+        "sessionId": row["session_id"],
+        "requestId": row["request_id"],
+        "clientIp": row["client_ip"],
+        "userAgent": row["user_agent"],
+        "detail": row["detail"],
     }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from parley import metrics
 from parley.bus.memory import END, Subscription
 from parley.chat.events import HEARTBEAT_FRAME
 
@@ -68,6 +69,7 @@ class SSEResponse(Response):
 
         watcher = loop.create_task(watch_disconnect())
         watcher.add_done_callback(_retrieve)
+        _streams_inc()
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             timer = loop.call_at(last_write + heartbeat, ping_if_silent)
@@ -84,7 +86,12 @@ class SSEResponse(Response):
             if timer is not None:
                 timer.cancel()
             watcher.cancel()  # not awaited: awaiting here could swallow a cancellation of this task
+            _streams_dec()
             self.on_close()
+
+
+_streams_inc = metrics.ACTIVE_STREAMS.inc
+_streams_dec = metrics.ACTIVE_STREAMS.dec
 
 
 def _retrieve(task: asyncio.Task[None]) -> None:

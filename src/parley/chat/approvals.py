@@ -22,8 +22,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from parley import metrics
 from parley.billing.cost import TokenCounts
 from parley.bus.memory import Subscription
+from parley.chat import audit
 from parley.chat.admission import approval_mode, approval_policy, limits_of
 from parley.chat.events import ApprovalModeChanged
 from parley.chat.history import build_history
@@ -133,8 +135,23 @@ class ApprovalDesk:
             allowed = list(row.allowed_tools or ())
             for decision in decisions:
                 call = await self._decide_one(tx, row, decision, user_id=user_id, now=now)
+                await audit.record(
+                    tx,
+                    audit.TOOL_APPROVAL_UPDATE,
+                    org_id=row.org_id,
+                    user_id=user_id,
+                    now=now,
+                    session_id=row.id,
+                    detail={
+                        "executionId": call["id"],
+                        "toolName": call["tool_name"],
+                        "approved": decision.approved,
+                        "always": decision.always,
+                    },
+                )
                 if decision.always and decision.approved and call["tool_name"] not in allowed:
                     allowed.append(call["tool_name"])
+            metrics.tool_calls("denied", sum(1 for decision in decisions if not decision.approved))
             if allowed != list(row.allowed_tools or ()):
                 await repo.set_approval_state(tx, session_id, now=now, allowed_tools=allowed)
             message_id = row.awaiting_approval

@@ -15,6 +15,7 @@ from typing import Any
 
 from parley.billing.budget import Spend, day_reset, month_reset, remaining_cents
 from parley.billing.cost import decimal_text
+from parley.chat import audit
 from parley.chat.admission import limits_of
 from parley.chat.catalog import Caller, SessionCatalog
 from parley.store import repositories as repo
@@ -117,6 +118,10 @@ class BudgetService:
         if unknown:
             raise ValueError(f"unknown budget fields: {sorted(unknown)}")
         org = self.catalog.resolve_org(caller, org_id)
+        now = self.clock()
         async with self.db.unit(caller.tenant) as tx:
-            await repo.upsert_budget(tx, org, values, now=self.clock())
+            await repo.upsert_budget(tx, org, values, now=now)
+            await audit.record(
+                tx, audit.BUDGET_UPDATE, org_id=org, user_id=caller.user_id, now=now, detail={"fields": sorted(values)}
+            )
         return await self.view(caller, org)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from parley.chat import audit
 from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
@@ -26,6 +27,7 @@ class Caller:
     tenant: Tenant
     user_id: str
     home_org_id: str | None  # the organization of an organization-scoped token
+    is_admin: bool = False  # reviews every session of its organizations (`review.py`)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,6 +127,15 @@ class SessionCatalog:
             else:
                 row["model"] = self.defaults.choose_model(model)
             await repo.insert_session(tx, row)
+            await audit.record(
+                tx,
+                audit.SESSION_CREATE,
+                org_id=org,
+                user_id=caller.user_id,
+                now=now,
+                session_id=row["id"],
+                detail={"model": row["model"]},
+            )
         return row
 
     async def list_sessions(

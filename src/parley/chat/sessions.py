@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,10 +30,12 @@ from typing import Any
 
 import orjson
 
+from parley import metrics
 from parley.billing.budget import Allowance
 from parley.billing.cost import Prices
 from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.bus.redis import RedisRelay
+from parley.chat import audit
 from parley.chat.admission import Admission, admit, limits_of, reserve
 from parley.chat.context import (
     DEFAULT_TOKENS_PER_CHAR,
@@ -58,11 +61,25 @@ from parley.chat.events import (
 from parley.chat.ownership import ProcessName
 from parley.chat.prompt import require_text, sanitize_content
 from parley.chat.tool_calls import ApprovalPolicy, PlannedCall
-from parley.chat.turns import CallUpdate, Reply, TurnContext, TurnOutcome, TurnRecord, TurnSpec, TurnTools, start_turn
+from parley.chat.turns import (
+    AWAITING_APPROVAL,
+    CallUpdate,
+    Reply,
+    TurnContext,
+    TurnOutcome,
+    TurnRecord,
+    TurnSpec,
+    TurnTools,
+    start_turn,
+)
+from parley.context import bind_turn
 from parley.errors import (
+    BudgetExhaustedError,
     NoTurnRunningError,
     ParleyError,
     PayloadTooLargeError,
+    ProviderError,
+    RateLimitedError,
     ResumeUnavailableError,
     SessionClosedError,
     SessionExpiredError,
@@ -76,7 +93,7 @@ from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.ids import new_id
 from parley.store.repositories import HeldLease, TurnSession, TurnTotals
-from parley.store.sql import Tx
+from parley.store.sql import Record, Tx
 from parley.store.tenancy import Tenant
 from parley.tools import ToolCatalog
 
@@ -123,6 +140,8 @@ class RunningTurn:
     checkpointed_chars: int = 0  # how much of the reply the database has
     checkpointed_at: float = 0.0  # on the loop's clock
     renewed: float = 0.0  # when the lease was last renewed, on the loop's clock
+    begun: float = field(default_factory=time.monotonic)  # when its message (or decision) arrived
+    continuation: bool = False  # goes on after tool decisions: its first output is not a first token
 
 
 @dataclass(slots=True, eq=False)
@@ -220,6 +239,7 @@ class SessionManager:
         A `page_context` replaces the session's context snapshot from this turn on; `tool_choice`
         applies to the turn's first model round.
         """
+        begun = time.monotonic()
         text = self.check_content(content)
         if isinstance(tool_choice, ForcedTool):
             tool = self.tools.get(tool_choice.name) if self.tools is not None else None
@@ -256,7 +276,7 @@ class SessionManager:
             self._own_leases.discard(lease)
             await self._drop(session_id, reason="idle")
             raise SessionExpiredError(expired)
-        return self._start(row, now, text, lease, admission, tool_choice)
+        return self._start(row, now, text, lease, admission, tool_choice, begun)
 
     async def _admit(
         self,
@@ -272,32 +292,48 @@ class SessionManager:
         expired: str | None = None
         admission: Admission | None = None
         orphan: HeldLease | None = None
-        async with self.db.unit(tenant) as tx:
-            row, now = await self.lock_open_session(tx, tenant, user_id, session_id)
-            if row.lease_token is not None:
-                held = await repo.held_lease(tx, row.id)
-                if held is None or not self.is_orphaned(held, now):
-                    raise TurnInProgressError(lease=held)
-                orphan = held if await repo.end_orphaned_turn(tx, held, now=now) else None
-            expired = self._expiry(row, now)
-            if expired:
-                await repo.set_status(tx, session_id, "expired", now=now, only_if="active")
-            else:
-                admission = await admit(
-                    tx,
-                    row,
-                    text=text,
-                    lease=lease,
-                    owner=self.owner,
-                    lease_ttl=self.policy.lease_ttl,
-                    # A reservation outlives any turn: the turn timeout plus the lease's grace.
-                    reservation_ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
-                    now=now,
-                    max_tokens=self.policy.max_tokens,
-                    prices=self.policy.prices(row.model),
-                    page_context=page_context,
-                    context=self._context_plan(session_id),
-                )
+        row: TurnSession | None = None
+        try:
+            async with self.db.unit(tenant) as tx:
+                row, now = await self.lock_open_session(tx, tenant, user_id, session_id)
+                if row.lease_token is not None:
+                    held = await repo.held_lease(tx, row.id)
+                    if held is None or not self.is_orphaned(held, now):
+                        raise TurnInProgressError(lease=held)
+                    orphan = held if await repo.end_orphaned_turn(tx, held, now=now) else None
+                expired = self._expiry(row, now)
+                if expired:
+                    await repo.set_status(tx, session_id, "expired", now=now, only_if="active")
+                else:
+                    admission = await admit(
+                        tx,
+                        row,
+                        text=text,
+                        lease=lease,
+                        owner=self.owner,
+                        lease_ttl=self.policy.lease_ttl,
+                        # A reservation outlives any turn: the turn timeout plus the lease's grace.
+                        reservation_ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
+                        now=now,
+                        max_tokens=self.policy.max_tokens,
+                        prices=self.policy.prices(row.model),
+                        page_context=page_context,
+                        context=self._context_plan(session_id),
+                    )
+                    await audit.record(
+                        tx,
+                        audit.MESSAGE_SEND,
+                        org_id=row.org_id,
+                        user_id=user_id,
+                        now=now,
+                        session_id=session_id,
+                        detail={"turn": lease},
+                    )
+        except (RateLimitedError, BudgetExhaustedError) as refused:
+            if row is not None:  # recorded once the refused unit has rolled back
+                await self._record_refusal(refused, row.org_id, user_id, session_id)
+            raise
+        assert row is not None
         return admission, row, now, orphan, expired
 
     async def lock_open_session(
@@ -333,11 +369,29 @@ class SessionManager:
             tools_chars=tools_chars,
         )
 
+    async def _record_refusal(self, refused: Exception, org_id: str, user_id: str | None, session_id: str) -> None:
+        """A rate limit or a budget refused a message or a turn's next round (its own unit)."""
+        action = audit.RATE_LIMITED if isinstance(refused, RateLimitedError) else audit.BUDGET_REFUSED
+        code = refused.error_code() if isinstance(refused, RateLimitedError | BudgetExhaustedError) else None
+        now = self.clock()
+        detail = {"code": code}
+        await audit.record_refusal(
+            self.db, action, org_id=org_id, user_id=user_id, now=now, session_id=session_id, detail=detail
+        )
+
     def _start(
-        self, row: TurnSession, now: datetime, text: str, lease: str, admission: Admission, tool_choice: ToolChoice
+        self,
+        row: TurnSession,
+        now: datetime,
+        text: str,
+        lease: str,
+        admission: Admission,
+        tool_choice: ToolChoice,
+        begun: float,
     ) -> Subscription:
         """Start an admitted turn: its live session, its stream, its task."""
         turn = RunningTurn(
+            begun=begun,
             lease_token=lease,
             stream=admission.stream,
             started=asyncio.get_running_loop().time(),
@@ -430,6 +484,7 @@ class SessionManager:
             reply=reply,
             metered=metered,
             checkpointed_chars=reply.size(),
+            continuation=True,
         )
         return self._launch(
             session.id,
@@ -478,8 +533,8 @@ class SessionManager:
                 turn.tools = TurnTools(
                     catalog=self.tools,
                     policy=policy,
-                    store_call=partial(self._store_call, org_id, session_id, turn),
-                    reserve=partial(self._reserve, org_id, session_id, model, turn),
+                    store_call=partial(self._store_call, org_id, session_id, user_id, turn),
+                    reserve=partial(self._reserve, org_id, session_id, user_id, model, turn),
                     new_id=new_id,
                     choice=tool_choice,
                     max_rounds=self.policy.max_tool_rounds,
@@ -506,9 +561,11 @@ class SessionManager:
                 max_reply_chars=self.policy.max_reply_chars,
                 context=context,
                 count_turn=resume is None,
+                observe=partial(self._turn_ended, turn),
             )
             # Queued before the response starts, so its first write carries it.
             self._publish(live, MessageStart(message_id=lease))
+            bind_turn(org_id, session_id, lease)  # the turn's tasks (and their log lines) carry it
             turn.task = start_turn(spec)
         except BaseException:
             live.turn = None
@@ -518,6 +575,26 @@ class SessionManager:
         self._turn_tasks.add(turn.task)
         turn.task.add_done_callback(partial(self._turn_done, lease))
         return subscription
+
+    def _turn_ended(self, turn: RunningTurn, outcome: TurnOutcome) -> None:
+        """Count a turn that ended (stored): its outcome, duration, first token, upstream error."""
+        now = time.monotonic()
+        if outcome.finish_reason == AWAITING_APPROVAL:
+            label = "awaiting_approval"
+        elif outcome.completed:
+            label = "completed"
+        elif outcome.finish_reason == "interrupted":
+            label = "interrupted"
+        else:
+            label = "error"
+        first = turn.reply.first_token_at
+        error = outcome.error
+        metrics.turn_ended(
+            label,
+            duration=now - turn.begun,
+            first_token=first - turn.begun if first and not turn.continuation else None,
+            upstream_error=error.error_code() if isinstance(error, ProviderError) else None,
+        )
 
     def _turn_done(self, lease: str, task: asyncio.Task[None]) -> None:
         self._own_leases.discard(lease)
@@ -583,44 +660,83 @@ class SessionManager:
             if not tokens.is_zero or (final and record.text):
                 await repo.add_cost_usage(tx, org_id, totals=totals, now=now, messages=1 if final else 0)
             await repo.insert_executions(tx, org_id, session_id, record.executions)
+            if record.executions:
+                await repo.insert_audit_events(
+                    tx, [_tool_event(row, org_id, live.user_id, session_id, now) for row in record.executions]
+                )
             await repo.start_executions(tx, record.starting, now=now)
             await repo.insert_plans(tx, org_id, session_id, record.plans)
             if record.awaiting:
                 await repo.set_awaiting(tx, session_id, record.message_id)
+        metrics.usage(
+            tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens, cost
+        )
+        for row in record.executions:
+            if row["status"] == "refused":
+                metrics.tool_calls("refused")
         turn.reservation_id, turn.reserved_cents = None, Decimal(0)
         turn.checkpointed_chars = turn.reply.size()
         live.last_activity = now
 
-    async def _store_call(self, org_id: str, session_id: str, turn: RunningTurn, update: CallUpdate) -> None:
-        """A call's row changes, with the reply as it stands (never over a finished reply)."""
+    async def _store_call(
+        self, org_id: str, session_id: str, user_id: str | None, turn: RunningTurn, update: CallUpdate
+    ) -> None:
+        """A call's row changes, with the reply as it stands (never over a finished reply); a call
+        that settled is audited with it."""
         now = self.clock()
+        status = update.changes.get("status")
         async with self.db.unit(Tenant.for_org(org_id)) as tx:
             await repo.update_execution(tx, update.execution_id, update.changes)
+            if status is not None:
+                detail = {"executionId": update.execution_id, "status": status}
+                if update.changes.get("duration_ms") is not None:
+                    detail["durationMs"] = update.changes["duration_ms"]
+                await audit.record(
+                    tx,
+                    audit.tool_action(update.tool_name),
+                    org_id=org_id,
+                    user_id=user_id,
+                    now=now,
+                    session_id=session_id,
+                    detail=detail,
+                )
             if update.plan_id is not None and update.plan_step is not None:
                 changes: dict[str, Any] = {"current_step": update.plan_step}
                 if update.plan_done:
                     changes |= {"status": "completed", "completed_at": now}
                 await repo.update_plan(tx, update.plan_id, changes, only_if=["approved"])
             await write_reply(tx, session_id, turn, now)
+        if status is not None:
+            metrics.tool_calls(status)
 
     async def _reserve(
-        self, org_id: str, session_id: str, model: str, turn: RunningTurn, messages: list[ChatMessage]
+        self,
+        org_id: str,
+        session_id: str,
+        user_id: str | None,
+        model: str,
+        turn: RunningTurn,
+        messages: list[ChatMessage],
     ) -> Allowance:
         """The budget of a turn's next model round (raises when the organization cannot pay it)."""
         now = self.clock()
-        async with self.db.unit(Tenant.for_org(org_id)) as tx:
-            limits = limits_of(await repo.budget_limits(tx, org_id))
-            allowance, reservation_id = await reserve(
-                tx,
-                org_id,
-                session_id,
-                limits,
-                texts=[m.sent_text for m in messages] if limits.spends_are_limited else [],
-                prices=self.policy.prices(model),
-                max_tokens=self.policy.max_tokens,
-                now=now,
-                ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
-            )
+        try:
+            async with self.db.unit(Tenant.for_org(org_id)) as tx:
+                limits = limits_of(await repo.budget_limits(tx, org_id))
+                allowance, reservation_id = await reserve(
+                    tx,
+                    org_id,
+                    session_id,
+                    limits,
+                    texts=[m.sent_text for m in messages] if limits.spends_are_limited else [],
+                    prices=self.policy.prices(model),
+                    max_tokens=self.policy.max_tokens,
+                    now=now,
+                    ttl=timedelta(seconds=self.policy.turn_timeout) + 2 * self.policy.lease_ttl,
+                )
+        except BudgetExhaustedError as refused:
+            await self._record_refusal(refused, org_id, user_id, session_id)
+            raise
         turn.metered = limits.spends_are_limited
         turn.reservation_id, turn.reserved_cents = reservation_id, allowance.reserve_cents
         return allowance
@@ -773,20 +889,37 @@ class SessionManager:
 
     async def interrupt(self, tenant: Tenant, user_id: str, session_id: str) -> None:
         """Stop the session's running turn, wherever it runs: its partial reply is kept."""
-        await self._check_visible(tenant, user_id, session_id)
+        row = await self._check_visible(tenant, user_id, session_id)
         live = self.live.get(session_id)
         if live is not None and live.turn is not None:
+            # Stopped in memory: no change to store, so the event has a unit of its own.
+            async with self.db.unit(tenant) as tx:
+                await self._audit_interrupt(tx, row["org_id"], user_id, session_id, live.turn.lease_token)
             self._stop(live.turn, "interrupt")
             return
         async with self.db.unit(tenant) as tx:
-            held = await repo.request_stop(tx, session_id, now=self.clock())
+            now = self.clock()
+            held = await repo.request_stop(tx, session_id, now=now)
             lease = await repo.held_lease(tx, session_id) if held is not None else None
+            if held is not None:
+                await self._audit_interrupt(tx, row["org_id"], user_id, session_id, held[0])
         if lease is None:
             raise NoTurnRunningError()
         if self.is_orphaned(lease, self.clock()) or await self.owner_gone(lease.lease_owner):
             await self.end_orphan(lease)  # nobody runs it: ending it is the Stop
         elif self.relay is not None:
             await self.relay.send_control("stop", session_id)  # else the owner sees the flag within a second
+
+    async def _audit_interrupt(self, tx: Tx, org_id: str, user_id: str, session_id: str, turn: str) -> None:
+        await audit.record(
+            tx,
+            audit.MESSAGE_INTERRUPT,
+            org_id=org_id,
+            user_id=user_id,
+            now=self.clock(),
+            session_id=session_id,
+            detail={"turn": turn, "interrupted": True},
+        )
 
     def on_control(self, operation: str, session_id: str) -> None:
         """Stop or close asked on another process (through Redis), for a turn that may run here."""
@@ -813,10 +946,20 @@ class SessionManager:
     async def close(self, tenant: Tenant, user_id: str, session_id: str) -> None:
         now = self.clock()
         async with self.db.unit(tenant) as tx:
-            if await repo.get_session(tx, tenant, session_id, owner_id=user_id) is None:
+            row = await repo.get_session(tx, tenant, session_id, owner_id=user_id)
+            if row is None:
                 raise SessionNotFoundError()
             await repo.set_status(tx, session_id, "closed", now=now)
             lease = await repo.held_lease(tx, session_id)
+            await audit.record(
+                tx,
+                audit.SESSION_CLOSE,
+                org_id=row["org_id"],
+                user_id=user_id,
+                now=now,
+                session_id=session_id,
+                detail={"previousStatus": row["status"]},
+            )
         if session_id in self.live:
             await self._drop(session_id, reason="close")
         elif lease is not None:
@@ -908,3 +1051,16 @@ def _gap_frame(after: tuple[int, int], following: tuple[int, int]) -> bytes:
     gap = StreamGap(after_id=f"{after[0]}-{after[1]}", next_id=f"{following[0]}-{following[1]}")
     # Numbered as the frame it stands for the lost ones before: a reader's last id stays `after`.
     return encode(gap, after[0], after[1])[0]
+
+
+def _tool_event(row: dict[str, Any], org_id: str, user_id: str | None, session_id: str, now: datetime) -> Record:
+    """The audit event of a tool call stored as the turn first sees it (refused, run, or asked)."""
+    detail = {"executionId": row["id"], "status": row["status"]}
+    return audit.event(
+        audit.tool_action(row["tool_name"]),
+        org_id=org_id,
+        user_id=user_id,
+        now=now,
+        session_id=session_id,
+        detail=detail,
+    )

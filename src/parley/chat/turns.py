@@ -110,6 +110,7 @@ class Reply:
     prompt_chars: int = 0  # the characters of the current round's prompt
     settled_cents: Decimal = Decimal(0)
     model_seconds: float = 0.0  # time spent waiting for the model, across rounds
+    first_token_at: float = 0.0  # time.monotonic() when the first piece arrived (0: none yet)
 
     def stored_parts(self) -> list[dict[str, Any]]:
         current = describe_parts("".join(self.text), "".join(self.reasoning))
@@ -188,6 +189,7 @@ class CallUpdate:
 
     execution_id: str
     changes: dict[str, Any]
+    tool_name: str = ""
     plan_id: str | None = None  # the running plan it advances
     plan_step: int | None = None  # ... to this step index
     plan_done: bool = False
@@ -244,6 +246,7 @@ class TurnSpec:
     max_reply_chars: int = 200_000  # a reply stops past this many characters (reply_too_large)
     context: TurnContext | None = None
     count_turn: bool = True  # False for a continuation: its turn was counted when it began
+    observe: Callable[[TurnOutcome], None] = lambda _outcome: None  # the turn ended, stored (metrics)
 
 
 def start_turn(spec: TurnSpec) -> asyncio.Task[None]:
@@ -461,6 +464,8 @@ def _take(spec: TurnSpec, batch: Sequence[ProviderEvent], reply: Reply, limit: i
                 size = sum(map(len, pieces))
             reply.chunks += len(pieces)
             reply.chars += size
+            if not reply.first_token_at:
+                reply.first_token_at = time.monotonic()
             if type(event) is provider.TextDelta:
                 reply.text += pieces
                 spec.publish(ContentDelta(pieces))
@@ -603,6 +608,7 @@ async def _finish(spec: TurnSpec, reply: Reply, outcome: TurnOutcome) -> None:
         error = outcome.error  # the turn's own failure says more than a failed save
     # The end of the turn is published after it is stored: message_end, error and done then reach
     # the client together, in one write.
+    spec.observe(outcome)
     publish = spec.publish
     if outcome.completed:
         publish(_message_end(reply, spec))
@@ -630,6 +636,7 @@ async def _end_without_provider(spec: TurnSpec, error: ParleyError | None) -> No
         await asyncio.shield(spec.persist(record))
     except Exception:
         log.exception("releasing the lease failed for session %s", spec.session_id)
+    spec.observe(TurnOutcome(finish_reason=record.finish_reason or "", error=error, completed=False))
     if error is not None:
         spec.publish(TurnError(code=error.error_code(), message=error.message))
     spec.publish(Done())
@@ -754,6 +761,7 @@ async def _run_call(spec: TurnSpec, tools: TurnTools, call: PlannedCall) -> None
                 "duration_ms": int((time.monotonic() - started) * 1000),
                 "completed_at": spec.clock(),
             },
+            tool_name=call.name,
         )
         try:
             await asyncio.shield(tools.store_call(update))
@@ -781,6 +789,7 @@ async def _run_call(spec: TurnSpec, tools: TurnTools, call: PlannedCall) -> None
             "duration_ms": output.duration_ms,
             "completed_at": spec.clock(),
         },
+        tool_name=call.name,
         plan_id=plan.id if plan is not None and call.plan_step is not None else None,
         plan_step=call.plan_step + 1 if call.plan_step is not None else None,
         plan_done=plan_done,
@@ -862,6 +871,7 @@ async def _pause(spec: TurnSpec, tools: TurnTools, waiting: Sequence[PlannedCall
                     expires_at=shown,
                 )
             )
+    spec.observe(PAUSED)
     spec.publish(_message_end(reply, spec))
     spec.publish(Done())
     return PAUSED

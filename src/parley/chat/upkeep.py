@@ -13,7 +13,12 @@ Every `RECOVER_EVERY` seconds it ends orphaned turns: leases that expired (their
 and, at start-up, leases of this host's processes that are gone (a restarted process recognises
 its predecessor's at once), and re-reads the tool definitions operators approved. And every
 sweep interval it expires idle and old sessions, and tool calls nobody decided in time, by
-conditional UPDATEs on what is stored, never by what this process happens to remember.
+conditional UPDATEs on what is stored, never by what this process happens to remember, and prunes
+the audit trail past its retention.
+
+It also keeps the gauges of `parley.metrics` that are states rather than events: the live
+sessions of this process (every tick) and the tool calls waiting for a decision (read from the
+database with the recovery).
 
 Imports chat and store; never the web layer.
 """
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from parley import metrics
 from parley.chat import sessions
 from parley.chat.sessions import RunningTurn, SessionManager
 from parley.store import repositories as repo
@@ -120,26 +126,49 @@ async def expire_approvals(manager: SessionManager) -> int:
     """Tool calls whose time for a decision ran out become `expired`, as stored (the reply they
     wait in is closed when its session's next message is admitted)."""
     async with manager.db.unit(Tenant.system()) as tx:
-        return await repo.expire_pending(tx, now=manager.clock())
+        expired = await repo.expire_pending(tx, now=manager.clock())
+    metrics.tool_calls("expired", expired)
+    return expired
 
 
-async def run(manager: SessionManager, sweep_interval: float) -> None:
+async def prune_audit(manager: SessionManager, keep_days: int) -> int:
+    """Delete audit events older than `keep_days` days (on PostgreSQL through the owner's function:
+    the application may not delete them itself); how many went."""
+    async with manager.db.unit(Tenant.system()) as tx:
+        pruned = await repo.prune_audit_events(tx, keep_days=keep_days, now=manager.clock())
+    if pruned:
+        log.info("pruned %d audit events older than %d days", pruned, keep_days)
+    return pruned
+
+
+async def count_pending_approvals(manager: SessionManager) -> int:
+    """The tool calls waiting for a decision, in every organization (a gauge every process reads)."""
+    async with manager.db.unit(Tenant.system(), readonly=True) as tx:
+        pending = await repo.pending_execution_count(tx, now=manager.clock())
+    metrics.APPROVALS_PENDING.set(pending)
+    return pending
+
+
+async def run(manager: SessionManager, sweep_interval: float, *, audit_retention_days: int = 365) -> None:
     """The upkeep loop until cancelled."""
     loop = asyncio.get_running_loop()
     next_recovery = loop.time() + RECOVER_EVERY
     next_sweep = loop.time()
     while True:
         try:
+            metrics.LIVE_SESSIONS.set(len(manager.live))
             await keep_turns(manager)
             if loop.time() >= next_recovery:
                 next_recovery = loop.time() + RECOVER_EVERY
                 await recover_orphans(manager)
+                await count_pending_approvals(manager)
                 if manager.tools is not None:
                     await manager.tools.refresh_pins(manager.db)  # an operator's `parley tools approve`
             if loop.time() >= next_sweep:
                 next_sweep = loop.time() + sweep_interval
                 await expire_sessions(manager)
                 await expire_approvals(manager)
+                await prune_audit(manager, audit_retention_days)
         except asyncio.CancelledError:
             raise
         except Exception:

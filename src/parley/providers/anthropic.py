@@ -76,10 +76,13 @@ class AnthropicProvider:
         if cache_ttl == "1h":
             # The 1-hour TTL shipped as a beta; Anthropic keeps accepting retired beta names.
             headers["anthropic-beta"] = "extended-cache-ttl-2025-04-11"
+        # Accept an OpenAI-style base ending in /v1 as well as the SDK-style bare origin.
+        api = base if base.endswith("/v1") else base + "/v1"
+        self._models_url = api + "/models"
+        self._probe_headers = {"x-api-key": api_key, "anthropic-version": version, "Accept": "application/json"}
         # Anthropic pings during long thinking, so a quiet connection (idle_timeout) is a dead one.
         self._http = UpstreamClient(
-            # Accept an OpenAI-style base ending in /v1 as well as the SDK-style bare origin.
-            url=(base if base.endswith("/v1") else base + "/v1") + "/messages",
+            url=api + "/messages",
             headers=headers,
             classify=_classify,
             label="Anthropic",
@@ -96,6 +99,10 @@ class AnthropicProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    async def probe(self) -> str | None:
+        """GET `/v1/models` (a list of models, generated nothing, billed nothing)."""
+        return await self._http.probe(self._models_url, self._probe_headers)
 
     def stream(
         self,

@@ -243,6 +243,11 @@ class Provider(Protocol):
         or None when it does not say."""
         ...
 
+    async def probe(self) -> str | None:
+        """One cheap request to the model server, for readiness: None when it answered, else why
+        it is not usable (unreachable, credentials refused, failing). Never raises."""
+        ...
+
     async def aclose(self) -> None:
         """Release pooled connections."""
         ...

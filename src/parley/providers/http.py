@@ -6,7 +6,7 @@ log, never into the message), and computes retry delays. `read_event_batches` is
 bytes -> SSE events -> provider events, with transport failures mapped on the way. Wire formats
 stay in each provider's translator.
 
-Imports: standard library, aiohttp, orjson, parley.errors, parley.providers.*.
+Imports: standard library, aiohttp, orjson, parley.errors, parley.metrics (retries), parley.providers.*.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import aiohttp
 import orjson
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from parley import metrics
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import ProviderEvent, Usage
 from parley.providers.context import stated_window
@@ -37,6 +38,7 @@ logger = logging.getLogger("parley.providers")
 Kind = ProviderErrorKind
 MAX_ERROR_BODY = 64 * 1024
 NETWORK_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
+PROBE_TIMEOUT = 5.0  # seconds a readiness probe waits for the model server's answer
 Classify = Callable[[int | None, object], ProviderErrorKind]
 
 
@@ -317,6 +319,7 @@ class UpstreamClient:
                 if delay is None:
                     raise
             attempt += 1
+            metrics.upstream_retried()
             logger.info("retrying %s in %.2fs (attempt %d)", self.label, delay, attempt)
             await self.sleep(delay)
 
@@ -331,6 +334,24 @@ class UpstreamClient:
             "%s %s answered %d with a web page, not a stream: %.300r", self.label, self.url, response.status, head
         )
         return ProviderError(ProviderErrorKind.PROTOCOL)
+
+    async def probe(self, url: str, headers: dict[str, str]) -> str | None:
+        """GET `url` once, briefly, with the same network policy: None when the server answered
+        (any status below 500 but 401 and 403: a server without that route is still up), else
+        why it is not usable. For readiness checks: never retried, never raises."""
+        if self._refusal is not None:
+            return f"the model server address is not allowed: {self._refusal}"
+        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
+        try:
+            async with self.session().get(url, headers=headers, allow_redirects=False, timeout=timeout) as response:
+                status = response.status
+        except NETWORK_ERRORS as exc:
+            return f"the model server is unreachable ({type(exc).__name__})"
+        if status in (401, 403):
+            return f"the model server refused parley's credentials (HTTP {status})"
+        if status >= 500:
+            return f"the model server answered HTTP {status}"
+        return None
 
     async def status_error(self, response: aiohttp.ClientResponse, classify: Classify | None = None) -> ProviderError:
         status = response.status

@@ -96,6 +96,10 @@ class OpenAICompatibleProvider:
                 return ContextWindow(tokens=tokens, source=f"the model server's {source}")
         return None
 
+    async def probe(self) -> str | None:
+        """GET `/models`: the cheapest request every OpenAI-compatible server answers."""
+        return await self._http.probe(self._base_url + "/models", self._probe_headers)
+
     def stream(
         self,
         messages: Sequence[ChatMessage],

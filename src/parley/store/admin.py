@@ -89,7 +89,10 @@ async def create_token(
     name: str = "api",
     partner_id: str | None = None,
     expires_at: datetime | None = None,
+    is_admin: bool = False,
 ) -> IssuedToken:
+    """A new token. `is_admin`: it reads every session of its organizations, unflags them and
+    reads the audit trail (its scope still bounds which organizations those are)."""
     if scope == "organization" and org_id is None:
         raise ValueError("an organization-scoped token needs an organization")
     if scope == "partner" and partner_id is None:
@@ -109,6 +112,7 @@ async def create_token(
                 "prefix": raw[: len(TOKEN_PREFIX) + 6],
                 "scope": scope,
                 "can_write": can_write,
+                "is_admin": is_admin,
                 "created_at": datetime.now(UTC),
                 "expires_at": expires_at,
             },

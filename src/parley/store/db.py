@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -29,6 +30,7 @@ from sqlalchemy import String, column, select, table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from parley import metrics
 from parley.errors import ServiceUnavailableError
 from parley.store.commit_group import CommitGroup
 from parley.store.sql import PostgresTx, SqliteTx, Tx
@@ -100,14 +102,17 @@ class Database:
 
         On SQLite a writing unit is committed (with its loop round's group) before this returns, so
         no caller acts on a write that is not durable; `readonly` units start deferred and run
-        beside writers.
+        beside writers. How long it waited for its connection (or SQLite's write turn) goes to
+        `parley_db_wait_seconds`.
         """
+        waiting = time.perf_counter()
         if self.dialect == "sqlite":
             with _unavailable_as_503():
                 if readonly:
                     conn = self._sqlite_pool.take()
                     try:
                         conn.execute("BEGIN")
+                        metrics.db_waited(time.perf_counter() - waiting)
                         try:
                             yield SqliteTx(conn)
                         finally:
@@ -116,11 +121,13 @@ class Database:
                         self._sqlite_pool.give_back(conn)
                 else:
                     async with self._commit_group.unit() as conn:
+                        metrics.db_waited(time.perf_counter() - waiting)
                         yield SqliteTx(conn)
             return
         pool = await self._postgres_pool()
         with _unavailable_as_503():
             async with pool.acquire(timeout=self.pool_timeout) as conn:
+                metrics.db_waited(time.perf_counter() - waiting)
                 await conn.execute(_begin(tenant, readonly))
                 try:
                     yield PostgresTx(conn)

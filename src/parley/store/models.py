@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Identity, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from parley.store.types import Money, UTCDateTime
@@ -52,6 +52,8 @@ class ApiToken(Base):
     prefix: Mapped[str] = mapped_column(String(16))
     scope: Mapped[str] = mapped_column(String(16))  # organization | partner | system
     can_write: Mapped[bool] = mapped_column(Boolean)
+    # Reads every session of its organizations, flags and unflags them, reads the audit trail.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -63,6 +65,7 @@ class AiSession(Base):
     __table_args__ = (
         Index("ix_ai_sessions_user_activity", "user_id", "last_activity_at"),
         Index("ix_ai_sessions_lease_expires_at", "lease_expires_at"),  # leases to recover
+        Index("ix_ai_sessions_org_flagged", "org_id", "flagged_at"),  # an admin's flagged sessions
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -104,6 +107,10 @@ class AiSession(Base):
     approvals_paused: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     # Tools the owner chose to always allow in this chat (exposed names).
     allowed_tools: Mapped[list[str] | None] = mapped_column(JSON)
+    # Flagged for review: by its owner or an admin of its organization; only an admin clears it.
+    flagged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    flagged_by: Mapped[str | None] = mapped_column(String(36))
+    flag_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class AiMessage(Base):
@@ -265,3 +272,31 @@ class AiToolDefinition(Base):
     definition: Mapped[dict[str, Any]] = mapped_column(JSON)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class AiAuditEvent(Base):
+    """One thing that happened, recorded in the transaction that made it happen (append-only).
+
+    `action` names it (`ai.session.create`, `ai.tool.<name>`, `ai.security.*`...); `detail` is a
+    small JSON object, never message content or secrets. The application may insert and read
+    rows, never change or delete them: old rows are pruned by the owner's
+    `parley_prune_audit_events(days)` (PostgreSQL) or by the upkeep (SQLite). Ids are a sequence:
+    the log is read in the order it was written, and an insert appends.
+    """
+
+    __tablename__ = "ai_audit_events"
+    __table_args__ = (
+        Index("ix_ai_audit_events_org_created", "org_id", "created_at"),
+        Index("ix_ai_audit_events_created", "created_at"),  # pruning
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    action: Mapped[str] = mapped_column(String(96))
+    org_id: Mapped[str | None] = mapped_column(String(36))  # None: visible to system scope only
+    actor_user_id: Mapped[str | None] = mapped_column(String(36))
+    session_id: Mapped[str | None] = mapped_column(String(36))
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSON)

@@ -2,8 +2,11 @@
 superuser and has no BYPASSRLS, so row-level security applies to every query it makes.
 
 `ensure_app_role` runs from `parley migrate` with the admin (owning) connection: it creates the
-app role when it can and it is missing, and (re)grants exactly the DML it needs. `app_role_problems`
-runs at server start on the app connection and says what is unsafe about the role it got.
+app role when it can and it is missing, and (re)grants exactly the DML it needs: on the audit
+trail (`APPEND_ONLY`) only SELECT and INSERT, so a row once written cannot be changed or deleted
+by the application; old rows go through the owner's pruning function, which it may call.
+`app_role_problems` runs at server start on the app connection and says what is unsafe about the
+role it got.
 """
 
 from __future__ import annotations
@@ -13,6 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley.store.models import Base
 from parley.store.sql import Tx
+
+# Tables the application appends to and reads, never changes.
+APPEND_ONLY = ("ai_audit_events",)
+PRUNE_FUNCTION = "parley_prune_audit_events(integer)"
 
 
 def _ident(name: str) -> str:
@@ -32,10 +39,18 @@ async def ensure_app_role(conn: AsyncConnection, role: str, password: str | None
     db = (await conn.execute(text("SELECT current_database()"))).scalar_one()
     await conn.execute(text(f"GRANT CONNECT ON DATABASE {_ident(db)} TO {_ident(role)}"))
     await conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {_ident(role)}"))
-    tables = ", ".join(_ident(t) for t in Base.metadata.tables)
-    await conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {tables} TO {_ident(role)}"))
+    writable = ", ".join(_ident(t) for t in Base.metadata.tables if t not in APPEND_ONLY)
+    append_only = ", ".join(_ident(t) for t in APPEND_ONLY)
+    await conn.execute(text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {writable} TO {_ident(role)}"))
+    # Revoked too, so a role granted more by an earlier version loses it.
+    await conn.execute(text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {append_only} FROM {_ident(role)}"))
+    await conn.execute(text(f"GRANT SELECT, INSERT ON {append_only} TO {_ident(role)}"))
+    await conn.execute(text(f"GRANT EXECUTE ON FUNCTION {PRUNE_FUNCTION} TO {_ident(role)}"))
     await conn.execute(text(f"GRANT SELECT ON alembic_version TO {_ident(role)}"))
-    done.append(f"granted DML on {len(Base.metadata.tables)} tables to {role}")
+    done.append(
+        f"granted DML on {len(Base.metadata.tables) - len(APPEND_ONLY)} tables to {role}, "
+        f"SELECT and INSERT only on {', '.join(APPEND_ONLY)}"
+    )
     return done
 
 

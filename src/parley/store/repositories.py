@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     Column,
+    Integer,
     Select,
     String,
     Table,
@@ -40,6 +41,7 @@ from sqlalchemy.dialects.postgresql import insert as insert_or_update
 from parley.store.ids import new_id
 from parley.store.models import (
     AiActionPlan,
+    AiAuditEvent,
     AiBudget,
     AiBudgetReservation,
     AiCostUsage,
@@ -50,7 +52,7 @@ from parley.store.models import (
     Organization,
     User,
 )
-from parley.store.sql import Record, Tx, member_of
+from parley.store.sql import Record, Tx, member_of, utc_bucket
 from parley.store.tenancy import Tenant, in_orgs
 
 sessions: Table = AiSession.__table__  # type: ignore[assignment]
@@ -63,6 +65,7 @@ users: Table = User.__table__  # type: ignore[assignment]
 organizations: Table = Organization.__table__  # type: ignore[assignment]
 executions: Table = AiToolExecution.__table__  # type: ignore[assignment]
 plans: Table = AiActionPlan.__table__  # type: ignore[assignment]
+audit_events: Table = AiAuditEvent.__table__  # type: ignore[assignment]
 
 
 def _columns(record: type[Any], table: Table) -> list[Column[Any]]:
@@ -1186,6 +1189,7 @@ _FIND_TOKEN = (
         tokens.c.partner_id,
         tokens.c.scope,
         tokens.c.can_write,
+        tokens.c.is_admin,
         tokens.c.expires_at,
         tokens.c.revoked_at,
     )
@@ -1341,3 +1345,210 @@ async def approve_tool_definition(
         "approved_at": now,
     }
     await tx.run(_APPROVE_TOOL, params)
+
+
+# --- flags and the administrators' views -------------------------------------------------------------
+
+_FLAG = (
+    update(sessions)
+    .where(sessions.c.id == bindparam("session_id"))
+    .values(
+        flagged_at=bindparam("now", type_=sessions.c.flagged_at.type),
+        flagged_by=bindparam("user_id", type_=String),
+        flag_reason=bindparam("reason", type_=Text),
+    )
+)
+
+
+async def set_flag(tx: Tx, session_id: str, *, now: datetime | None, user_id: str | None, reason: str | None) -> None:
+    """Flag a session for review (`now` None clears the flag). Not activity: the updated time stays."""
+    await tx.run(_FLAG, {"session_id": session_id, "now": now, "user_id": user_id, "reason": reason})
+
+
+@cache
+def _admin_list_statements(scoped: bool, flagged: bool | None, by_user: bool, by_status: bool) -> tuple[Any, Any]:
+    where = []
+    if scoped:
+        where.append(in_orgs(sessions.c.org_id))
+    if flagged is not None:
+        where.append(sessions.c.flagged_at.is_not(None) if flagged else sessions.c.flagged_at.is_(None))
+    if by_user:
+        where.append(sessions.c.user_id == bindparam("user_id"))
+    if by_status:
+        where.append(sessions.c.status == bindparam("status"))
+    first = (sessions.c.flagged_at.desc(),) if flagged else ()
+    rows = (
+        select(sessions, users.c.email.label("user_email"))
+        .select_from(sessions.outerjoin(users, users.c.id == sessions.c.user_id))
+        .where(*where)
+        .order_by(*first, sessions.c.last_activity_at.desc(), sessions.c.id)
+        .offset(bindparam("offset"))
+        .limit(bindparam("limit"))
+    )
+    count = select(func.count()).select_from(sessions).where(*where)
+    return rows, count
+
+
+async def admin_list_sessions(
+    tx: Tx,
+    tenant: Tenant,
+    *,
+    flagged: bool | None,
+    user_id: str | None,
+    status: str | None,
+    offset: int,
+    limit: int,
+) -> tuple[list[Record], int]:
+    """Every session of the tenant's organizations, whoever owns it (flagged first when asked
+    for flagged ones), with its owner's email, and how many there are."""
+    rows, count = _admin_list_statements(not tenant.sees_all, flagged, user_id is not None, status is not None)
+    params = {"user_id": user_id, "status": status, "offset": offset, "limit": limit, **tenant.filter_params()}
+    return await tx.records(rows, params), int(await tx.value(count, params) or 0)
+
+
+_USER_EMAIL = select(users.c.email).where(users.c.id == bindparam("user_id"))
+
+
+async def user_email(tx: Tx, user_id: str) -> str | None:
+    return await tx.value(_USER_EMAIL, {"user_id": user_id})
+
+
+# The optional filters of the tool-call views: a NULL parameter leaves its column unfiltered.
+def _optional(column: Column[Any], name: str) -> Any:
+    return or_(bindparam(name, type_=String).is_(None), column == bindparam(name, type_=String))
+
+
+@cache
+def _execution_statements(scoped: bool, bucket: str) -> tuple[Any, Any, Any]:
+    where = [
+        executions.c.created_at >= bindparam("since", type_=executions.c.created_at.type),
+        executions.c.created_at < bindparam("until", type_=executions.c.created_at.type),
+        _optional(executions.c.status, "status"),
+        _optional(executions.c.tool_name, "tool_name"),
+    ]
+    if scoped:
+        where.append(in_orgs(executions.c.org_id))
+    by_tool = (
+        select(
+            executions.c.tool_name,
+            executions.c.status,
+            func.count(),
+            func.avg(executions.c.duration_ms),
+            func.count(executions.c.duration_ms),
+        )
+        .where(*where)
+        .group_by(executions.c.tool_name, executions.c.status)
+    )
+    slot = utc_bucket(executions.c.created_at, bucket)
+    series = select(slot, executions.c.status, func.count()).where(*where).group_by(slot, executions.c.status)
+    recent = select(executions).where(*where).order_by(executions.c.created_at.desc()).limit(bindparam("limit"))
+    return by_tool, series, recent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExecutionStats:
+    """Tool calls in a time window: (tool, status, count, mean duration ms, how many had one),
+    (bucket, status, count), and the newest calls."""
+
+    by_tool: list[tuple[str, str, int, float | None, int]]
+    series: list[tuple[str, str, int]]
+    recent: list[Record]
+
+
+async def execution_stats(
+    tx: Tx,
+    tenant: Tenant,
+    *,
+    since: datetime,
+    until: datetime,
+    status: str | None,
+    tool_name: str | None,
+    bucket: str,
+    limit: int,
+) -> ExecutionStats:
+    by_tool, series, recent = _execution_statements(not tenant.sees_all, bucket)
+    params = {
+        "since": since,
+        "until": until,
+        "status": status,
+        "tool_name": tool_name,
+        "limit": limit,
+        **tenant.filter_params(),
+    }
+    grouped = [
+        (name, state, int(n), None if mean is None else float(mean), int(timed))
+        for name, state, n, mean, timed in await tx.rows(by_tool, params)
+    ]
+    slots = [(slot, state, int(n)) for slot, state, n in await tx.rows(series, params)]
+    return ExecutionStats(grouped, slots, await tx.records(recent, params))
+
+
+_PENDING_COUNT = select(func.count()).where(
+    executions.c.status == "pending", executions.c.expires_at > bindparam("now")
+)
+
+
+async def pending_execution_count(tx: Tx, *, now: datetime) -> int:
+    """Tool calls waiting for a person's decision, in every visible organization."""
+    return int(await tx.value(_PENDING_COUNT, {"now": now}) or 0)
+
+
+# --- the audit trail ----------------------------------------------------------------------------------
+
+_AUDIT_COLUMNS = tuple(c.key for c in audit_events.columns if c.key != "id")  # the id is the sequence's
+# inline: no RETURNING of the new id, which nobody reads.
+_AUDIT_VALUES = {key: bindparam(key, type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS}
+_INSERT_AUDIT = insert(audit_events).values(_AUDIT_VALUES).inline()
+
+
+async def insert_audit_event(tx: Tx, values: Record) -> None:
+    """Append one event (every column but the id: `AiAuditEvent`)."""
+    await tx.run(_INSERT_AUDIT, values)
+
+
+async def insert_audit_events(tx: Tx, rows: Sequence[Record]) -> None:
+    if rows:
+        await tx.run_many(_INSERT_AUDIT, rows)
+
+
+# PostgreSQL: the owner's function (the application may not delete); SQLite has no roles.
+_PRUNE_AUDIT_POSTGRES = select(func.parley_prune_audit_events(bindparam("days", type_=Integer)))
+_PRUNE_AUDIT_SQLITE = delete(audit_events).where(audit_events.c.created_at < bindparam("before"))
+
+
+async def prune_audit_events(tx: Tx, *, keep_days: int, now: datetime) -> int:
+    """Delete audit events older than `keep_days` days (at least 1); how many went."""
+    if keep_days < 1:
+        raise ValueError("the audit trail is kept at least one day")
+    if tx.dialect == "postgresql":
+        return int(await tx.value(_PRUNE_AUDIT_POSTGRES, {"days": keep_days}) or 0)
+    return await tx.run(_PRUNE_AUDIT_SQLITE, {"before": now - timedelta(days=keep_days)})
+
+
+@cache
+def _audit_statement(scoped: bool, by_action: bool) -> Select[Any]:
+    where = [audit_events.c.created_at >= bindparam("since")]
+    if scoped:
+        where.append(in_orgs(audit_events.c.org_id))
+    if by_action:
+        where.append(audit_events.c.action == bindparam("action"))
+    else:
+        where.append(
+            or_(
+                audit_events.c.action.startswith("ai.security.", autoescape=True),
+                audit_events.c.action.startswith("ai.tool.", autoescape=True),
+            )
+        )
+    return (
+        select(audit_events)
+        .where(*where)
+        .order_by(audit_events.c.created_at.desc(), audit_events.c.id.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+async def security_events(tx: Tx, tenant: Tenant, *, since: datetime, action: str | None, limit: int) -> list[Record]:
+    """Audit events since `since`, newest first: those of one action, or else the security
+    events (`ai.security.*`) and tool calls (`ai.tool.*`)."""
+    stmt = _audit_statement(not tenant.sees_all, action is not None)
+    return await tx.records(stmt, {"since": since, "action": action, "limit": limit, **tenant.filter_params()})

@@ -257,3 +257,33 @@ def _member_of_sqlite(element: member_of, compiler: SQLCompiler, **kw: Any) -> s
 def _member_of_postgres(element: member_of, compiler: SQLCompiler, **kw: Any) -> str:
     column, param = compiler.process(element.column, **kw), compiler.process(element.param, **kw)
     return f"{column} = ANY({param})"
+
+
+class utc_bucket(ColumnElement[str]):
+    """The UTC hour or day a timestamp falls in, as ISO 8601 text (`2030-01-15T12:00:00Z`): the
+    same text on both databases, so a time series groups by it."""
+
+    inherit_cache = True
+    type = String()
+
+    def __init__(self, column: ColumnElement[Any], unit: str) -> None:
+        if unit not in ("hour", "day"):
+            raise ValueError(f"unknown bucket {unit!r}")
+        self.column = column
+        self.unit = unit
+
+
+@compiles(utc_bucket, "sqlite")
+def _utc_bucket_sqlite(element: utc_bucket, compiler: SQLCompiler, **kw: Any) -> str:
+    # Stored as naive UTC text: "2030-01-15 12:34:56.000000" (types.UTCDateTime).
+    column = compiler.process(element.column, **kw)
+    if element.unit == "day":
+        return f"(substr({column}, 1, 10) || 'T00:00:00Z')"
+    return f"(substr({column}, 1, 10) || 'T' || substr({column}, 12, 2) || ':00:00Z')"
+
+
+@compiles(utc_bucket, "postgresql")
+def _utc_bucket_postgres(element: utc_bucket, compiler: SQLCompiler, **kw: Any) -> str:
+    column = compiler.process(element.column, **kw)
+    pattern = 'YYYY-MM-DD"T00:00:00Z"' if element.unit == "day" else 'YYYY-MM-DD"T"HH24":00:00Z"'
+    return f"to_char({column} AT TIME ZONE 'UTC', '{pattern}')"

@@ -1,12 +1,14 @@
-"""The browser chat page: serves `/` (index.html) and `/static/{path}` from this package.
+"""The browser pages: the chat at `/` (index.html), the review of flagged conversations at
+`/admin` (admin.html, for admin tokens), and their files at `/static/{path}`, from this package.
 
 The page is static HTML, CSS and ES modules under `parley/web/static/` that use only the public
 HTTP API; nothing is built or fetched from elsewhere. Starlette's `StaticFiles` serves them (path
 safety, ETags, conditional requests, HEAD), with the page's headers added: the strict
 Content-Security-Policy only on the page and its files (FastAPI's /docs loads Swagger UI from a
 CDN with an inline script, which that policy would break), and `no-cache`, so browsers revalidate
-every time (there are no fingerprinted file names) and an unchanged file costs a 304. A small
-ASGI middleware puts `nosniff` and `no-referrer` on every response.
+every time (there are no fingerprinted file names) and an unchanged file costs a 304. `nosniff`
+and `no-referrer` (`COMMON_HEADERS`) go on every response of the app: the outermost middleware
+puts them there with the request id (`api/request_context.py`), one layer for every answer.
 
 Imports: starlette/fastapi only.
 """
@@ -18,7 +20,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["COMMON_HEADERS", "CONTENT_SECURITY_POLICY", "mount_web"]
 
@@ -29,7 +30,6 @@ CONTENT_SECURITY_POLICY = (
 
 # Headers every response gets (unless a route already set them).
 COMMON_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
-_COMMON_HEADERS = tuple((name.lower().encode(), value.encode()) for name, value in COMMON_HEADERS.items())
 
 # Headers of the page and its files only.
 _PAGE_HEADERS: dict[str, str] = {
@@ -53,35 +53,17 @@ class PageFiles(StaticFiles):
         return response
 
 
-class CommonSecurityHeaders:
-    """Adds `nosniff` and `no-referrer` to every HTTP response that does not set them itself."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers: list[tuple[bytes, bytes]] = list(message.get("headers", []))
-                present = {name.lower() for name, _ in headers}
-                headers.extend(pair for pair in _COMMON_HEADERS if pair[0] not in present)
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 def mount_web(app: FastAPI) -> None:
-    """Serve the chat page at `/` and its files at `/static/{path}`, with the security headers."""
+    """Serve the chat page at `/`, the review page at `/admin` and their files at `/static/{path}`,
+    with the security headers."""
     files = PageFiles(packages=[("parley.web", "static")])
 
     async def page(request: Request) -> Response:
         return await files.get_response("index.html", request.scope)
 
+    async def review_page(request: Request) -> Response:
+        return await files.get_response("admin.html", request.scope)
+
     app.add_api_route("/", page, methods=["GET", "HEAD"], include_in_schema=False)
+    app.add_api_route("/admin", review_page, methods=["GET", "HEAD"], include_in_schema=False)
     app.mount("/static", files, name="static")
-    app.add_middleware(CommonSecurityHeaders)

@@ -1,0 +1,226 @@
+// The review page: flagged conversations of the admin token's organizations, and their transcripts.
+//
+// It uses the public API only (/api/v1/ai/admin/..., DELETE /sessions/{id}/flag) with the bearer
+// token kept in sessionStorage, as the chat page does. Everything shown is text (textContent):
+// transcripts are reviewed as written, nothing in them is rendered as markup.
+
+const BASE = '/api/v1/ai';
+const TOKEN_KEY = 'parley.token';
+
+const $ = (id) => document.getElementById(id);
+const dom = {
+  signIn: $('sign-in'),
+  signInForm: $('sign-in-form'),
+  tokenInput: $('token-input'),
+  signInError: $('sign-in-error'),
+  signOut: $('sign-out'),
+  review: $('review'),
+  showAll: $('show-all'),
+  listTitle: $('list-title'),
+  listStatus: $('list-status'),
+  sessionList: $('session-list'),
+  banner: $('banner'),
+  empty: $('empty'),
+  transcript: $('transcript'),
+  title: $('transcript-title'),
+  meta: $('transcript-meta'),
+  flagNote: $('flag-note'),
+  unflag: $('unflag'),
+  messages: $('messages'),
+  toolSection: $('tool-calls-section'),
+  toolCalls: $('tool-calls'),
+};
+
+let token = null;
+let current = null; // the session whose transcript is shown
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function api(method, path, params) {
+  const url = new URL(BASE + path, window.location.origin);
+  for (const [key, value] of Object.entries(params || {})) url.searchParams.set(key, String(value));
+  let response;
+  try {
+    response = await fetch(url, {
+      method,
+      headers: { Authorization: `Bearer ${token}` },
+      cache: 'no-store',
+      credentials: 'omit',
+      redirect: 'error',
+    });
+  } catch {
+    throw new ApiError(0, 'network_error', 'Could not reach the server.');
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: keep the status line
+  }
+  if (!response.ok) {
+    const code = body && typeof body.code === 'string' ? body.code : `http_${response.status}`;
+    const message = body && typeof body.error === 'string' ? body.error : response.statusText;
+    throw new ApiError(response.status, code, message);
+  }
+  return body;
+}
+
+function when(iso) {
+  return iso ? new Date(iso).toLocaleString() : '';
+}
+
+function showBanner(error) {
+  dom.banner.textContent = `${error.message} (${error.code})`;
+  dom.banner.hidden = false;
+}
+
+function showSignIn(message = '') {
+  token = null;
+  dom.review.hidden = true;
+  dom.signOut.hidden = true;
+  dom.signIn.hidden = false;
+  dom.signInError.textContent = message;
+  dom.tokenInput.focus();
+}
+
+async function signIn(candidate) {
+  token = candidate;
+  try {
+    await loadList();
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      showSignIn(error.status === 403 ? 'That token is not an admin token.' : `Not accepted: ${error.message}`);
+      return;
+    }
+    showSignIn(`${error.message} (${error.code})`);
+    return;
+  }
+  sessionStorage.setItem(TOKEN_KEY, candidate);
+  dom.tokenInput.value = '';
+  dom.signIn.hidden = true;
+  dom.review.hidden = false;
+  dom.signOut.hidden = false;
+}
+
+async function loadList() {
+  const all = dom.showAll.checked;
+  dom.listTitle.textContent = all ? 'All conversations' : 'Flagged conversations';
+  dom.sessionList.setAttribute('aria-busy', 'true');
+  const body = await api('GET', '/admin/sessions', all ? { limit: 100 } : { flagged: 'true', limit: 100 });
+  dom.sessionList.replaceChildren(...body.data.map(listItem));
+  dom.listStatus.textContent = body.total
+    ? `${body.total} conversation${body.total === 1 ? '' : 's'}${body.total > body.data.length ? ` (the newest ${body.data.length})` : ''}`
+    : all ? 'No conversations yet.' : 'Nothing is flagged.';
+  dom.sessionList.setAttribute('aria-busy', 'false');
+}
+
+function listItem(session) {
+  const item = document.createElement('li');
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = 'session';
+  button.dataset.id = session.id;
+  const title = document.createElement('span');
+  title.className = 'session-title';
+  title.textContent = session.title || 'Untitled';
+  const meta = document.createElement('span');
+  meta.className = 'session-meta';
+  meta.textContent = `${session.userEmail || session.userId || 'unknown user'} · ${when(session.lastActivityAt)}`;
+  button.append(title, meta);
+  if (session.flaggedAt) {
+    const flag = document.createElement('span');
+    flag.className = 'session-flag';
+    flag.textContent = session.flagReason ? `Flagged: ${session.flagReason}` : 'Flagged';
+    button.append(flag);
+  }
+  button.addEventListener('click', () => openTranscript(session.id));
+  item.append(button);
+  return item;
+}
+
+async function openTranscript(id) {
+  dom.banner.hidden = true;
+  let body;
+  try {
+    body = await api('GET', `/admin/sessions/${encodeURIComponent(id)}`);
+  } catch (error) {
+    showBanner(error);
+    return;
+  }
+  current = body.session;
+  for (const button of dom.sessionList.querySelectorAll('button.session')) {
+    button.setAttribute('aria-current', String(button.dataset.id === id));
+  }
+  dom.title.textContent = current.title || 'Untitled';
+  dom.meta.textContent = `${current.userEmail || current.userId || 'unknown user'} · ${current.status} · started ${when(current.createdAt)}`;
+  dom.flagNote.textContent = current.flaggedAt
+    ? `Flagged ${when(current.flaggedAt)}${current.flagReason ? `: ${current.flagReason}` : ''}`
+    : 'Not flagged.';
+  dom.unflag.hidden = !current.flaggedAt;
+  dom.messages.replaceChildren(...body.messages.map(messageItem));
+  dom.toolCalls.replaceChildren(...body.executions.map(toolItem));
+  dom.toolSection.hidden = body.executions.length === 0;
+  dom.empty.hidden = true;
+  dom.transcript.hidden = false;
+}
+
+function messageItem(message) {
+  const item = document.createElement('li');
+  item.className = `message ${message.role}`;
+  const head = document.createElement('p');
+  head.className = 'message-head';
+  head.textContent = `${message.role} · ${when(message.createdAt)}${message.finishReason && message.finishReason !== 'stop' ? ` · ${message.finishReason}` : ''}`;
+  const text = document.createElement('p');
+  text.className = 'message-text';
+  text.textContent = message.content || '';
+  item.append(head, text);
+  return item;
+}
+
+function toolItem(call) {
+  const item = document.createElement('li');
+  item.textContent = `${call.toolName} · ${call.status}${call.decidedBy ? ' · decided' : ''} · ${when(call.createdAt)}`;
+  return item;
+}
+
+dom.unflag.addEventListener('click', async () => {
+  if (!current) return;
+  try {
+    await api('DELETE', `/sessions/${encodeURIComponent(current.id)}/flag`);
+    await loadList();
+    await openTranscript(current.id);
+  } catch (error) {
+    showBanner(error);
+  }
+});
+
+dom.showAll.addEventListener('change', () => loadList().catch(showBanner));
+
+dom.signInForm.addEventListener('submit', (event) => {
+  event.preventDefault();
+  const candidate = dom.tokenInput.value.trim();
+  if (!candidate) {
+    showSignIn('Paste an admin token first.');
+    return;
+  }
+  signIn(candidate);
+});
+
+dom.signOut.addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  current = null;
+  dom.transcript.hidden = true;
+  dom.empty.hidden = false;
+  showSignIn();
+});
+
+const saved = sessionStorage.getItem(TOKEN_KEY);
+if (saved) signIn(saved);
+else showSignIn();
