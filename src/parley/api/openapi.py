@@ -72,7 +72,6 @@ EXTRA_STATUSES: dict[tuple[str, str], set[int]] = {
     ("post", f"{PREFIX}/sessions/{{session_id}}/pause"): {409, 410, 501},
     ("post", f"{PREFIX}/sessions/{{session_id}}/approve-plan"): {409, 410, 501},
     ("post", f"{PREFIX}/sessions/{{session_id}}/abort-plan"): {409, 410, 501},
-    ("get", f"{PREFIX}/usage"): {403},
     # Admin tokens only (`parley tokens create --admin`).
     ("get", f"{PREFIX}/admin/sessions"): {403},
     ("get", f"{PREFIX}/admin/sessions/{{session_id}}"): {403},
@@ -121,6 +120,8 @@ def _statuses(method: str, path: str, operation: dict[str, Any]) -> set[int]:
         statuses |= {400, 408, 413, 422}
     if operation.get("parameters"):
         statuses.add(422)
+        if any(parameter["name"] == "orgId" for parameter in operation["parameters"]):
+            statuses.add(403)  # an organization the caller does not belong to
     if "{session_id}" in path:
         statuses.add(404)
     return statuses | EXTRA_STATUSES.get((method, path), set())

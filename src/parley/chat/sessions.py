@@ -965,8 +965,21 @@ class SessionManager:
         elif lease is not None:
             if self.is_orphaned(lease, now) or await self.owner_gone(lease.lease_owner):
                 await self.end_orphan(lease)
-            elif self.relay is not None:
-                await self.relay.send_control("close", session_id)
+                return
+            if self.relay is not None:
+                await self.relay.send_control("close", session_id)  # else the owner sees it within a second
+            await self._turn_stored(tenant, session_id, lease.lease_token)
+
+    async def _turn_stored(self, tenant: Tenant, session_id: str, lease_token: str, *, timeout: float = 10) -> None:
+        """Wait (a while at most) until another process has stored the turn it is stopping and
+        released its lease: a close answers once the partial reply is kept, wherever it ran."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            async with self.db.unit(tenant, readonly=True) as tx:
+                held = await repo.held_lease(tx, session_id)
+            if held is None or held.lease_token != lease_token:
+                return
+            await asyncio.sleep(0.05)
 
     async def _drop(self, session_id: str, *, reason: str) -> None:
         """Forget a live session: its running turn stops (for `reason`) and its streams end."""
