@@ -210,6 +210,7 @@ def test_a_stored_reply_is_shown_as_it_was_streamed() -> None:
     message = {
         "content": "It is noon.",
         "parts": [
+            {"type": "context_trimmed", "droppedMessages": 4, "summarized": True},
             {"type": "reasoning", "text": "The clock."},
             {"type": "tool_call", "toolName": "demo__now", "input": {"timezone": "UTC"}},
             {"type": "tool_result", "toolName": "demo__now", "output": "12:00 UTC", "isError": False},
@@ -217,7 +218,8 @@ def test_a_stored_reply_is_shown_as_it_was_streamed() -> None:
             {"type": "something new"},
         ],
     }
-    assert shown(stored_reply(message), width=60).splitlines() == [
+    assert shown(stored_reply(message), width=100).splitlines() == [
+        "[the model no longer sees the first 4 messages of this chat, only a summary of them]",
         "ai> The clock.",
         '  → demo__now(timezone="UTC")',
         "  ← 12:00 UTC",
@@ -237,6 +239,7 @@ def test_a_stream_is_drawn_event_by_event_and_keeps_the_calls_to_ask() -> None:
     asked = {"executionId": "e1", "toolName": "demo__add_note", "input": {"text": "x"}, "description": ""}
     for kind, data in [
         ("message_start", {"messageId": "m"}),
+        ("context_trimmed", {"droppedMessages": 6, "summarized": False}),
         ("reasoning_delta", {"delta": "Thinking."}),
         ("content_delta", {"delta": "Let me *see*."}),
         ("tool_use_start", {"toolName": "demo__now", "input": {}}),
@@ -254,6 +257,7 @@ def test_a_stream_is_drawn_event_by_event_and_keeps_the_calls_to_ask() -> None:
         render.event(kind, data)
     render.finish()
     assert out.getvalue().splitlines() == [
+        "[the model no longer sees the first 6 messages of this chat]",
         "ai> Thinking.",
         "ai> Let me see.",
         "  → demo__now()",

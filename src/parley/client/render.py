@@ -262,7 +262,16 @@ def stored_reply(message: Mapping[str, Any]) -> RenderableType:
             shown.append(tool_call(part))
         elif kind == "tool_result":
             shown.append(tool_result(part))
+        elif kind == "context_trimmed":
+            shown.append(Text(context_trimmed(part), style="dim"))
     return Group(*shown)
+
+
+def context_trimmed(data: Mapping[str, Any]) -> str:
+    """`context_trimmed`: what the model no longer sees of this chat."""
+    dropped = data.get("droppedMessages")
+    instead = ", only a summary of them" if data.get("summarized") else ""
+    return f"[the model no longer sees the first {dropped} messages of this chat{instead}]"
 
 
 # -- one stream -----------------------------------------------------------------------------------
@@ -335,6 +344,8 @@ class Render:
                 f"the model proposes a plan, {data.get('title')!r} ({steps} steps): decide plans on the web page",
                 "yellow",
             )
+        elif kind == "context_trimmed":
+            self.note(context_trimmed(data))
         elif kind == "approval_mode_changed":
             self.note(f"[approval mode: {data.get('mode')}]")
         elif kind == "stream_gap":
