@@ -136,6 +136,7 @@ def create_app(
             settings.effective_database_url,
             pool_size=settings.db_pool_size,
             pool_timeout=settings.db_pool_timeout_seconds,
+            statement_timeout=settings.db_statement_timeout_seconds,
         )
         await prepare_database(db, settings)
         upstream = provider or build_provider(settings)

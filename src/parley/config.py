@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     # How long a request waits for the database before 503: a pooled connection (PostgreSQL), or
     # the write lock another process holds (SQLite).
     db_pool_timeout_seconds: float = Field(5.0, gt=0, validation_alias="PARLEY_DB_POOL_TIMEOUT_SECONDS")
+    # PostgreSQL: the server cancels a statement, or ends a session idle inside a transaction, past
+    # this (a request then answers 503), so a stuck query never holds locks or a pooled connection.
+    db_statement_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, validation_alias="PARLEY_DB_STATEMENT_TIMEOUT_SECONDS"
+    )
     turn_timeout_seconds: float = Field(360.0, gt=0, validation_alias="PARLEY_TURN_TIMEOUT_SECONDS")
     idle_chunk_timeout_seconds: float = Field(120.0, gt=0, validation_alias="PARLEY_IDLE_CHUNK_TIMEOUT_SECONDS")
     connect_timeout_seconds: float = Field(10.0, gt=0, validation_alias="PARLEY_CONNECT_TIMEOUT_SECONDS")

@@ -191,7 +191,10 @@ class Scripted(Parley):
 @pytest.fixture(scope="session")
 def e2e(tmp_path_factory: pytest.TempPathFactory, model_server: LocalModelServer, proxy: TcpProxy) -> Iterator[E2E]:
     data_dir = tmp_path_factory.mktemp("parley")
-    with _parley(data_dir, f"{proxy.url}/v1", model_server.model, model_server.api_key) as (parley, token):
+    with _parley(data_dir, f"{proxy.url}/v1", model_server.model, model_server.api_key, window=model_server.n_ctx) as (
+        parley,
+        token,
+    ):
         yield E2E(parley=parley, token=token, data_dir=data_dir, model=model_server, proxy=proxy)
 
 
@@ -203,7 +206,14 @@ def e2e_tools(
     data_dir = tmp_path_factory.mktemp("parley-tools")
     config = str(write_demo_tools_config(data_dir))
     base_url = f"{proxy.url}/v1"
-    with _parley(data_dir, base_url, model_server.model, model_server.api_key, PARLEY_MCP_CONFIG=config) as started:
+    with _parley(
+        data_dir,
+        base_url,
+        model_server.model,
+        model_server.api_key,
+        window=model_server.n_ctx,
+        PARLEY_MCP_CONFIG=config,
+    ) as started:
         parley, token = started
         yield E2E(parley=parley, token=token, data_dir=data_dir, model=model_server, proxy=proxy)
 
@@ -223,9 +233,10 @@ def scripted_tools(tmp_path: Path) -> Iterator[Scripted]:
 
 @contextlib.contextmanager
 def _parley(
-    data_dir: Path, base_url: str, model: str, api_key: str, **extra: str
+    data_dir: Path, base_url: str, model: str, api_key: str, *, window: int | None = None, **extra: str
 ) -> Iterator[tuple[ParleyProcess, str]]:
-    """`parley serve` on SQLite in `data_dir`, on the model server at `base_url`; and a token."""
+    """`parley serve` on SQLite in `data_dir`, on the model server at `base_url` (whose context
+    window is `window`, as `parley demo` says it: llama-cpp-python's server does not); and a token."""
     database_url = f"sqlite+aiosqlite:///{data_dir / 'parley.db'}"
     token = asyncio.run(_issue_token(database_url))
     env = {
@@ -240,11 +251,12 @@ def _parley(
         "MCP_LLM_MODEL": model,
         "MCP_LLM_API_KEY": api_key,
         "MCP_LLM_MAX_TOKENS": str(MAX_TOKENS),
-        "MCP_LLM_CONTEXT_WINDOW": str(model_server.n_ctx),  # as `parley demo` says it: the server does not
         "PARLEY_UPSTREAM_RETRIES": "1",
         "PARLEY_CONNECT_TIMEOUT_SECONDS": "5",
         **extra,
     }
+    if window is not None:
+        env["MCP_LLM_CONTEXT_WINDOW"] = str(window)
     parley = ParleyProcess(env, free_port(), data_dir / "parley.log")
     parley.start()
     try:

@@ -156,10 +156,11 @@ def test_a_message_longer_than_the_context_window_is_refused_before_the_model(e2
     assert stored["messages"] == []
 
 
-@pytest.mark.timeout(600)
-def test_twenty_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> None:
+@pytest.mark.timeout(400)
+def test_ten_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> None:
     """The window is 2,048 tokens and each answer up to 256: from the sixth turn or so the history
-    no longer fits whole. Every turn is answered, and the cut is announced."""
+    no longer fits whole (without fitting, every turn from the seventh failed). Every turn is
+    answered, and the cut is announced."""
     session = api.create_session()
     turns = [api.turn(session["id"], f"Tell me a long story about a {animal}.") for animal in ANIMALS]
     for turn in turns:
@@ -167,15 +168,12 @@ def test_twenty_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -
     cuts = [turn.first("context_trimmed")["droppedMessages"] for turn in turns if "context_trimmed" in turn.types]
     assert cuts, "the history outgrew the window: the cut must be announced"
     assert cuts == sorted(cuts)
-    assert len(assistant_messages(api.get_session(session["id"]))) == 20  # everything is kept
+    assert len(assistant_messages(api.get_session(session["id"]))) == len(ANIMALS)  # everything is kept
     last = e2e.proxy.chat_requests()[-1]
     assert last["messages"][-1] == {"role": "user", "content": f"Tell me a long story about a {ANIMALS[-1]}."}
 
 
-ANIMALS = [
-    "cat", "dog", "fox", "owl", "bear", "wolf", "hare", "crow", "seal", "deer",
-    "frog", "goat", "lion", "mole", "newt", "orca", "puma", "swan", "toad", "yak",
-]  # fmt: skip
+ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "hare", "crow", "seal", "deer"]
 
 
 @pytest.mark.timeout(150)

@@ -16,11 +16,22 @@ from pathlib import Path
 
 import httpx2
 import pytest
+from sqlalchemy import func, literal, select
 
 from parley.errors import ServiceUnavailableError
 from parley.store.db import Database
 from parley.store.tenancy import Tenant
-from tests.conftest import APP_PASSWORD, APP_ROLE, ServerFactory, Tenants, _seed, base_env, client, migrated_cluster
+from tests.conftest import (
+    APP_PASSWORD,
+    APP_ROLE,
+    DatabaseUrls,
+    ServerFactory,
+    Tenants,
+    _seed,
+    base_env,
+    client,
+    migrated_cluster,
+)
 from tests.support.postgres import PostgresCluster
 from tests.support.scripted_provider import Reply, ScriptedProvider
 from tests.support.sse_client import FrameReader
@@ -122,3 +133,22 @@ def test_serve_waits_for_postgres_to_come_up(own_cluster: PostgresCluster, pg_te
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+async def test_a_statement_past_the_timeout_answers_503_and_frees_its_connection(
+    pg_database: DatabaseUrls,
+) -> None:
+    db = Database(pg_database.app, pool_size=1, statement_timeout=0.3)
+    try:
+        async with db.unit(Tenant.system(), readonly=True) as tx:
+            assert await tx.value(select(func.current_setting("statement_timeout"))) == "300ms"
+            assert await tx.value(select(func.current_setting("idle_in_transaction_session_timeout"))) == "300ms"
+        started = time.monotonic()
+        with pytest.raises(ServiceUnavailableError, match="took too long"):
+            async with db.unit(Tenant.system(), readonly=True) as tx:
+                await tx.value(select(func.pg_sleep(5)))
+        assert time.monotonic() - started < 2
+        async with db.unit(Tenant.system(), readonly=True) as tx:  # the one pooled connection is usable
+            assert await tx.value(select(literal(1))) == 1
+    finally:
+        await db.dispose()

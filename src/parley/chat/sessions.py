@@ -970,10 +970,10 @@ class SessionManager:
                 await self.relay.send_control("close", session_id)  # else the owner sees it within a second
             await self._turn_stored(tenant, session_id, lease.lease_token)
 
-    async def _turn_stored(self, tenant: Tenant, session_id: str, lease_token: str, *, timeout: float = 10) -> None:
+    async def _turn_stored(self, tenant: Tenant, session_id: str, lease_token: str) -> None:
         """Wait (a while at most) until another process has stored the turn it is stopping and
         released its lease: a close answers once the partial reply is kept, wherever it ran."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + 10  # as long as a close here waits for its turn (_drop)
         while time.monotonic() < deadline:
             async with self.db.unit(tenant, readonly=True) as tx:
                 held = await repo.held_lease(tx, session_id)

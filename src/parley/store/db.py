@@ -71,14 +71,19 @@ async def _keep_connection_state(_conn: asyncpg.Connection) -> None:
 class Database:
     """One database: its pools and units of work (see the module docstring)."""
 
-    def __init__(self, url: str, *, pool_size: int = 20, pool_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 20, pool_timeout: float = 5.0, statement_timeout: float = 30.0
+    ) -> None:
         """`pool_timeout`: how long a unit of work waits for the database before it answers 503: for a
-        pooled connection on PostgreSQL; on SQLite, for the write lock another process holds."""
+        pooled connection on PostgreSQL; on SQLite, for the write lock another process holds.
+        `statement_timeout` (PostgreSQL): the server's `statement_timeout` and
+        `idle_in_transaction_session_timeout` on parley's connections; past it, 503."""
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         self.pool_size = pool_size
         self.pool_timeout = pool_timeout
+        self.statement_timeout = statement_timeout
         self._pg_pool: asyncpg.Pool | None = None
         self._pg_opening: asyncio.Lock | None = None
         if self.dialect == "sqlite":
@@ -154,7 +159,11 @@ class Database:
                         max_size=self.pool_size,
                         init=_init_postgres_connection,
                         reset=_keep_connection_state,
-                        server_settings={"application_name": "parley"},
+                        server_settings={
+                            "application_name": "parley",
+                            "statement_timeout": f"{round(self.statement_timeout * 1000)}ms",
+                            "idle_in_transaction_session_timeout": f"{round(self.statement_timeout * 1000)}ms",
+                        },
                         timeout=self.pool_timeout,
                     )
         assert self._pg_pool is not None
@@ -255,6 +264,9 @@ def _unavailable_as_503() -> Iterator[None]:
         log.warning("database unreachable: %s", exc)
         raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
     except Exception as exc:
+        if _is_cancelled(exc):
+            log.warning("database statement cancelled: it ran past PARLEY_DB_STATEMENT_TIMEOUT_SECONDS")
+            raise ServiceUnavailableError("The database took too long to answer. Please try again.") from exc
         if _is_unavailable(exc):
             log.warning("database unavailable: %s", exc.__class__.__name__)
             raise ServiceUnavailableError("The database is unavailable. Please try again.") from exc
@@ -277,6 +289,15 @@ def _is_unavailable(exc: Exception) -> bool:
         | asyncpg.exceptions.InternalClientError
         | asyncpg.InterfaceError,
     )
+
+
+def _is_cancelled(exc: Exception) -> bool:
+    """The server cancelled a statement: it ran past the statement timeout."""
+    try:
+        import asyncpg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, asyncpg.exceptions.QueryCanceledError)
 
 
 def head_revision() -> str:
