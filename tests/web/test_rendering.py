@@ -315,7 +315,14 @@ def test_a_long_table_streams_while_the_page_stays_responsive(
     # hundreds of milliseconds of layout each time.
     header = "| " + " | ".join(f"c{n}" for n in range(8)) + " |\n" + "|---" * 8 + "|\n"
     rows = ["| " + " | ".join(f"r{row}c{n} *x*" for n in range(8)) + " |\n" for row in range(3000)]
-    server = web_server(ScriptedProvider(Reply(tokens=[header, *rows], delay=0.002, per_read=2)))
+    # The table is about 333,000 characters: past the default cap on a reply's size (200,000,
+    # reply_too_large), which would end the turn at row 1832. The cap is raised so that the whole
+    # table streams, which is what is measured here.
+    size = len(header) + sum(map(len, rows))
+    server = web_server(
+        ScriptedProvider(Reply(tokens=[header, *rows], delay=0.002, per_read=2)),
+        PARLEY_MAX_REPLY_CHARS=str(2 * size),
+    )
     chat = open_page(server).sign_in(tenants.a1)
     chat.page.evaluate(
         """() => {
@@ -335,4 +342,7 @@ def test_a_long_table_streams_while_the_page_stays_responsive(
     # A 10 ms timer fires at least a fifth of the times it should: the main thread keeps time
     # for the user while the table grows.
     assert ticks >= 0.2 * expected, f"a 10 ms timer fired {ticks} times in {expected * 10:.0f} ms"
+    # The turn ended as the reply did, not on an error (which would leave a shorter table).
+    assert chat.banner.is_hidden(), chat.banner.text_content()
+    assert chat.page.locator("article.message.assistant .status").is_hidden()
     assert chat.page.locator("article.message.assistant tbody tr").count() == 3000

@@ -9,11 +9,12 @@
 
 import { Api, ApiError } from './api.js';
 import { ToolDesk } from './approvals.js';
-import { applyReplyEvent } from './reply.js';
+import { applyReplyEvent, contextCut } from './reply.js';
 import { readEvents } from './sse.js';
 import { ToolMenu, parseToolCommand, resolveToolCommand } from './tool-menu.js';
 import {
   MessageView,
+  contextCutView,
   describeError,
   el,
   finishKind,
@@ -72,6 +73,7 @@ const dom = {
   toolMenuStatus: $('tool-menu-status'),
 };
 const DEFAULT_HINT = dom.hint.textContent;
+let shownCut = null; // {view, cut}: the divider showContextCut() placed, and what it says
 
 const state = {
   api: null,
@@ -470,8 +472,31 @@ function showMessages(messages) {
     last = storedMessageView(message);
     dom.messages.append(last.el);
   }
+  showContextCut(contextCut(messages));
   scrollToBottom();
   return last;
+}
+
+/**
+ * Mark where the model's view of the conversation begins (reply.js `contextCut`): one divider,
+ * above the oldest message it still sees, moved when a turn says the model sees less. A cut
+ * without the summary's text (a streaming reply's) keeps the text shown for the same cut: the
+ * summary in use changes only when more is dropped.
+ */
+function showContextCut(cut) {
+  if (!cut) return;
+  const shown = dom.messages.querySelector('.context-cut');
+  const before = shownCut && shown && shown === shownCut.view ? shownCut.cut : null;
+  const same = before && before.droppedMessages === cut.droppedMessages && before.summarized === cut.summarized;
+  if (same && (before.summary === cut.summary || !cut.summary)) return;
+  // The messages are listed as stored, in order: the first one sent is at the number dropped.
+  const messages = dom.messages.querySelectorAll(':scope > .message');
+  if (messages.length === 0) return;
+  const first = messages[Math.min(cut.droppedMessages, messages.length - 1)];
+  const view = contextCutView(cut);
+  shown?.remove();
+  first.before(view);
+  shownCut = { view, cut };
 }
 
 /**
@@ -608,12 +633,16 @@ function beginTurn(sessionId, saved = {}) {
   return turn;
 }
 
+/** Whether a reply's parts hold anything of the reply itself (more than where the model's view begins). */
+const hasReply = (parts) => parts.some((p) => p.type !== 'context_trimmed');
+
 function ensureView(turn) {
   if (!turn.view) {
     turn.view = appendMessage(assistantView());
     turn.view.setStreaming(true);
     turn.view.renderParts(turn.parts, turn.reasoning);
-    if (turn.parts.length === 0) turn.view.setStatus('Thinking…', 'pending');
+    showContextCut(contextCut([{ parts: turn.parts }]));
+    if (!hasReply(turn.parts)) turn.view.setStatus('Thinking…', 'pending');
   }
   return turn.view;
 }
@@ -624,7 +653,8 @@ function renderTurn(turn) {
   const started = performance.now();
   const stick = nearBottom();
   turn.view.renderParts(turn.parts, turn.reasoning);
-  if (turn.parts.length > 0) turn.view.setStatus('');
+  showContextCut(contextCut([{ parts: turn.parts }]));
+  if (hasReply(turn.parts)) turn.view.setStatus('');
   if (stick) scrollToBottom();
   saveTurn(turn); // with the render, not after every delta: it writes the whole reply so far
   turn.renderedAt = performance.now();
@@ -661,6 +691,7 @@ function applyEvent(turn, type, data) {
       turn.messageId = data.messageId;
       break;
     case 'content_delta':
+    case 'context_trimmed':
     case 'tool_use_start':
     case 'tool_result':
     case 'approval_required':
@@ -803,7 +834,7 @@ function finishTurn(turn) {
   } else {
     view.setStatus('Stopped', 'info'); // done without message_end or error: the turn was stopped
   }
-  if (turn.parts.length === 0 && !turn.reasoning) view.showEmpty();
+  if (!hasReply(turn.parts) && !turn.reasoning) view.showEmpty();
   endTurn(turn);
   if (desk.waiting() > 0 && turn.sessionId === desk.sessionId) {
     // Its calls wait: this reply goes on when they are decided, and the cards have the focus.

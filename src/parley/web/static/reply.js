@@ -4,7 +4,10 @@
 // added to a list of parts of the very shapes `GET /sessions/{id}` stores (`{type: 'text', text}`,
 // `{type: 'tool_call', toolUseId, toolName, input, executionId}`, `{type: 'tool_result',
 // toolUseId, toolName, output, isError, truncated}`), so a reply streaming now and one read back
-// after a reload are shown by the same code.
+// after a reload are shown by the same code. So is the word that the history sent with the reply
+// had to be shortened to fit the model's context window (`{type: 'context_trimmed',
+// droppedMessages, summarized}`, first among the parts; with a summary of what was dropped, a
+// stored reply also holds `{type: 'summary', text, covers}`).
 
 /** The built-in tool through which the model proposes a plan (parley's own, never a server's). */
 export const PLAN_TOOL = 'propose_action_plan';
@@ -40,6 +43,18 @@ export function applyReplyEvent(parts, type, data) {
         executionId: data.executionId,
       });
       return true;
+    case 'context_trimmed': {
+      // Said again when a refit drops more: the newest word stands, where the first one was.
+      const part = {
+        type: 'context_trimmed',
+        droppedMessages: Math.max(0, Math.trunc(Number(data.droppedMessages)) || 0),
+        summarized: Boolean(data.summarized),
+      };
+      const at = parts.findIndex((p) => p && p.type === 'context_trimmed');
+      if (at === -1) parts.unshift(part);
+      else parts[at] = part;
+      return true;
+    }
     case 'tool_result':
       parts.push({
         type: 'tool_result',
@@ -95,6 +110,37 @@ export function replyBlocks(parts) {
     }
   }
   return blocks;
+}
+
+/**
+ * Where the model's view of a conversation begins, from its messages (oldest first, as
+ * `GET /sessions/{id}` lists them; a streaming reply's parts may stand for the newest):
+ * `{droppedMessages, summarized, summary}`, the model not being sent the first `droppedMessages`
+ * messages (a summary of them instead when `summarized`; `summary` is its text when a stored part
+ * holds it, else null); null when the model sees them all. The newest reply that says so is
+ * believed: what a model does not see only grows as a conversation goes on.
+ */
+export function contextCut(messages) {
+  for (let index = messages.length - 1; index >= 0; index--) {
+    const parts = Array.isArray(messages[index]?.parts) ? messages[index].parts : [];
+    const cut = parts.find((p) => p && p.type === 'context_trimmed');
+    if (!cut) continue;
+    const droppedMessages = Math.max(0, Math.trunc(Number(cut.droppedMessages)) || 0);
+    if (droppedMessages === 0) return null;
+    const summarized = Boolean(cut.summarized);
+    return { droppedMessages, summarized, summary: summarized ? newestSummary(messages.slice(0, index + 1)) : null };
+  }
+  return null;
+}
+
+/** The text of the newest stored summary in `messages` (the one a later turn extends), or null. */
+function newestSummary(messages) {
+  for (let index = messages.length - 1; index >= 0; index--) {
+    const parts = Array.isArray(messages[index]?.parts) ? messages[index].parts : [];
+    const summary = parts.findLast((p) => p && p.type === 'summary' && typeof p.text === 'string' && p.text);
+    if (summary) return summary.text;
+  }
+  return null;
 }
 
 /** The reply's text as stored in `content`: its text parts, joined by blank lines. */

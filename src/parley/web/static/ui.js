@@ -118,6 +118,39 @@ export function formatWhen(at, now = Date.now()) {
     : `on ${date.toLocaleString(undefined, { day: 'numeric', month: 'short', hour: '2-digit', minute: '2-digit' })}`;
 }
 
+/** What a context cut (reply.js `contextCut`) means to a reader, in one sentence. */
+export function contextCutText({ droppedMessages, summarized }) {
+  const messages = droppedMessages === 1 ? 'the message above' : `the ${formatCount(droppedMessages)} messages above`;
+  return summarized
+    ? `Earlier messages are no longer seen by the model: instead of ${messages}, it sees a summary of them.`
+    : `Earlier messages are no longer seen by the model: ${messages} no longer fit its context window.`;
+}
+
+/**
+ * The divider above the oldest message the model still sees, with the summary it sees instead of
+ * the ones above (plain text, folded) when that is known.
+ */
+export function contextCutView(cut) {
+  const text = contextCutText(cut);
+  const view = el(
+    'div',
+    { className: 'context-cut' },
+    // A separator's content is presentational: its name says it all to a screen reader.
+    el('div', { className: 'context-cut-line', textContent: text, attrs: { role: 'separator', 'aria-label': text } }),
+  );
+  if (cut.summary) {
+    view.append(
+      el(
+        'details',
+        { className: 'context-cut-summary' },
+        el('summary', { textContent: 'The summary the model sees' }),
+        el('p', { className: 'context-cut-summary-text', textContent: cut.summary }),
+      ),
+    );
+  }
+  return view;
+}
+
 /** A run of the reply's text, rendered as Markdown; a streaming one renders only its open end. */
 class TextBlock {
   constructor(key) {
