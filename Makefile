@@ -6,6 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each file runs whole in one, with its own database cluster,
+# Redis and model server when it needs them. 0 runs the suite in this process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
 
 .PHONY: help install demo run test test-fast test-web lint format typecheck system-deps local-model check clean bench bench-peers
 
@@ -38,10 +42,10 @@ local-model: install
 	$(BIN)/python -m parley.local.install
 
 test: install system-deps local-model
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 test-fast: install system-deps
-	$(BIN)/python -m pytest -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not e2e" $(XDIST) $(PYTEST_ARGS)
 
 test-web: install system-deps
 	$(BIN)/python -m pytest tests/web $(PYTEST_ARGS)
