@@ -32,7 +32,7 @@ from parley.chat import upkeep
 from parley.chat.approvals import ApprovalDesk
 from parley.chat.budgets import BudgetService
 from parley.chat.catalog import NewSessionDefaults, SessionCatalog
-from parley.chat.context import resolve_window
+from parley.chat.context import resolve_tokens_per_char, resolve_window
 from parley.chat.ownership import ProcessName
 from parley.chat.review import ReviewDesk
 from parley.chat.sessions import SessionManager, SessionPolicy
@@ -185,6 +185,10 @@ def create_app(
             )
         else:
             log.info("context window: %d tokens (%s)", manager.window.tokens, manager.window.source)
+            ratio = await resolve_tokens_per_char(upstream, settings.model)
+            if ratio is not None:
+                manager.tokens_per_char = ratio
+                log.info("tokens per character: %.3f (the model server's tokenizer, with a margin)", ratio)
         redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
         manager.relay = await open_relay(redis_url, process=manager.owner, on_control=manager.on_control)
         await upkeep.recover_orphans(manager, at_start=True)  # a predecessor's turns, at once

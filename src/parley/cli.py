@@ -88,7 +88,7 @@ def check_config() -> None:
 def _window_line(settings: Settings) -> str:
     """The model's context window and where it comes from (the model server is asked if need be)."""
     from parley.app import build_provider
-    from parley.chat.context import resolve_window
+    from parley.chat.context import resolve_tokens_per_char, resolve_window
 
     async def ask() -> str:
         provider = build_provider(settings)
@@ -99,11 +99,13 @@ def _window_line(settings: Settings) -> str:
                 provider_name=settings.llm_provider,
                 model=settings.model,
             )
+            ratio = await resolve_tokens_per_char(provider, settings.model) if window is not None else None
         finally:
             await provider.aclose()
         if window is None:
             return "unknown: the model server does not say (set MCP_LLM_CONTEXT_WINDOW)"
-        return f"{window.tokens:,} tokens, from {window.source}"
+        counted = f"; {ratio:.3f} tokens per character, from its tokenizer" if ratio is not None else ""
+        return f"{window.tokens:,} tokens, from {window.source}{counted}"
 
     return asyncio.run(ask())
 

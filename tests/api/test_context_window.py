@@ -55,14 +55,16 @@ def test_a_long_conversation_is_fitted_and_every_turn_is_answered(make_server: S
 
 
 @pytest.mark.parametrize(
-    ("server", "source"),
+    ("server", "source", "counted"),
     [
-        ("vllm", "/v1/models (max_model_len)"),
-        ("llama.cpp", "llama.cpp's /props (n_ctx)"),
-        ("ollama", "Ollama's /api/show (num_ctx)"),
+        ("vllm", "/v1/models (max_model_len)", "; 0.275 tokens per character, from its tokenizer"),
+        ("llama.cpp", "llama.cpp's /props (n_ctx)", "; 0.275 tokens per character, from its tokenizer"),
+        ("ollama", "Ollama's /api/show (num_ctx)", "\n"),  # no tokenizer
     ],
 )
-def test_the_window_is_asked_of_the_model_server(data_dir: Path, tenants: Tenants, server: Any, source: str) -> None:
+def test_the_window_and_the_tokenizer_are_asked_of_the_model_server(
+    data_dir: Path, tenants: Tenants, server: Any, source: str, counted: str
+) -> None:
     with ScriptedUpstream(window=3072, says_window=server) as upstream:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith(("PARLEY_", "MCP_LLM_", "DATABASE_"))},
@@ -73,7 +75,7 @@ def test_the_window_is_asked_of_the_model_server(data_dir: Path, tenants: Tenant
             [sys.executable, "-m", "parley", "check-config"], env=env, capture_output=True, text=True, timeout=60
         )
     assert shown.returncode == 0, shown.stderr
-    assert f"3,072 tokens, from the model server's {source}" in shown.stdout
+    assert f"3,072 tokens, from the model server's {source}{counted}" in shown.stdout
 
 
 def test_a_window_set_by_the_operator_wins_and_an_unknown_one_says_so(data_dir: Path, tenants: Tenants) -> None:

@@ -6,6 +6,7 @@ recording proxy between them shows what parley actually sent it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import random
@@ -15,6 +16,8 @@ from typing import Any
 import httpx2
 import pytest
 
+from parley.chat import context
+from parley.providers.openai_compatible import OpenAICompatibleProvider
 from tests.e2e.conftest import E2E, Api, Turn
 
 pytestmark = pytest.mark.e2e
@@ -156,8 +159,8 @@ def test_a_message_longer_than_the_context_window_is_refused_before_the_model(e2
     assert stored["messages"] == []
 
 
-@pytest.mark.timeout(400)
-def test_ten_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> None:
+@pytest.mark.timeout(600)
+def test_twenty_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> None:
     """The window is 2,048 tokens and each answer up to 256: from the sixth turn or so the history
     no longer fits whole (without fitting, every turn from the seventh failed). Every turn is
     answered, and the cut is announced."""
@@ -173,7 +176,10 @@ def test_ten_long_turns_in_one_session_are_all_answered(e2e: E2E, api: Api) -> N
     assert last["messages"][-1] == {"role": "user", "content": f"Tell me a long story about a {ANIMALS[-1]}."}
 
 
-ANIMALS = ["cat", "dog", "fox", "owl", "bear", "wolf", "hare", "crow", "seal", "deer"]
+ANIMALS = [
+    "cat", "dog", "fox", "owl", "bear", "wolf", "hare", "crow", "seal", "deer",
+    "frog", "goat", "lion", "mole", "newt", "orca", "puma", "swan", "toad", "yak",
+]  # fmt: skip
 
 
 @pytest.mark.timeout(150)
@@ -232,3 +238,28 @@ def test_parley_restart_keeps_sessions_and_history(e2e: E2E, api: Api) -> None:
             ("assistant", first.text.strip()),
         ]
         assert len(fresh.get_session(session["id"])["messages"]) == 4
+
+
+def test_the_local_model_servers_tokenizer_sets_the_ratio_and_costs_a_round_trip(e2e: E2E) -> None:
+    """llama-cpp-python's server counts tokens (`/extras/tokenize/count`): parley starts its
+    sessions from the ratio it gives on a chat-like sample. One count of a window's worth of
+    history is timed, for the record: why it is asked once at start-up, not before every turn."""
+
+    async def counts() -> tuple[int | None, int | None, float]:
+        provider = OpenAICompatibleProvider(base_url=e2e.model.base_url, api_key=e2e.model.api_key)
+        try:
+            sample = await provider.count_tokens(e2e.model.model, context.SAMPLE)
+            history = "Tell me a long story about a lighthouse keeper and the sea. " * 120  # ~1,500 tokens
+            started = time.perf_counter()
+            counted = await provider.count_tokens(e2e.model.model, history)
+            return sample, counted, time.perf_counter() - started
+        finally:
+            await provider.aclose()
+
+    sample, counted, seconds = asyncio.run(counts())
+    assert sample is not None
+    assert counted is not None
+    assert 1000 < counted < 2048
+    logged = float(e2e.parley.log_path.read_text().split("tokens per character: ")[1].split(" ")[0])
+    assert logged == round(sample / len(context.SAMPLE) * context.MARGIN, 3)
+    print(f"\ncounting {counted} tokens took {seconds * 1000:.1f} ms")

@@ -121,6 +121,9 @@ class ScriptedProvider:
     async def context_window(self, model: str) -> ContextWindow | None:
         return self.window
 
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        return None
+
     async def probe(self) -> str | None:
         self.probes += 1
         return self.unreachable

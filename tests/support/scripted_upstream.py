@@ -512,6 +512,14 @@ class ScriptedUpstream:
         if request.method == "POST" and request.path == "/api/show" and window is not None and says == "ollama":
             show = {"model_info": {"llama.context_length": 131072}, "parameters": f"num_ctx {window}\nstop <|eot|>"}
             return await self._reply(Reply(200, show), request, conn)
+        if request.method == "POST" and request.path == "/tokenize" and says in ("vllm", "llama.cpp"):
+            body = request.json if isinstance(request.json, dict) else {}
+            text = str(body.get("prompt" if says == "vllm" else "content") or "")
+            tokens = list(range(len(text) // 4))  # as the windowed server counts: characters / 4
+            counted: dict[str, Any] = {"tokens": tokens}
+            if says == "vllm":
+                counted |= {"count": len(tokens), "max_model_len": window}
+            return await self._reply(Reply(200, counted), request, conn)
         if request.method != "POST" or request.path != "/v1/chat/completions":
             return await self._reply(Reply(404, {"error": {"message": "no such route"}}), request, conn)
         if window is not None and isinstance(request.json, dict):

@@ -22,7 +22,15 @@ from parley.chat.context import (
 )
 from parley.errors import MessageTooLongForModelError
 from parley.providers.base import ToolCallPart, ToolResultPart
-from parley.providers.context import stated_window, window_from_models, window_from_ollama, window_from_props
+from parley.providers.context import (
+    count_from_llama_cpp,
+    count_from_llama_cpp_python,
+    count_from_vllm,
+    stated_window,
+    window_from_models,
+    window_from_ollama,
+    window_from_props,
+)
 
 ANSWER = "x" * 300  # 100 tokens at 1/3
 
@@ -157,6 +165,16 @@ def test_what_servers_say_of_their_window() -> None:
     assert window_from_ollama({"model_info": {"qwen2.context_length": 32768}}) == 2048  # its default num_ctx
     assert window_from_ollama({"parameters": "stop x"}) is None
     assert window_from_ollama("nonsense") is None
+
+
+def test_what_tokenizers_count() -> None:
+    assert count_from_vllm({"count": 3, "max_model_len": 4096, "tokens": [1, 2, 3]}) == 3
+    assert count_from_vllm({"tokens": [1, 2, 3]}) is None  # llama.cpp's answer to the same route
+    assert count_from_llama_cpp({"tokens": [1, 2, 3]}) == 3
+    assert count_from_llama_cpp({"tokens": []}) is None  # asked without `content`: nothing counted
+    assert count_from_llama_cpp_python({"count": 7}) == 7
+    assert count_from_llama_cpp_python({"detail": "Not Found"}) is None
+    assert count_from_llama_cpp_python([1, 2]) is None
 
 
 @pytest.mark.parametrize(

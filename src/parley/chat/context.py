@@ -1,9 +1,10 @@
 """What of a conversation the model is sent: the newest whole exchanges that fit its context window.
 
 The window (tokens of prompt and reply together) is known from the settings, the model server or
-the model table (`resolve_window`). Tokens are estimated from characters with a ratio calibrated
-per session from what the server reported (`tokens_per_char`); the estimate errs on the side of
-more tokens. Before each turn, `fit` keeps the system prompt, the page context, the message and
+the model table (`resolve_window`). Tokens are estimated from characters with a ratio: the
+model's, from its server's tokenizer at start-up where it has one (`resolve_tokens_per_char`),
+then calibrated per session from the prompt tokens the server reported; the estimate errs on the
+side of more tokens. Before each turn, `fit` keeps the system prompt, the page context, the message and
 the newest exchanges (a user message and the whole reply to it, tool calls with their results)
 that leave room for a reply; older exchanges are dropped whole, in blocks of `block` exchanges so
 that a provider's cached prefix stays put across turns. Nothing stored is ever deleted.
@@ -12,7 +13,8 @@ With the `summarize` strategy, what was dropped is condensed by the model into a
 as a part of the reply (`{"type": "summary", "text", "covers"}`: it stands for the session's
 first `covers` stored messages), sent with the system prompt, and extended on later turns.
 
-Imports chat, billing and providers; pure but for `resolve_window`'s probe.
+Imports chat, billing and providers; pure but for the start-up probes (`resolve_window`,
+`resolve_tokens_per_char`).
 """
 
 from __future__ import annotations
@@ -232,3 +234,35 @@ async def resolve_window(
         tokens = claude_context_window(model)
         return ContextWindow(tokens=tokens, source="the Claude model table") if tokens else None
     return await provider.context_window(model)
+
+
+# Text like a chat's (prose, a list, code, numbers), counted once at start-up by the model server's
+# tokenizer. Asking it before every turn would cost a round trip on the way to the first token and
+# the server's time to tokenize the whole history again (docs/performance-log.md); the reported
+# prompt tokens calibrate each session for free.
+SAMPLE = """Thanks! Could you explain why the build fails after the upgrade? Here is the log:
+
+    error: cannot find module 'utils/format' (imported from src/report.ts:12)
+
+Sure. The upgrade moved the helpers into a package of their own, so the old relative path no
+longer resolves. Three steps fix it:
+
+1. Install the package: `npm install @acme/format@2.4.1`.
+2. Change the import to `import { formatDate } from "@acme/format";`.
+3. Run the tests again; 148 of them should pass in about 12 seconds.
+
+```python
+def total(prices: list[float], tax: float = 0.21) -> float:
+    return round(sum(prices) * (1 + tax), 2)
+```
+
+If the date shows as 2026-03-07T14:05:00Z instead of "7 March 2026", set the locale first."""
+
+
+async def resolve_tokens_per_char(provider: Provider, model: str) -> float | None:
+    """The model's tokens per character on chat-like text, from its server's tokenizer, with the
+    margin and never under the floor; None when the server offers no tokenizer."""
+    counted = await provider.count_tokens(model, SAMPLE)
+    if counted is None:
+        return None
+    return max(counted / len(SAMPLE) * MARGIN, MIN_TOKENS_PER_CHAR)

@@ -177,6 +177,8 @@ class SessionManager:
         self.provider = provider
         self.tools = tools if tools is not None and tools.configured else None
         self.window: ContextWindow | None = None  # the model's context window (app.py resolves it)
+        # A new session's tokens per character: the model's tokenizer's (app.py asks it), else a guess.
+        self.tokens_per_char = DEFAULT_TOKENS_PER_CHAR
         self.policy = policy
         self.clock = clock
         self.process = process or ProcessName.current()
@@ -355,7 +357,7 @@ class SessionManager:
     def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> Plan:
         """How the session's history is fitted to the window (see chat/context.py)."""
         live = self.live.get(session_id)
-        ratio = live.tokens_per_char if live is not None and live.tokens_per_char else DEFAULT_TOKENS_PER_CHAR
+        ratio = live.tokens_per_char if live is not None and live.tokens_per_char else self.tokens_per_char
         tools_chars = (
             sum(len(orjson.dumps(spec.input_schema)) + len(spec.description) for spec in self.tools.specs())
             if self.tools is not None

@@ -97,6 +97,11 @@ class AnthropicProvider:
         """Anthropic's API does not say; the window comes from the model table (billing/prices.py)."""
         return None
 
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """Not asked: a Claude window (200,000 tokens) leaves room for the estimate's margin, and
+        its counting endpoint is a metered API call."""
+        return None
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

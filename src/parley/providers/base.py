@@ -243,6 +243,11 @@ class Provider(Protocol):
         or None when it does not say."""
         ...
 
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """How many tokens the model server's tokenizer makes of `text` (best effort, a few seconds
+        at most), or None when it offers no tokenizer."""
+        ...
+
     async def probe(self) -> str | None:
         """One cheap request to the model server, for readiness: None when it answered, else why
         it is not usable (unreachable, credentials refused, failing). Never raises."""

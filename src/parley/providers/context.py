@@ -8,6 +8,10 @@ overflow error states. Pure: the HTTP is the providers' (openai_compatible.py).
 - llama-cpp-python's server says nothing of it: its overflow errors do ("maximum context length is
   2048 tokens"), and so do vLLM's and llama.cpp's (`n_ctx`).
 
+Tokenizers, for the ratio of tokens to characters (`chat/context.py`): vLLM's `POST /tokenize`
+(`count`, beside `max_model_len`), llama.cpp's `POST /tokenize` (`tokens`), llama-cpp-python's
+`POST /extras/tokenize/count` (`count`). Ollama has none.
+
 Imports: standard library only.
 """
 
@@ -69,6 +73,22 @@ def window_from_ollama(body: Any) -> int | None:
         return None
     serving = num_ctx or OLLAMA_DEFAULT_NUM_CTX
     return min(serving, trained) if trained is not None else serving
+
+
+def count_from_vllm(body: Any) -> int | None:
+    """vLLM's `POST /tokenize {"model", "prompt"}`: `count`."""
+    return _positive(body.get("count")) if isinstance(body, dict) and "max_model_len" in body else None
+
+
+def count_from_llama_cpp(body: Any) -> int | None:
+    """llama.cpp's `POST /tokenize {"content"}`: the `tokens` list."""
+    tokens = body.get("tokens") if isinstance(body, dict) else None
+    return _positive(len(tokens)) if isinstance(tokens, list) else None
+
+
+def count_from_llama_cpp_python(body: Any) -> int | None:
+    """llama-cpp-python's `POST /extras/tokenize/count {"input"}`: `count`."""
+    return _positive(body.get("count")) if isinstance(body, dict) else None
 
 
 def stated_window(body: object) -> int | None:

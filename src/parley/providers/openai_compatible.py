@@ -23,11 +23,21 @@ import orjson
 
 from parley.errors import ProviderError, ProviderErrorKind
 from parley.providers.base import ChatMessage, ContextWindow, ProviderEvent, ToolChoice, ToolSpec
-from parley.providers.context import window_from_models, window_from_ollama, window_from_props
+from parley.providers.context import (
+    count_from_llama_cpp,
+    count_from_llama_cpp_python,
+    count_from_vllm,
+    window_from_models,
+    window_from_ollama,
+    window_from_props,
+)
 from parley.providers.http import NETWORK_ERRORS, Classify, StreamFailedError, UpstreamClient, UpstreamOptions
 from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error, prompt_chars
 
 __all__ = ["OpenAICompatibleProvider"]
+
+# One question to the server: method, URL, JSON body, what number its answer says, a name for it.
+_Probe = tuple[str, str, dict[str, Any] | None, Callable[[Any], int | None], str]
 
 logger = logging.getLogger("parley.providers")
 
@@ -68,32 +78,57 @@ class OpenAICompatibleProvider:
 
     async def context_window(self, model: str) -> ContextWindow | None:
         """Ask the server, as each kind of server can be asked (providers/context.py); None when
-        none of them says. Each probe waits a few seconds at most and is never retried."""
+        none of them says."""
         origin = self._base_url.removesuffix("/v1")
-        probes: tuple[tuple[str, str, dict[str, Any] | None, Callable[[Any], int | None], str], ...] = (
+        found = await self._first_answer(
             (
-                "GET",
-                self._base_url + "/models",
-                None,
-                lambda b: window_from_models(b, model),
-                "/v1/models (max_model_len)",
-            ),
-            ("GET", origin + "/props", None, window_from_props, "llama.cpp's /props (n_ctx)"),
-            ("POST", origin + "/api/show", {"model": model}, window_from_ollama, "Ollama's /api/show (num_ctx)"),
+                (
+                    "GET",
+                    self._base_url + "/models",
+                    None,
+                    lambda b: window_from_models(b, model),
+                    "/v1/models (max_model_len)",
+                ),
+                ("GET", origin + "/props", None, window_from_props, "llama.cpp's /props (n_ctx)"),
+                ("POST", origin + "/api/show", {"model": model}, window_from_ollama, "Ollama's /api/show (num_ctx)"),
+            )
         )
+        return ContextWindow(tokens=found[0], source=f"the model server's {found[1]}") if found else None
+
+    async def count_tokens(self, model: str, text: str) -> int | None:
+        """Count with the server's tokenizer, as each kind of server offers one (providers/context.py)."""
+        origin = self._base_url.removesuffix("/v1")
+        found = await self._first_answer(
+            (
+                ("POST", origin + "/tokenize", {"model": model, "prompt": text}, count_from_vllm, "vLLM"),
+                ("POST", origin + "/tokenize", {"content": text}, count_from_llama_cpp, "llama.cpp"),
+                (
+                    "POST",
+                    origin + "/extras/tokenize/count",
+                    {"input": text},
+                    count_from_llama_cpp_python,
+                    "llama-cpp-python",
+                ),
+            )
+        )
+        return found[0] if found else None
+
+    async def _first_answer(self, probes: tuple[_Probe, ...]) -> tuple[int, str] | None:
+        """The first probe whose answer says a number, and its name. Each waits a few seconds at
+        most and is never retried: a server without that route just answers 404."""
         timeout = aiohttp.ClientTimeout(total=3)
-        for method, url, payload, read, source in probes:
+        for method, url, payload, read, name in probes:
             try:
                 async with self._http.session().request(
                     method, url, json=payload, headers=self._probe_headers, allow_redirects=False, timeout=timeout
                 ) as response:
                     if response.status != 200:
                         continue
-                    tokens = read(await response.json(content_type=None))
+                    number = read(await response.json(content_type=None))
             except (*NETWORK_ERRORS, ValueError):
                 continue
-            if tokens is not None:
-                return ContextWindow(tokens=tokens, source=f"the model server's {source}")
+            if number is not None:
+                return number, name
         return None
 
     async def probe(self) -> str | None:
