@@ -9,7 +9,7 @@ Redis loses cross-process re-attach and the fast wake-up, never data (`docs/arch
   sequence number), whose entry id is the SSE id of its last frame (`<stream number>-<seq>`). The
   token path never waits on Redis: publishing marks the turn dirty, and one flusher task sends
   what each dirty turn has not sent yet, all turns in one pipelined round trip: one entry per turn
-  per wake-up, however many tokens the read brought. A turn's first entry trims the previous
+  per wake-up (at most one every `_GATHER_SECONDS`), however many reads it gathered. A turn's first entry trims the previous
   turn's (MINID); later ones use NOMKSTREAM, so a stream that vanished mid-turn (Redis restarted)
   is noticed, and written again whole from the turn's frames in memory. The key's expiry is set
   with a turn's first entry and renewed with its last.
@@ -44,6 +44,12 @@ _ALIVE_FOR_MS = 6_000  # a process not heard from for this long is gone
 _STREAM_TTL_MS = 15 * 60 * 1000  # how long a turn's frames stay re-attachable after its last write
 _CONTROL = "parley:control"
 _GIVE_UP_SECONDS = 10.0  # a follower whose Redis stays unreachable this long ends its stream
+# After a wake-up the flusher lets the turns' next reads arrive for this long, so that one round
+# trip carries them all: at 100 paced streams, 6% less CPU per turn and half Redis's CPU
+# (docs/performance-log.md). A follower on another process sees frames this much later (the
+# process running the turn streams to its own readers at once); a turn's last frames go at once,
+# so that a turn that ended here can be re-attached to anywhere as soon as its reader saw `done`.
+_GATHER_SECONDS = 0.05
 
 IdPair = tuple[int, int]
 Control = Callable[[str, str], None]  # (operation, session id)
@@ -104,6 +110,7 @@ class RedisRelay:
         self.process = process
         self._state = _State()
         self._wake = asyncio.Event()
+        self._ending = asyncio.Event()  # a turn's last frames wait: flush without gathering
         self._tasks: list[asyncio.Task[None]] = []
         self._control: Control | None = None
         self.available = False  # the last round trip to Redis succeeded
@@ -140,11 +147,17 @@ class RedisRelay:
             return
         outgoing.final = outgoing.final or final
         self._state.dirty.add(ref)
+        if final:
+            self._ending.set()
         self._wake.set()
 
     async def _flush_loop(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._ending.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ending.wait(), _GATHER_SECONDS)
+            self._ending.clear()
             self._wake.clear()
             try:
                 await self._flush()
