@@ -9,9 +9,10 @@ Redis loses cross-process re-attach and the fast wake-up, never data (`docs/arch
   sequence number), whose entry id is the SSE id of its last frame (`<stream number>-<seq>`). The
   token path never waits on Redis: publishing marks the turn dirty, and one flusher task sends
   what each dirty turn has not sent yet, all turns in one pipelined round trip: one entry per turn
-  per wake-up (at most one every `_GATHER_SECONDS`), however many reads it gathered. A turn's first entry trims the previous
-  turn's (MINID); later ones use NOMKSTREAM, so a stream that vanished mid-turn (Redis restarted)
-  is noticed, and written again whole from the turn's frames in memory. The key's expiry is set
+  per wake-up (at most one every `_GATHER_SECONDS`), however many reads it gathered. A turn's
+  first entry trims the previous turn's (MINID); later ones use NOMKSTREAM, so a stream that
+  vanished mid-turn (Redis restarted) is noticed, and written again whole from the turn's frames
+  in memory. The key's expiry is set
   with a turn's first entry and renewed with its last.
 - **Following.** `follow` feeds a `Subscription` from XREAD: a replay after the reader's last id,
   then the live entries, until `done`. Entry ids that skip a number are a gap: it is said, never
