@@ -36,6 +36,11 @@ def test_valid_arguments_come_back_as_an_object() -> None:
     assert parse('{"query": "cats", "limit": 5}') == {"query": "cats", "limit": 5}
 
 
+def test_a_raw_newline_or_tab_inside_a_string_is_read_as_itself() -> None:
+    # As the local model writes them: JSON asks for \n, a lenient reader takes the character.
+    assert parse('{"query": "two\nlines\tand a tab"}') == {"query": "two\nlines\tand a tab"}
+
+
 def test_blank_text_means_no_arguments() -> None:
     assert parse("  ", ANY_OBJECT) == {}
     assert refusal("") == "The arguments do not match the tool's input schema: at $: 'query' is a required property."

@@ -72,7 +72,9 @@ def parse_arguments(text: str, validator: Validator) -> dict[str, Any]:
     if not text.strip():
         text = "{}"  # some models send nothing for a call without arguments
     try:
-        arguments = json.loads(text, parse_constant=_not_json)
+        # strict=False: a raw newline or tab inside a string (small local models write them) is
+        # read as that character, not refused.
+        arguments = json.loads(text, parse_constant=_not_json, strict=False)
     except json.JSONDecodeError as exc:
         raise InvalidArguments(
             f"The arguments are not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} "
