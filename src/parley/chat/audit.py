@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from parley.context import current_request
 from parley.store import repositories as repo
@@ -50,61 +50,46 @@ def tool_action(tool_name: str) -> str:
     return f"ai.tool.{tool_name}"
 
 
-def event(
-    action: str,
-    *,
-    org_id: str | None,
-    user_id: str | None,
-    now: datetime,
-    session_id: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> Record:
+class Subject(TypedDict):
+    """Whom and what an event is about, and when: the keyword arguments of `event`, `record`
+    and `record_refusal`."""
+
+    org_id: str | None
+    user_id: str | None
+    now: datetime
+    session_id: NotRequired[str | None]
+    detail: NotRequired[dict[str, Any] | None]
+
+
+def event(action: str, **subject: Unpack[Subject]) -> Record:
     """One row of `ai_audit_events`, stamped with the request the code runs for (if any)."""
     request = current_request()
     return {
-        "created_at": now,
+        "created_at": subject["now"],
         "action": action,
-        "org_id": org_id,
-        "actor_user_id": user_id,
-        "session_id": session_id,
+        "org_id": subject["org_id"],
+        "actor_user_id": subject["user_id"],
+        "session_id": subject.get("session_id"),
         "request_id": request.request_id if request is not None else None,
         "client_ip": request.client_ip if request is not None else None,
         "user_agent": request.user_agent if request is not None else None,
-        "detail": detail,
+        "detail": subject.get("detail"),
     }
 
 
-async def record(
-    tx: Tx,
-    action: str,
-    *,
-    org_id: str | None,
-    user_id: str | None,
-    now: datetime,
-    session_id: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
+async def record(tx: Tx, action: str, **subject: Unpack[Subject]) -> None:
     """Append an event in the caller's transaction."""
-    values = event(action, org_id=org_id, user_id=user_id, now=now, session_id=session_id, detail=detail)
-    await repo.insert_audit_event(tx, values)
+    await repo.insert_audit_event(tx, event(action, **subject))
 
 
-async def record_refusal(
-    db: Database,
-    action: str,
-    *,
-    org_id: str | None,
-    user_id: str | None,
-    now: datetime,
-    session_id: str | None = None,
-    detail: dict[str, Any] | None = None,
-) -> None:
+async def record_refusal(db: Database, action: str, **subject: Unpack[Subject]) -> None:
     """Append a security event in a unit of its own (the refused change was rolled back). Never
     raises: the caller is answering with the refusal, which must not become another error."""
+    org_id, user_id = subject["org_id"], subject["user_id"]
     tenant = Tenant.for_org(org_id, user_id) if org_id is not None else Tenant.system()
     try:
         async with db.unit(tenant) as tx:
-            await record(tx, action, org_id=org_id, user_id=user_id, now=now, session_id=session_id, detail=detail)
+            await record(tx, action, **subject)
     except Exception:
         log.exception("could not record the audit event %s", action)
 

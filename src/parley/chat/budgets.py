@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,6 +18,7 @@ from parley.billing.cost import decimal_text
 from parley.chat import audit
 from parley.chat.admission import limits_of
 from parley.chat.catalog import Caller, SessionCatalog
+from parley.chat.clock import utc_now
 from parley.store import repositories as repo
 from parley.store.db import Database
 from parley.store.sql import Record
@@ -89,12 +90,8 @@ def _iso(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class BudgetService:
-    def __init__(self, db: Database, catalog: SessionCatalog, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, db: Database, catalog: SessionCatalog, clock: Callable[[], datetime] = utc_now) -> None:
         self.db = db
         self.catalog = catalog
         self.clock = clock

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from parley.chat import audit
+from parley.chat.clock import utc_now
 from parley.errors import ModelNotAllowedError, PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
@@ -61,12 +62,8 @@ class SessionRecord:
 PLAN_STATUSES = ("pending", "approved", "rejected", "completed", "aborted", "expired")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class SessionCatalog:
-    def __init__(self, db: Database, defaults: NewSessionDefaults, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, db: Database, defaults: NewSessionDefaults, clock: Callable[[], datetime] = utc_now) -> None:
         self.db = db
         self.defaults = defaults
         self.clock = clock

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from parley.chat import audit
 from parley.chat.catalog import Caller
+from parley.chat.clock import utc_now
 from parley.errors import PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
@@ -61,17 +62,13 @@ class ToolReport:
     executions: Sequence[Record]
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def require_admin(caller: Caller) -> None:
     if not caller.is_admin:
         raise PermissionDeniedError("This needs an admin token (parley tokens create --admin).")
 
 
 class ReviewDesk:
-    def __init__(self, db: Database, clock: Callable[[], datetime] = _now) -> None:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utc_now) -> None:
         self.db = db
         self.clock = clock
 
@@ -79,41 +76,60 @@ class ReviewDesk:
 
     async def flag(self, caller: Caller, session_id: str, reason: str | None) -> None:
         """Flag a session for review: the caller's own, or (admin) any of its organizations'."""
-        now = self.clock()
         clean = " ".join(reason.split())[:1000] or None if reason else None
-        async with self.db.unit(caller.tenant) as tx:
-            owner = None if caller.is_admin else caller.user_id
-            row = await repo.get_session(tx, caller.tenant, session_id, owner_id=owner)
-            if row is None:
-                raise SessionNotFoundError()
-            await repo.set_flag(tx, session_id, now=now, user_id=caller.user_id, reason=clean)
-            await audit.record(
-                tx,
-                audit.SESSION_FLAG,
-                org_id=row["org_id"],
-                user_id=caller.user_id,
-                now=now,
-                session_id=session_id,
-                detail={"reason": clean is not None, "byAdmin": caller.is_admin},
-            )
+        await self._set_flag(
+            caller,
+            session_id,
+            audit.SESSION_FLAG,
+            owner_id=None if caller.is_admin else caller.user_id,
+            flagged=True,
+            reason=clean,
+            detail=lambda _row: {"reason": clean is not None, "byAdmin": caller.is_admin},
+        )
 
     async def unflag(self, caller: Caller, session_id: str) -> None:
         """Clear a session's flag (admin only)."""
         require_admin(caller)
+        await self._set_flag(
+            caller,
+            session_id,
+            audit.SESSION_UNFLAG,
+            owner_id=None,
+            flagged=False,
+            reason=None,
+            detail=lambda row: {"wasFlagged": row["flagged_at"] is not None},
+        )
+
+    async def _set_flag(
+        self,
+        caller: Caller,
+        session_id: str,
+        action: str,
+        *,
+        owner_id: str | None,
+        flagged: bool,
+        reason: str | None,
+        detail: Callable[[Record], dict[str, Any]],
+    ) -> None:
+        """Set or clear the flag of a session the caller sees (and `owner_id` owns, when given),
+        and audit it as `action` with `detail(row)`, in one unit of work."""
         now = self.clock()
         async with self.db.unit(caller.tenant) as tx:
-            row = await repo.get_session(tx, caller.tenant, session_id)
+            row = await repo.get_session(tx, caller.tenant, session_id, owner_id=owner_id)
             if row is None:
                 raise SessionNotFoundError()
-            await repo.set_flag(tx, session_id, now=None, user_id=None, reason=None)
+            if flagged:
+                await repo.set_flag(tx, session_id, now=now, user_id=caller.user_id, reason=reason)
+            else:
+                await repo.set_flag(tx, session_id, now=None, user_id=None, reason=None)
             await audit.record(
                 tx,
-                audit.SESSION_UNFLAG,
+                action,
                 org_id=row["org_id"],
                 user_id=caller.user_id,
                 now=now,
                 session_id=session_id,
-                detail={"wasFlagged": row["flagged_at"] is not None},
+                detail=detail(row),
             )
 
     # -- what an admin reads ---------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
 from typing import Any
@@ -37,6 +37,7 @@ from parley.bus.memory import SessionChannel, Subscription, parse_event_id
 from parley.bus.redis import RedisRelay
 from parley.chat import audit
 from parley.chat.admission import Admission, admit, limits_of, reserve
+from parley.chat.clock import utc_now
 from parley.chat.context import (
     DEFAULT_TOKENS_PER_CHAR,
     MARGIN,
@@ -155,10 +156,6 @@ class LiveSession:
     tokens_per_char: float | None = None  # as the model server counted this session's prompts
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class SessionManager:
     """Owns the live sessions and running turns of this process."""
 
@@ -168,7 +165,7 @@ class SessionManager:
         db: Database,
         provider: Provider,
         policy: SessionPolicy,
-        clock: Callable[[], datetime] = _now,
+        clock: Callable[[], datetime] = utc_now,
         process: ProcessName | None = None,
         relay: RedisRelay | None = None,
         tools: ToolCatalog | None = None,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache
-from typing import Any
+from typing import Any, NotRequired, TypedDict, Unpack
 
 from sqlalchemy import (
     JSON,
@@ -37,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as insert_or_update
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from parley.store.ids import new_id
 from parley.store.models import (
@@ -147,42 +148,34 @@ async def session_for_turn(tx: Tx, session_id: str) -> TurnSession | None:
     return None if row is None else TurnSession(*row)
 
 
-_TAKE_TURN = (
-    update(sessions)
-    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_(None))
-    .values(
-        lease_token=bindparam("token"),
-        lease_expires_at=bindparam("expires_at"),
-        lease_owner=bindparam("owner"),
-        stop_requested_at=None,
-        stream_number=sessions.c.stream_number + 1,
-        last_activity_at=bindparam("now"),
-        updated_at=bindparam("now"),
-        # Two positions: the message admitted and the reply to it, stored even if empty, so the
-        # conversation alternates whatever happens to the turn.
-        message_count=sessions.c.message_count + 2,
-        title=func.coalesce(bindparam("title", type_=String), sessions.c.title),
-        context_snapshot=func.coalesce(bindparam("context", type_=JSON), sessions.c.context_snapshot),
+def _take_lease(**more: Any) -> ReturningUpdate[int]:
+    """Take a session's free turn lease and open its next event stream (returned); `more` sets
+    what else taking it changes."""
+    return (
+        update(sessions)
+        .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_(None))
+        .values(
+            lease_token=bindparam("token"),
+            lease_expires_at=bindparam("expires_at"),
+            lease_owner=bindparam("owner"),
+            stop_requested_at=None,
+            stream_number=sessions.c.stream_number + 1,
+            last_activity_at=bindparam("now"),
+            updated_at=bindparam("now"),
+            **more,
+        )
+        .returning(sessions.c.stream_number)
     )
-    .returning(sessions.c.stream_number)
-)
 
 
-_TAKE_CONTINUATION = (
-    update(sessions)
-    .where(sessions.c.id == bindparam("session_id"), sessions.c.lease_token.is_(None))
-    .values(
-        lease_token=bindparam("token"),
-        lease_expires_at=bindparam("expires_at"),
-        lease_owner=bindparam("owner"),
-        stop_requested_at=None,
-        stream_number=sessions.c.stream_number + 1,
-        awaiting_approval=None,
-        last_activity_at=bindparam("now"),
-        updated_at=bindparam("now"),
-    )
-    .returning(sessions.c.stream_number)
+_TAKE_TURN = _take_lease(
+    # Two positions: the message admitted and the reply to it, stored even if empty, so the
+    # conversation alternates whatever happens to the turn.
+    message_count=sessions.c.message_count + 2,
+    title=func.coalesce(bindparam("title", type_=String), sessions.c.title),
+    context_snapshot=func.coalesce(bindparam("context", type_=JSON), sessions.c.context_snapshot),
 )
+_TAKE_CONTINUATION = _take_lease(awaiting_approval=None)
 
 
 async def take_continuation(
@@ -643,102 +636,51 @@ _UPSERT_UNFINISHED_REPLY = _UPSERT_MESSAGE.on_conflict_do_update(
 )
 
 
-def _message_params(
-    *,
-    message_id: str,
-    session_id: str,
-    position: int,
-    role: str,
-    content: str,
-    parts: list[dict[str, Any]],
-    created_at: datetime,
-    tokens: tuple[int, int, int, int] | None,
-    cost_cents: Decimal | None,
-    usage_estimated: bool,
-    finish_reason: str | None,
-) -> dict[str, Any]:
-    input_tokens, output_tokens, cache_read, cache_write = tokens or (None, None, None, None)
+class MessageFields(TypedDict):
+    """The columns of a message that `insert_message` and `upsert_message` write."""
+
+    session_id: str
+    position: int
+    role: str
+    content: str
+    parts: list[dict[str, Any]]
+    created_at: datetime
+    tokens: NotRequired[tuple[int, int, int, int] | None]  # input, output, cache read, cache write
+    cost_cents: NotRequired[Decimal | None]
+    usage_estimated: NotRequired[bool]
+    finish_reason: NotRequired[str | None]
+
+
+def _message_params(message_id: str, fields: MessageFields) -> dict[str, Any]:
+    input_tokens, output_tokens, cache_read, cache_write = fields.get("tokens") or (None, None, None, None)
     return {
         "id": message_id,
-        "session_id": session_id,
-        "position": position,
-        "role": role,
-        "content": content,
-        "content_parts": parts,
+        "session_id": fields["session_id"],
+        "position": fields["position"],
+        "role": fields["role"],
+        "content": fields["content"],
+        "content_parts": fields["parts"],
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "cache_read_tokens": cache_read,
         "cache_write_tokens": cache_write,
-        "cost_cents": cost_cents,
-        "usage_estimated": usage_estimated,
-        "finish_reason": finish_reason,
-        "created_at": created_at,
+        "cost_cents": fields.get("cost_cents"),
+        "usage_estimated": fields.get("usage_estimated", False),
+        "finish_reason": fields.get("finish_reason"),
+        "created_at": fields["created_at"],
     }
 
 
-async def insert_message(
-    tx: Tx,
-    *,
-    session_id: str,
-    position: int,
-    role: str,
-    content: str,
-    parts: list[dict[str, Any]],
-    created_at: datetime,
-    message_id: str | None = None,
-    tokens: tuple[int, int, int, int] | None = None,  # input, output, cache read, cache write
-    cost_cents: Decimal | None = None,
-    usage_estimated: bool = False,
-    finish_reason: str | None = None,
-) -> None:
-    params = _message_params(
-        message_id=message_id or new_id(),
-        session_id=session_id,
-        position=position,
-        role=role,
-        content=content,
-        parts=parts,
-        created_at=created_at,
-        tokens=tokens,
-        cost_cents=cost_cents,
-        usage_estimated=usage_estimated,
-        finish_reason=finish_reason,
-    )
-    await tx.run(_INSERT_MESSAGE, params)
+async def insert_message(tx: Tx, *, message_id: str | None = None, **fields: Unpack[MessageFields]) -> None:
+    await tx.run(_INSERT_MESSAGE, _message_params(message_id or new_id(), fields))
 
 
 async def upsert_message(
-    tx: Tx,
-    *,
-    message_id: str,
-    session_id: str,
-    position: int,
-    role: str,
-    content: str,
-    parts: list[dict[str, Any]],
-    created_at: datetime,
-    tokens: tuple[int, int, int, int] | None = None,
-    cost_cents: Decimal | None = None,
-    usage_estimated: bool = False,
-    finish_reason: str | None = None,
-    keep_finished: bool = False,
+    tx: Tx, *, message_id: str, keep_finished: bool = False, **fields: Unpack[MessageFields]
 ) -> None:
     """Write a reply by its id: a checkpoint (no finish reason yet), or the final version over it.
     `keep_finished` leaves a reply that already has a finish reason as it is."""
-    params = _message_params(
-        message_id=message_id,
-        session_id=session_id,
-        position=position,
-        role=role,
-        content=content,
-        parts=parts,
-        created_at=created_at,
-        tokens=tokens,
-        cost_cents=cost_cents,
-        usage_estimated=usage_estimated,
-        finish_reason=finish_reason,
-    )
-    await tx.run(_UPSERT_UNFINISHED_REPLY if keep_finished else _UPSERT_REPLY, params)
+    await tx.run(_UPSERT_UNFINISHED_REPLY if keep_finished else _UPSERT_REPLY, _message_params(message_id, fields))
 
 
 def _accepted_since(scope_column: Column[Any]) -> Select[int, datetime | None]:

@@ -12,22 +12,12 @@ Revises: 0001
 
 from alembic import op
 
+from parley.store.migrations.rls import ORG_VISIBLE_PER_ROW, create_policy, force_row_level_security, isolate_by_org
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
-
-ORG_VISIBLE = """
-CREATE OR REPLACE FUNCTION parley_org_visible(org text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT CASE
-    WHEN current_setting('parley.scope', true) = 'system' THEN true
-    WHEN current_setting('parley.scope', true) IN ('organization', 'partner')
-      THEN coalesce(org = ANY (string_to_array(NULLIF(current_setting('parley.org_ids', true), ''), ',')), false)
-    ELSE false
-  END
-$$
-"""
 
 DIRECT = ("ai_sessions", "ai_cost_usage", "api_tokens")
 
@@ -35,19 +25,12 @@ DIRECT = ("ai_sessions", "ai_cost_usage", "api_tokens")
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(ORG_VISIBLE)
-    for table in DIRECT:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(
-            f"CREATE POLICY parley_org_isolation ON {table} FOR ALL "
-            "USING (parley_org_visible(org_id)) WITH CHECK (parley_org_visible(org_id))"
-        )
+    op.execute(ORG_VISIBLE_PER_ROW)
+    isolate_by_org(DIRECT)
     # Messages belong to a session: visible and writable only through a visible parent.
-    op.execute("ALTER TABLE ai_messages ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE ai_messages FORCE ROW LEVEL SECURITY")
+    force_row_level_security("ai_messages")
     parent = "EXISTS (SELECT 1 FROM ai_sessions s WHERE s.id = ai_messages.session_id AND parley_org_visible(s.org_id))"
-    op.execute(f"CREATE POLICY parley_session_isolation ON ai_messages FOR ALL USING ({parent}) WITH CHECK ({parent})")
+    create_policy("ai_messages", "parley_session_isolation", parent, parent)
 
 
 def downgrade() -> None:

@@ -8,6 +8,7 @@ Revises: 0005
 import sqlalchemy as sa
 from alembic import op
 
+from parley.store.migrations.rls import drop_org_isolation, isolate_by_org
 from parley.store.types import UTCDateTime
 
 revision = "0006"
@@ -90,19 +91,12 @@ def upgrade() -> None:
     )
 
     if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_TABLES:
-            op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-            op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-            op.execute(
-                f"CREATE POLICY parley_org_isolation ON {table} FOR ALL "
-                "USING (parley_org_visible(org_id)) WITH CHECK (parley_org_visible(org_id))"
-            )
+        isolate_by_org(TENANT_TABLES)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        for table in TENANT_TABLES:
-            op.execute(f"DROP POLICY IF EXISTS parley_org_isolation ON {table}")
+        drop_org_isolation(TENANT_TABLES)
     op.drop_table("ai_tool_definitions")
     op.drop_index("ix_ai_action_plans_session_status", table_name="ai_action_plans")
     op.drop_table("ai_action_plans")

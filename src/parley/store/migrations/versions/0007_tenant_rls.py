@@ -17,6 +17,8 @@ Revises: 0006
 
 from alembic import op
 
+from parley.store.migrations.rls import ORG_VISIBLE_PER_ROW, create_policy, force_row_level_security, visible
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -36,14 +38,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 $$
 """
 
-SCOPE = "(SELECT current_setting('parley.scope', true))"
-ORGS = "(SELECT string_to_array(NULLIF(current_setting('parley.org_ids', true), ''), ','))"
 USER = "(SELECT NULLIF(current_setting('parley.user_id', true), ''))"
-
-
-def visible(column: str) -> str:
-    """The policy expression: `column` names one of the tenant's organizations."""
-    return f"parley_org_visible({column}, {SCOPE}, {ORGS})"
 
 
 # table -> (USING, WITH CHECK)
@@ -62,22 +57,10 @@ POLICIES = {
 NEW_TABLES = ("organizations", "users")
 MESSAGES_PARENT = "EXISTS (SELECT 1 FROM ai_sessions s WHERE s.id = ai_messages.session_id AND {visible})"
 
-OLD_ORG_VISIBLE = """
-CREATE OR REPLACE FUNCTION parley_org_visible(org text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-  SELECT CASE
-    WHEN current_setting('parley.scope', true) = 'system' THEN true
-    WHEN current_setting('parley.scope', true) IN ('organization', 'partner')
-      THEN coalesce(org = ANY (string_to_array(NULLIF(current_setting('parley.org_ids', true), ''), ',')), false)
-    ELSE false
-  END
-$$
-"""
-
 
 def _policy(table: str, name: str, using: str, check: str) -> None:
     op.execute(f"DROP POLICY IF EXISTS {name} ON {table}")
-    op.execute(f"CREATE POLICY {name} ON {table} FOR ALL USING ({using}) WITH CHECK ({check})")
+    create_policy(table, name, using, check)
 
 
 def upgrade() -> None:
@@ -85,8 +68,7 @@ def upgrade() -> None:
         return
     op.execute(ORG_VISIBLE)
     for table in NEW_TABLES:
-        op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
-        op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
+        force_row_level_security(table)
     for table, (using, check) in POLICIES.items():
         _policy(table, "parley_org_isolation", using, check)
     parent = MESSAGES_PARENT.format(visible=visible("s.org_id"))
@@ -97,7 +79,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(OLD_ORG_VISIBLE)
+    op.execute(ORG_VISIBLE_PER_ROW)
     for table in NEW_TABLES:
         op.execute(f"DROP POLICY IF EXISTS parley_org_isolation ON {table}")
         op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")

@@ -17,6 +17,7 @@ Revises: 0007
 import sqlalchemy as sa
 from alembic import op
 
+from parley.store.migrations.rls import force_row_level_security, visible
 from parley.store.types import UTCDateTime
 
 revision = "0008"
@@ -24,9 +25,7 @@ down_revision = "0007"
 branch_labels = None
 depends_on = None
 
-SCOPE = "(SELECT current_setting('parley.scope', true))"
-ORGS = "(SELECT string_to_array(NULLIF(current_setting('parley.org_ids', true), ''), ','))"
-VISIBLE = f"parley_org_visible(org_id, {SCOPE}, {ORGS})"
+VISIBLE = visible("org_id")
 
 # Runs as its owner (SECURITY DEFINER) with system scope for its own duration only (the SET
 # clause restores the caller's setting on return): row-level security is forced on the owner too.
@@ -75,8 +74,7 @@ def upgrade() -> None:
     op.create_index("ix_ai_audit_events_created", "ai_audit_events", ["created_at"])
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute("ALTER TABLE ai_audit_events ENABLE ROW LEVEL SECURITY")
-    op.execute("ALTER TABLE ai_audit_events FORCE ROW LEVEL SECURITY")
+    force_row_level_security("ai_audit_events")
     op.execute(f"CREATE POLICY parley_audit_read ON ai_audit_events FOR SELECT USING ({VISIBLE})")
     op.execute(f"CREATE POLICY parley_audit_append ON ai_audit_events FOR INSERT WITH CHECK ({VISIBLE})")
     # Only the pruning function deletes (it runs with system scope); the app role has no DELETE grant.
