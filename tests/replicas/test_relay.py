@@ -82,3 +82,28 @@ async def test_a_missing_entry_is_said_as_a_gap_and_a_dead_producer_ends_the_str
     assert b'"afterId":"5-2","nextId":"5-4"' in read[2]
     assert [b"t1" in read[0], b"t2" in read[1], b"t4" in read[3]] == [True, True, True]
     assert read[-1] == b"lost after 5-4"
+
+
+async def test_the_reads_of_a_moment_go_out_in_one_entry_and_its_end_is_known(redis_server: RedisServer) -> None:
+    relay = RedisRelay(redis_server.url, process="host/1/a")
+    await relay.start(_noop)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        frames: list[bytes] = []
+        relay.track("s2", 3, frames)
+        for seq in range(1, 6):  # five reads, a few milliseconds apart: gathered into one entry
+            frames += encode(ContentDelta([f"t{seq}"]), 3, seq)
+            relay.dirty("s2", 3)
+            await asyncio.sleep(0.002)
+        assert not await relay.has_ended("s2", 3, is_done_frame)
+        frames += encode(Done(), 3, 6)
+        relay.dirty("s2", 3, final=True)
+        for _ in range(500):
+            if await relay.has_ended("s2", 3, is_done_frame):
+                break
+            await asyncio.sleep(0.01)
+        entries = await client.xrange(stream_key("s2"))
+    finally:
+        await client.aclose()
+        await relay.close()
+    assert [list(fields) for _, fields in entries] == [[b"1", b"2", b"3", b"4", b"5", b"6"]]

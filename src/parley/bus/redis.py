@@ -224,6 +224,17 @@ class RedisRelay:
 
     # -- following -----------------------------------------------------------------------------------
 
+    async def has_ended(self, session_id: str, stream: int, is_last: Callable[[bytes], bool]) -> bool:
+        """Whether Redis holds the last frame (`is_last`) of stream `stream`."""
+        try:
+            newest = await self._redis.xrevrange(
+                stream_key(session_id), max=f"{stream}-{2**64 - 1}", min=f"{stream}-0", count=1
+            )
+        except Exception:
+            return False
+        fields = (newest[0][1] if newest else None) or {}
+        return any(isinstance(frame, bytes) and is_last(frame) for frame in fields.values())
+
     async def has_after(self, session_id: str, stream: int, after: IdPair | None) -> bool:
         """Whether Redis holds frames of stream `stream` after `after` (from its start when None)."""
         start = after if after is not None and after[0] == stream else (stream, 0)

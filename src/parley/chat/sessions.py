@@ -858,7 +858,7 @@ class SessionManager:
             if running:
                 raise ResumeUnavailableError()
             raise NoTurnRunningError()
-        if not running and not await self.relay.has_after(session_id, stream, after):
+        if not running and not await self._frames_after(session_id, stream, after):
             raise NoTurnRunningError()  # the last stream ended and the reader has all of it
         return self.relay.follow(
             session_id,
@@ -869,6 +869,18 @@ class SessionManager:
             lost=self.lost_frames,
             gap=_gap_frame,
         )
+
+    async def _frames_after(self, session_id: str, stream: int, after: tuple[int, int] | None) -> bool:
+        """Whether Redis has frames of the session's last stream after `after`. A turn that just
+        ended on another process released its lease before its last frames reached Redis: until
+        the stream's last frame is there, it is waited for (a second at most)."""
+        assert self.relay is not None
+        deadline = time.monotonic() + 1.0
+        while not await self.relay.has_after(session_id, stream, after):
+            if time.monotonic() > deadline or await self.relay.has_ended(session_id, stream, is_done_frame):
+                return False
+            await asyncio.sleep(0.05)
+        return True
 
     def detach(self, session_id: str, subscription: Subscription) -> None:
         subscription.close()
