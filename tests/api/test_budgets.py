@@ -10,6 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 
+from parley.chat.turns import CUT_CHARS_PER_TOKEN
 from parley.providers.base import Usage
 from tests.api.conftest import API, FakeClock, assert_error, create_session, detail, send
 from tests.conftest import ServerFactory, Tenants, client
@@ -156,11 +157,18 @@ def test_a_conversation_too_long_for_the_budget_is_refused_before_the_model(
         assert detail(c, sid)["messages"] == []
 
 
-@pytest.mark.parametrize("per_read", [1, 64])  # 64: the cut falls inside one read's tokens
+@pytest.mark.parametrize(
+    ("per_read", "width"),
+    [
+        (1, 5),
+        (64, 5),  # the cut falls inside one read's tokens
+        (1, 40),  # pieces of 40 characters: cut by their text, billed no more than the reservation
+    ],
+)
 def test_a_server_that_ignores_max_tokens_is_cut_off_at_the_reservation(
-    make_server: ServerFactory, tenants: Tenants, per_read: int
+    make_server: ServerFactory, tenants: Tenants, per_read: int, width: int
 ) -> None:
-    tokens = [f"w{i} " for i in range(400)]
+    tokens = [f"w{i:03d} ".rjust(width, "x") for i in range(400)]
     reply = Reply(tokens=tokens, usage=Usage(input_tokens=50, output_tokens=400), per_read=per_read)
     provider = ScriptedProvider(reply)
     server = make_server(provider)
@@ -173,11 +181,13 @@ def test_a_server_that_ignores_max_tokens_is_cut_off_at_the_reservation(
         assert max_tokens < 200
         assert stream.types[-2:] == ["error", "done"]
         assert stream.of("error")[0].data["code"] == "budget_exhausted"
-        assert len(stream.of("content_delta")) == max_tokens
+        kept = "".join(frame.data["delta"] for frame in stream.of("content_delta"))
+        assert kept == "".join(tokens)[: min(max_tokens * width, max_tokens * CUT_CHARS_PER_TOKEN)]
         assert provider.closed == 1  # the upstream stream was closed
         (_, assistant) = detail(c, sid)["messages"]
         assert assistant["finishReason"] == "budget_exhausted"
-        assert assistant["content"] == "".join(tokens[:max_tokens])
+        assert assistant["content"] == kept
+        assert assistant["outputTokens"] <= max_tokens
         view = usage(c)["budget"]
         assert Decimal(view["dailyUsedCents"]) <= Decimal("0.3")
         assert Decimal(view["dailyUsedCents"]) > 0  # the partial reply is billed

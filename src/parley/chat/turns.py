@@ -507,14 +507,17 @@ def _cut(spec: TurnSpec, reply: Reply, pieces: list[str], limit: int) -> tuple[l
     raise AssertionError("_cut is called only for pieces that pass a limit")
 
 
-def _token_counts(messages: Sequence[ChatMessage], reply: Reply) -> TokenCounts:
+def _token_counts(messages: Sequence[ChatMessage], reply: Reply, output_limit: int | None) -> TokenCounts:
     """The usage of the model round that just ended (or was cut): the server's counts, else (or
-    past them, when they are the provider's own estimate) what was counted here."""
+    past them, when they are the provider's own estimate) what was counted here. An estimate of
+    a metered round is never more than its limit: the stream was cut there (by its pieces, or its
+    text at CUT_CHARS_PER_TOKEN), and its reservation, which the budget can afford, holds that."""
     usage = reply.usage
+    estimate = reply.output_estimate if output_limit is None else min(reply.output_estimate, output_limit)
     if usage is not None:
         output = usage.output_tokens
         if usage.estimated:
-            output = max(output, reply.output_estimate)
+            output = max(output, estimate)
         return TokenCounts(
             input_tokens=usage.input_tokens,
             output_tokens=output,
@@ -526,7 +529,7 @@ def _token_counts(messages: Sequence[ChatMessage], reply: Reply) -> TokenCounts:
         return TokenCounts()  # nothing produced: nothing billed
     # Stopped or failed without server counts: count what we saw, and say it is an estimate.
     prompt_chars = sum(len(m.sent_text) for m in messages)
-    return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=reply.output_estimate, estimated=True)
+    return TokenCounts(input_tokens=estimate_tokens(prompt_chars), output_tokens=estimate, estimated=True)
 
 
 def _record(
@@ -542,7 +545,7 @@ def _record(
 ) -> TurnRecord:
     """The write of the reply as it stands, with the usage of the round that just ended (taken
     out of `reply`: the next write adds only what comes after)."""
-    round_tokens = _token_counts(spec.prompt, reply)
+    round_tokens = _token_counts(spec.prompt, reply, spec.output_limit)
     context = spec.context
     if context is not None and context.calibrate is not None and not round_tokens.estimated and reply.prompt_chars:
         prompt_tokens = round_tokens.input_tokens + round_tokens.cache_read_tokens + round_tokens.cache_write_tokens
