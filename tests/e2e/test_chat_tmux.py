@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,8 +34,8 @@ pytestmark = pytest.mark.e2e
 
 
 class Tmux:
-    def __init__(self, socket_name: str) -> None:
-        self.socket_name = socket_name
+    def __init__(self) -> None:
+        self.socket_name = ""
 
     def __call__(self, *args: str) -> str:
         result = subprocess.run(
@@ -50,11 +51,17 @@ class Tmux:
     def start(self, command: list[str], *, width: int = 200, height: int = 50) -> None:
         """Run `command` in a new window `chat` (in place of the last one); the pane stays after
         the command exits, with its exit status on the last line."""
-        subprocess.run(["tmux", "-L", self.socket_name, "kill-server"], capture_output=True, check=False)
+        self.stop()
+        # A server of its own each time: a server just told to exit may still hold its socket.
+        self.socket_name = f"parley-e2e-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         shell = shlex.join(command) + '; echo "[chat exited $?]"'
         # remain-on-exit keeps the pane, and so that status line, after the shell ends.
         self("new-session", "-d", "-s", "chat", "-x", str(width), "-y", str(height), shell, ";",
              "set-option", "-g", "remain-on-exit", "on")  # fmt: skip
+
+    def stop(self) -> None:
+        if self.socket_name:
+            subprocess.run(["tmux", "-L", self.socket_name, "kill-server"], capture_output=True, check=False)
 
     def screen(self) -> str:
         # -J joins wrapped lines; -S - includes the scrollback.
@@ -82,9 +89,9 @@ class Tmux:
 def tmux() -> Iterator[Tmux]:
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed: `apt-get install -y tmux`")
-    term = Tmux(f"parley-e2e-{os.getpid()}")
+    term = Tmux()
     yield term
-    subprocess.run(["tmux", "-L", term.socket_name, "kill-server"], capture_output=True, check=False)
+    term.stop()
 
 
 def after(screen: str, marker: str) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.api.conftest import API, create_session, detail
 from tests.conftest import ServerFactory, Tenants, client
 from tests.support.scripted_upstream import ScriptedUpstream, TokenStream
@@ -14,6 +16,7 @@ ROUNDS = 20
 SENDERS = 50
 
 
+@pytest.mark.timeout(180)  # a thousand sends: about 25 s, longer on a busy machine
 def test_fifty_sends_at_once_keep_the_conversation_alternating_and_the_history_exact(
     make_server: ServerFactory, tenants: Tenants, upstream: ScriptedUpstream
 ) -> None:
