@@ -13,7 +13,8 @@ commit, plus `/src`). `--database postgres` serves both from one database of a t
 (as the application role, as `make bench`'s parley-pg), `--redis` relays their turns through a
 throwaway Redis, `--workers` runs that many server processes each. Both trees must agree on the
 schema: the database is migrated once, by this tree. Prints the median TTFT p50/p99, server CPU
-per turn and tokens/s of each, and on PostgreSQL or Redis what they cost per turn too.
+per turn and tokens/s of each, and on PostgreSQL or Redis what they cost per turn too; on PostgreSQL
+also each tree's most-called statements with their mean time in the server (lock waits included).
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def main() -> None:
     load = WAVE if args.load == "wave" else next(load for load in LOADS if load.key == args.load)
     spec = ParleyTarget("parley-ab", "A/B", args.database, redis=args.redis, workers=args.workers, default=False)
     figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+    top: dict[str, list[list[Any]]] = {}
     with _workdir() as workdir, ExitStack() as stack:
         bench = Bench(workdir, stack, args.scale)
         saved = os.environ.get("PYTHONPATH")
@@ -91,9 +93,16 @@ def main() -> None:
         bench.shape(tokens=load.tokens, delay=load.delay, first_delay=load.first_delay, usage=True)
         for run in range(args.runs):
             for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
-                figures[name].append(_figures(bench.run_load(name, load), load))
+                result = bench.run_load(name, load)
+                figures[name].append(_figures(result, load))
+                if "pg_top_statements" in result:
+                    top[name] = result["pg_top_statements"]
     for name, src in (("A", args.src_a), ("B", args.src_b)):
         print(_line(name, src, figures[name]))
+    for name, statements in top.items():
+        print(f"{name}'s most-called statements in its last run (calls, mean ms in the server, lock waits included):")
+        for calls, mean_ms, query in statements:
+            print(f"  {calls:>7} {mean_ms:>8.3f}  {query}")
 
 
 if __name__ == "__main__":
