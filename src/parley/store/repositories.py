@@ -54,6 +54,7 @@ from parley.store.models import (
 )
 from parley.store.sql import Record, Tx, member_of, utc_bucket
 from parley.store.tenancy import Tenant, in_orgs
+from parley.store.types import Money
 
 sessions: Table = AiSession.__table__  # type: ignore[assignment]
 messages: Table = AiMessage.__table__  # type: ignore[assignment]
@@ -806,13 +807,6 @@ async def upsert_budget(tx: Tx, org_id: str, values: dict[str, Any], *, now: dat
     await tx.run(_upsert_budget_statement(fields), params)
 
 
-_COMMITTED = select(cost_rows.c.period, cost_rows.c.total_cost_cents).where(
-    cost_rows.c.org_id == bindparam("org_id"),
-    or_(
-        (cost_rows.c.period == "daily") & (cost_rows.c.period_key == bindparam("daily")),
-        (cost_rows.c.period == "monthly") & (cost_rows.c.period_key == bindparam("monthly")),
-    ),
-)
 _RESERVED = select(func.coalesce(func.sum(reservations.c.amount_cents), 0)).where(
     reservations.c.org_id == bindparam("org_id"), reservations.c.expires_at > bindparam("now")
 )
@@ -824,13 +818,34 @@ async def reserved_cents(tx: Tx, org_id: str, *, now: datetime) -> Decimal:
     return Decimal(value or 0)  # coalesce(sum()) keeps the Money type: already cents
 
 
+def _committed(period: str) -> Any:
+    return (
+        select(cost_rows.c.total_cost_cents)
+        .where(
+            cost_rows.c.org_id == bindparam("org_id"),
+            cost_rows.c.period == period,
+            cost_rows.c.period_key == bindparam(period),
+        )
+        .scalar_subquery()
+    )
+
+
+# One statement, so one snapshot: a turn stored meanwhile (its reservation deleted, its cost added,
+# in one transaction) is counted once, never neither (two statements could see neither).
+_SPEND = select(
+    func.coalesce(_committed("daily"), 0, type_=Money()),
+    func.coalesce(_committed("monthly"), 0, type_=Money()),
+    _RESERVED.scalar_subquery(),
+)
+
+
 async def spend(tx: Tx, org_id: str, *, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
     """(today's committed cents, this month's committed cents, outstanding reservations)."""
     daily_key, monthly_key = period_keys(now)
-    rows = await tx.rows(_COMMITTED, {"org_id": org_id, "daily": daily_key, "monthly": monthly_key})
-    committed = {period: cents for period, cents in rows}
-    reserved = await reserved_cents(tx, org_id, now=now)
-    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved
+    found = await tx.row(_SPEND, {"org_id": org_id, "daily": daily_key, "monthly": monthly_key, "now": now})
+    assert found is not None
+    daily, monthly, reserved = found
+    return Decimal(daily), Decimal(monthly), Decimal(reserved or 0)
 
 
 _INSERT_RESERVATION = insert(reservations)
