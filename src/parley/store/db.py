@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlalchemy import String, column, select, table
+from sqlalchemy import ClauseElement, String, column, select, table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from parley import metrics
 from parley.errors import ServiceUnavailableError
 from parley.store.commit_group import CommitGroup
-from parley.store.sql import PostgresTx, SqliteTx, Tx
+from parley.store.sql import Params, PostgresTx, SqliteTx, Tx
 from parley.store.sqlite_pool import DriverPool
 from parley.store.tenancy import Tenant
 
@@ -142,6 +142,21 @@ class Database:
                             await conn.execute("ROLLBACK")
                     raise
                 await conn.execute("COMMIT")
+
+    async def autocommit(self, statement: ClauseElement, params: Params) -> None:
+        """PostgreSQL only: one statement sent outside any transaction, which the server runs and
+        commits as its own before it answers: one round trip, no BEGIN or COMMIT, and its row locks
+        held only while it runs. It sets its tenant itself (a function that calls
+        `set_config(..., true)` first, such as `parley_store_turn`); without that, row-level
+        security shows it nothing."""
+        if not self.is_postgres:
+            raise RuntimeError("autocommit is for PostgreSQL; on SQLite use a unit of work")
+        waiting = time.perf_counter()
+        pool = await self._postgres_pool()
+        with _unavailable_as_503():
+            async with pool.acquire(timeout=self.pool_timeout) as conn:
+                metrics.db_waited(time.perf_counter() - waiting)
+                await PostgresTx(conn).run(statement, params)
 
     async def _postgres_pool(self) -> asyncpg.Pool:
         if self._pg_pool is not None:
