@@ -201,7 +201,10 @@ async def admit(
     prices: Prices,
     page_context: dict[str, Any] | None,
     context: Plan | None = None,
+    audit: Record | None = None,
 ) -> Admission:
+    """Admit `text` (see the module docstring); `audit`, the event that records it, is written with
+    the user message."""
     if row.awaiting_approval is not None:
         await close_expired_round(tx, row, now)
     if row.turn_count >= row.max_turns:
@@ -257,6 +260,7 @@ async def admit(
         content=text,
         parts=[{"type": "text", "text": text}],
         created_at=now,
+        audit=audit,
     )
     return Admission(
         system_prompt=system_prompt,

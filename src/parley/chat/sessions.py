@@ -320,15 +320,14 @@ class SessionManager:
                         prices=self.policy.prices(row.model),
                         page_context=page_context,
                         context=self._context_plan(session_id),
-                    )
-                    await audit.record(
-                        tx,
-                        audit.MESSAGE_SEND,
-                        org_id=row.org_id,
-                        user_id=user_id,
-                        now=now,
-                        session_id=session_id,
-                        detail={"turn": lease},
+                        audit=audit.event(
+                            audit.MESSAGE_SEND,
+                            org_id=row.org_id,
+                            user_id=user_id,
+                            now=now,
+                            session_id=session_id,
+                            detail={"turn": lease},
+                        ),
                     )
         except (RateLimitedError, BudgetExhaustedError) as refused:
             if row is not None:  # recorded once the refused unit has rolled back

@@ -691,7 +691,10 @@ async def insert_message(
     cost_cents: Decimal | None = None,
     usage_estimated: bool = False,
     finish_reason: str | None = None,
+    audit: Record | None = None,
 ) -> None:
+    """Insert a message; with `audit` (an `ai_audit_events` row), that event too: on PostgreSQL
+    in the same statement, one round trip."""
     params = _message_params(
         message_id=message_id or new_id(),
         session_id=session_id,
@@ -705,7 +708,13 @@ async def insert_message(
         usage_estimated=usage_estimated,
         finish_reason=finish_reason,
     )
-    await tx.run(_INSERT_MESSAGE, params)
+    if audit is None:
+        await tx.run(_INSERT_MESSAGE, params)
+    elif tx.dialect == "postgresql":
+        await tx.run(_INSERT_MESSAGE_AND_AUDIT, params | {f"audit_{key}": value for key, value in audit.items()})
+    else:
+        await tx.run(_INSERT_MESSAGE, params)
+        await tx.run(_INSERT_AUDIT, audit)
 
 
 async def upsert_message(
@@ -1514,6 +1523,13 @@ _AUDIT_COLUMNS = tuple(c.key for c in audit_events.columns if c.key != "id")  # 
 # inline: no RETURNING of the new id, which nobody reads.
 _AUDIT_VALUES = {key: bindparam(key, type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS}
 _INSERT_AUDIT = insert(audit_events).values(_AUDIT_VALUES).inline()
+# PostgreSQL: a message and its event in one statement (the audit row's parameters are prefixed).
+_INSERT_MESSAGE_AND_AUDIT = (
+    insert(audit_events)
+    .values({key: bindparam(f"audit_{key}", type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS})
+    .inline()
+    .add_cte(_INSERT_MESSAGE.cte("message"))
+)
 
 
 async def insert_audit_event(tx: Tx, values: Record) -> None:
