@@ -39,6 +39,7 @@ def _figures(result: dict[str, Any], load: Load) -> dict[str, float]:
         "p99": result["ttft_p99_ms"],
         "cpu": 1000 * result["server_cpu_s"] / turns,
         "tokens": result["tokens_per_s"],
+        "failures": result.get("failures", 0),
     }
     if "pg_cpu_s" in result:
         figures["pg_cpu"] = 1000 * result["pg_cpu_s"] / turns
@@ -62,7 +63,8 @@ def _line(name: str, src: str, rows: list[dict[str, float]]) -> str:
     if "redis_cpu" in median:
         text += f"; Redis CPU {median['redis_cpu']:.2f} ms/turn"
     each = ", ".join(f"{row['p99']:.0f}" for row in rows)
-    return text + f"  (p99 of each run: {each})"
+    failed = sum(int(row["failures"]) for row in rows)
+    return text + f"; {failed} failed turns in all runs  (p99 of each run: {each})"
 
 
 def main() -> None:
