@@ -190,6 +190,7 @@ async def close_expired_round(tx: Tx, row: TurnSession, now: datetime) -> None:
 async def admit(
     tx: Tx,
     row: TurnSession,
+    budget: BudgetLimits | None,
     *,
     text: str,
     lease: str,
@@ -203,13 +204,14 @@ async def admit(
     context: Plan | None = None,
     audit: Record | None = None,
 ) -> Admission:
-    """Admit `text` (see the module docstring); `audit`, the event that records it, is written with
-    the user message."""
+    """Admit `text` (see the module docstring). `budget` is the organization's budget row, read and
+    locked in this transaction after the session's row (`repo.session_and_budget_for_turn`), so
+    admissions of one organization pass the budget and rate limits one at a time; `audit`, the
+    event that records the message, is written with it."""
     if row.awaiting_approval is not None:
         await close_expired_round(tx, row, now)
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
-    budget = await repo.budget_limits(tx, row.org_id)
     limits = limits_of(budget)
     check_enabled(limits)
     windows = (

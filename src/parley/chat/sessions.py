@@ -296,7 +296,10 @@ class SessionManager:
         row: TurnSession | None = None
         try:
             async with self.db.unit(tenant) as tx:
-                row, now = await self.lock_open_session(tx, tenant, user_id, session_id)
+                # As lock_open_session, and the organization's budget row locked with it.
+                found, budget = await repo.session_and_budget_for_turn(tx, session_id)
+                now = self.clock()
+                row = _open_session(found, tenant, user_id)
                 if row.lease_token is not None:
                     held = await repo.held_lease(tx, row.id)
                     if held is None or not self.is_orphaned(held, now):
@@ -309,6 +312,7 @@ class SessionManager:
                     admission = await admit(
                         tx,
                         row,
+                        budget,
                         text=text,
                         lease=lease,
                         owner=self.owner,
@@ -343,14 +347,7 @@ class SessionManager:
         after the lock (a message's place in the queue); 404 unless the caller owns it, 409/410
         when it is closed or expired."""
         row = await repo.session_for_turn(tx, session_id)
-        now = self.clock()
-        if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
-            raise SessionNotFoundError()
-        if row.status == "closed":
-            raise SessionClosedError()
-        if row.status == "expired":
-            raise SessionExpiredError()
-        return row, now
+        return _open_session(row, tenant, user_id), self.clock()
 
     def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> Plan:
         """How the session's history is fitted to the window (see chat/context.py)."""
@@ -1070,6 +1067,18 @@ class SessionManager:
         for live in self.live.values():
             live.channel.close()
         self.live.clear()
+
+
+def _open_session(row: TurnSession | None, tenant: Tenant, user_id: str) -> TurnSession:
+    """The session as read for a turn, if it is the caller's and open: 404 unless the caller owns
+    it, 409/410 when it is closed or expired."""
+    if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
+        raise SessionNotFoundError()
+    if row.status == "closed":
+        raise SessionClosedError()
+    if row.status == "expired":
+        raise SessionExpiredError()
+    return row
 
 
 async def write_reply(

@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as insert_or_update
@@ -146,6 +147,36 @@ _SESSION_FOR_TURN = (
 async def session_for_turn(tx: Tx, session_id: str) -> TurnSession | None:
     row = await tx.row(_SESSION_FOR_TURN, {"session_id": session_id})
     return None if row is None else TurnSession(*row)
+
+
+def _session_and_budget_statement() -> Select[Any]:
+    # The session's row locked first, then its organization's budget row (the order admission
+    # always took them in): the CTE is the outer side of the lateral join.
+    locked = _SESSION_FOR_TURN.cte("locked")
+    budget = (
+        select(*_columns(BudgetLimits, budgets))
+        .where(budgets.c.org_id == locked.c.org_id)
+        .with_for_update()
+        .lateral("budget")
+    )
+    return select(locked, budget).select_from(locked.outerjoin(budget, true()))
+
+
+_SESSION_AND_BUDGET_FOR_TURN = _session_and_budget_statement()
+_TURN_SESSION_FIELDS = len(dataclasses.fields(TurnSession))
+
+
+async def session_and_budget_for_turn(tx: Tx, session_id: str) -> tuple[TurnSession | None, BudgetLimits | None]:
+    """The session's row and its organization's budget row (None when it has none), both locked on
+    PostgreSQL: one statement there, one round trip."""
+    if tx.dialect != "postgresql":
+        found = await session_for_turn(tx, session_id)
+        return found, None if found is None else await budget_limits(tx, found.org_id)
+    row = await tx.row(_SESSION_AND_BUDGET_FOR_TURN, {"session_id": session_id})
+    if row is None:
+        return None, None
+    session, budget = row[:_TURN_SESSION_FIELDS], row[_TURN_SESSION_FIELDS:]
+    return TurnSession(*session), None if budget[0] is None else BudgetLimits(*budget)  # `enabled` is never NULL
 
 
 _TAKE_TURN = (
