@@ -295,7 +295,7 @@ class SessionManager:
         orphan: HeldLease | None = None
         row: TurnSession | None = None
         try:
-            async with self.db.unit(tenant) as tx:
+            async with self.db.unit(tenant, admission=True) as tx:
                 # As lock_open_session, and the organization's budget row locked with it.
                 found, budget = await repo.session_and_budget_for_turn(tx, session_id)
                 now = self.clock()
