@@ -37,6 +37,7 @@ def _figures(result: dict[str, Any], load: Load) -> dict[str, float]:
     figures = {
         "p50": result["ttft_p50_ms"],
         "p99": result["ttft_p99_ms"],
+        "turn_p50": result["turn_p50_ms"],
         "cpu": 1000 * result["server_cpu_s"] / turns,
         "tokens": result["tokens_per_s"],
         "failures": result.get("failures", 0),
@@ -54,6 +55,7 @@ def _line(name: str, src: str, rows: list[dict[str, float]]) -> str:
     median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
     text = (
         f"{name} {src}: TTFT p50 {median['p50']:.1f} ms, p99 {median['p99']:.1f} ms; "
+        f"turn p50 {median['turn_p50']:.1f} ms; "
         f"server CPU {median['cpu']:.2f} ms/turn; {median['tokens']:,.0f} tokens/s"
     )
     if "pg_cpu" in median:
