@@ -13,7 +13,8 @@ commit, plus `/src`). `--database postgres` serves both from one database of a t
 (as the application role, as `make bench`'s parley-pg), `--redis` relays their turns through a
 throwaway Redis, `--workers` runs that many server processes each. Both trees must agree on the
 schema: the database is migrated once, by this tree. Prints the median TTFT p50/p99, server CPU
-per turn and tokens/s of each, and on PostgreSQL or Redis what they cost per turn too.
+per turn and tokens/s of each, and on PostgreSQL or Redis what they cost per turn too; on PostgreSQL
+also each tree's most-called statements with their mean time in the server (lock waits included).
 """
 
 from __future__ import annotations
@@ -36,8 +37,10 @@ def _figures(result: dict[str, Any], load: Load) -> dict[str, float]:
     figures = {
         "p50": result["ttft_p50_ms"],
         "p99": result["ttft_p99_ms"],
+        "turn_p50": result["turn_p50_ms"],
         "cpu": 1000 * result["server_cpu_s"] / turns,
         "tokens": result["tokens_per_s"],
+        "failures": result.get("failures", 0),
     }
     if "pg_cpu_s" in result:
         figures["pg_cpu"] = 1000 * result["pg_cpu_s"] / turns
@@ -52,6 +55,7 @@ def _line(name: str, src: str, rows: list[dict[str, float]]) -> str:
     median = {key: statistics.median(row[key] for row in rows) for key in rows[0]}
     text = (
         f"{name} {src}: TTFT p50 {median['p50']:.1f} ms, p99 {median['p99']:.1f} ms; "
+        f"turn p50 {median['turn_p50']:.1f} ms; "
         f"server CPU {median['cpu']:.2f} ms/turn; {median['tokens']:,.0f} tokens/s"
     )
     if "pg_cpu" in median:
@@ -61,7 +65,8 @@ def _line(name: str, src: str, rows: list[dict[str, float]]) -> str:
     if "redis_cpu" in median:
         text += f"; Redis CPU {median['redis_cpu']:.2f} ms/turn"
     each = ", ".join(f"{row['p99']:.0f}" for row in rows)
-    return text + f"  (p99 of each run: {each})"
+    failed = sum(int(row["failures"]) for row in rows)
+    return text + f"; {failed} failed turns in all runs  (p99 of each run: {each})"
 
 
 def main() -> None:
@@ -78,6 +83,7 @@ def main() -> None:
     load = WAVE if args.load == "wave" else next(load for load in LOADS if load.key == args.load)
     spec = ParleyTarget("parley-ab", "A/B", args.database, redis=args.redis, workers=args.workers, default=False)
     figures: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+    top: dict[str, list[list[Any]]] = {}
     with _workdir() as workdir, ExitStack() as stack:
         bench = Bench(workdir, stack, args.scale)
         saved = os.environ.get("PYTHONPATH")
@@ -91,9 +97,16 @@ def main() -> None:
         bench.shape(tokens=load.tokens, delay=load.delay, first_delay=load.first_delay, usage=True)
         for run in range(args.runs):
             for name in ("A", "B") if run % 2 == 0 else ("B", "A"):
-                figures[name].append(_figures(bench.run_load(name, load), load))
+                result = bench.run_load(name, load)
+                figures[name].append(_figures(result, load))
+                if "pg_top_statements" in result:
+                    top[name] = result["pg_top_statements"]
     for name, src in (("A", args.src_a), ("B", args.src_b)):
         print(_line(name, src, figures[name]))
+    for name, statements in top.items():
+        print(f"{name}'s most-called statements in its last run (calls, mean ms in the server, lock waits included):")
+        for calls, mean_ms, query in statements:
+            print(f"  {calls:>7} {mean_ms:>8.3f}  {query}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ _STATEMENTS = (
     "WHERE d.datname = '{database}' AND r.rolname = '{role}'"
 )
 _TOP = (
-    "SELECT s.calls, regexp_replace(left(s.query, 120), '\\s+', ' ', 'g') "
+    "SELECT s.calls, round((s.total_exec_time / s.calls)::numeric, 3), "
+    "regexp_replace(left(s.query, 120), '\\s+', ' ', 'g') "
     "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid JOIN pg_roles r ON r.oid = s.userid "
     "WHERE d.datname = '{database}' AND r.rolname = '{role}' ORDER BY s.calls DESC LIMIT 12"
 )
@@ -126,8 +127,9 @@ class PostgresMeter:
         if self.postgres.statements:
             calls, begins = self._query(_STATEMENTS).split("|")
             out.update(pg_statements=int(calls), pg_transactions=int(begins))
-            top = [line.split("|", 1) for line in self._query(_TOP).splitlines()]
-            out["pg_top_statements"] = [[int(calls), query] for calls, query in top]
+            top = [line.split("|", 2) for line in self._query(_TOP).splitlines()]
+            # Mean time in the server, lock waits included: a hot row shows up here.
+            out["pg_top_statements"] = [[int(calls), float(mean_ms), query] for calls, mean_ms, query in top]
         return out
 
 

@@ -87,13 +87,13 @@ def test_not_ready_on_a_schema_this_version_does_not_know(
     async def set_revision(s: AsyncSession, revision: str) -> None:
         await s.execute(sa.text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
 
-    in_db(database.admin, lambda s: set_revision(s, "0007"))
+    in_db(database.admin, lambda s: set_revision(s, "0008"))
     try:
         r = readyz(server.url)
         assert r.status_code == 503
-        assert r.json()["reasons"] == ["the database schema is at revision 0007, this version needs 0008"]
+        assert r.json()["reasons"] == ["the database schema is at revision 0008, this version needs 0009"]
     finally:
-        in_db(database.admin, lambda s: set_revision(s, "0008"))
+        in_db(database.admin, lambda s: set_revision(s, "0009"))
     assert readyz(server.url).status_code == 200
 
 

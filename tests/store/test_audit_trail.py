@@ -7,6 +7,7 @@ DELETE, no TRUNCATE, and the owner's pruning function as the one way old rows go
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -204,3 +205,42 @@ async def test_the_pruning_function_deletes_only_old_rows_and_leaves_the_callers
         assert await app_conn.fetchval("SELECT count(*) FROM ai_audit_events") == 1
     with pytest.raises(asyncpg.RaiseError, match="at least 1"):
         await app_conn.fetchval("SELECT parley_prune_audit_events(0)")
+
+
+async def test_a_message_and_its_event_are_written_together_and_only_together(db: Database, tenants: Tenants) -> None:
+    """Admission writes the user message and its `ai.message.send` event with one call (one
+    statement on PostgreSQL): both land, or, when the event is refused, neither."""
+    org_a = Tenant.for_org(tenants.org_a)
+    session_id = str(uuid.uuid4())
+    async with db.unit(org_a) as tx:
+        await repo.insert_session(
+            tx,
+            {
+                "id": session_id,
+                "org_id": tenants.org_a,
+                "status": "active",
+                "type": "general",
+                "model": "m",
+                "last_activity_at": NOW,
+                "created_at": NOW,
+                "updated_at": NOW,
+            },
+        )
+    message = {"session_id": session_id, "position": 1, "role": "user", "content": "hi", "created_at": NOW}
+    async with db.unit(org_a) as tx:
+        await repo.insert_message(
+            tx,
+            **message,
+            parts=[{"type": "text", "text": "hi"}],
+            audit=_event("ai.message.send", tenants.org_a, session_id=session_id),
+        )
+    assert await _actions(db, org_a, action="ai.message.send") == ["ai.message.send"]
+    if db.is_postgres:  # an event for another organization is refused, and the message with it
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="row-level security"):
+            async with db.unit(org_a) as tx:
+                await repo.insert_message(
+                    tx, **(message | {"position": 3}), parts=[], audit=_event("ai.message.send", tenants.org_b)
+                )
+    async with db.unit(org_a, readonly=True) as tx:
+        assert [row[:2] for row in await repo.history_rows(tx, session_id)] == [("user", "hi")]
+    assert await _actions(db, org_a, action="ai.message.send") == ["ai.message.send"]

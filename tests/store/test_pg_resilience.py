@@ -97,6 +97,42 @@ async def test_an_exhausted_pool_answers_503_after_a_bounded_wait(
         await db.dispose()
 
 
+async def test_admissions_leave_connections_for_the_work_that_finishes_turns(
+    own_cluster: PostgresCluster,
+) -> None:
+    """A burst of admissions holds at most `admission_slots` connections: storing a turn still gets
+    one at once, and the admission past the slots waits the pool's timeout, then 503."""
+    db = Database(own_cluster.url(APP_ROLE, "parley", APP_PASSWORD), pool_size=5, pool_timeout=0.5)
+    held = asyncio.Event()
+    release = asyncio.Event()
+    entered = 0
+
+    async def admission() -> None:
+        nonlocal entered
+        async with db.unit(Tenant.system(), admission=True):
+            entered += 1
+            if entered == db.admission_slots:
+                held.set()
+            await release.wait()
+
+    assert db.admission_slots == 4
+    burst = [asyncio.create_task(admission()) for _ in range(db.admission_slots)]
+    try:
+        await asyncio.wait_for(held.wait(), 10)
+        started = time.monotonic()
+        async with db.unit(Tenant.system()) as tx:  # a turn being stored: not kept waiting
+            assert await tx.value(select(literal(1))) == 1
+        assert time.monotonic() - started < 0.4
+        with pytest.raises(ServiceUnavailableError, match="busy"):
+            async with db.unit(Tenant.system(), admission=True):
+                pass
+        assert 0.4 < time.monotonic() - started < 3
+    finally:
+        release.set()
+        await asyncio.gather(*burst)
+        await db.dispose()
+
+
 def test_serve_waits_for_postgres_to_come_up(own_cluster: PostgresCluster, pg_tenants: Tenants, tmp_path: Path) -> None:
     own_cluster.stop()
     with socket.socket() as probe:

@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley.store import repositories as repo
 from parley.store.db import Database
-from parley.store.models import AiCostUsage, AiMessage, AiSession, User
+from parley.store.models import AiBudget, AiCostUsage, AiMessage, AiSession, User
 from parley.store.repositories import TurnTotals
 from parley.store.tenancy import Tenant
 from tests.conftest import DatabaseUrls, Tenants, database_of_kind
@@ -324,3 +325,25 @@ async def test_one_pooled_connection_carries_no_tenant_from_one_unit_to_the_next
             assert await repo.get_session(tx, Tenant.for_org(tenants.org_a), orm.id) is not None
     finally:
         await single.dispose()
+
+
+async def test_the_session_and_its_budget_are_read_and_locked_together(db: Database, tenants: Tenants) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    org = Tenant.for_org(tenants.org_a)
+    async with db.unit(org) as tx:
+        row, budget = await repo.session_and_budget_for_turn(tx, orm.id)
+        assert row is not None
+        assert (row.id, budget) == (orm.id, None)  # no budget row: no limits
+        assert await repo.session_and_budget_for_turn(tx, str(uuid.uuid4())) == (None, None)
+        await repo.upsert_budget(tx, tenants.org_a, {"daily_budget_cents": Decimal(7)}, now=NOW)
+    async with db.unit(org) as tx:
+        row, budget = await repo.session_and_budget_for_turn(tx, orm.id)
+        assert budget is not None
+        assert (budget.enabled, budget.daily_budget_cents, budget.monthly_budget_cents) == (True, Decimal(7), None)
+        if db.is_postgres:  # both rows stay locked until the unit ends
+            sessions, budgets = AiSession.__table__, AiBudget.__table__
+            for table, column, key in ((sessions, "id", orm.id), (budgets, "org_id", tenants.org_a)):
+                probe = select(table.c[column]).where(table.c[column] == key).with_for_update(nowait=True)
+                with pytest.raises(asyncpg.LockNotAvailableError):
+                    async with db.unit(Tenant.system()) as other:
+                        await other.rows(probe)

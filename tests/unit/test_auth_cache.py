@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from parley.api.auth import Principal, PrincipalCache
@@ -55,3 +56,30 @@ def test_a_zero_ttl_disables_caching() -> None:
     cache = PrincipalCache(ttl=0, clock=Clock())
     cache.put("d", principal(), None)
     assert cache.get("d") is None
+
+
+async def test_requests_that_miss_together_share_one_lookup_even_if_the_first_leaves() -> None:
+    cache = PrincipalCache(ttl=5, clock=Clock())
+    calls = 0
+    release = asyncio.Event()
+
+    async def look_up() -> Principal:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        cache.put("d", principal(), None)
+        return principal()
+
+    first = asyncio.create_task(cache.shared("d", look_up))
+    others = [asyncio.create_task(cache.shared("d", look_up)) for _ in range(9)]
+    await asyncio.sleep(0)
+    first.cancel()  # its client left: the lookup goes on for the others
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*others) == [principal()] * 9
+    assert calls == 1
+    assert first.cancelled()
+    # Once done, the next miss looks up again (the entry is what spares it, not the shared task).
+    cache.clear()
+    assert await cache.shared("d", look_up) == principal()
+    assert calls == 2

@@ -10,14 +10,17 @@ owns the cache; by digest, never the raw token), so a client streaming turns doe
 database transaction per request. The price:
 revoking a token (or changing its user or partner's organizations) takes effect within the TTL in
 a running server, not at once; a token's own expiry is honoured exactly. Refusals are not cached.
+Requests that miss the cache together share one lookup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from parley.chat import audit
 from parley.chat.catalog import Caller
@@ -70,7 +73,7 @@ AUTH_CACHE_MAX = 10_000  # entries; the oldest go first
 class PrincipalCache:
     """Token digest -> principal, each entry valid until its deadline on the monotonic clock."""
 
-    __slots__ = ("_clock", "_entries", "max_entries", "ttl")
+    __slots__ = ("_clock", "_entries", "_lookups", "max_entries", "ttl")
 
     def __init__(
         self,
@@ -82,6 +85,7 @@ class PrincipalCache:
         self.max_entries = max_entries
         self._clock = clock
         self._entries: dict[str, tuple[Principal, float]] = {}
+        self._lookups: dict[str, asyncio.Future[Principal | _Refused]] = {}
 
     def get(self, digest: str) -> Principal | None:
         entry = self._entries.get(digest)
@@ -109,39 +113,68 @@ class PrincipalCache:
     def clear(self) -> None:
         self._entries.clear()
 
+    async def shared(self, digest: str, look_up: Callable[[], Awaitable[Principal | _Refused]]) -> Principal | _Refused:
+        """`look_up()` run once for the requests that miss the same digest together (a burst's first
+        requests, or every stream's next one when the entry expires), instead of a transaction
+        each. The lookup is its own task: a request that leaves does not cancel it for the others."""
+        task = self._lookups.get(digest)
+        if task is None:
+            task = asyncio.ensure_future(look_up())
+            self._lookups[digest] = task
+            task.add_done_callback(lambda _: self._lookups.pop(digest, None))
+        return await asyncio.shield(task)
+
+
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A lookup's refusal, raised by each request that shared the lookup (a revoked token's use is
+    recorded for each)."""
+
+    message: str
+    revoked: dict[str, Any] | None = None  # the revoked token's row
+
 
 async def authenticate(db: Database, authorization: str | None, *, cache: PrincipalCache | None = None) -> Principal:
-    """The principal of a bearer token; `cache` (owned by the app) spares the lookup on repeats."""
+    """The principal of a bearer token; `cache` (owned by the app) spares the lookup on repeats, and
+    requests that miss it together share one lookup."""
     raw = bearer_token(authorization)
     digest = hash_token(raw)
-    if cache is not None and (cached := cache.get(digest)) is not None:
+    if cache is None:
+        found = await _look_up(db, digest, None)
+    elif (cached := cache.get(digest)) is not None:
         return cached
+    else:
+        found = await cache.shared(digest, lambda: _look_up(db, digest, cache))
+    if isinstance(found, Principal):
+        return found
+    if found.revoked is not None:
+        await audit.record_refusal(
+            db,
+            audit.TOKEN_REVOKED,
+            org_id=found.revoked["org_id"],
+            user_id=found.revoked["user_id"],
+            now=datetime.now(UTC),
+            detail={"tokenId": found.revoked["id"]},
+        )
+    raise AuthenticationError(found.message)
+
+
+async def _look_up(db: Database, digest: str, cache: PrincipalCache | None) -> Principal | _Refused:
     async with db.unit(Tenant.system(), readonly=True) as tx:
         token = await repo.find_token(tx, digest)
         if token is None:
-            raise AuthenticationError("Invalid token.")
-        revoked = token["revoked_at"] is not None
+            return _Refused("Invalid token.")
         org_ids: frozenset[str]
-        if revoked:
-            org_ids = frozenset()
-        elif token["expires_at"] is not None and token["expires_at"] <= datetime.now(UTC):
-            raise AuthenticationError("This token has expired.")
-        elif token["scope"] == "organization":
+        if token["revoked_at"] is not None:
+            return _Refused("This token was revoked.", revoked=token)
+        if token["expires_at"] is not None and token["expires_at"] <= datetime.now(UTC):
+            return _Refused("This token has expired.")
+        if token["scope"] == "organization":
             org_ids = frozenset({token["org_id"]}) if token["org_id"] else frozenset()
         elif token["scope"] == "partner" and token["partner_id"]:
             org_ids = frozenset(await repo.org_ids_of_partner(tx, token["partner_id"]))
         else:
             org_ids = frozenset()
-    if revoked:
-        await audit.record_refusal(
-            db,
-            audit.TOKEN_REVOKED,
-            org_id=token["org_id"],
-            user_id=token["user_id"],
-            now=datetime.now(UTC),
-            detail={"tokenId": token["id"]},
-        )
-        raise AuthenticationError("This token was revoked.")
     scope: Scope = token["scope"]
     principal = Principal(
         token_id=token["id"],

@@ -190,6 +190,7 @@ async def close_expired_round(tx: Tx, row: TurnSession, now: datetime) -> None:
 async def admit(
     tx: Tx,
     row: TurnSession,
+    budget: BudgetLimits | None,
     *,
     text: str,
     lease: str,
@@ -201,12 +202,16 @@ async def admit(
     prices: Prices,
     page_context: dict[str, Any] | None,
     context: Plan | None = None,
+    audit: Record | None = None,
 ) -> Admission:
+    """Admit `text` (see the module docstring). `budget` is the organization's budget row, read and
+    locked in this transaction after the session's row (`repo.session_and_budget_for_turn`), so
+    admissions of one organization pass the budget and rate limits one at a time; `audit`, the
+    event that records the message, is written with it."""
     if row.awaiting_approval is not None:
         await close_expired_round(tx, row, now)
     if row.turn_count >= row.max_turns:
         raise MaxTurnsReachedError(row.max_turns)
-    budget = await repo.budget_limits(tx, row.org_id)
     limits = limits_of(budget)
     check_enabled(limits)
     windows = (
@@ -257,6 +262,7 @@ async def admit(
         content=text,
         parts=[{"type": "text", "text": text}],
         created_at=now,
+        audit=audit,
     )
     return Admission(
         system_prompt=system_prompt,

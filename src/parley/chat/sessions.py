@@ -95,6 +95,7 @@ from parley.store.db import Database
 from parley.store.ids import new_id
 from parley.store.repositories import HeldLease, TurnSession, TurnTotals
 from parley.store.sql import Record, Tx
+from parley.store.stored_turn import store_turn
 from parley.store.tenancy import Tenant
 from parley.tools import ToolCatalog
 
@@ -293,8 +294,11 @@ class SessionManager:
         orphan: HeldLease | None = None
         row: TurnSession | None = None
         try:
-            async with self.db.unit(tenant) as tx:
-                row, now = await self.lock_open_session(tx, tenant, user_id, session_id)
+            async with self.db.unit(tenant, admission=True) as tx:
+                # As lock_open_session, and the organization's budget row locked with it.
+                found, budget = await repo.session_and_budget_for_turn(tx, session_id)
+                now = self.clock()
+                row = _open_session(found, tenant, user_id)
                 if row.lease_token is not None:
                     held = await repo.held_lease(tx, row.id)
                     if held is None or not self.is_orphaned(held, now):
@@ -307,6 +311,7 @@ class SessionManager:
                     admission = await admit(
                         tx,
                         row,
+                        budget,
                         text=text,
                         lease=lease,
                         owner=self.owner,
@@ -318,15 +323,14 @@ class SessionManager:
                         prices=self.policy.prices(row.model),
                         page_context=page_context,
                         context=self._context_plan(session_id),
-                    )
-                    await audit.record(
-                        tx,
-                        audit.MESSAGE_SEND,
-                        org_id=row.org_id,
-                        user_id=user_id,
-                        now=now,
-                        session_id=session_id,
-                        detail={"turn": lease},
+                        audit=audit.event(
+                            audit.MESSAGE_SEND,
+                            org_id=row.org_id,
+                            user_id=user_id,
+                            now=now,
+                            session_id=session_id,
+                            detail={"turn": lease},
+                        ),
                     )
         except (RateLimitedError, BudgetExhaustedError) as refused:
             if row is not None:  # recorded once the refused unit has rolled back
@@ -342,14 +346,7 @@ class SessionManager:
         after the lock (a message's place in the queue); 404 unless the caller owns it, 409/410
         when it is closed or expired."""
         row = await repo.session_for_turn(tx, session_id)
-        now = self.clock()
-        if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
-            raise SessionNotFoundError()
-        if row.status == "closed":
-            raise SessionClosedError()
-        if row.status == "expired":
-            raise SessionExpiredError()
-        return row, now
+        return _open_session(row, tenant, user_id), self.clock()
 
     def _context_plan(self, session_id: str, *, tighter: float = 1.0) -> Plan:
         """How the session's history is fitted to the window (see chat/context.py)."""
@@ -617,32 +614,89 @@ class SessionManager:
     ) -> None:
         """One transaction: the reply, session totals, cost rows, the round's reservation settled,
         the calls and plans first stored with it, and the lease released when the turn ends or
-        waits for decisions."""
+        waits for decisions. On PostgreSQL a round without calls or plans is one statement
+        (`parley_store_turn`), so the organization's cost rows are not locked across a round trip."""
+        now = record.now
+        cost = record.cost_cents
+        if turn.metered and cost > turn.reserved_cents:
+            # Only a server that ignores max_tokens and packs several tokens per chunk gets
+            # here: the organization is never billed past what it reserved.
+            log.warning(
+                "session %s: turn cost %s cents exceeds its reservation %s; billing the reservation",
+                session_id,
+                cost,
+                turn.reserved_cents,
+            )
+            turn.unbilled_cents += cost - turn.reserved_cents
+            cost = turn.reserved_cents
+        tokens = record.tokens
+        totals = TurnTotals(
+            input_tokens=tokens.input_tokens,
+            output_tokens=tokens.output_tokens,
+            cache_read_tokens=tokens.cache_read_tokens,
+            cache_write_tokens=tokens.cache_write_tokens,
+            cost_cents=cost,
+        )
+        ends = record.finish_reason is not None
+        final = ends and not record.awaiting  # the reply is over: it counts as a message
+        adds_cost = not tokens.is_zero or bool(final and record.text)
+        plain = not (record.executions or record.starting or record.plans or record.awaiting)
+        if plain and self.db.is_postgres:
+            # The same writes in one statement, its own transaction (store/stored_turn.py).
+            whole = record.message_tokens
+            await store_turn(
+                self.db,
+                org_id,
+                session_id=session_id,
+                lease_token=turn.lease_token,
+                reservation_id=turn.reservation_id,
+                release=ends,
+                count_turn=record.count_turn,
+                now=now,
+                totals=totals,
+                position=turn.position,
+                content=record.text,
+                parts=record.parts,
+                reply_tokens=(
+                    whole.input_tokens,
+                    whole.output_tokens,
+                    whole.cache_read_tokens,
+                    whole.cache_write_tokens,
+                ),
+                reply_cost_cents=record.message_cents - turn.unbilled_cents,
+                usage_estimated=whole.estimated,
+                finish_reason=record.finish_reason,
+                cost_messages=(1 if final else 0) if adds_cost else None,
+            )
+        else:
+            await self._persist_in_unit(org_id, session_id, live, turn, record, totals, ends, final, adds_cost)
+        metrics.usage(
+            tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens, cost
+        )
+        for row in record.executions:
+            if row["status"] == "refused":
+                metrics.tool_calls("refused")
+        turn.reservation_id, turn.reserved_cents = None, Decimal(0)
+        turn.checkpointed_chars = turn.reply.size()
+        live.last_activity = now
+
+    async def _persist_in_unit(
+        self,
+        org_id: str,
+        session_id: str,
+        live: LiveSession,
+        turn: RunningTurn,
+        record: TurnRecord,
+        totals: TurnTotals,
+        ends: bool,
+        final: bool,
+        adds_cost: bool,
+    ) -> None:
+        """`_persist` as a transaction of statements (SQLite, and turns with calls or plans)."""
         now = record.now
         async with self.db.unit(Tenant.for_org(org_id)) as tx:
             if turn.reservation_id is not None:
                 await repo.delete_reservation(tx, turn.reservation_id)
-            cost = record.cost_cents
-            if turn.metered and cost > turn.reserved_cents:
-                # Only a server that ignores max_tokens and packs several tokens per chunk gets
-                # here: the organization is never billed past what it reserved.
-                log.warning(
-                    "session %s: turn cost %s cents exceeds its reservation %s; billing the reservation",
-                    session_id,
-                    cost,
-                    turn.reserved_cents,
-                )
-                turn.unbilled_cents += cost - turn.reserved_cents
-                cost = turn.reserved_cents
-            tokens = record.tokens
-            totals = TurnTotals(
-                input_tokens=tokens.input_tokens,
-                output_tokens=tokens.output_tokens,
-                cache_read_tokens=tokens.cache_read_tokens,
-                cache_write_tokens=tokens.cache_write_tokens,
-                cost_cents=cost,
-            )
-            ends = record.finish_reason is not None
             # The session row first: writing the reply takes a share lock on it (its foreign key),
             # and upgrading that lock while an admission waits for the row would deadlock.
             await repo.record_turn(
@@ -655,8 +709,7 @@ class SessionManager:
                 release=ends,
             )
             await write_reply(tx, session_id, turn, record.now, record=record)
-            final = ends and not record.awaiting  # the reply is over: it counts as a message
-            if not tokens.is_zero or (final and record.text):
+            if adds_cost:
                 await repo.add_cost_usage(tx, org_id, totals=totals, now=now, messages=1 if final else 0)
             await repo.insert_executions(tx, org_id, session_id, record.executions)
             if record.executions:
@@ -667,15 +720,6 @@ class SessionManager:
             await repo.insert_plans(tx, org_id, session_id, record.plans)
             if record.awaiting:
                 await repo.set_awaiting(tx, session_id, record.message_id)
-        metrics.usage(
-            tokens.input_tokens, tokens.output_tokens, tokens.cache_read_tokens, tokens.cache_write_tokens, cost
-        )
-        for row in record.executions:
-            if row["status"] == "refused":
-                metrics.tool_calls("refused")
-        turn.reservation_id, turn.reserved_cents = None, Decimal(0)
-        turn.checkpointed_chars = turn.reply.size()
-        live.last_activity = now
 
     async def _store_call(
         self, org_id: str, session_id: str, user_id: str | None, turn: RunningTurn, update: CallUpdate
@@ -1034,6 +1078,18 @@ class SessionManager:
         for live in self.live.values():
             live.channel.close()
         self.live.clear()
+
+
+def _open_session(row: TurnSession | None, tenant: Tenant, user_id: str) -> TurnSession:
+    """The session as read for a turn, if it is the caller's and open: 404 unless the caller owns
+    it, 409/410 when it is closed or expired."""
+    if row is None or not tenant.can_see(row.org_id) or row.user_id != user_id:
+        raise SessionNotFoundError()
+    if row.status == "closed":
+        raise SessionClosedError()
+    if row.status == "expired":
+        raise SessionExpiredError()
+    return row
 
 
 async def write_reply(

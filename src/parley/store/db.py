@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
-from sqlalchemy import String, column, select, table
+from sqlalchemy import ClauseElement, String, column, select, table
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from parley import metrics
 from parley.errors import ServiceUnavailableError
 from parley.store.commit_group import CommitGroup
-from parley.store.sql import PostgresTx, SqliteTx, Tx
+from parley.store.sql import Params, PostgresTx, SqliteTx, Tx
 from parley.store.sqlite_pool import DriverPool
 from parley.store.tenancy import Tenant
 
@@ -86,6 +86,7 @@ class Database:
         self.statement_timeout = statement_timeout
         self._pg_pool: asyncpg.Pool | None = None
         self._pg_opening: asyncio.Lock | None = None
+        self._admissions: asyncio.Semaphore | None = None
         if self.dialect == "sqlite":
             path = parsed.database
             if not path or path == ":memory:" or path.startswith("file:"):
@@ -102,13 +103,18 @@ class Database:
         return self.dialect == "postgresql"
 
     @asynccontextmanager
-    async def unit(self, tenant: Tenant, *, readonly: bool = False) -> AsyncIterator[Tx]:
+    async def unit(self, tenant: Tenant, *, readonly: bool = False, admission: bool = False) -> AsyncIterator[Tx]:
         """One unit of work for `tenant`, committed when the block ends without an error.
 
         On SQLite a writing unit is committed (with its loop round's group) before this returns, so
         no caller acts on a write that is not durable; `readonly` units start deferred and run
         beside writers. How long it waited for its connection (or SQLite's write turn) goes to
         `parley_db_wait_seconds`.
+
+        On PostgreSQL, `admission` units (those that start new turns) hold at most
+        `admission_slots` of the pool's connections together: the rest stay for the units that
+        finish turns (storing a reply, releasing a lease, the upkeep), which a burst of admissions
+        must never keep waiting past the pool's timeout (a reply that cannot be stored is lost).
         """
         waiting = time.perf_counter()
         if self.dialect == "sqlite":
@@ -131,7 +137,7 @@ class Database:
             return
         pool = await self._postgres_pool()
         with _unavailable_as_503():
-            async with pool.acquire(timeout=self.pool_timeout) as conn:
+            async with self._admission_slot(admission), pool.acquire(timeout=self._time_left(waiting)) as conn:
                 metrics.db_waited(time.perf_counter() - waiting)
                 await conn.execute(_begin(tenant, readonly))
                 try:
@@ -142,6 +148,43 @@ class Database:
                             await conn.execute("ROLLBACK")
                     raise
                 await conn.execute("COMMIT")
+
+    @property
+    def admission_slots(self) -> int:
+        """How many pooled connections admissions may hold together: all but a fifth (at least one)."""
+        return max(1, self.pool_size - max(1, self.pool_size // 5))
+
+    @asynccontextmanager
+    async def _admission_slot(self, admission: bool) -> AsyncIterator[None]:
+        if not admission:
+            yield
+            return
+        if self._admissions is None:
+            self._admissions = asyncio.Semaphore(self.admission_slots)
+        await asyncio.wait_for(self._admissions.acquire(), self.pool_timeout)
+        try:
+            yield
+        finally:
+            self._admissions.release()
+
+    def _time_left(self, since: float) -> float:
+        """What is left of the pool's timeout for a unit that started waiting at `since`."""
+        return max(0.001, self.pool_timeout - (time.perf_counter() - since))
+
+    async def autocommit(self, statement: ClauseElement, params: Params) -> None:
+        """PostgreSQL only: one statement sent outside any transaction, which the server runs and
+        commits as its own before it answers: one round trip, no BEGIN or COMMIT, and its row locks
+        held only while it runs. It sets its tenant itself (a function that calls
+        `set_config(..., true)` first, such as `parley_store_turn`); without that, row-level
+        security shows it nothing."""
+        if not self.is_postgres:
+            raise RuntimeError("autocommit is for PostgreSQL; on SQLite use a unit of work")
+        waiting = time.perf_counter()
+        pool = await self._postgres_pool()
+        with _unavailable_as_503():
+            async with pool.acquire(timeout=self.pool_timeout) as conn:
+                metrics.db_waited(time.perf_counter() - waiting)
+                await PostgresTx(conn).run(statement, params)
 
     async def _postgres_pool(self) -> asyncpg.Pool:
         if self._pg_pool is not None:

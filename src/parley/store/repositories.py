@@ -34,6 +34,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    true,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as insert_or_update
@@ -55,6 +56,7 @@ from parley.store.models import (
 )
 from parley.store.sql import Record, Tx, member_of, utc_bucket
 from parley.store.tenancy import Tenant, in_orgs
+from parley.store.types import Money
 
 sessions: Table = AiSession.__table__  # type: ignore[assignment]
 messages: Table = AiMessage.__table__  # type: ignore[assignment]
@@ -146,6 +148,36 @@ _SESSION_FOR_TURN = (
 async def session_for_turn(tx: Tx, session_id: str) -> TurnSession | None:
     row = await tx.row(_SESSION_FOR_TURN, {"session_id": session_id})
     return None if row is None else TurnSession(*row)
+
+
+def _session_and_budget_statement() -> Select[Any]:
+    # The session's row locked first, then its organization's budget row (the order admission
+    # always took them in): the CTE is the outer side of the lateral join.
+    locked = _SESSION_FOR_TURN.cte("locked")
+    budget = (
+        select(*_columns(BudgetLimits, budgets))
+        .where(budgets.c.org_id == locked.c.org_id)
+        .with_for_update()
+        .lateral("budget")
+    )
+    return select(locked, budget).select_from(locked.outerjoin(budget, true()))
+
+
+_SESSION_AND_BUDGET_FOR_TURN = _session_and_budget_statement()
+_TURN_SESSION_FIELDS = len(dataclasses.fields(TurnSession))
+
+
+async def session_and_budget_for_turn(tx: Tx, session_id: str) -> tuple[TurnSession | None, BudgetLimits | None]:
+    """The session's row and its organization's budget row (None when it has none), both locked on
+    PostgreSQL: one statement there, one round trip."""
+    if tx.dialect != "postgresql":
+        found = await session_for_turn(tx, session_id)
+        return found, None if found is None else await budget_limits(tx, found.org_id)
+    row = await tx.row(_SESSION_AND_BUDGET_FOR_TURN, {"session_id": session_id})
+    if row is None:
+        return None, None
+    session, budget = row[:_TURN_SESSION_FIELDS], row[_TURN_SESSION_FIELDS:]
+    return TurnSession(*session), None if budget[0] is None else BudgetLimits(*budget)  # `enabled` is never NULL
 
 
 def _take_lease(**more: Any) -> ReturningUpdate[int]:
@@ -671,8 +703,19 @@ def _message_params(message_id: str, fields: MessageFields) -> dict[str, Any]:
     }
 
 
-async def insert_message(tx: Tx, *, message_id: str | None = None, **fields: Unpack[MessageFields]) -> None:
-    await tx.run(_INSERT_MESSAGE, _message_params(message_id or new_id(), fields))
+async def insert_message(
+    tx: Tx, *, message_id: str | None = None, audit: Record | None = None, **fields: Unpack[MessageFields]
+) -> None:
+    """Insert a message; with `audit` (an `ai_audit_events` row), that event too: on PostgreSQL
+    in the same statement, one round trip."""
+    params = _message_params(message_id or new_id(), fields)
+    if audit is None:
+        await tx.run(_INSERT_MESSAGE, params)
+    elif tx.dialect == "postgresql":
+        await tx.run(_INSERT_MESSAGE_AND_AUDIT, params | {f"audit_{key}": value for key, value in audit.items()})
+    else:
+        await tx.run(_INSERT_MESSAGE, params)
+        await tx.run(_INSERT_AUDIT, audit)
 
 
 async def upsert_message(
@@ -748,13 +791,6 @@ async def upsert_budget(tx: Tx, org_id: str, values: dict[str, Any], *, now: dat
     await tx.run(_upsert_budget_statement(fields), params)
 
 
-_COMMITTED = select(cost_rows.c.period, cost_rows.c.total_cost_cents).where(
-    cost_rows.c.org_id == bindparam("org_id"),
-    or_(
-        (cost_rows.c.period == "daily") & (cost_rows.c.period_key == bindparam("daily")),
-        (cost_rows.c.period == "monthly") & (cost_rows.c.period_key == bindparam("monthly")),
-    ),
-)
 _RESERVED = select(func.coalesce(func.sum(reservations.c.amount_cents), 0)).where(
     reservations.c.org_id == bindparam("org_id"), reservations.c.expires_at > bindparam("now")
 )
@@ -766,13 +802,34 @@ async def reserved_cents(tx: Tx, org_id: str, *, now: datetime) -> Decimal:
     return Decimal(value or 0)  # coalesce(sum()) keeps the Money type: already cents
 
 
+def _committed(period: str) -> Any:
+    return (
+        select(cost_rows.c.total_cost_cents)
+        .where(
+            cost_rows.c.org_id == bindparam("org_id"),
+            cost_rows.c.period == period,
+            cost_rows.c.period_key == bindparam(period),
+        )
+        .scalar_subquery()
+    )
+
+
+# One statement, so one snapshot: a turn stored meanwhile (its reservation deleted, its cost added,
+# in one transaction) is counted once, never neither (two statements could see neither).
+_SPEND = select(
+    func.coalesce(_committed("daily"), 0, type_=Money()),
+    func.coalesce(_committed("monthly"), 0, type_=Money()),
+    _RESERVED.scalar_subquery(),
+)
+
+
 async def spend(tx: Tx, org_id: str, *, now: datetime) -> tuple[Decimal, Decimal, Decimal]:
     """(today's committed cents, this month's committed cents, outstanding reservations)."""
     daily_key, monthly_key = period_keys(now)
-    rows = await tx.rows(_COMMITTED, {"org_id": org_id, "daily": daily_key, "monthly": monthly_key})
-    committed = {period: cents for period, cents in rows}
-    reserved = await reserved_cents(tx, org_id, now=now)
-    return committed.get("daily", Decimal(0)), committed.get("monthly", Decimal(0)), reserved
+    found = await tx.row(_SPEND, {"org_id": org_id, "daily": daily_key, "monthly": monthly_key, "now": now})
+    assert found is not None
+    daily, monthly, reserved = found
+    return Decimal(daily), Decimal(monthly), Decimal(reserved or 0)
 
 
 _INSERT_RESERVATION = insert(reservations)
@@ -1441,6 +1498,13 @@ _AUDIT_COLUMNS = tuple(c.key for c in audit_events.columns if c.key != "id")  # 
 # inline: no RETURNING of the new id, which nobody reads.
 _AUDIT_VALUES = {key: bindparam(key, type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS}
 _INSERT_AUDIT = insert(audit_events).values(_AUDIT_VALUES).inline()
+# PostgreSQL: a message and its event in one statement (the audit row's parameters are prefixed).
+_INSERT_MESSAGE_AND_AUDIT = (
+    insert(audit_events)
+    .values({key: bindparam(f"audit_{key}", type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS})
+    .inline()
+    .add_cte(_INSERT_MESSAGE.cte("message"))
+)
 
 
 async def insert_audit_event(tx: Tx, values: Record) -> None:
