@@ -1,4 +1,4 @@
-"""The bare relay the issue measured parley against: Starlette on uvicorn, an upstream client, orjson.
+"""The bare relay parley is measured against: Starlette on uvicorn, an upstream client, orjson.
 
 No auth, no database, no cost, no events bus: `POST /relay` streams one chat completion from the
 upstream and re-emits each content delta as a parley-style SSE frame (`event: content_delta`,

@@ -86,7 +86,7 @@ ROWS: list[tuple[str, Cell, str | None]] = [
 
 
 def _targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """(target, parley's figure, met?) for each target of the issue."""
+    """(target, parley's figure, met?) for each of parley's performance targets."""
     out: list[tuple[str, str, bool | None]] = []
     loads = results.get("loads", {})
 
