@@ -6,10 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); each file runs whole in one, with its own database cluster,
-# Redis and model server when it needs them. 0 runs the suite in this process.
+# Test processes (pytest-xdist), each with its own database cluster and Redis when its tests
+# need them; the end-to-end tests all run in one (one model server). 0: one process.
 PYTEST_WORKERS ?= 2
-XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadfile)
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
 .PHONY: help install demo run test test-fast test-web lint format typecheck system-deps local-model check clean bench bench-peers
 

@@ -270,3 +270,12 @@ def api(e2e: E2E) -> Iterator[Api]:
     client = e2e.api()
     yield client
     client.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With several test processes (`make test`), the end-to-end tests run in one of them: one
+    model server, not one per process competing for the same cores."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents:
+            item.add_marker(pytest.mark.xdist_group("local-model"))
