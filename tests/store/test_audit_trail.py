@@ -29,13 +29,6 @@ def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
     return database_of_kind(request, request.param, data_dir)
 
 
-@pytest.fixture
-async def db(tenants: Tenants) -> AsyncIterator[Database]:
-    database = Database(tenants.database_url)
-    yield database
-    await database.dispose()
-
-
 def _event(action: str, org_id: str | None, *, at: datetime = NOW, session_id: str | None = None) -> dict[str, object]:
     return {
         "created_at": at,

@@ -8,7 +8,6 @@ datetimes (with microseconds), money (a millionth of a cent), JSON; and the same
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,13 +31,6 @@ NOW = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
 @pytest.fixture(params=["sqlite", "postgres"])
 def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
     return database_of_kind(request, request.param, data_dir)
-
-
-@pytest.fixture
-async def db(tenants: Tenants) -> AsyncIterator[Database]:
-    database = Database(tenants.database_url)
-    yield database
-    await database.dispose()
 
 
 async def _orm_session(db: Database, org_id: str, *, context: dict[str, object] | None) -> AiSession:

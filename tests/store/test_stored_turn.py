@@ -5,7 +5,6 @@ the lease rule (released only if still the turn's), and stay under row-level sec
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -32,13 +31,6 @@ PARTS = [{"type": "reasoning", "text": "r"}, {"type": "text", "text": "Hello 'th
 @pytest.fixture
 def database(request: pytest.FixtureRequest, data_dir: Path) -> DatabaseUrls:
     return database_of_kind(request, "postgres", data_dir)
-
-
-@pytest.fixture
-async def db(tenants: Tenants) -> AsyncIterator[Database]:
-    database = Database(tenants.database_url)
-    yield database
-    await database.dispose()
 
 
 async def _session_with_a_turn(db: Database, org_id: str, lease: str) -> tuple[str, str]:
