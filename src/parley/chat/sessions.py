@@ -28,8 +28,6 @@ from decimal import Decimal
 from functools import partial
 from typing import Any
 
-import orjson
-
 from parley import metrics
 from parley.billing.budget import Allowance
 from parley.billing.cost import Prices
@@ -352,11 +350,7 @@ class SessionManager:
         """How the session's history is fitted to the window (see chat/context.py)."""
         live = self.live.get(session_id)
         ratio = live.tokens_per_char if live is not None and live.tokens_per_char else self.tokens_per_char
-        tools_chars = (
-            sum(len(orjson.dumps(spec.input_schema)) + len(spec.description) for spec in self.tools.specs())
-            if self.tools is not None
-            else 0
-        )
+        tools_chars = self.tools.specs_chars() if self.tools is not None else 0
         return Plan(
             window=self.window.tokens if self.window is not None else None,
             tokens_per_char=ratio * tighter,

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import orjson
 from jsonschema.protocols import Validator
 from mcp import types
 
@@ -127,6 +128,7 @@ class ToolCatalog:
         self._statuses: dict[str, PinStatus] = {}
         self._validators: dict[str, tuple[dict[str, Any], Validator]] = {}
         self._schemas: dict[str, dict[str, Any]] = {}  # offered input schema by definition digest
+        self._specs_chars: tuple[dict[str, CatalogTool] | None, int] = (None, 0)  # for which tools
 
     @classmethod
     def from_config_file(cls, path: Path | None, *, production: bool, allowed_hosts: Collection[str]) -> ToolCatalog:
@@ -183,6 +185,14 @@ class ToolCatalog:
             for tool in self._tools.values()
             if tool.blocked is None
         ]
+
+    def specs_chars(self) -> int:
+        """The characters the offered tools' definitions add to every model request (what a
+        history is fitted around); counted once per listing of the tools, not per turn."""
+        if self._specs_chars[0] is not self._tools:
+            chars = sum(len(orjson.dumps(spec.input_schema)) + len(spec.description) for spec in self.specs())
+            self._specs_chars = (self._tools, chars)
+        return self._specs_chars[1]
 
     def parse_arguments(self, tool: CatalogTool, text: str) -> dict[str, Any]:
         """The model's JSON arguments as an object that fits the tool's schema; `InvalidArguments`
