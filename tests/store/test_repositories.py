@@ -339,3 +339,63 @@ async def test_the_session_and_its_budget_are_read_and_locked_together(db: Datab
                 with pytest.raises(asyncpg.LockNotAvailableError):
                     async with db.unit(Tenant.system()) as other:
                         await other.rows(probe)
+
+
+async def test_admitting_a_message_takes_the_lease_writes_the_message_and_its_event_and_reads_the_history_before_it(
+    db: Database, tenants: Tenants
+) -> None:
+    orm = await _orm_session(db, tenants.org_a, context=None)
+    org = Tenant.for_org(tenants.org_a)
+    first_reply = {"session_id": orm.id, "position": 2, "role": "assistant", "created_at": NOW}
+
+    def admission(token: str, position: int, text: str) -> dict[str, object]:
+        return {
+            "lease": {"token": token, "owner": "a/1/x", "now": NOW, "expires_at": NOW + timedelta(seconds=60)},
+            "title": text if position == 1 else None,  # as admission names a session once
+            "context": {"page": "/p"},
+            "message": {
+                "session_id": orm.id,
+                "position": position,
+                "role": "user",
+                "content": text,
+                "parts": [{"type": "text", "text": text}],
+                "created_at": NOW,
+            },
+            "audit": {
+                "created_at": NOW,
+                "action": "message.send",
+                "org_id": tenants.org_a,
+                "actor_user_id": orm.user_id,
+                "session_id": orm.id,
+                "request_id": None,
+                "client_ip": None,
+                "user_agent": None,
+                "detail": {"turn": token},
+            },
+        }
+
+    async with db.unit(org) as tx:
+        assert await repo.admit_message(tx, **admission("t1", 1, "Hi")) == (1, [])  # type: ignore[arg-type]
+        # Held: no row comes back and nothing is written.
+        assert await repo.admit_message(tx, **admission("t2", 3, "Again")) is None  # type: ignore[arg-type]
+        await repo.upsert_message(
+            tx, message_id="t1", content="Hello", parts=[{"type": "text", "text": "Hello"}], **first_reply
+        )
+        assert await repo.release_lease(tx, orm.id, token="t1")
+        stream, history = await repo.admit_message(tx, **admission("t3", 3, "More")) or (0, [])  # type: ignore[arg-type]
+    assert stream == 2
+    assert [row[:2] for row in history] == [("user", "Hi"), ("assistant", "Hello")]  # not "More" itself
+
+    async def stored(s: AsyncSession) -> tuple[list[tuple[int, str]], list[str], AiSession]:
+        from parley.store.models import AiAuditEvent
+
+        found = (await s.execute(select(AiMessage).where(AiMessage.session_id == orm.id))).scalars()
+        events = (await s.execute(select(AiAuditEvent).where(AiAuditEvent.session_id == orm.id))).scalars()
+        session = (await s.execute(select(AiSession).where(AiSession.id == orm.id))).scalar_one()
+        return sorted((m.position, m.content) for m in found), sorted(e.detail["turn"] for e in events), session
+
+    messages, turns, session = await in_db_async(db.url, stored)
+    assert (session.title, session.message_count, session.lease_token) == ("Hi", 4, "t3")
+    assert (session.context_snapshot, session.stream_number) == ({"page": "/p"}, 2)
+    assert messages == [(1, "Hi"), (2, "Hello"), (3, "More")]  # the held attempt wrote nothing
+    assert turns == ["t1", "t3"]

@@ -2,9 +2,9 @@
 
 Runs inside the caller's transaction (the session row was just read in it): tool calls still
 waiting for a decision (refused), max turns, the organization's enabled flag and rate limits,
-the turn lease, the history (loaded here, before the current message is written, so it excludes
-it), the budget reservation with `max_tokens` lowered to fit, then the user message and the
-title. Any refusal raises and the transaction rolls back: a refused attempt leaves no message, no
+then the turn lease with the user message, its title and its audit event, and the history before
+it (on PostgreSQL in one statement), then the budget reservation with `max_tokens` lowered to
+fit. Any refusal raises and the transaction rolls back: a refused attempt leaves no message, no
 lease and no reservation, so it never counts.
 
 A reply whose waiting calls all expired is closed here, before its history is read: each call
@@ -201,8 +201,8 @@ async def admit(
     max_tokens: int | None,
     prices: Prices,
     page_context: dict[str, Any] | None,
+    audit: Record,
     context: Plan | None = None,
-    audit: Record | None = None,
 ) -> Admission:
     """Admit `text` (see the module docstring). `budget` is the organization's budget row, read and
     locked in this transaction after the session's row (`repo.session_and_budget_for_turn`), so
@@ -224,14 +224,27 @@ async def admit(
         used, oldest = await repo.accepted_messages(tx, since=now - window, **who)
         check_rate(limit=limit, used=used, oldest=oldest, window=window, now=now, scope=scope)
     title = title_from(text) if row.title is None else None
-    # The lease, and the session's activity, message count, title and context for this message.
-    stream = await repo.take_turn(
-        tx, row.id, token=lease, owner=owner, now=now, expires_at=now + lease_ttl, title=title, context=page_context
+    position = row.message_count + 1
+    # The lease, the session's activity, message count, title and context, and the message with
+    # its event; a refusal below (the budget) rolls them back.
+    taken = await repo.admit_message(
+        tx,
+        lease={"token": lease, "owner": owner, "now": now, "expires_at": now + lease_ttl},
+        title=title,
+        context=page_context,
+        message={
+            "session_id": row.id,
+            "position": position,
+            "role": "user",
+            "content": text,
+            "parts": [{"type": "text", "text": text}],
+            "created_at": now,
+        },
+        audit=audit,
     )
-    if stream is None:
+    if taken is None:
         raise TurnInProgressError()
-
-    stored = await repo.history_rows(tx, row.id)
+    stream, stored = taken
     snapshot = page_context if page_context is not None else row.context_snapshot
     system_prompt = render_system_prompt(row.system_prompt or "", snapshot)
     plan = context or Plan()
@@ -251,18 +264,6 @@ async def admit(
         max_tokens=fitted.max_tokens,
         now=now,
         ttl=reservation_ttl,
-    )
-
-    position = row.message_count + 1
-    await repo.insert_message(
-        tx,
-        session_id=row.id,
-        position=position,
-        role="user",
-        content=text,
-        parts=[{"type": "text", "text": text}],
-        created_at=now,
-        audit=audit,
     )
     return Admission(
         system_prompt=system_prompt,

@@ -38,7 +38,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as insert_or_update
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.dml import Insert, ReturningUpdate
+from sqlalchemy.sql.selectable import CTE
 
 from parley.store.ids import new_id
 from parley.store.models import (
@@ -233,7 +234,32 @@ async def take_turn(
     """Take the free turn lease for `owner` and record the message being admitted (activity,
     positions, title, context): one conditional UPDATE, atomic across processes. Returns the number
     of the turn's event stream, or None when the lease is held."""
-    params = {
+    params = _take_turn_params(
+        session_id, token=token, owner=owner, now=now, expires_at=expires_at, title=title, context=context
+    )
+    return await tx.value(_TAKE_TURN, params)
+
+
+class LeaseFields(TypedDict):
+    """Who takes a turn's lease, and until when (`take_turn`, `admit_message`)."""
+
+    token: str
+    owner: str
+    now: datetime
+    expires_at: datetime
+
+
+def _take_turn_params(
+    session_id: str,
+    *,
+    token: str,
+    owner: str,
+    now: datetime,
+    expires_at: datetime,
+    title: str | None,
+    context: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
         "session_id": session_id,
         "token": token,
         "owner": owner,
@@ -242,7 +268,6 @@ async def take_turn(
         "title": title,
         "context": context,
     }
-    return await tx.value(_TAKE_TURN, params)
 
 
 _RELEASE_LEASE = (
@@ -605,7 +630,9 @@ _MAY_HOLD_TOOL = or_(
     _PARTS_TEXT.contains('"tool_', autoescape=True), _PARTS_TEXT.contains('"summary"', autoescape=True)
 )
 _HISTORY = (
-    select(messages.c.role, messages.c.content, case((_MAY_HOLD_TOOL, messages.c.content_parts), else_=None))
+    select(
+        messages.c.role, messages.c.content, case((_MAY_HOLD_TOOL, messages.c.content_parts), else_=None).label("parts")
+    )
     .where(messages.c.session_id == bindparam("session_id"))
     .order_by(*_ORDER)
 )
@@ -712,7 +739,7 @@ async def insert_message(
     if audit is None:
         await tx.run(_INSERT_MESSAGE, params)
     elif tx.dialect == "postgresql":
-        await tx.run(_INSERT_MESSAGE_AND_AUDIT, params | {f"audit_{key}": value for key, value in audit.items()})
+        await tx.run(_INSERT_MESSAGE_AND_AUDIT, params | _prefixed("audit_", audit))
     else:
         await tx.run(_INSERT_MESSAGE, params)
         await tx.run(_INSERT_AUDIT, audit)
@@ -1498,13 +1525,72 @@ _AUDIT_COLUMNS = tuple(c.key for c in audit_events.columns if c.key != "id")  # 
 # inline: no RETURNING of the new id, which nobody reads.
 _AUDIT_VALUES = {key: bindparam(key, type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS}
 _INSERT_AUDIT = insert(audit_events).values(_AUDIT_VALUES).inline()
+
+
 # PostgreSQL: a message and its event in one statement (the audit row's parameters are prefixed).
-_INSERT_MESSAGE_AND_AUDIT = (
-    insert(audit_events)
-    .values({key: bindparam(f"audit_{key}", type_=audit_events.c[key].type) for key in _AUDIT_COLUMNS})
-    .inline()
-    .add_cte(_INSERT_MESSAGE.cte("message"))
+def _prefixed_insert(table: Table, prefix: str, columns: Sequence[str], *, only_with: CTE | None = None) -> Insert:
+    """An insert whose parameters are named `prefix` + column: beside other statements in one.
+    With `only_with`, the row is written only if that statement's result has a row."""
+    values = [bindparam(prefix + key, type_=table.c[key].type) for key in columns]
+    if only_with is None:
+        return insert(table).values(dict(zip(columns, values, strict=True))).inline()
+    return insert(table).from_select(list(columns), select(*values).select_from(only_with))
+
+
+def _prefixed(prefix: str, params: Record) -> Record:
+    return {prefix + key: value for key, value in params.items()}
+
+
+_INSERT_PREFIXED_AUDIT = _prefixed_insert(audit_events, "audit_", _AUDIT_COLUMNS)
+_INSERT_MESSAGE_AND_AUDIT = _INSERT_PREFIXED_AUDIT.add_cte(_INSERT_MESSAGE.cte("message"))
+
+
+# PostgreSQL: the admission's writes and its read in one statement (`admit_message`). Each
+# sub-statement sees the snapshot the statement started with, so the history read excludes the
+# message inserted beside it. When the lease is held, `taken` is empty: nothing is written and no
+# row comes back.
+_TAKEN = _TAKE_TURN.cte("taken")
+_EARLIER = _HISTORY.add_columns(*_ORDER).subquery("earlier")
+_ADMIT_MESSAGE = (
+    select(_TAKEN.c.stream_number, _EARLIER.c.role, _EARLIER.c.content, _EARLIER.c.parts)
+    .select_from(_TAKEN.outerjoin(_EARLIER, true()))
+    .order_by(_EARLIER.c.position, _EARLIER.c.created_at, _EARLIER.c.id)
+    .add_cte(_prefixed_insert(messages, "message_", [c.key for c in messages.columns], only_with=_TAKEN).cte("message"))
+    .add_cte(_prefixed_insert(audit_events, "audit_", _AUDIT_COLUMNS, only_with=_TAKEN).cte("audit"))
 )
+
+
+async def admit_message(
+    tx: Tx,
+    *,
+    lease: LeaseFields,
+    title: str | None,
+    context: dict[str, Any] | None,
+    message: MessageFields,
+    audit: Record,
+) -> tuple[int, Sequence[HistoryRow]] | None:
+    """Take the session's free turn lease (`take_turn`), read its history, and write the message
+    admitted with its audit event: (the turn's event stream, the history before the message), or
+    None (and nothing written) when the lease is held. On PostgreSQL one statement, one round trip.
+    A caller that refuses the message afterwards (a budget) rolls its unit back."""
+    session_id = message["session_id"]
+    if tx.dialect != "postgresql":
+        stream = await take_turn(tx, session_id, title=title, context=context, **lease)
+        if stream is None:
+            return None
+        history = await history_rows(tx, session_id)
+        await insert_message(tx, audit=audit, **message)
+        return stream, history
+    params = {
+        **_take_turn_params(session_id, title=title, context=context, **lease),
+        **_prefixed("message_", _message_params(new_id(), message)),
+        **_prefixed("audit_", audit),
+    }
+    found = await tx.rows(_ADMIT_MESSAGE, params)
+    if not found:
+        return None
+    history = [(role, content, parts) for _, role, content, parts in found if role is not None]
+    return found[0][0], history
 
 
 async def insert_audit_event(tx: Tx, values: Record) -> None:
