@@ -4,16 +4,12 @@
 // token kept in sessionStorage, as the chat page does. Everything shown is text (textContent):
 // transcripts are reviewed as written, nothing in them is rendered as markup.
 
+import { SignIn } from './sign-in.js';
+
 const BASE = '/api/v1/ai';
-const TOKEN_KEY = 'parley.token';
 
 const $ = (id) => document.getElementById(id);
 const dom = {
-  signIn: $('sign-in'),
-  signInForm: $('sign-in-form'),
-  tokenInput: $('token-input'),
-  signInError: $('sign-in-error'),
-  signOut: $('sign-out'),
   review: $('review'),
   showAll: $('show-all'),
   listTitle: $('list-title'),
@@ -80,34 +76,24 @@ function showBanner(error) {
   dom.banner.hidden = false;
 }
 
-function showSignIn(message = '') {
-  token = null;
-  dom.review.hidden = true;
-  dom.signOut.hidden = true;
-  dom.signIn.hidden = false;
-  dom.signInError.textContent = message;
-  dom.tokenInput.focus();
-}
-
-async function signIn(candidate) {
-  token = candidate;
-  try {
-    await loadList();
-  } catch (error) {
-    if (error.status === 401 || error.status === 403) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignIn(error.status === 403 ? 'That token is not an admin token.' : `Not accepted: ${error.message}`);
-      return;
-    }
-    showSignIn(`${error.message} (${error.code})`);
-    return;
-  }
-  sessionStorage.setItem(TOKEN_KEY, candidate);
-  dom.tokenInput.value = '';
-  dom.signIn.hidden = true;
-  dom.review.hidden = false;
-  dom.signOut.hidden = false;
-}
+const signIn = new SignIn({
+  parts: [dom.review],
+  emptyMessage: 'Paste an admin token first.',
+  check: (candidate) => {
+    token = candidate;
+    return loadList();
+  },
+  refusal: (error) => {
+    if (error.status === 403) return 'That token is not an admin token.';
+    return error.status === 401 ? `Not accepted: ${error.message}` : null;
+  },
+  onSignOut: () => {
+    token = null;
+    current = null;
+    dom.transcript.hidden = true;
+    dom.empty.hidden = false;
+  },
+});
 
 async function loadList() {
   const all = dom.showAll.checked;
@@ -203,24 +189,4 @@ dom.unflag.addEventListener('click', async () => {
 
 dom.showAll.addEventListener('change', () => loadList().catch(showBanner));
 
-dom.signInForm.addEventListener('submit', (event) => {
-  event.preventDefault();
-  const candidate = dom.tokenInput.value.trim();
-  if (!candidate) {
-    showSignIn('Paste an admin token first.');
-    return;
-  }
-  signIn(candidate);
-});
-
-dom.signOut.addEventListener('click', () => {
-  sessionStorage.removeItem(TOKEN_KEY);
-  current = null;
-  dom.transcript.hidden = true;
-  dom.empty.hidden = false;
-  showSignIn();
-});
-
-const saved = sessionStorage.getItem(TOKEN_KEY);
-if (saved) signIn(saved);
-else showSignIn();
+signIn.start();
