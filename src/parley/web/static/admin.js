@@ -1,12 +1,11 @@
 // The review page: flagged conversations of the admin token's organizations, and their transcripts.
 //
-// It uses the public API only (/api/v1/ai/admin/..., DELETE /sessions/{id}/flag) with the bearer
-// token kept in sessionStorage, as the chat page does. Everything shown is text (textContent):
+// It uses the public API only (/api/v1/ai/admin/..., DELETE /sessions/{id}/flag, through api.js)
+// and signs in as the chat page does (sign-in.js). Everything shown is text (textContent):
 // transcripts are reviewed as written, nothing in them is rendered as markup.
 
+import { Api } from './api.js';
 import { SignIn } from './sign-in.js';
-
-const BASE = '/api/v1/ai';
 
 const $ = (id) => document.getElementById(id);
 const dom = {
@@ -27,45 +26,8 @@ const dom = {
   toolCalls: $('tool-calls'),
 };
 
-let token = null;
+let api = null; // with the token being checked or signed in with
 let current = null; // the session whose transcript is shown
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-async function api(method, path, params) {
-  const url = new URL(BASE + path, window.location.origin);
-  for (const [key, value] of Object.entries(params || {})) url.searchParams.set(key, String(value));
-  let response;
-  try {
-    response = await fetch(url, {
-      method,
-      headers: { Authorization: `Bearer ${token}` },
-      cache: 'no-store',
-      credentials: 'omit',
-      redirect: 'error',
-    });
-  } catch {
-    throw new ApiError(0, 'network_error', 'Could not reach the server.');
-  }
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    // not JSON: keep the status line
-  }
-  if (!response.ok) {
-    const code = body && typeof body.code === 'string' ? body.code : `http_${response.status}`;
-    const message = body && typeof body.error === 'string' ? body.error : response.statusText;
-    throw new ApiError(response.status, code, message);
-  }
-  return body;
-}
 
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : '';
@@ -79,8 +41,8 @@ function showBanner(error) {
 const signIn = new SignIn({
   parts: [dom.review],
   emptyMessage: 'Paste an admin token first.',
-  check: (candidate) => {
-    token = candidate;
+  check: (token) => {
+    api = new Api(token);
     return loadList();
   },
   refusal: (error) => {
@@ -88,7 +50,7 @@ const signIn = new SignIn({
     return error.status === 401 ? `Not accepted: ${error.message}` : null;
   },
   onSignOut: () => {
-    token = null;
+    api = null;
     current = null;
     dom.transcript.hidden = true;
     dom.empty.hidden = false;
@@ -99,7 +61,7 @@ async function loadList() {
   const all = dom.showAll.checked;
   dom.listTitle.textContent = all ? 'All conversations' : 'Flagged conversations';
   dom.sessionList.setAttribute('aria-busy', 'true');
-  const body = await api('GET', '/admin/sessions', all ? { limit: 100 } : { flagged: 'true', limit: 100 });
+  const body = await api.adminSessions({ flagged: !all, limit: 100 });
   dom.sessionList.replaceChildren(...body.data.map(listItem));
   dom.listStatus.textContent = body.total
     ? `${body.total} conversation${body.total === 1 ? '' : 's'}${body.total > body.data.length ? ` (the newest ${body.data.length})` : ''}`
@@ -135,7 +97,7 @@ async function openTranscript(id) {
   dom.banner.hidden = true;
   let body;
   try {
-    body = await api('GET', `/admin/sessions/${encodeURIComponent(id)}`);
+    body = await api.adminSession(id);
   } catch (error) {
     showBanner(error);
     return;
@@ -179,7 +141,7 @@ function toolItem(call) {
 dom.unflag.addEventListener('click', async () => {
   if (!current) return;
   try {
-    await api('DELETE', `/sessions/${encodeURIComponent(current.id)}/flag`);
+    await api.unflagSession(current.id);
     await loadList();
     await openTranscript(current.id);
   } catch (error) {
