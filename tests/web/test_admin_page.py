@@ -92,6 +92,18 @@ def test_an_admin_reviews_a_flagged_conversation_and_clears_the_flag(
 
         page.reload()  # the token is kept for the tab
         expect(page.locator("#list-status")).to_have_text("Nothing is flagged.")
+
+        # A token that could not be checked (the network failed) is kept: "Sign in" tries it again.
+        page.route(re.compile(r".*/api/v1/ai/admin/sessions\?.*"), lambda route: route.abort("connectionreset"))
+        page.reload()
+        expect(page.locator("#sign-in-error")).to_contain_text("(network_error) Press Sign in to try again.")
+        page.unroute_all()
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#list-status")).to_have_text("Nothing is flagged.")
+
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_label("Admin token")).to_be_focused()
+        assert page.evaluate("() => sessionStorage.getItem('parley.token')") is None
     finally:
         context.close()
     problems.check()

@@ -39,6 +39,32 @@ def _object(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
     return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
 
 
+def _string(description: str, max_length: int, **extra: Any) -> dict[str, Any]:
+    """A non-empty string argument of at most `max_length` characters (`extra`: a default, say)."""
+    return {"type": "string", "minLength": 1, "maxLength": max_length, **extra, "description": description}
+
+
+def _tool(
+    *,
+    name: str,
+    title: str,
+    description: str,
+    arguments: dict[str, Any],
+    result: dict[str, Any],
+    annotations: types.ToolAnnotations,
+) -> types.Tool:
+    """A tool's declaration; its title goes in its annotations too, where MCP clients that predate
+    `Tool.title` look for it."""
+    return types.Tool(
+        name=name,
+        title=title,
+        description=description,
+        inputSchema=arguments,
+        outputSchema=result,
+        annotations=annotations.model_copy(update={"title": title}),
+    )
+
+
 _LIMIT = {
     "type": "integer",
     "minimum": 1,
@@ -66,26 +92,24 @@ _SELECTION = _object(
 _STRING = {"type": "string"}
 
 DEFINITIONS = [
-    types.Tool(
+    _tool(
         name="now",
         title="Current date and time",
         description=(
             "Tell the current date and time in a time zone, as ISO 8601 with the zone's name, "
             "abbreviation and UTC offset. Reads the system clock only; changes nothing."
         ),
-        inputSchema=_object(
+        arguments=_object(
             {
-                "timezone": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_ZONE_NAME,
-                    "default": "UTC",
-                    "description": "An IANA time zone name, such as 'Europe/Paris' or 'America/New_York'.",
-                }
+                "timezone": _string(
+                    "An IANA time zone name, such as 'Europe/Paris' or 'America/New_York'.",
+                    MAX_ZONE_NAME,
+                    default="UTC",
+                )
             },
             [],
         ),
-        outputSchema=_object(
+        result=_object(
             {
                 "datetime": _STRING,
                 "timezone": _STRING,
@@ -95,9 +119,9 @@ DEFINITIONS = [
             },
             ["datetime", "timezone", "abbreviation", "utc_offset", "weekday"],
         ),
-        annotations=_READ_ONLY.model_copy(update={"title": "Current date and time"}),
+        annotations=_READ_ONLY,
     ),
-    types.Tool(
+    _tool(
         name="calculate",
         title="Calculator",
         description=(
@@ -106,18 +130,15 @@ DEFINITIONS = [
             "where possible (1/3 stays 1/3); irrational ones are given to 30 significant digits. "
             "Computes only; changes nothing."
         ),
-        inputSchema=_object(
+        arguments=_object(
             {
-                "expression": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_LENGTH,
-                    "description": f"The expression, such as '(1 + 2) * 3 ** 2' (at most {MAX_LENGTH} characters).",
-                }
+                "expression": _string(
+                    f"The expression, such as '(1 + 2) * 3 ** 2' (at most {MAX_LENGTH} characters).", MAX_LENGTH
+                )
             },
             ["expression"],
         ),
-        outputSchema=_object(
+        result=_object(
             {
                 "expression": _STRING,
                 "value": {"type": "string", "description": "Exact (7, 2.5, 1/3) or approximate."},
@@ -126,24 +147,19 @@ DEFINITIONS = [
             },
             ["expression", "value", "decimal", "exact"],
         ),
-        annotations=_READ_ONLY.model_copy(update={"title": "Calculator"}),
+        annotations=_READ_ONLY,
     ),
-    types.Tool(
+    _tool(
         name="add_note",
         title="Save a note",
         description=(
             "Save a short note by appending it to the notes file in the demo tools' data directory. "
             "Only adds: existing notes are never changed or deleted."
         ),
-        inputSchema=_object(
+        arguments=_object(
             {
-                "text": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_TEXT,
-                    "description": f"What the note says (at most {MAX_TEXT} characters).",
-                },
-                "title": {
+                "text": _string(f"What the note says (at most {MAX_TEXT} characters).", MAX_TEXT),
+                "title": {  # optional, and may be empty
                     "type": "string",
                     "maxLength": MAX_TITLE,
                     "description": f"An optional one-line title (at most {MAX_TITLE} characters).",
@@ -151,38 +167,33 @@ DEFINITIONS = [
             },
             ["text"],
         ),
-        outputSchema=_NOTE,
-        annotations=_APPENDS.model_copy(update={"title": "Save a note"}),
+        result=_NOTE,
+        annotations=_APPENDS,
     ),
-    types.Tool(
+    _tool(
         name="list_notes",
         title="List notes",
         description="Show the most recently saved notes, newest first. Reads the notes file only.",
-        inputSchema=_object({"limit": _LIMIT}, []),
-        outputSchema=_SELECTION,
-        annotations=_READ_ONLY.model_copy(update={"title": "List notes"}),
+        arguments=_object({"limit": _LIMIT}, []),
+        result=_SELECTION,
+        annotations=_READ_ONLY,
     ),
-    types.Tool(
+    _tool(
         name="search_notes",
         title="Search notes",
         description=(
             "Find saved notes whose title or text contains the query, ignoring case, newest first. "
             "Reads the notes file only."
         ),
-        inputSchema=_object(
+        arguments=_object(
             {
-                "query": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": MAX_QUERY,
-                    "description": f"The words to look for (at most {MAX_QUERY} characters).",
-                },
+                "query": _string(f"The words to look for (at most {MAX_QUERY} characters).", MAX_QUERY),
                 "limit": _LIMIT,
             },
             ["query"],
         ),
-        outputSchema=_SELECTION,
-        annotations=_READ_ONLY.model_copy(update={"title": "Search notes"}),
+        result=_SELECTION,
+        annotations=_READ_ONLY,
     ),
 ]
 

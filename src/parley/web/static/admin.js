@@ -1,19 +1,14 @@
 // The review page: flagged conversations of the admin token's organizations, and their transcripts.
 //
-// It uses the public API only (/api/v1/ai/admin/..., DELETE /sessions/{id}/flag) with the bearer
-// token kept in sessionStorage, as the chat page does. Everything shown is text (textContent):
+// It uses the public API only (/api/v1/ai/admin/..., DELETE /sessions/{id}/flag, through api.js)
+// and signs in as the chat page does (sign-in.js). Everything shown is text (textContent):
 // transcripts are reviewed as written, nothing in them is rendered as markup.
 
-const BASE = '/api/v1/ai';
-const TOKEN_KEY = 'parley.token';
+import { Api } from './api.js';
+import { SignIn } from './sign-in.js';
 
 const $ = (id) => document.getElementById(id);
 const dom = {
-  signIn: $('sign-in'),
-  signInForm: $('sign-in-form'),
-  tokenInput: $('token-input'),
-  signInError: $('sign-in-error'),
-  signOut: $('sign-out'),
   review: $('review'),
   showAll: $('show-all'),
   listTitle: $('list-title'),
@@ -31,45 +26,8 @@ const dom = {
   toolCalls: $('tool-calls'),
 };
 
-let token = null;
+let api = null; // with the token being checked or signed in with
 let current = null; // the session whose transcript is shown
-
-class ApiError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
-async function api(method, path, params) {
-  const url = new URL(BASE + path, window.location.origin);
-  for (const [key, value] of Object.entries(params || {})) url.searchParams.set(key, String(value));
-  let response;
-  try {
-    response = await fetch(url, {
-      method,
-      headers: { Authorization: `Bearer ${token}` },
-      cache: 'no-store',
-      credentials: 'omit',
-      redirect: 'error',
-    });
-  } catch {
-    throw new ApiError(0, 'network_error', 'Could not reach the server.');
-  }
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    // not JSON: keep the status line
-  }
-  if (!response.ok) {
-    const code = body && typeof body.code === 'string' ? body.code : `http_${response.status}`;
-    const message = body && typeof body.error === 'string' ? body.error : response.statusText;
-    throw new ApiError(response.status, code, message);
-  }
-  return body;
-}
 
 function when(iso) {
   return iso ? new Date(iso).toLocaleString() : '';
@@ -80,40 +38,30 @@ function showBanner(error) {
   dom.banner.hidden = false;
 }
 
-function showSignIn(message = '') {
-  token = null;
-  dom.review.hidden = true;
-  dom.signOut.hidden = true;
-  dom.signIn.hidden = false;
-  dom.signInError.textContent = message;
-  dom.tokenInput.focus();
-}
-
-async function signIn(candidate) {
-  token = candidate;
-  try {
-    await loadList();
-  } catch (error) {
-    if (error.status === 401 || error.status === 403) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignIn(error.status === 403 ? 'That token is not an admin token.' : `Not accepted: ${error.message}`);
-      return;
-    }
-    showSignIn(`${error.message} (${error.code})`);
-    return;
-  }
-  sessionStorage.setItem(TOKEN_KEY, candidate);
-  dom.tokenInput.value = '';
-  dom.signIn.hidden = true;
-  dom.review.hidden = false;
-  dom.signOut.hidden = false;
-}
+const signIn = new SignIn({
+  parts: [dom.review],
+  emptyMessage: 'Paste an admin token first.',
+  check: (token) => {
+    api = new Api(token);
+    return loadList();
+  },
+  refusal: (error) => {
+    if (error.status === 403) return 'That token is not an admin token.';
+    return error.status === 401 ? `Not accepted: ${error.message}` : null;
+  },
+  onSignOut: () => {
+    api = null;
+    current = null;
+    dom.transcript.hidden = true;
+    dom.empty.hidden = false;
+  },
+});
 
 async function loadList() {
   const all = dom.showAll.checked;
   dom.listTitle.textContent = all ? 'All conversations' : 'Flagged conversations';
   dom.sessionList.setAttribute('aria-busy', 'true');
-  const body = await api('GET', '/admin/sessions', all ? { limit: 100 } : { flagged: 'true', limit: 100 });
+  const body = await api.adminSessions({ flagged: !all, limit: 100 });
   dom.sessionList.replaceChildren(...body.data.map(listItem));
   dom.listStatus.textContent = body.total
     ? `${body.total} conversation${body.total === 1 ? '' : 's'}${body.total > body.data.length ? ` (the newest ${body.data.length})` : ''}`
@@ -149,7 +97,7 @@ async function openTranscript(id) {
   dom.banner.hidden = true;
   let body;
   try {
-    body = await api('GET', `/admin/sessions/${encodeURIComponent(id)}`);
+    body = await api.adminSession(id);
   } catch (error) {
     showBanner(error);
     return;
@@ -193,7 +141,7 @@ function toolItem(call) {
 dom.unflag.addEventListener('click', async () => {
   if (!current) return;
   try {
-    await api('DELETE', `/sessions/${encodeURIComponent(current.id)}/flag`);
+    await api.unflagSession(current.id);
     await loadList();
     await openTranscript(current.id);
   } catch (error) {
@@ -203,24 +151,4 @@ dom.unflag.addEventListener('click', async () => {
 
 dom.showAll.addEventListener('change', () => loadList().catch(showBanner));
 
-dom.signInForm.addEventListener('submit', (event) => {
-  event.preventDefault();
-  const candidate = dom.tokenInput.value.trim();
-  if (!candidate) {
-    showSignIn('Paste an admin token first.');
-    return;
-  }
-  signIn(candidate);
-});
-
-dom.signOut.addEventListener('click', () => {
-  sessionStorage.removeItem(TOKEN_KEY);
-  current = null;
-  dom.transcript.hidden = true;
-  dom.empty.hidden = false;
-  showSignIn();
-});
-
-const saved = sessionStorage.getItem(TOKEN_KEY);
-if (saved) signIn(saved);
-else showSignIn();
+signIn.start();

@@ -188,4 +188,20 @@ export class Api {
   interrupt(id) {
     return this.#json('POST', `/sessions/${encodeURIComponent(id)}/interrupt`);
   }
+
+  // The review page's calls (an admin token).
+
+  /** The sessions of the token's organizations, newest activity first; `flagged`: only those. */
+  adminSessions({ flagged, limit }) {
+    return this.#json('GET', `/admin/sessions?${flagged ? 'flagged=true&' : ''}limit=${limit}`);
+  }
+
+  /** A session's transcript and tool calls, as the review page shows them. */
+  adminSession(id) {
+    return this.#json('GET', `/admin/sessions/${encodeURIComponent(id)}`);
+  }
+
+  unflagSession(id) {
+    return this.#json('DELETE', `/sessions/${encodeURIComponent(id)}/flag`);
+  }
 }

@@ -10,6 +10,7 @@
 import { Api, ApiError } from './api.js';
 import { ToolDesk } from './approvals.js';
 import { applyReplyEvent, contextCut } from './reply.js';
+import { SignIn } from './sign-in.js';
 import { readEvents } from './sse.js';
 import { ToolMenu, parseToolCommand, resolveToolCommand } from './tool-menu.js';
 import {
@@ -22,11 +23,11 @@ import {
   formatCents,
   formatCount,
   formatWhen,
+  onSubmit,
   relativeTime,
   usageText,
 } from './ui.js';
 
-const TOKEN_KEY = 'parley.token';
 const SESSION_KEY = 'parley.session';
 const TURN_KEY = 'parley.turn';
 const PAGE_SIZE = 30;
@@ -34,12 +35,6 @@ const ATTACH_RETRIES = [0, 500, 1000, 2000]; // ms before each try to re-attach 
 
 const $ = (id) => document.getElementById(id);
 const dom = {
-  signIn: $('sign-in'),
-  signInForm: $('sign-in-form'),
-  tokenInput: $('token-input'),
-  signInButton: $('sign-in-button'),
-  signInError: $('sign-in-error'),
-  signOut: $('sign-out'),
   usage: $('usage'),
   navToggle: $('nav-toggle'),
   workspace: $('workspace'),
@@ -154,7 +149,7 @@ function clearBanner() {
 function handleError(err) {
   if (isAbort(err)) return;
   if (err instanceof ApiError && err.status === 401) {
-    signOut(`${err.message} (${err.code})`);
+    signIn.signOut(`${err.message} (${err.code})`);
     return;
   }
   if (!(err instanceof ApiError)) {
@@ -168,44 +163,22 @@ function handleError(err) {
 
 // ---- sign-in -----------------------------------------------------------------------------
 
-function showSignIn(message = '') {
-  dom.workspace.hidden = true;
-  dom.signOut.hidden = true;
-  dom.usage.hidden = true;
-  dom.navToggle.hidden = true;
-  dom.signIn.hidden = false;
-  dom.signInError.textContent = message;
-  dom.tokenInput.focus();
+const signIn = new SignIn({
+  parts: [dom.workspace, dom.navToggle],
+  emptyMessage: 'Paste your API token first.',
+  check: checkToken,
+  refusal: (err) => (err.status === 401 ? `That token was not accepted: ${err.message} (${err.code})` : null),
+  onSignedIn: openWorkspace,
+  onSignOut: clearWorkspace,
+});
+
+async function checkToken(token) {
+  const api = new Api(token);
+  return { api, usage: await api.usage() }; // checks the token and fills the usage line in one request
 }
 
-async function signIn(token) {
-  const api = new Api(token);
-  dom.signInButton.disabled = true;
-  let usage;
-  try {
-    usage = await api.usage(); // checks the token and fills the usage line in one request
-  } catch (err) {
-    const { code, message } = describeError(err);
-    if (err.status === 401) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      showSignIn(`That token was not accepted: ${message} (${code})`);
-    } else {
-      // The server is unreachable or failing: keep the token, so "Sign in" can simply retry.
-      const retry = sessionStorage.getItem(TOKEN_KEY) === token ? ' Press Sign in to try again.' : '';
-      showSignIn(`${message} (${code})${retry}`);
-    }
-    return;
-  } finally {
-    dom.signInButton.disabled = false;
-  }
-  sessionStorage.setItem(TOKEN_KEY, token);
+async function openWorkspace({ api, usage }) {
   state.api = api;
-  dom.tokenInput.value = '';
-  dom.signInError.textContent = '';
-  dom.signIn.hidden = true;
-  dom.workspace.hidden = false;
-  dom.signOut.hidden = false;
-  dom.navToggle.hidden = false;
   renderUsage(usage);
   await loadSessions();
 
@@ -216,22 +189,22 @@ async function signIn(token) {
   if (!state.turn) dom.input.focus();
 }
 
-function signOut(message = '') {
+function clearWorkspace() {
   if (state.turn) state.turn.controller.abort(); // leave the stream; the turn itself goes on server-side
   state.turn = null;
   state.api = null;
   state.current = null;
   state.sessions = [];
   desk.reset(null, null);
-  for (const key of [TOKEN_KEY, SESSION_KEY, TURN_KEY]) sessionStorage.removeItem(key);
+  for (const key of [SESSION_KEY, TURN_KEY]) sessionStorage.removeItem(key);
   clearBanner();
+  dom.usage.hidden = true;
   dom.sessionList.replaceChildren();
   dom.sessionList.setAttribute('aria-busy', 'true');
   dom.searchInput.value = '';
   dom.searchStatus.textContent = '';
   showMessages([]);
   setBusy(false);
-  showSignIn(message);
 }
 
 // ---- usage -------------------------------------------------------------------------------
@@ -1017,6 +990,12 @@ function hideRename() {
   dom.renameForm.hidden = true;
 }
 
+/** Put the title form away and give the focus back to the button that opened it. */
+function closeRename() {
+  hideRename();
+  dom.renameButton.focus();
+}
+
 async function submitRename() {
   const session = state.current;
   const title = dom.renameInput.value.trim();
@@ -1029,8 +1008,7 @@ async function submitRename() {
     session.title = result.title ?? title;
     upsertSession({ id: session.id, title: session.title });
     dom.chatTitle.textContent = sessionTitle(session);
-    hideRename();
-    dom.renameButton.focus();
+    closeRename();
   } catch (err) {
     handleError(err);
   }
@@ -1092,25 +1070,13 @@ function wire() {
     loadTools: async () => ((await ensureSession()) ? desk.listTools({ fresh: true }) : null),
     onError: (err) => handleError(err),
   });
-  dom.signInForm.addEventListener('submit', (event) => {
-    event.preventDefault();
-    // An empty field retries with the token kept from before (after a failed restore).
-    const token = dom.tokenInput.value.trim() || sessionStorage.getItem(TOKEN_KEY);
-    if (!token) {
-      showSignIn('Paste your API token first.');
-      return;
-    }
-    signIn(token);
-  });
-  dom.signOut.addEventListener('click', () => signOut());
   dom.navToggle.addEventListener('click', toggleNav);
   dom.newChat.addEventListener('click', () => {
     newChat();
     dom.input.focus();
   });
   dom.loadMore.addEventListener('click', () => loadSessions({ append: true }));
-  dom.searchForm.addEventListener('submit', (event) => {
-    event.preventDefault();
+  onSubmit(dom.searchForm, () => {
     clearTimeout(state.searchTimer);
     runSearch();
   });
@@ -1122,19 +1088,12 @@ function wire() {
     }
   });
   dom.renameButton.addEventListener('click', showRename);
-  dom.renameCancel.addEventListener('click', () => {
-    hideRename();
-    dom.renameButton.focus();
-  });
-  dom.renameForm.addEventListener('submit', (event) => {
-    event.preventDefault();
-    submitRename();
-  });
+  dom.renameCancel.addEventListener('click', closeRename);
+  onSubmit(dom.renameForm, submitRename);
   dom.renameInput.addEventListener('keydown', (event) => {
     if (event.key === 'Escape') {
       event.preventDefault();
-      hideRename();
-      dom.renameButton.focus();
+      closeRename();
     }
   });
   dom.closeButton.addEventListener('click', closeChat);
@@ -1143,10 +1102,7 @@ function wire() {
     clearBanner();
     dom.input.focus();
   });
-  dom.composer.addEventListener('submit', (event) => {
-    event.preventDefault();
-    send(dom.input.value);
-  });
+  onSubmit(dom.composer, () => send(dom.input.value));
   dom.input.addEventListener('keydown', (event) => {
     // Enter sends; Shift+Enter (and Enter while an input method composes) inserts a new line.
     const modified = event.shiftKey || event.altKey || event.ctrlKey || event.metaKey;
@@ -1175,6 +1131,4 @@ function wire() {
 }
 
 wire();
-const savedToken = sessionStorage.getItem(TOKEN_KEY);
-if (savedToken) signIn(savedToken);
-else showSignIn();
+signIn.start();

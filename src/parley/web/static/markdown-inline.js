@@ -182,16 +182,26 @@ function afterBackticks(source, at, limit) {
 }
 
 /**
+ * `find(source, at, known)` with its answers remembered in the InlineText's per-index table
+ * `table` (`known`, which `find` may fill in further): each is worked out once per text, however
+ * often it is asked for.
+ */
+function remembered(table, find) {
+  return (source, at) => {
+    const known = (source[table] ??= source.perIndex());
+    if (known[at] === UNKNOWN) known[at] = find(source, at, known);
+    return known[at];
+  };
+}
+
+/**
  * Index of the `]` matching the `[` at `at`, or -1.
  *
  * Each `[` is scanned once: a nested `[` is settled first, remembered, and skipped as a whole
  * by the brackets around it. A stack stands in for recursion, so deep nesting costs no call stack.
  */
-function closingBracket(source, at) {
+const closingBracket = remembered('closingBrackets', (source, at, known) => {
   const { text } = source;
-  source.closingBrackets ??= source.perIndex();
-  const known = source.closingBrackets;
-  if (known[at] !== UNKNOWN) return known[at];
   const open = [at];
   let k = at + 1;
   while (open.length > 0) {
@@ -225,18 +235,15 @@ function closingBracket(source, at) {
     k = start; // the enclosing scan resumes at this `[`, now known
   }
   return known[at];
-}
+});
 
 /**
  * Where a link destination starting at `from` ends: at whitespace, at a `)` that closes no `(`
  * of its own, or at the end of the text. Nested parentheses are settled and remembered like
  * brackets in closingBracket, so each is scanned once.
  */
-function destinationEnd(source, from) {
+const destinationEnd = remembered('destinationEnds', (source, from, known) => {
   const { text } = source;
-  source.destinationEnds ??= source.perIndex();
-  const known = source.destinationEnds;
-  if (known[from] !== UNKNOWN) return known[from];
   const starts = [from];
   let k = from;
   while (starts.length > 0) {
@@ -266,7 +273,7 @@ function destinationEnd(source, from) {
     k = start - 1; // the enclosing scan resumes at the `(`, now known
   }
   return known[from];
-}
+});
 
 /** Parse `(destination "title")` at `at`; returns {href, end} or null. */
 function linkTarget(source, at) {
@@ -296,10 +303,7 @@ function linkTarget(source, at) {
  * optional title in quotes; or -1. Remembered: many destinations can end at the same place,
  * and each would otherwise skip the same run of spaces again.
  */
-function linkEnd(source, at) {
-  source.linkEnds ??= source.perIndex();
-  const known = source.linkEnds;
-  if (known[at] !== UNKNOWN) return known[at];
+const linkEnd = remembered('linkEnds', (source, at) => {
   const { text } = source;
   let k = at;
   while (text[k] === ' ' || text[k] === '\t' || text[k] === '\n') k++;
@@ -309,9 +313,8 @@ function linkEnd(source, at) {
     k = close === -1 ? -1 : close + 1;
     while (k !== -1 && (text[k] === ' ' || text[k] === '\t')) k++;
   }
-  known[at] = k !== -1 && text[k] === ')' ? k + 1 : -1;
-  return known[at];
-}
+  return k !== -1 && text[k] === ')' ? k + 1 : -1;
+});
 
 /** `end` moved back over any trailing punctuation a sentence puts after a URL. */
 function withoutTrailingPunctuation(text, start, end) {

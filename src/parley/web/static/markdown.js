@@ -153,6 +153,11 @@ function itemInfo(match) {
   return { ordered, kind: ordered ? marker.slice(-1) : marker, start: ordered ? parseInt(marker, 10) : 1 };
 }
 
+/** Whether two items (itemInfo) are of one list: the same marker, `-` or `*` or `1.` or `1)`. */
+function sameList(a, b) {
+  return a.ordered === b.ordered && a.kind === b.kind;
+}
+
 /** Whether `line` starts a block that ends a paragraph. */
 function interruptsParagraph(line) {
   if (openingFence(line) || atxHeading(line) || RULE.test(line) || QUOTE.test(line)) return true;
@@ -161,6 +166,21 @@ function interruptsParagraph(line) {
   // As in CommonMark, only "1." may interrupt a paragraph, so "2024. was a year" stays text.
   const info = itemInfo(item);
   return !info.ordered || info.start === 1;
+}
+
+/**
+ * Whether `line`, without its container's marker or indentation, still continues the paragraph
+ * that ends `body` (a lazy continuation line, as in CommonMark).
+ */
+function continuesParagraph(body, line) {
+  return !isBlank(line) && body.length > 0 && !isBlank(body[body.length - 1]) && !interruptsParagraph(line);
+}
+
+/** Render `body` as the blocks of a new `tag` element (a quote, a list item) at the end of `parent`. */
+function appendContainer(parent, tag, body, depth, tight) {
+  const node = el(tag);
+  renderBlocks(body, node, depth + 1, tight);
+  parent.append(node);
 }
 
 /** Render `lines` as blocks into `parent`; `blocks` (if given) gets each one's first line and node. */
@@ -247,16 +267,14 @@ function blockQuote(lines, i, parent, depth) {
     const match = QUOTE.exec(line);
     if (match) {
       body.push(line.slice(match[0].length));
-    } else if (!isBlank(line) && body.length > 0 && !isBlank(body[body.length - 1]) && !interruptsParagraph(line)) {
-      body.push(line); // lazy continuation of the quoted paragraph
+    } else if (continuesParagraph(body, line)) {
+      body.push(line);
     } else {
       break;
     }
     i++;
   }
-  const quote = el('blockquote');
-  renderBlocks(body, quote, depth + 1, false);
-  parent.append(quote);
+  appendContainer(parent, 'blockquote', body, depth, false);
   return i;
 }
 
@@ -268,7 +286,7 @@ function list(lines, i, parent, depth) {
     const match = ITEM.exec(lines[i]);
     if (!match) break;
     const info = itemInfo(match);
-    if (info.ordered !== first.ordered || info.kind !== first.kind) break;
+    if (!sameList(info, first)) break;
     const rest = lines[i].slice(match[0].length);
     // Continuation lines must be indented to the item's text (at least past the marker).
     const contentIndent = isBlank(rest) ? match[1].length + match[2].length + 1 : match[0].length;
@@ -292,24 +310,21 @@ function list(lines, i, parent, depth) {
       }
       if (indentOf(line) >= contentIndent) {
         body.push(line.slice(contentIndent));
-      } else if (!isBlank(body[body.length - 1]) && !ITEM.test(line) && !interruptsParagraph(line)) {
-        body.push(line.trim()); // lazy continuation of the item's paragraph
+      } else if (!ITEM.test(line) && continuesParagraph(body, line)) {
+        body.push(line.trim());
       } else {
         break;
       }
       i++;
     }
-    const item = el('li');
-    renderBlocks(body, item, depth + 1, tight);
-    node.append(item);
+    appendContainer(node, 'li', body, depth, tight);
     // Blank lines between items of the same list do not end the list.
     let next = i;
     while (next < lines.length && isBlank(lines[next])) next++;
     if (next > i && next < lines.length) {
       const following = ITEM.exec(lines[next]);
       if (!following || indentOf(lines[next]) > 3) break;
-      const followingInfo = itemInfo(following);
-      if (followingInfo.ordered !== first.ordered || followingInfo.kind !== first.kind) break;
+      if (!sameList(itemInfo(following), first)) break;
       i = next;
     }
   }

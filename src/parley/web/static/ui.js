@@ -16,6 +16,14 @@ export function el(tag, { attrs = {}, ...props } = {}, ...children) {
   return node;
 }
 
+/** Run `handler` when `form` is submitted, instead of submitting it: the page's forms never navigate. */
+export function onSubmit(form, handler) {
+  form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    handler();
+  });
+}
+
 /** US dollars from a number or decimal string; small amounts keep their significant digits. */
 export function formatUsd(value) {
   const amount = Number(value);
