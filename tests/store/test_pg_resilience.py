@@ -188,3 +188,24 @@ async def test_a_statement_past_the_timeout_answers_503_and_frees_its_connection
             assert await tx.value(select(literal(1))) == 1
     finally:
         await db.dispose()
+
+
+async def test_the_tenant_settings_are_set_as_given_and_last_only_for_their_unit(pg_database: DatabaseUrls) -> None:
+    # Quotes, a backslash and a semicolon in a user id (a token's claim) are data, never SQL.
+    user_id = "o'brien\\'; RESET ALL; --"
+    tenant = Tenant(scope="partner", org_ids=frozenset({"org-1", "org-2"}), user_id=user_id)
+    db = Database(pg_database.app, pool_size=1)
+    settings = select(
+        func.current_setting("parley.scope"),
+        func.current_setting("parley.org_ids"),
+        func.current_setting("parley.user_id"),
+    )
+    try:
+        async with db.unit(tenant, readonly=True) as tx:
+            assert await tx.row(settings) == ("partner", tenant.org_list, user_id)
+        async with db.unit(Tenant.system(), readonly=True) as tx:  # the same pooled connection
+            assert await tx.row(settings) == ("system", Tenant.system().org_list, "")
+        async with db.unit(tenant) as tx:
+            assert await tx.row(settings) == ("partner", tenant.org_list, user_id)
+    finally:
+        await db.dispose()

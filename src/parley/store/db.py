@@ -6,7 +6,7 @@ Tables are touched only inside a unit of work, `Database.unit(tenant)`, which yi
 - SQLite file: writing units run on `sqlite3` connections inline on the loop, group-committed in
   bursts (`commit_group.py`); reading units run beside them (WAL).
 - PostgreSQL: asyncpg's pool. Each unit first sets the tenant as transaction-local settings
-  (`set_config(..., true)`), which row-level security reads; a pooled connection never leaks them.
+  (`SET LOCAL`), which row-level security reads; a pooled connection never leaks them.
 
 A database that is down, restarting, out of connections or locked by another process answers 503
 (`ServiceUnavailableError`) after a bounded wait, never a hang. SQLAlchemy is used here only to
@@ -43,10 +43,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("parley.store")
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _REVISION = select(table("alembic_version", column("version_num", String)).c.version_num)
-_SET_TENANT = (
-    "SELECT set_config('parley.scope', {}, true), set_config('parley.org_ids', {}, true), "
-    "set_config('parley.user_id', {}, true)"
-)
+# `SET LOCAL` is `set_config(..., true)` as a utility statement: no planning or executor start-up,
+# half the server's CPU of a SELECT of three calls (`docs/performance-log.md`).
+_SET_TENANT = "SET LOCAL parley.scope = {}; SET LOCAL parley.org_ids = {}; SET LOCAL parley.user_id = {}"
 
 
 def _literal(value: str) -> str:
@@ -204,6 +203,7 @@ class Database:
                         reset=_keep_connection_state,
                         server_settings={
                             "application_name": "parley",
+                            "standard_conforming_strings": "on",  # what `_literal` quotes for
                             "statement_timeout": f"{round(self.statement_timeout * 1000)}ms",
                             "idle_in_transaction_session_timeout": f"{round(self.statement_timeout * 1000)}ms",
                         },
