@@ -332,7 +332,7 @@ async def test_a_server_that_goes_away_fails_calls_at_once_until_it_is_back(db: 
         assert catalog.get("t__echo") == echo  # its tools stay known, and so do their names
         started = time.monotonic()
         output = await catalog.call(echo, {"text": "two"})
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.5  # at once, not after a wait for the server
         assert output.is_error
         assert output.text in (
             "the tool server 't' is not running (the server process exited); it is being restarted",

@@ -89,7 +89,7 @@ async def test_a_child_that_dies_is_started_again(db: Database) -> None:
         await eventually(lambda: catalog.describe().servers[0].state == "restarting")
         started = time.monotonic()
         output = await catalog.call(tool(catalog, "t__echo"), {"text": "anyone?"})
-        assert time.monotonic() - started < 0.1
+        assert time.monotonic() - started < 0.5  # at once: well inside the one-second backoff
         assert (output.is_error, output.text) == (
             True,
             "the tool server 't' is not running (the server process exited); it is being restarted",
