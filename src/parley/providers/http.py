@@ -47,14 +47,9 @@ class StreamFailedError(ProviderError):
     """A failure after the response started; `partial_usage` is what was counted so far."""
 
     def __init__(
-        self,
-        kind: ProviderErrorKind,
-        message: str | None = None,
-        *,
-        status: int | None = None,
-        partial_usage: Usage | None = None,
+        self, kind: ProviderErrorKind, *, status: int | None = None, partial_usage: Usage | None = None
     ) -> None:
-        super().__init__(kind, message, status=status)
+        super().__init__(kind, status=status)
         self.partial_usage = partial_usage
 
 
