@@ -722,3 +722,32 @@ def test_scripted_upstream_serves_models_and_non_stream_completions() -> None:
         assert completion["choices"][0]["message"]["content"] == "tok0 tok1 tok2 "
         assert completion["usage"]["completion_tokens"] == 3
         assert [r.json["stream"] for r in server.requests] == [False]  # /models is not recorded
+
+
+async def test_numeric_host_is_refused_for_the_servers_window_and_tokenizer(sleeps: Sleeps) -> None:
+    # The questions about the model's window and tokenizer go to the host the replies come from:
+    # the same address policy holds, so a refused spelling is never connected to.
+    connections = 0
+
+    async def count(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.close()
+
+    server = await asyncio.start_server(count, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    # aiohttp maps the fullwidth digits to 127.0.0.1 and connects without asking the resolver.
+    provider = OpenAICompatibleProvider(
+        base_url=f"http://\uff11\uff12\uff17.\uff10.\uff10.\uff11:{port}/v1",
+        api_key="k",
+        options=UpstreamOptions(sleep=sleeps),
+    )
+    try:
+        assert await provider.context_window("m") is None
+        assert await provider.count_tokens("m", "hello") is None
+        assert "not allowed" in (await provider.probe() or "")
+    finally:
+        await provider.aclose()
+        server.close()
+        await server.wait_closed()
+    assert connections == 0

@@ -22,8 +22,8 @@ Tools (a reply may hold several model rounds; see chat/turns.py):
 Each frame carries `id: <stream>-<seq>`: the number of the session's event stream (a turn, or its
 continuation; numbered by the database) and the frame's position in it, so `Last-Event-ID` can
 resume a running turn on any process. It is also the frame's entry id in Redis. A delta event
-carries the pieces of one network read and goes out as one frame per piece. Imports only the
-standard library and orjson.
+carries the pieces of one network read and goes out as one frame per piece. Imports the standard
+library, orjson and the provider seam's ReasoningDelta.
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ from functools import cache
 from typing import Any, ClassVar, Literal
 
 import orjson
+
+# The model's reasoning is published in the provider's own event: the pieces of one network read,
+# shown apart from the answer (which the provider calls TextDelta, and the stream ContentDelta).
+from parley.providers.base import ReasoningDelta as ReasoningDelta
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,14 +53,6 @@ class ContentDelta:
     """Pieces of the answer, one frame (`content_delta{delta}`) each: a network read's run of them."""
 
     type: ClassVar[Literal["content_delta"]] = "content_delta"
-    texts: list[str]
-
-
-@dataclass(slots=True)
-class ReasoningDelta:
-    """Pieces of the model's reasoning, shown apart from the answer (as ContentDelta)."""
-
-    type: ClassVar[Literal["reasoning_delta"]] = "reasoning_delta"
     texts: list[str]
 
 

@@ -17,6 +17,7 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol, TypeVar
@@ -46,14 +47,9 @@ class StreamFailedError(ProviderError):
     """A failure after the response started; `partial_usage` is what was counted so far."""
 
     def __init__(
-        self,
-        kind: ProviderErrorKind,
-        message: str | None = None,
-        *,
-        status: int | None = None,
-        partial_usage: Usage | None = None,
+        self, kind: ProviderErrorKind, *, status: int | None = None, partial_usage: Usage | None = None
     ) -> None:
-        super().__init__(kind, message, status=status)
+        super().__init__(kind, status=status)
         self.partial_usage = partial_usage
 
 
@@ -335,15 +331,37 @@ class UpstreamClient:
         )
         return ProviderError(ProviderErrorKind.PROTOCOL)
 
+    @asynccontextmanager
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        seconds: float | None = None,
+        json: object = None,
+        data: bytes | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request beside the reply streams (a readiness probe, a question about the model),
+        under the same network policy: the address checked, no redirect followed, never retried.
+        It may take `seconds` in all (None: a stream's connect and idle timeouts). Raises
+        AddressNotAllowedError for a refused address, and network errors as they come."""
+        if self._refusal is not None:
+            raise AddressNotAllowedError(self._refusal)
+        timeout = self.timeout if seconds is None else aiohttp.ClientTimeout(total=seconds)
+        async with self.session().request(
+            method, url, json=json, data=data, headers=headers, allow_redirects=False, timeout=timeout
+        ) as response:
+            yield response
+
     async def probe(self, url: str, headers: dict[str, str]) -> str | None:
-        """GET `url` once, briefly, with the same network policy: None when the server answered
-        (any status below 500 but 401 and 403: a server without that route is still up), else
-        why it is not usable. For readiness checks: never retried, never raises."""
+        """GET `url` once, briefly: None when the server answered (any status below 500 but 401
+        and 403: a server without that route is still up), else why it is not usable. For
+        readiness checks: never raises."""
         if self._refusal is not None:
             return f"the model server address is not allowed: {self._refusal}"
-        timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT)
         try:
-            async with self.session().get(url, headers=headers, allow_redirects=False, timeout=timeout) as response:
+            async with self.request("GET", url, headers=headers, seconds=PROBE_TIMEOUT) as response:
                 status = response.status
         except NETWORK_ERRORS as exc:
             return f"the model server is unreachable ({type(exc).__name__})"

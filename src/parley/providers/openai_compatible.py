@@ -31,13 +31,22 @@ from parley.providers.context import (
     window_from_ollama,
     window_from_props,
 )
-from parley.providers.http import NETWORK_ERRORS, Classify, StreamFailedError, UpstreamClient, UpstreamOptions
+from parley.providers.http import (
+    NETWORK_ERRORS,
+    AddressNotAllowedError,
+    Classify,
+    StreamFailedError,
+    UpstreamClient,
+    UpstreamOptions,
+)
 from parley.providers.openai_wire import OpenAIStreamTranslator, build_request, classify_error, prompt_chars
 
 __all__ = ["OpenAICompatibleProvider"]
 
 # One question to the server: method, URL, JSON body, what number its answer says, a name for it.
 _Probe = tuple[str, str, dict[str, Any] | None, Callable[[Any], int | None], str]
+
+_QUESTION_SECONDS = 3.0  # the most one question about the model (window, tokens) may take
 
 logger = logging.getLogger("parley.providers")
 
@@ -116,16 +125,15 @@ class OpenAICompatibleProvider:
     async def _first_answer(self, probes: tuple[_Probe, ...]) -> tuple[int, str] | None:
         """The first probe whose answer says a number, and its name. Each waits a few seconds at
         most and is never retried: a server without that route just answers 404."""
-        timeout = aiohttp.ClientTimeout(total=3)
         for method, url, payload, read, name in probes:
             try:
-                async with self._http.session().request(
-                    method, url, json=payload, headers=self._probe_headers, allow_redirects=False, timeout=timeout
+                async with self._http.request(
+                    method, url, json=payload, headers=self._probe_headers, seconds=_QUESTION_SECONDS
                 ) as response:
                     if response.status != 200:
                         continue
                     number = read(await response.json(content_type=None))
-            except (*NETWORK_ERRORS, ValueError):
+            except (*NETWORK_ERRORS, ValueError, AddressNotAllowedError):
                 continue
             if number is not None:
                 return number, name
@@ -169,13 +177,7 @@ class OpenAICompatibleProvider:
         answered = False
         for _ in range(2):
             try:
-                async with http.session().post(
-                    http.url,
-                    data=payload,
-                    headers=self._probe_headers,
-                    allow_redirects=False,
-                    timeout=http.timeout,
-                ) as response:
+                async with http.request("POST", http.url, data=payload, headers=self._probe_headers) as response:
                     if not 200 <= response.status < 300:
                         return await http.status_error(response, classify)
                     answered = True
