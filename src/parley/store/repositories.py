@@ -1318,35 +1318,24 @@ async def tool_pins(tx: Tx) -> list[ToolPin]:
     return [ToolPin(*row) for row in await tx.rows(_TOOL_PINS)]
 
 
-async def record_tool_definition(
-    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
-) -> bool:
+class ToolDefinitionFields(TypedDict):
+    """A tool's definition as it is pinned, with its digest."""
+
+    name: str
+    server: str
+    digest: str
+    definition: dict[str, Any]
+
+
+async def record_tool_definition(tx: Tx, *, now: datetime, **tool: Unpack[ToolDefinitionFields]) -> bool:
     """Pin a tool seen for the first time (trust on first use); False when it is pinned already
     (by another process meanwhile, say), which leaves that pin as it is."""
-    params = {
-        "name": name,
-        "server": server,
-        "digest": digest,
-        "definition": definition,
-        "first_seen_at": now,
-        "approved_at": None,
-    }
-    return await tx.run(_RECORD_TOOL, params) == 1
+    return await tx.run(_RECORD_TOOL, {**tool, "first_seen_at": now, "approved_at": None}) == 1
 
 
-async def approve_tool_definition(
-    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
-) -> None:
+async def approve_tool_definition(tx: Tx, *, now: datetime, **tool: Unpack[ToolDefinitionFields]) -> None:
     """Pin a tool's current definition as an operator's approval (first sight kept as it was)."""
-    params = {
-        "name": name,
-        "server": server,
-        "digest": digest,
-        "definition": definition,
-        "first_seen_at": now,
-        "approved_at": now,
-    }
-    await tx.run(_APPROVE_TOOL, params)
+    await tx.run(_APPROVE_TOOL, {**tool, "first_seen_at": now, "approved_at": now})
 
 
 # --- flags and the administrators' views -------------------------------------------------------------
