@@ -1380,20 +1380,23 @@ def _admin_list_statements(scoped: bool, flagged: bool | None, by_user: bool, by
     return rows, count
 
 
-async def admin_list_sessions(
-    tx: Tx,
-    tenant: Tenant,
-    *,
-    flagged: bool | None,
-    user_id: str | None,
-    status: str | None,
-    offset: int,
-    limit: int,
-) -> tuple[list[Record], int]:
+class AdminSessionQuery(TypedDict):
+    """Which sessions an admin lists (a None filter leaves its column unfiltered), and which page of them."""
+
+    flagged: bool | None
+    user_id: str | None
+    status: str | None
+    offset: int
+    limit: int
+
+
+async def admin_list_sessions(tx: Tx, tenant: Tenant, **query: Unpack[AdminSessionQuery]) -> tuple[list[Record], int]:
     """Every session of the tenant's organizations, whoever owns it (flagged first when asked
     for flagged ones), with its owner's email, and how many there are."""
-    rows, count = _admin_list_statements(not tenant.sees_all, flagged, user_id is not None, status is not None)
-    params = {"user_id": user_id, "status": status, "offset": offset, "limit": limit, **tenant.filter_params()}
+    rows, count = _admin_list_statements(
+        not tenant.sees_all, query["flagged"], query["user_id"] is not None, query["status"] is not None
+    )
+    params = {**query, **tenant.filter_params()}
     return await tx.records(rows, params), int(await tx.value(count, params) or 0)
 
 
