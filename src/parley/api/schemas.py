@@ -8,9 +8,10 @@ read as `Decimal` (`JsonCents`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
@@ -162,9 +163,6 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-_iso = iso
-
-
 def as_utc(value: datetime | None) -> datetime | None:
     """A time from a query: one without an offset is read as UTC."""
     if value is None:
@@ -176,47 +174,49 @@ def _cents(value: Decimal | None) -> str | None:
     return None if value is None else decimal_text(value)
 
 
+def _as_stored(value: Any) -> Any:
+    return value
+
+
+@cache
+def _view_columns(columns: str) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
+    """(name, column, how its value is shown) for each of the space-separated columns: the name is
+    the column's in camelCase (`turn_count`: `turnCount`); a time (`*_at`) is shown as `iso`,
+    money (`*_cents`) as exact decimal text, anything else as stored. By name, not by type: a row
+    built in memory may hold `0` for money (the schema names every time and amount so)."""
+    found = []
+    for column in columns.split():
+        first, *rest = column.split("_")
+        show = iso if column.endswith("_at") else _cents if column.endswith("_cents") else _as_stored
+        found.append((first + "".join(word.capitalize() for word in rest), column, show))
+    return tuple(found)
+
+
+def _fields(row: Record, columns: str) -> dict[str, Any]:
+    """The row's columns (space-separated), in that order, as clients read them (`_view_columns`)."""
+    return {name: show(row[column]) for name, column, show in _view_columns(columns)}
+
+
 def session_summary(row: Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "orgId": row["org_id"],
-        "title": row["title"],
-        "status": row["status"],
-        "model": row["model"],
-        "turnCount": row["turn_count"],
-        "totalCostCents": _cents(row["total_cost_cents"]),
-        "lastActivityAt": _iso(row["last_activity_at"]),
-        "createdAt": _iso(row["created_at"]),
-    }
+    return _fields(row, "id org_id title status model turn_count total_cost_cents last_activity_at created_at")
 
 
 def session_detail(row: Record) -> dict[str, Any]:
-    return (
+    detail = (
         session_summary(row)
-        | {
-            "approvalsPaused": row["approvals_paused"],
-            "allowedTools": row["allowed_tools"] or [],
-            "userId": row["user_id"],
-            "type": row["type"],
-            "maxTurns": row["max_turns"],
-            "systemPrompt": row["system_prompt"],
-            "contextSnapshot": row["context_snapshot"],
-            "totalInputTokens": row["total_input_tokens"],
-            "totalOutputTokens": row["total_output_tokens"],
-            "totalCacheReadTokens": row["total_cache_read_tokens"],
-            "totalCacheWriteTokens": row["total_cache_write_tokens"],
-            "updatedAt": _iso(row["updated_at"]),
-        }
+        | _fields(
+            row,
+            "approvals_paused allowed_tools user_id type max_turns system_prompt context_snapshot total_input_tokens"
+            " total_output_tokens total_cache_read_tokens total_cache_write_tokens updated_at",
+        )
         | flag_view(row)
     )
+    detail["allowedTools"] = detail["allowedTools"] or []
+    return detail
 
 
 def flag_view(row: Record) -> dict[str, Any]:
-    return {
-        "flaggedAt": _iso(row["flagged_at"]),
-        "flaggedBy": row["flagged_by"],
-        "flagReason": row["flag_reason"],
-    }
+    return _fields(row, "flagged_at flagged_by flag_reason")
 
 
 def admin_session_view(row: Record) -> dict[str, Any]:
@@ -225,68 +225,39 @@ def admin_session_view(row: Record) -> dict[str, Any]:
 
 
 def audit_view(row: Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "createdAt": _iso(row["created_at"]),
-        "action": row["action"],
-        "orgId": row["org_id"],
-        "userId": row["actor_user_id"],
-        "sessionId": row["session_id"],
-        "requestId": row["request_id"],
-        "clientIp": row["client_ip"],
-        "userAgent": row["user_agent"],
-        "detail": row["detail"],
-    }
+    return (
+        _fields(row, "id created_at action org_id")
+        | {"userId": row["actor_user_id"]}
+        | _fields(row, "session_id request_id client_ip user_agent detail")
+    )
 
 
 def message_view(row: Record) -> dict[str, Any]:
+    parts = row["content_parts"] or []
     reasoning = None
-    for part in row["content_parts"] or []:
+    for part in parts:
         if isinstance(part, dict) and part.get("type") == "reasoning":
             reasoning = part.get("text")
-    return {
-        "id": row["id"],
-        "role": row["role"],
-        "content": row["content"],
-        "reasoning": reasoning,
-        "inputTokens": row["input_tokens"],
-        "outputTokens": row["output_tokens"],
-        "cacheReadTokens": row["cache_read_tokens"],
-        "cacheWriteTokens": row["cache_write_tokens"],
-        "costCents": _cents(row["cost_cents"]),
-        "usageEstimated": row["usage_estimated"],
-        "finishReason": row["finish_reason"],
-        "createdAt": _iso(row["created_at"]),
-        "parts": row["content_parts"] or [],
-    }
+    return (
+        _fields(row, "id role content")
+        | {"reasoning": reasoning}
+        | _fields(
+            row,
+            "input_tokens output_tokens cache_read_tokens cache_write_tokens cost_cents usage_estimated finish_reason"
+            " created_at",
+        )
+        | {"parts": parts}
+    )
 
 
 def execution_view(row: Record) -> dict[str, Any]:
     """A tool call as stored: what was asked, who decided, how it ran."""
-    return {
-        "id": row["id"],
-        "messageId": row["message_id"],
-        "toolUseId": row["tool_use_id"],
-        "toolName": row["tool_name"],
-        "server": row["server"],
-        "input": row["input"],
-        "description": row["description"],
-        "status": row["status"],
-        "requiresApproval": row["requires_approval"],
-        "decidedBy": row["decided_by"],
-        "decidedAt": _iso(row["decided_at"]),
-        "decisionReason": row["decision_reason"],
-        "expiresAt": _iso(row["expires_at"]),
-        "isError": row["is_error"],
-        "truncated": row["truncated"],
-        "errorMessage": row["error_message"],
-        "durationMs": row["duration_ms"],
-        "planId": row["plan_id"],
-        "planStep": row["plan_step"],
-        "createdAt": _iso(row["created_at"]),
-        "startedAt": _iso(row["started_at"]),
-        "completedAt": _iso(row["completed_at"]),
-    }
+    return _fields(
+        row,
+        "id message_id tool_use_id tool_name server input description status requires_approval decided_by decided_at"
+        " decision_reason expires_at is_error truncated error_message duration_ms plan_id plan_step created_at"
+        " started_at completed_at",
+    )
 
 
 def tool_view(entry: SessionTool) -> dict[str, Any]:
@@ -306,19 +277,9 @@ def tool_view(entry: SessionTool) -> dict[str, Any]:
 
 
 def plan_view(row: Record) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "executionId": row["execution_id"],
-        "title": row["title"],
-        "steps": row["steps"],
-        "status": row["status"],
-        "currentStep": row["current_step"],
-        "decidedBy": row["decided_by"],
-        "decidedAt": _iso(row["decided_at"]),
-        "expiresAt": _iso(row["expires_at"]),
-        "completedAt": _iso(row["completed_at"]),
-        "createdAt": _iso(row["created_at"]),
-    }
+    return _fields(
+        row, "id execution_id title steps status current_step decided_by decided_at expires_at completed_at created_at"
+    )
 
 
 def usage_view(row: Record | None) -> dict[str, Any]:

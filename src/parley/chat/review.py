@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Unpack
 
 from parley.chat import audit
 from parley.chat.catalog import Caller
@@ -23,6 +23,7 @@ from parley.chat.clock import utc_now
 from parley.errors import PermissionDeniedError, SessionNotFoundError, ValidationFailedError
 from parley.store import repositories as repo
 from parley.store.db import Database
+from parley.store.repositories import AdminSessionQuery
 from parley.store.sql import Record
 
 SECURITY_WINDOW = timedelta(days=7)  # the security events shown when no `since` is given
@@ -134,21 +135,10 @@ class ReviewDesk:
 
     # -- what an admin reads ---------------------------------------------------------------------------
 
-    async def sessions(
-        self,
-        caller: Caller,
-        *,
-        flagged: bool | None,
-        user_id: str | None,
-        status: str | None,
-        offset: int,
-        limit: int,
-    ) -> tuple[list[Record], int]:
+    async def sessions(self, caller: Caller, **query: Unpack[AdminSessionQuery]) -> tuple[list[Record], int]:
         require_admin(caller)
         async with self.db.unit(caller.tenant, readonly=True) as tx:
-            return await repo.admin_list_sessions(
-                tx, caller.tenant, flagged=flagged, user_id=user_id, status=status, offset=offset, limit=limit
-            )
+            return await repo.admin_list_sessions(tx, caller.tenant, **query)
 
     async def transcript(self, caller: Caller, session_id: str) -> Transcript:
         """A session of the admin's organizations, its messages and tool calls; the read is audited

@@ -1226,8 +1226,26 @@ _FIND_TOKEN = (
 
 async def find_token(tx: Tx, token_hash: str) -> Record | None:
     """The token with this digest (only if its user exists)."""
-    found = await tx.records(_FIND_TOKEN, {"token_hash": token_hash})
+    return await _first(tx, _FIND_TOKEN, {"token_hash": token_hash})
+
+
+async def _first(tx: Tx, statement: Select[Any], params: dict[str, Any]) -> Record | None:
+    found = await tx.records(statement, params)
     return found[0] if found else None
+
+
+@cache
+def _oldest_first(table: Table, owner: str | None = None) -> Select[Any]:
+    """A table's rows, oldest first: all, or those whose `owner` column is the parameter of that name."""
+    rows = select(table).order_by(table.c.created_at)
+    return rows if owner is None else rows.where(table.c[owner] == bindparam(owner))
+
+
+async def _list(tx: Tx, table: Table, owner: str, owner_id: str | None) -> list[Record]:
+    """A table's rows, oldest first: all, or (`owner_id` given) those of that owner."""
+    if owner_id is None:
+        return await tx.records(_oldest_first(table))
+    return await tx.records(_oldest_first(table, owner), {owner: owner_id})
 
 
 _ORGS_OF_PARTNER = select(organizations.c.id).where(organizations.c.partner_id == bindparam("partner_id"))
@@ -1239,20 +1257,15 @@ async def org_ids_of_partner(tx: Tx, partner_id: str) -> list[str]:
 
 _ORG_BY_NAME = select(organizations).where(organizations.c.name == bindparam("name"))
 _ORG_BY_ID = select(organizations).where(organizations.c.id == bindparam("org_id"))
-
-
-async def find_organization(tx: Tx, *, name: str | None = None, org_id: str | None = None) -> Record | None:
-    stmt = _ORG_BY_NAME if name is not None else _ORG_BY_ID
-    found = await tx.records(stmt, {"name": name, "org_id": org_id})
-    return found[0] if found else None
-
-
-_LIST_ORGS = select(organizations).order_by(organizations.c.created_at)
 _INSERT_ORG = insert(organizations)
 
 
+async def find_organization(tx: Tx, *, name: str | None = None, org_id: str | None = None) -> Record | None:
+    return await _first(tx, _ORG_BY_NAME if name is not None else _ORG_BY_ID, {"name": name, "org_id": org_id})
+
+
 async def list_organizations(tx: Tx) -> list[Record]:
-    return await tx.records(_LIST_ORGS)
+    return await tx.records(_oldest_first(organizations))
 
 
 async def insert_organization(tx: Tx, values: Record) -> None:
@@ -1260,20 +1273,15 @@ async def insert_organization(tx: Tx, values: Record) -> None:
 
 
 _USER_BY_EMAIL = select(users).where(users.c.email == bindparam("email"))
-_LIST_USERS = select(users).order_by(users.c.created_at)
-_LIST_USERS_OF_ORG = _LIST_USERS.where(users.c.org_id == bindparam("org_id"))
 _INSERT_USER = insert(users)
 
 
 async def find_user(tx: Tx, email: str) -> Record | None:
-    found = await tx.records(_USER_BY_EMAIL, {"email": email})
-    return found[0] if found else None
+    return await _first(tx, _USER_BY_EMAIL, {"email": email})
 
 
 async def list_users(tx: Tx, *, org_id: str | None = None) -> list[Record]:
-    if org_id is None:
-        return await tx.records(_LIST_USERS)
-    return await tx.records(_LIST_USERS_OF_ORG, {"org_id": org_id})
+    return await _list(tx, users, "org_id", org_id)
 
 
 async def insert_user(tx: Tx, values: Record) -> None:
@@ -1282,8 +1290,6 @@ async def insert_user(tx: Tx, values: Record) -> None:
 
 _INSERT_TOKEN = insert(tokens)
 _TOKEN_BY_HASH = select(tokens).where(tokens.c.token_hash == bindparam("token_hash"))
-_LIST_TOKENS = select(tokens).order_by(tokens.c.created_at)
-_LIST_TOKENS_OF_USER = _LIST_TOKENS.where(tokens.c.user_id == bindparam("user_id"))
 _REVOKE_TOKEN = (
     update(tokens)
     .where(tokens.c.id == bindparam("token_id"), tokens.c.revoked_at.is_(None))
@@ -1296,14 +1302,11 @@ async def insert_token(tx: Tx, values: Record) -> None:
 
 
 async def token_by_hash(tx: Tx, token_hash: str) -> Record | None:
-    found = await tx.records(_TOKEN_BY_HASH, {"token_hash": token_hash})
-    return found[0] if found else None
+    return await _first(tx, _TOKEN_BY_HASH, {"token_hash": token_hash})
 
 
 async def list_tokens(tx: Tx, *, user_id: str | None = None) -> list[Record]:
-    if user_id is None:
-        return await tx.records(_LIST_TOKENS)
-    return await tx.records(_LIST_TOKENS_OF_USER, {"user_id": user_id})
+    return await _list(tx, tokens, "user_id", user_id)
 
 
 async def revoke_token(tx: Tx, token_id: str, *, now: datetime) -> bool:
@@ -1342,35 +1345,24 @@ async def tool_pins(tx: Tx) -> list[ToolPin]:
     return [ToolPin(*row) for row in await tx.rows(_TOOL_PINS)]
 
 
-async def record_tool_definition(
-    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
-) -> bool:
+class ToolDefinitionFields(TypedDict):
+    """A tool's definition as it is pinned, with its digest."""
+
+    name: str
+    server: str
+    digest: str
+    definition: dict[str, Any]
+
+
+async def record_tool_definition(tx: Tx, *, now: datetime, **tool: Unpack[ToolDefinitionFields]) -> bool:
     """Pin a tool seen for the first time (trust on first use); False when it is pinned already
     (by another process meanwhile, say), which leaves that pin as it is."""
-    params = {
-        "name": name,
-        "server": server,
-        "digest": digest,
-        "definition": definition,
-        "first_seen_at": now,
-        "approved_at": None,
-    }
-    return await tx.run(_RECORD_TOOL, params) == 1
+    return await tx.run(_RECORD_TOOL, {**tool, "first_seen_at": now, "approved_at": None}) == 1
 
 
-async def approve_tool_definition(
-    tx: Tx, *, name: str, server: str, digest: str, definition: dict[str, Any], now: datetime
-) -> None:
+async def approve_tool_definition(tx: Tx, *, now: datetime, **tool: Unpack[ToolDefinitionFields]) -> None:
     """Pin a tool's current definition as an operator's approval (first sight kept as it was)."""
-    params = {
-        "name": name,
-        "server": server,
-        "digest": digest,
-        "definition": definition,
-        "first_seen_at": now,
-        "approved_at": now,
-    }
-    await tx.run(_APPROVE_TOOL, params)
+    await tx.run(_APPROVE_TOOL, {**tool, "first_seen_at": now, "approved_at": now})
 
 
 # --- flags and the administrators' views -------------------------------------------------------------
@@ -1415,20 +1407,23 @@ def _admin_list_statements(scoped: bool, flagged: bool | None, by_user: bool, by
     return rows, count
 
 
-async def admin_list_sessions(
-    tx: Tx,
-    tenant: Tenant,
-    *,
-    flagged: bool | None,
-    user_id: str | None,
-    status: str | None,
-    offset: int,
-    limit: int,
-) -> tuple[list[Record], int]:
+class AdminSessionQuery(TypedDict):
+    """Which sessions an admin lists (a None filter leaves its column unfiltered), and which page of them."""
+
+    flagged: bool | None
+    user_id: str | None
+    status: str | None
+    offset: int
+    limit: int
+
+
+async def admin_list_sessions(tx: Tx, tenant: Tenant, **query: Unpack[AdminSessionQuery]) -> tuple[list[Record], int]:
     """Every session of the tenant's organizations, whoever owns it (flagged first when asked
     for flagged ones), with its owner's email, and how many there are."""
-    rows, count = _admin_list_statements(not tenant.sees_all, flagged, user_id is not None, status is not None)
-    params = {"user_id": user_id, "status": status, "offset": offset, "limit": limit, **tenant.filter_params()}
+    rows, count = _admin_list_statements(
+        not tenant.sees_all, query["flagged"], query["user_id"] is not None, query["status"] is not None
+    )
+    params = {**query, **tenant.filter_params()}
     return await tx.records(rows, params), int(await tx.value(count, params) or 0)
 
 
